@@ -1,0 +1,3 @@
+from jobherald.cli import main
+
+main()

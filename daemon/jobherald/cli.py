@@ -1,0 +1,319 @@
+"""The command line: ``jobherald run | check-config | status | history | notify-test | demo``.
+
+Heavy imports happen inside the commands, so each command loads only what it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from jobherald.config import Config
+
+T = TypeVar("T")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+    click.echo(f"jobherald: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(ctx: click.Context, path: str | None) -> Config:
+    from jobherald import config
+    from jobherald.errors import ConfigError
+
+    try:
+        return config.load(path or ctx.obj.get("config"))
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    from jobherald.errors import StoreError
+
+    try:
+        return asyncio.run(coro)
+    except StoreError as exc:
+        _fail(str(exc))
+        raise AssertionError from None  # unreachable
+
+
+config_option = click.option(
+    "--config",
+    "-c",
+    "config_path",
+    metavar="PATH",
+    help="Config file (default: $JOBHERALD_CONFIG, else /etc/jobherald/config.toml).",
+)
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@config_option
+@click.version_option(package_name="jobherald")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Watch long-running cloud jobs and tell people when they finish or fail."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config_path
+
+
+@cli.command()
+@config_option
+@click.option("--once", is_flag=True, help="Poll every unfinished job once, notify, and exit.")
+@click.pass_context
+def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
+    """Run the daemon in the foreground (logs go to stderr)."""
+    cfg = _load(ctx, config_path)
+    from jobherald.service import Daemon, setup_logging
+
+    setup_logging(cfg.log_level)
+    daemon = Daemon(cfg)
+    if once:
+        _run(daemon.run_once())
+    else:
+        _run(daemon.run())
+
+
+@cli.command("check-config")
+@config_option
+@click.pass_context
+def check_config(ctx: click.Context, config_path: str | None) -> None:
+    """Validate the config: exit 0, or 2 with one line per problem."""
+    cfg = _load(ctx, config_path)
+    click.echo(
+        f"{cfg.path}: ok ({len(cfg.jobs)} jobs, {len(cfg.sources)} sources, "
+        f"{len(cfg.notifiers)} notifiers)"
+    )
+
+
+async def _rows(cfg: Config) -> list[dict[str, Any]]:
+    from jobherald.store import Store, reasons_of
+
+    rows: dict[str, dict[str, Any]] = {}
+    if _database_exists(cfg.database_url):
+        store = await Store.open(cfg.database_url)
+        try:
+            for row in await store.status():
+                rows[row.id] = {
+                    "id": row.id,
+                    "name": row.name,
+                    "source": row.source,
+                    "status": row.state,
+                    "raw_status": row.raw_status,
+                    "progress": row.progress,
+                    "archive_id": row.archive_id,
+                    "reasons": reasons_of(row),
+                    "last_polled_at": _iso(row.last_polled_at),
+                    "last_changed_at": _iso(row.last_changed_at),
+                    "error": row.error,
+                }
+        finally:
+            await store.close()
+    for job in cfg.jobs:
+        rows.setdefault(
+            job.id,
+            {
+                "id": job.id,
+                "name": job.name,
+                "source": job.source,
+                "status": "pending",
+                "raw_status": None,
+                "progress": None,
+                "archive_id": None,
+                "reasons": [],
+                "last_polled_at": None,
+                "last_changed_at": None,
+                "error": None,
+            },
+        )
+    return list(rows.values())
+
+
+def _database_exists(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return True
+    return bool(parsed.database) and Path(str(parsed.database)).exists()
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console(soft_wrap=True).print(table)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _ago(value: str | None, now: datetime) -> str:
+    if value is None:
+        return "-"
+    seconds = (now - datetime.fromisoformat(value.replace("Z", "+00:00"))).total_seconds()
+    from jobherald.model import format_duration
+
+    return f"{format_duration(max(seconds, 0))} ago"
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+    """Every known job: state, progress, last change, last poll, last error."""
+    cfg = _load(ctx, config_path)
+    rows = _run(_rows(cfg))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no jobs")
+        return
+    from datetime import UTC
+
+    now = datetime.now(UTC)
+    _table(
+        ["NAME", "ID", "SOURCE", "STATE", "PROGRESS", "CHANGED", "POLLED", "ERROR"],
+        [
+            [
+                r["name"],
+                r["id"],
+                r["source"],
+                r["status"] if r["status"] != "unknown" else f"unknown ({r['raw_status']})",
+                _pct(r["progress"]),
+                _ago(r["last_changed_at"], now),
+                _ago(r["last_polled_at"], now),
+                r["error"] or "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+@cli.command()
+@config_option
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: bool) -> None:
+    """The job's transitions, oldest first."""
+    cfg = _load(ctx, config_path)
+
+    async def fetch() -> list[dict[str, Any]] | None:
+        from jobherald.store import Store
+
+        if not _database_exists(cfg.database_url):
+            return None
+        store = await Store.open(cfg.database_url)
+        try:
+            if await store.job(job_id) is None:
+                return None
+            return [
+                {
+                    "at": _iso(t.at),
+                    "from": t.from_state,
+                    "to": t.to_state,
+                    "progress": t.progress,
+                    "raw_status": t.raw_status,
+                }
+                for t in await store.history(job_id)
+            ]
+        finally:
+            await store.close()
+
+    items = _run(fetch())
+    if items is None:
+        if any(j.id == job_id for j in cfg.jobs):
+            items = []
+        else:
+            _fail(f"no job {job_id!r} in the database or the config")
+            return
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo(f"no transitions recorded for {job_id} yet")
+        return
+    _table(
+        ["AT", "FROM", "TO", "PROGRESS", "RAW STATUS"],
+        [
+            [i["at"] or "", i["from"] or "-", i["to"], _pct(i["progress"]), i["raw_status"] or ""]
+            for i in items
+        ],
+    )
+
+
+@cli.command("notify-test")
+@config_option
+@click.argument("notifier", required=False)
+@click.pass_context
+def notify_test(ctx: click.Context, config_path: str | None, notifier: str | None) -> None:
+    """Send a test message through one notifier, or all; exit 1 if any fails."""
+    cfg = _load(ctx, config_path)
+    names = list(cfg.notifiers)
+    if notifier is not None:
+        if notifier not in cfg.notifiers:
+            known = ", ".join(names) or "none defined"
+            _fail(f"unknown notifier {notifier!r} (known: {known})", EXIT_USAGE)
+        names = [notifier]
+    if not names:
+        _fail("no notifiers in the config", EXIT_USAGE)
+    from jobherald.notify import Message, Sender
+
+    sender = Sender(cfg.notifiers)
+
+    async def send_all() -> list[bool]:
+        message = Message(
+            "jobherald test message",
+            "This is a test message from jobherald: this notifier works.",
+            "info",
+        )
+        return list(await asyncio.gather(*(sender.send(n, message) for n in names)))
+
+    results = _run(send_all())
+    for name, ok in zip(names, results, strict=True):
+        click.echo(f"{name}: {'sent' if ok else 'FAILED'} ({', '.join(sender.describe(name))})")
+    if not all(results):
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.command()
+@click.option("--speed", type=float, default=1.0, help="Faster (2) or slower (0.5) jobs.")
+def demo(speed: float) -> None:
+    """A self-contained show: simulated ROMA Connect jobs, notifications in the terminal."""
+    from jobherald.demo import run_demo
+
+    sys.exit(asyncio.run(run_demo(speed)))
+
+
+def main() -> None:
+    cli(prog_name="jobherald")
+
+

@@ -1,0 +1,464 @@
+"""The TOML configuration: read once, validated, frozen.
+
+Every problem becomes one line naming the file, the key path and what is wrong
+(``config.toml: jobs[2].source: unknown source 'roma-prd' (known: roma-prod)``).
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from jobherald.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/jobherald/config.toml")
+EVENTS = ("succeeded", "failed")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number, or from text such as ``500ms``, ``30s``, ``5m``, ``1h30m``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, got a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(
+                    f"bad duration {value!r}: use seconds or a text like 500ms, 30s, 5m, 1h"
+                ) from None
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError(f"expected a duration, got {type(value).__name__}")
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be more than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+M = TypeVar("M", bound=_Model)
+
+
+class DaemonSection(_Model):
+    database: str = "sqlite:///jobherald.db"
+    poll_interval: Duration = 30.0
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    include: tuple[str, ...] = ()
+    shutdown_timeout: Duration = 10.0
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class RomaConnectSource(_Model):
+    type: Literal["roma-connect"]
+    endpoint: str
+    project_id: str = Field(min_length=1)
+    instance_id: str | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    timeout: Duration = 10.0
+    verify_tls: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"endpoint {value!r} must start with https:// or http://")
+        return value.rstrip("/")
+
+
+class NotifierSection(_Model):
+    urls: tuple[str, ...] = Field(min_length=1)
+    on: tuple[Literal["succeeded", "failed"], ...] = EVENTS
+
+
+class JobSection(_Model):
+    id: str
+    source: str
+    name: str | None = None
+    instance_id: str | None = None
+    notify: tuple[str, ...] | None = None
+    poll_interval: Duration | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _JOB_ID.match(value):
+            raise ValueError(f"bad job id {value!r}: letters, digits and _.:- only")
+        return value
+
+
+class MainFile(_Model):
+    daemon: DaemonSection = DaemonSection()
+    sources: dict[str, RomaConnectSource] = {}
+    notifiers: dict[str, NotifierSection] = {}
+    jobs: tuple[JobSection, ...] = ()
+
+
+class DropInFile(_Model):
+    jobs: tuple[JobSection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    name: str
+    endpoint: str
+    project_id: str
+    instance_id: str | None
+    token: SecretStr
+    timeout: float
+    verify_tls: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Notifier:
+    name: str
+    urls: tuple[str, ...]
+    on: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedJob:
+    id: str
+    name: str
+    source: str
+    instance_id: str
+    notify: tuple[str, ...]
+    poll_interval: float
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    database_url: str
+    poll_interval: float
+    concurrency: int
+    log_level: str
+    shutdown_timeout: float
+    sources: Mapping[str, Source]
+    notifiers: Mapping[str, Notifier]
+    jobs: tuple[WatchedJob, ...]
+
+
+def config_path(given: str | os.PathLike[str] | None) -> Path:
+    """The config file: the one given, else ``$JOBHERALD_CONFIG``, else the system one."""
+    if given:
+        return Path(given)
+    env = os.environ.get("JOBHERALD_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read, expand, validate and resolve the configuration; raise ConfigError."""
+    main = config_path(path)
+    label = str(path) if path else str(main)
+    raw = _read_toml(main, label)
+    problems: list[str] = []
+    raw = _expand(raw, label, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    parsed = _validate(MainFile, raw, label)
+    jobs: list[tuple[JobSection, str]] = [
+        (job, f"{label}: jobs[{i}]") for i, job in enumerate(parsed.jobs)
+    ]
+    for extra in _included(main.parent, parsed.daemon.include, label):
+        extra_label = _display(extra, main.parent)
+        extra_raw = _expand(_read_toml(extra, extra_label), extra_label, "", problems)
+        if problems:
+            raise ConfigError(problems)
+        dropin = _validate(DropInFile, extra_raw, extra_label)
+        jobs.extend((job, f"{extra_label}: jobs[{i}]") for i, job in enumerate(dropin.jobs))
+    return _resolve(main, label, parsed, jobs)
+
+
+def _display(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _read_toml(path: Path, label: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{label}: file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{label}: is a folder, not a file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{label}: permission denied"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{label}: not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{label}: not valid UTF-8"]) from None
+
+
+def _expand(value: Any, label: str, where: str, problems: list[str]) -> Any:
+    """Replace ``${VAR}`` from the environment in every string (``$$`` is a dollar)."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return "$"
+            if name not in os.environ:
+                problems.append(f"{label}: {where}: environment variable {name} is not set")
+                return ""
+            return os.environ[name]
+
+        return _VAR.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            k: _expand(v, label, f"{where}.{k}" if where else k, problems)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand(v, label, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _key_path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _validate(model: type[M], raw: dict[str, Any], label: str) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, label) for err in exc.errors()]) from None
+
+
+def _describe(err: Any, label: str) -> str:
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "literal_error" and loc and loc[-1] == "type":
+        message = "unknown source type (known: roma-connect)"
+    else:
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if kind == "literal_error" and loc and loc[-2:-1] == ["on"]:
+            message = f"unknown event (known: {', '.join(EVENTS)})"
+    return f"{label}: {_key_path(loc)}: {message}"
+
+
+def _included(base: Path, patterns: Sequence[str], label: str) -> Iterator[Path]:
+    seen: set[Path] = set()
+    for i, pattern in enumerate(patterns):
+        full = pattern if os.path.isabs(pattern) else str(base / pattern)
+        for match in sorted(glob.glob(full)):
+            path = Path(match)
+            if path in seen or not path.is_file():
+                continue
+            seen.add(path)
+            yield path
+        if not any(ch in pattern for ch in "*?[") and not Path(full).exists():
+            raise ConfigError([f"{label}: daemon.include[{i}]: file not found: {pattern}"])
+
+
+def _resolve(
+    main: Path, label: str, parsed: MainFile, jobs: Sequence[tuple[JobSection, str]]
+) -> Config:
+    problems: list[str] = []
+    sources = {
+        name: src
+        for name, section in parsed.sources.items()
+        if (src := _resolve_source(name, section, main.parent, label, problems))
+    }
+    notifiers: dict[str, Notifier] = {}
+    for name, notifier_section in parsed.notifiers.items():
+        if not _NAME.match(name):
+            problems.append(f"{label}: notifiers.{name}: bad name (letters, digits, _.-)")
+        for i, url in enumerate(notifier_section.urls):
+            if (why := _check_apprise_url(url)) is not None:
+                problems.append(f"{label}: notifiers.{name}.urls[{i}]: {why}")
+        notifiers[name] = Notifier(name, notifier_section.urls, notifier_section.on)
+    watched = _resolve_jobs(parsed, jobs, set(sources) | set(parsed.sources), problems)
+    database_url = _database_url(parsed.daemon.database, main.parent, label, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        path=main,
+        database_url=database_url,
+        poll_interval=parsed.daemon.poll_interval,
+        concurrency=parsed.daemon.concurrency,
+        log_level=parsed.daemon.log_level,
+        shutdown_timeout=parsed.daemon.shutdown_timeout,
+        sources=sources,
+        notifiers=notifiers,
+        jobs=tuple(watched),
+    )
+
+
+def _resolve_source(
+    name: str, section: RomaConnectSource, base: Path, label: str, problems: list[str]
+) -> Source | None:
+    where = f"{label}: sources.{name}"
+    if not _NAME.match(name):
+        problems.append(f"{where}: bad name (letters, digits, _.-)")
+    if (section.token is None) == (section.token_file is None):
+        problems.append(f"{where}: give exactly one of token and token_file")
+        return None
+    token = section.token
+    if section.token_file is not None:
+        secret_path = section.token_file if section.token_file.is_absolute() else base / section.token_file
+        try:
+            token = SecretStr(secret_path.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            problems.append(f"{where}.token_file: cannot read {secret_path}: {exc.strerror}")
+            return None
+    assert token is not None
+    if not token.get_secret_value():
+        problems.append(f"{where}.{'token_file' if section.token_file else 'token'}: is empty")
+        return None
+    return Source(
+        name=name,
+        endpoint=section.endpoint,
+        project_id=section.project_id,
+        instance_id=section.instance_id,
+        token=token,
+        timeout=section.timeout,
+        verify_tls=section.verify_tls,
+    )
+
+
+def _resolve_jobs(
+    parsed: MainFile,
+    jobs: Sequence[tuple[JobSection, str]],
+    source_names: set[str],
+    problems: list[str],
+) -> list[WatchedJob]:
+    seen: dict[str, str] = {}
+    watched: list[WatchedJob] = []
+    known_sources = ", ".join(sorted(parsed.sources)) or "none defined"
+    known_notifiers = ", ".join(sorted(parsed.notifiers)) or "none defined"
+    for job, where in jobs:
+        if job.id in seen:
+            problems.append(f"{where}.id: duplicate job id {job.id!r} (first in {seen[job.id]})")
+            continue
+        seen[job.id] = where
+        if job.source not in parsed.sources:
+            problems.append(
+                f"{where}.source: unknown source {job.source!r} (known: {known_sources})"
+            )
+            continue
+        for i, notifier in enumerate(job.notify or ()):
+            if notifier not in parsed.notifiers:
+                problems.append(
+                    f"{where}.notify[{i}]: unknown notifier {notifier!r} (known: {known_notifiers})"
+                )
+        instance_id = job.instance_id or parsed.sources[job.source].instance_id
+        if not instance_id:
+            problems.append(
+                f"{where}.instance_id: required, as source {job.source!r} sets no instance_id"
+            )
+            continue
+        if job.source not in source_names:
+            continue
+        watched.append(
+            WatchedJob(
+                id=job.id,
+                name=job.name or job.id,
+                source=job.source,
+                instance_id=instance_id,
+                notify=job.notify if job.notify is not None else tuple(parsed.notifiers),
+                poll_interval=job.poll_interval or parsed.daemon.poll_interval,
+                origin=where,
+            )
+        )
+    return watched
+
+
+def _database_url(url: str, config_dir: Path, label: str, problems: list[str]) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        problems.append(f"{label}: daemon.database: not a database URL: {url!r}")
+        return url
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            problems.append(f"{label}: daemon.database: give a file, e.g. sqlite:///jobherald.db")
+            return url
+        path = Path(database)
+        if not path.is_absolute():
+            state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+            path = (Path(state_dir) if state_dir else config_dir) / path
+        return str(parsed.set(drivername="sqlite+aiosqlite", database=str(path)))
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername=f"postgresql+{driver or 'asyncpg'}").render_as_string(
+            hide_password=False
+        )
+    problems.append(f"{label}: daemon.database: unsupported database {backend!r} (sqlite, postgresql)")
+    return url
+
+
+def _check_apprise_url(url: str) -> str | None:
+    """None when apprise can use the URL, else why not (never echoing the URL: it may hold a password)."""
+    import apprise
+
+    scheme = url.split("://", 1)[0] if "://" in url else None
+    if scheme is None:
+        return "not an apprise URL (expected scheme://...)"
+    apprise_logger = logging.getLogger("apprise")
+    level = apprise_logger.level
+    apprise_logger.setLevel(logging.CRITICAL)
+    try:
+        plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
+    finally:
+        apprise_logger.setLevel(level)
+    if plugin is None:
+        return f"apprise cannot use this {scheme}:// URL (unknown service or missing parts)"
+    return None

@@ -1,0 +1,62 @@
+"""Every exception jobherald raises on purpose, each carrying its data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class JobheraldError(Exception):
+    """Base of jobherald's own errors."""
+
+
+class ConfigError(JobheraldError):
+    """The configuration is unusable; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class StoreError(JobheraldError):
+    """The database cannot be opened or migrated."""
+
+
+class FetchError(JobheraldError):
+    """One poll did not yield a snapshot.
+
+    ``kind`` is one of ``http`` (an error status), ``timeout``, ``connection``
+    and ``body`` (a 200 whose body is not the expected JSON).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        request_id: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.error_code = error_code
+        self.request_id = request_id
+        self.retryable = retryable
+        super().__init__(self.detail)
+
+    @property
+    def summary(self) -> str:
+        """What went wrong, the same for every poll that fails the same way."""
+        head = f"HTTP {self.status}" if self.status is not None else self.kind
+        if self.error_code:
+            head = f"{head} {self.error_code}"
+        return f"{head}: {self.message}"
+
+    @property
+    def detail(self) -> str:
+        """The summary, plus the upstream request id when there is one."""
+        if self.request_id:
+            return f"{self.summary} (request {self.request_id})"
+        return self.summary

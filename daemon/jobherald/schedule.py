@@ -1,0 +1,258 @@
+"""Polling: one poll of one job, and the APScheduler schedule that fires them.
+
+A poll flows as: source fetches a snapshot (or a FetchError) → the pure model
+decides what changed → the store writes it with its events → the dispatcher is
+woken. A job that reached a terminal state leaves the schedule for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jobherald.config import Config, WatchedJob
+from jobherald.errors import FetchError
+from jobherald.fetch import Fetcher
+from jobherald.model import JobView, Outcome, State, duration_seconds, observe, observe_error
+from jobherald.notify import Dispatcher
+from jobherald.sources import RomaConnect, make_source
+from jobherald.store import JobIdentity, NewEvent, Store
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 15.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def event_payload(
+    kind: str, job: WatchedJob, before: JobView, after: JobView, at: datetime
+) -> dict[str, Any]:
+    """Everything a message about this event may show, frozen at the time it happened."""
+    return {
+        "event": {"kind": kind, "at": at.isoformat()},
+        "job": {
+            "id": job.id,
+            "name": job.name,
+            "source": job.source,
+            "instance_id": job.instance_id,
+            "type": after.type,
+            "state": after.state.value,
+            "previous_state": before.state.value,
+            "raw_status": after.raw_status,
+            "progress": after.progress,
+            "archive_id": after.archive_id,
+            "reasons": [r.as_dict() for r in after.reasons],
+            "begin_time": _iso(after.begin_time),
+            "end_time": _iso(after.end_time),
+            "duration": duration_seconds(after),
+            "error": after.error,
+        },
+    }
+
+
+class Watcher:
+    """The watched jobs, their last known views, and how to poll one of them."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        fetcher: Fetcher,
+        dispatcher: Dispatcher,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.fetcher = fetcher
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.sources: dict[str, RomaConnect] = {
+            name: make_source(src) for name, src in config.sources.items()
+        }
+        self.jobs: dict[str, WatchedJob] = {j.id: j for j in config.jobs}
+        self.views: dict[str, JobView] = {}
+        self._unflushed: dict[str, datetime] = {}
+        self.polls = 0
+
+    async def start(self) -> None:
+        """Register the configured jobs in the store and load what it knows of them."""
+        identities = [JobIdentity(j.id, j.name, j.source, j.instance_id) for j in self.jobs.values()]
+        stored = await self.store.sync_jobs(identities, self.clock())
+        self.views = {job_id: s.view for job_id, s in stored.items() if job_id in self.jobs}
+
+    def active(self) -> list[WatchedJob]:
+        """Configured jobs still worth polling (not succeeded or failed)."""
+        return [j for j in self.jobs.values() if not self.views[j.id].state.terminal]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for view in self.views.values():
+            out[view.state.value] = out.get(view.state.value, 0) + 1
+        return out
+
+    async def poll(self, job_id: str) -> bool:
+        """Poll one job and record what changed; True when it has reached a terminal state."""
+        job = self.jobs[job_id]
+        before = self.views[job_id]
+        if before.state.terminal:
+            return True
+        now = self.clock()
+        self.polls += 1
+        try:
+            snapshot = await self.sources[job.source].poll(self.fetcher, job)
+        except FetchError as exc:
+            outcome = observe_error(before, exc.summary, exc.detail, now)
+            if outcome.changed:
+                log.warning("polling job %s (%s) failed: %s", job.name, job.id, exc.detail)
+            else:
+                log.debug("polling job %s (%s) still failing: %s", job.name, job.id, exc.detail)
+        else:
+            outcome = observe(before, snapshot, now)
+        await self._record(job, before, outcome, now)
+        return outcome.job.state.terminal
+
+    async def _record(self, job: WatchedJob, before: JobView, outcome: Outcome, now: datetime) -> None:
+        if not outcome.changed and outcome.transition is None:
+            self._unflushed[job.id] = now
+            return
+        new_events = [
+            NewEvent(
+                kind=kind.value,
+                payload=event_payload(kind.value, job, before, outcome.job, now),
+                notifiers=self._notifiers_for(job, kind.value),
+            )
+            for kind in outcome.events
+        ]
+        await self.store.record(job.id, outcome, now, new_events)
+        self._unflushed.pop(job.id, None)
+        self.views[job.id] = outcome.job
+        if before.error and outcome.job.error is None:
+            log.info("polling job %s (%s) works again", job.name, job.id)
+        if outcome.transition is not None and outcome.transition.from_state is not outcome.job.state:
+            log.info(
+                "job %s (%s): %s -> %s%s",
+                job.name, job.id, before.state.value, outcome.job.state.value,
+                f" (status {outcome.job.raw_status})" if outcome.job.state is State.UNKNOWN else "",
+            )
+        if new_events:
+            self.dispatcher.wake()
+
+    def _notifiers_for(self, job: WatchedJob, kind: str) -> list[str]:
+        notifiers = self.config.notifiers
+        return [n for n in job.notify if n in notifiers and kind in notifiers[n].on]
+
+    async def flush(self) -> None:
+        """Write the poll times of polls that changed nothing, all in one statement."""
+        pending, self._unflushed = self._unflushed, {}
+        try:
+            await self.store.touch(pending)
+        except Exception:
+            for job_id, at in pending.items():
+                self._unflushed.setdefault(job_id, at)
+            raise
+
+    async def poll_all(self, job_ids: Iterable[str]) -> None:
+        """Poll the given jobs once each, side by side (the fetcher caps requests in flight)."""
+        results = await asyncio.gather(
+            *(self.poll(job_id) for job_id in job_ids), return_exceptions=True
+        )
+        for job_id, result in zip(job_ids, results, strict=False):
+            if isinstance(result, BaseException):
+                log.error("polling job %s failed: %s", job_id, result)
+        await self.flush()
+
+
+class Schedule:
+    """The APScheduler schedule: one interval job per active watched job."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        self.watcher = watcher
+        self.scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        active = self.watcher.active()
+        spread_limit = 1.0 + len(active) / 200.0
+        now = self.watcher.clock()
+        for job in active:
+            self.add(job, now + timedelta(seconds=random.uniform(0, min(job.poll_interval, spread_limit))))
+        self.scheduler.add_job(
+            self._flush, IntervalTrigger(seconds=FLUSH_EVERY), id="jobherald:flush"
+        )
+        self.scheduler.start()
+        log.info("watching %d jobs (%d already finished)", len(active), len(self.watcher.jobs) - len(active))
+
+    def add(self, job: WatchedJob, first_at: datetime) -> None:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        jitter = min(job.poll_interval * 0.1, 30.0)
+        self.scheduler.add_job(
+            self._poll,
+            IntervalTrigger(seconds=job.poll_interval, jitter=jitter or None),
+            id=job.id,
+            args=[job.id],
+            next_run_time=first_at,
+            replace_existing=True,
+        )
+
+    async def _poll(self, job_id: str) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            if await self.watcher.poll(job_id):
+                self._remove(job_id)
+        except Exception:
+            log.exception("polling job %s failed", job_id)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    def _remove(self, job_id: str) -> None:
+        from apscheduler.jobstores.base import JobLookupError
+
+        try:
+            self.scheduler.remove_job(job_id)
+        except JobLookupError:
+            pass
+
+    async def _flush(self) -> None:
+        try:
+            await self.watcher.flush()
+        except Exception:
+            log.exception("writing poll times failed; will try again")
+
+    def scheduled(self) -> int:
+        return sum(1 for j in self.scheduler.get_jobs() if not j.id.startswith("jobherald:"))
+
+    async def stop(self, timeout: float) -> int:
+        """Stop firing, let polls in flight finish (up to ``timeout``); return those cut off."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        pending = set(self._in_flight)
+        cut = 0
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for task in still:
+                task.cancel()
+            cut = len(still)
+        await self._flush()
+        return cut

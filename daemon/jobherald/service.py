@@ -1,0 +1,125 @@
+"""The daemon's life: load, open storage, start, wait for a signal, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from jobherald.config import Config
+from jobherald.fetch import Fetcher
+from jobherald.notify import Dispatcher
+from jobherald.schedule import Schedule, Watcher
+from jobherald.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: str) -> None:
+    """Configure logging once: to stderr, quiet libraries unless debugging."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    if level != "debug":
+        for noisy in ("apprise", "apscheduler", "aiohttp.access", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Daemon:
+    """jobherald's parts wired together; ``run_once`` for one pass, ``run`` until stopped."""
+
+    def __init__(self, config: Config, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.config = config
+        self.clock = clock
+        self.stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run_once(self) -> dict[str, int]:
+        """Poll every active job once, deliver what is due, and return the state counts."""
+        store = await Store.open(self.config.database_url)
+        try:
+            async with Fetcher(self.config.concurrency) as fetcher:
+                dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
+                watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
+                await watcher.start()
+                await watcher.poll_all([j.id for j in watcher.active()])
+                await dispatcher.deliver_due()
+                return watcher.counts()
+        finally:
+            await store.close()
+
+    async def run(self) -> None:
+        """Watch until ``stop()`` (or SIGTERM/SIGINT), then finish what is in flight."""
+        started = time.monotonic()
+        store = await Store.open(self.config.database_url)
+        try:
+            async with Fetcher(self.config.concurrency) as fetcher:
+                dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
+                watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
+                await watcher.start()
+                schedule = Schedule(watcher)
+                delivering = asyncio.Event()
+                sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
+                schedule.start()
+                with _signals(self.stop):
+                    await self.stopping.wait()
+                log.info("stopping: finishing polls and deliveries in flight")
+                deadline = time.monotonic() + self.config.shutdown_timeout
+                cut = await schedule.stop(self.config.shutdown_timeout)
+                delivering.set()
+                await self._finish(sender, dispatcher, deadline)
+                counts = await store.delivery_counts()
+                log.info(
+                    "stopped after %.0fs: %d polls, %s; deliveries pending %d, delivered %d%s",
+                    time.monotonic() - started,
+                    watcher.polls,
+                    ", ".join(f"{n} {s}" for s, n in sorted(watcher.counts().items())) or "no jobs",
+                    counts.get("pending", 0),
+                    counts.get("delivered", 0),
+                    f"; {cut} polls cut off" if cut else "",
+                )
+        finally:
+            await store.close()
+
+    async def _finish(
+        self, sender: asyncio.Task[None], dispatcher: Dispatcher, deadline: float
+    ) -> None:
+        """Let the dispatcher end its pass, then send what the last polls queued, within the bound."""
+        try:
+            await asyncio.wait_for(sender, max(0.1, deadline - time.monotonic()))
+            await asyncio.wait_for(dispatcher.deliver_due(), max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            sender.cancel()
+            log.warning("shutdown bound reached; undelivered messages are sent at next start")
+
+
+@contextlib.contextmanager
+def _signals(handler: Callable[[], None]):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,174 @@
+"""A ROMA Connect simulator: an aiohttp app answering "Obtaining Job Progress".
+
+It serves the demo and the tests. Each job plays a script of answers, one per
+poll, repeating the last one; an answer can be a status, an error in one of the
+shapes the real service uses, a body that is not JSON, or a slow answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+NOT_FOUND = ("ROMA.00110006", "The resource does not exist.")
+
+
+@dataclass
+class Answer:
+    """One answer to one poll."""
+
+    status: str | None = None
+    progress: float | None = None
+    http_status: int = 200
+    error_code: str | None = None
+    error_msg: str | None = None
+    raw_body: bytes | None = None
+    json_body: Any = None
+    delay: float = 0.0
+    reasons_key: str = "reasons"
+
+
+def running(progress: float, status: str = "RUNNING") -> Answer:
+    return Answer(status=status, progress=progress)
+
+
+def succeeded(status: str = "SUCCEEDED") -> Answer:
+    return Answer(status=status, progress=1.0)
+
+
+def failed(status: str = "FAILED", reasons_key: str = "reasons") -> Answer:
+    return Answer(status=status, progress=1.0, reasons_key=reasons_key)
+
+
+def http_error(status: int, code: str | None = None, message: str | None = None) -> Answer:
+    return Answer(http_status=status, error_code=code, error_msg=message)
+
+
+@dataclass
+class SimJob:
+    id: str
+    script: list[Answer]
+    type: str = "exportAsset"
+    archive_id: str | None = None
+    reasons: list[dict[str, str]] = field(default_factory=list)
+    begin_time: datetime = field(default_factory=lambda: datetime.now(UTC) - timedelta(minutes=3))
+    duration: timedelta = timedelta(minutes=4, seconds=12)
+    polls: int = 0
+
+    def next_answer(self) -> Answer:
+        answer = self.script[min(self.polls, len(self.script) - 1)]
+        self.polls += 1
+        return answer
+
+    def body(self, answer: Answer) -> dict[str, Any]:
+        assert answer.status is not None
+        body: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "status": answer.status,
+            "begin_time": _iso(self.begin_time),
+        }
+        if answer.progress is not None:
+            body["progress_percent"] = answer.progress
+        word = answer.status.lower()
+        if word in ("succeeded", "success", "finished", "failed"):
+            body["end_time"] = _iso(self.begin_time + self.duration)
+        if word in ("succeeded", "success") and self.archive_id:
+            body["archive_id"] = self.archive_id
+        if word == "failed":
+            body[answer.reasons_key] = self.reasons
+        return body
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Simulator:
+    """The fake service; ``await start()`` serves it on 127.0.0.1 and returns its base URL."""
+
+    def __init__(
+        self, project_id: str = "sim-project", instance_id: str = "sim-instance", token: str = "sim-token"
+    ) -> None:
+        self.project_id = project_id
+        self.instances = {instance_id}
+        self.token = token
+        self.jobs: dict[str, SimJob] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.app = web.Application()
+        self.app.router.add_get(
+            "/v2/{project_id}/instances/{instance_id}/assets/jobs/{job_id}", self._job
+        )
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def add(self, job: SimJob) -> SimJob:
+        self.jobs[job.id] = job
+        return job
+
+    def polls(self, job_id: str) -> int:
+        return sum(1 for path, _ in self.requests if path.endswith(f"/jobs/{job_id}"))
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1]
+        self.url = f"http://{host}:{bound}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _job(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.path, dict(request.headers)))
+        headers = {"X-Request-Id": uuid.uuid4().hex}
+        if request.headers.get("X-Auth-Token") != self.token:
+            return _error(401, "APIG.1002", "Incorrect token or token resolution failed", headers)
+        if request.match_info["project_id"] != self.project_id:
+            return _error(403, "ROMA.00000101", "No permission for this project", headers)
+        if request.match_info["instance_id"] not in self.instances:
+            return _error(500, "ROMA.00110002", "The instance does not exist.", headers)
+        job = self.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return _error(404, *NOT_FOUND, headers)
+        answer = job.next_answer()
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
+        if answer.raw_body is not None:
+            return web.Response(
+                status=answer.http_status, body=answer.raw_body, headers=headers,
+                content_type="text/html",
+            )
+        if answer.json_body is not None:
+            return web.json_response(answer.json_body, status=answer.http_status, headers=headers)
+        if answer.http_status != 200:
+            return _error(
+                answer.http_status, answer.error_code, answer.error_msg, headers
+            )
+        return web.json_response(job.body(answer), headers=headers)
+
+
+def _error(
+    status: int, code: str | None, message: str | None, headers: dict[str, str]
+) -> web.Response:
+    body: dict[str, Any] = {"request_id": headers["X-Request-Id"]}
+    if code is not None:
+        body["error_code"] = code
+    if message is not None:
+        body["error_msg"] = message
+    return web.Response(
+        status=status, text=json.dumps(body), headers=headers, content_type="application/json"
+    )

@@ -1,0 +1,489 @@
+"""Storage: jobs, their transitions, events and their deliveries (the outbox).
+
+The store knows the database and nothing of HTTP or apprise. Everything a poll
+changes is written in one transaction, the events with their deliveries included,
+so that a crash can neither lose a message nor cause one twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from jobherald.errors import StoreError
+from jobherald.model import JobView, Outcome, Reason, State
+
+log = logging.getLogger(__name__)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timestamps stored as naive UTC, read back as aware UTC, on every backend."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("instance_id", sa.String(128), nullable=False),
+    sa.Column("configured", sa.Boolean, nullable=False, default=True),
+    sa.Column("state", sa.String(16), nullable=False, default="pending"),
+    sa.Column("raw_status", sa.String(64)),
+    sa.Column("progress", sa.Float),
+    sa.Column("recorded_progress", sa.Float),
+    sa.Column("type", sa.String(64)),
+    sa.Column("archive_id", sa.String(256)),
+    sa.Column("reasons", sa.Text),
+    sa.Column("begin_time", UTCDateTime),
+    sa.Column("end_time", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_polled_at", UTCDateTime),
+    sa.Column("last_changed_at", UTCDateTime),
+    sa.Column("error", sa.Text),
+    sa.Column("error_since", UTCDateTime),
+)
+
+transitions = sa.Table(
+    "transitions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(128), sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("from_state", sa.String(16)),
+    sa.Column("to_state", sa.String(16), nullable=False),
+    sa.Column("progress", sa.Float),
+    sa.Column("raw_status", sa.String(64)),
+    sa.Index("ix_transitions_job", "job_id", "id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("job_id", sa.String(128), sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(32), sa.ForeignKey("events.id"), nullable=False),
+    sa.Column("notifier", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.UniqueConstraint("event_id", "notifier", name="uq_deliveries_event_notifier"),
+    sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    view: JobView
+    name: str
+    source: str
+    configured: bool
+    last_polled_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    kind: str
+    payload: Mapping[str, Any]
+    notifiers: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: int
+    event_id: str
+    kind: str
+    notifier: str
+    attempts: int
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JobIdentity:
+    id: str
+    name: str
+    source: str
+    instance_id: str
+
+
+def _reasons_json(reasons: Iterable[Reason]) -> str | None:
+    items = [r.as_dict() for r in reasons]
+    return json.dumps(items) if items else None
+
+
+def _reasons_from(text: str | None) -> tuple[Reason, ...]:
+    if not text:
+        return ()
+    return tuple(Reason(**item) for item in json.loads(text))
+
+
+def _view(row: sa.Row[Any]) -> JobView:
+    return JobView(
+        id=row.id,
+        state=State(row.state),
+        raw_status=row.raw_status,
+        progress=row.progress,
+        type=row.type,
+        archive_id=row.archive_id,
+        reasons=_reasons_from(row.reasons),
+        begin_time=row.begin_time,
+        end_time=row.end_time,
+        last_changed_at=row.last_changed_at,
+        recorded_progress=row.recorded_progress,
+        error=row.error,
+        error_since=row.error_since,
+    )
+
+
+def _view_values(view: JobView) -> dict[str, Any]:
+    return {
+        "state": view.state.value,
+        "raw_status": view.raw_status,
+        "progress": view.progress,
+        "recorded_progress": view.recorded_progress,
+        "type": view.type,
+        "archive_id": view.archive_id,
+        "reasons": _reasons_json(view.reasons),
+        "begin_time": view.begin_time,
+        "end_time": view.end_time,
+        "last_changed_at": view.last_changed_at,
+        "error": view.error,
+        "error_since": view.error_since,
+    }
+
+
+def migrations_path() -> Path:
+    return Path(str(resources.files("jobherald.migrations")))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect, and bring the schema to the newest revision."""
+        parsed = make_url(url)
+        is_sqlite = parsed.get_backend_name() == "sqlite"
+        if is_sqlite and parsed.database:
+            folder = Path(parsed.database).parent
+            if not folder.is_dir():
+                raise StoreError(f"database folder {folder} does not exist")
+        engine = create_async_engine(url, pool_pre_ping=not is_sqlite)
+        if is_sqlite:
+            sa_event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        if migrate:
+            try:
+                await store.migrate()
+            except StoreError:
+                await engine.dispose()
+                raise
+            except Exception as exc:
+                await engine.dispose()
+                raise StoreError(f"cannot open database {parsed.render_as_string()}: {exc}") from exc
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(migrations_path()))
+        head = ScriptDirectory.from_config(config).get_current_head()
+
+        def current(connection: Connection) -> str | None:
+            return MigrationContext.configure(connection).get_current_revision()
+
+        def upgrade(connection: Connection) -> None:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+        async with self.engine.connect() as conn:
+            now = await conn.run_sync(current)
+        if now == head:
+            return
+        await self._backup_before_migration(now)
+        async with self.engine.begin() as conn:
+            await conn.run_sync(upgrade)
+        log.info("database migrated from %s to %s", now or "empty", head)
+
+    async def _backup_before_migration(self, revision: str | None) -> None:
+        """Copy an existing SQLite database aside, so a failed upgrade loses nothing."""
+        url = self.engine.url
+        if revision is None or url.get_backend_name() != "sqlite" or not url.database:
+            return
+        source = Path(url.database)
+        target = source.with_name(f"{source.name}.before-{revision}")
+        target.unlink(missing_ok=True)
+        async with self.engine.connect() as conn:
+            raw = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await raw.exec_driver_sql("VACUUM INTO ?", (str(target),))
+        log.info("copied %s to %s before migrating", source, target)
+
+    async def sync_jobs(self, watched: Sequence[JobIdentity], now: datetime) -> dict[str, StoredJob]:
+        """Register configured jobs (new ones as pending); return every known job."""
+        wanted = {j.id: j for j in watched}
+        async with self.engine.begin() as conn:
+            existing = {row.id: row for row in await conn.execute(sa.select(jobs))}
+            new_rows = [
+                {
+                    "id": j.id,
+                    "name": j.name,
+                    "source": j.source,
+                    "instance_id": j.instance_id,
+                    "configured": True,
+                    "state": State.PENDING.value,
+                    "created_at": now,
+                }
+                for j in watched
+                if j.id not in existing
+            ]
+            if new_rows:
+                await conn.execute(sa.insert(jobs), new_rows)
+            for job_id, row in existing.items():
+                j = wanted.get(job_id)
+                values: dict[str, Any]
+                if j is None:
+                    values = {"configured": False}
+                else:
+                    values = {
+                        "name": j.name,
+                        "source": j.source,
+                        "instance_id": j.instance_id,
+                        "configured": True,
+                    }
+                if any(getattr(row, k) != v for k, v in values.items()):
+                    await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+            rows = await conn.execute(sa.select(jobs))
+            return {row.id: _stored(row) for row in rows}
+
+    async def record(
+        self,
+        job_id: str,
+        outcome: Outcome,
+        polled_at: datetime,
+        new_events: Sequence[NewEvent] = (),
+    ) -> list[str]:
+        """Write what one poll changed, its transition and its events, in one transaction.
+
+        Returns the ids of the events written.
+        """
+        event_ids: list[str] = []
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(last_polled_at=polled_at, **_view_values(outcome.job))
+            )
+            if outcome.transition is not None:
+                t = outcome.transition
+                await conn.execute(
+                    sa.insert(transitions).values(
+                        job_id=job_id,
+                        at=t.at,
+                        from_state=t.from_state.value if t.from_state else None,
+                        to_state=t.to_state.value,
+                        progress=t.progress,
+                        raw_status=t.raw_status,
+                    )
+                )
+            for new in new_events:
+                event_id = uuid.uuid4().hex
+                event_ids.append(event_id)
+                await conn.execute(
+                    sa.insert(events).values(
+                        id=event_id,
+                        job_id=job_id,
+                        kind=new.kind,
+                        at=polled_at,
+                        payload=json.dumps(new.payload, default=str),
+                    )
+                )
+                if new.notifiers:
+                    await conn.execute(
+                        sa.insert(deliveries),
+                        [
+                            {
+                                "event_id": event_id,
+                                "notifier": name,
+                                "state": "pending",
+                                "attempts": 0,
+                                "next_attempt_at": polled_at,
+                            }
+                            for name in new.notifiers
+                        ],
+                    )
+        return event_ids
+
+    async def touch(self, polled: Mapping[str, datetime]) -> None:
+        """Write the last poll time of jobs whose polls changed nothing, in one statement."""
+        if not polled:
+            return
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.id == sa.bindparam("job_id"))
+            .values(last_polled_at=sa.bindparam("polled_at"))
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                statement, [{"job_id": k, "polled_at": v} for k, v in polled.items()]
+            )
+
+    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
+        query = (
+            sa.select(
+                deliveries.c.id,
+                deliveries.c.event_id,
+                deliveries.c.notifier,
+                deliveries.c.attempts,
+                events.c.kind,
+                events.c.payload,
+            )
+            .join(events, events.c.id == deliveries.c.event_id)
+            .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
+            .order_by(deliveries.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            Delivery(
+                id=row.id,
+                event_id=row.event_id,
+                kind=row.kind,
+                notifier=row.notifier,
+                attempts=row.attempts,
+                payload=json.loads(row.payload),
+            )
+            for row in rows
+        ]
+
+    async def next_delivery_at(self) -> datetime | None:
+        query = sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
+            deliveries.c.state == "pending"
+        )
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        if value is None:
+            return None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    async def mark_delivered(self, delivery_id: int, at: datetime) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.id == delivery_id)
+                .values(
+                    state="delivered",
+                    delivered_at=at,
+                    attempts=deliveries.c.attempts + 1,
+                    last_error=None,
+                )
+            )
+
+    async def mark_failed(
+        self, delivery_id: int, error: str, retry_at: datetime | None
+    ) -> None:
+        """Record a failed attempt; with no ``retry_at`` the delivery is abandoned."""
+        values: dict[str, Any] = {
+            "attempts": deliveries.c.attempts + 1,
+            "last_error": error[:1000],
+        }
+        if retry_at is None:
+            values["state"] = "abandoned"
+        else:
+            values["next_attempt_at"] = retry_at
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(deliveries).where(deliveries.c.id == delivery_id).values(**values)
+            )
+
+    async def status(self) -> list[sa.Row[Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(jobs).order_by(jobs.c.created_at, jobs.c.id))
+            return list(rows)
+
+    async def job(self, job_id: str) -> sa.Row[Any] | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
+
+    async def history(self, job_id: str) -> list[sa.Row[Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(transitions)
+                .where(transitions.c.job_id == job_id)
+                .order_by(transitions.c.id)
+            )
+            return list(rows)
+
+    async def delivery_counts(self) -> dict[str, int]:
+        query = sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
+        async with self.engine.connect() as conn:
+            return {state: count for state, count in (await conn.execute(query)).all()}
+
+
+def _stored(row: sa.Row[Any]) -> StoredJob:
+    return StoredJob(
+        view=_view(row),
+        name=row.name,
+        source=row.source,
+        configured=row.configured,
+        last_polled_at=row.last_polled_at,
+    )
+
+
+def reasons_of(row: sa.Row[Any]) -> list[dict[str, str | None]]:
+    return [r.as_dict() for r in _reasons_from(row.reasons)]
