@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -315,5 +315,3 @@ def demo(speed: float) -> None:
 
 def main() -> None:
     cli(prog_name="jobherald")
-
-

@@ -30,7 +30,8 @@ from pydantic import (
 from jobherald.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/jobherald/config.toml")
-EVENTS = ("succeeded", "failed")
+Event = Literal["succeeded", "failed"]
+EVENTS: tuple[Event, ...] = ("succeeded", "failed")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -107,7 +108,7 @@ class RomaConnectSource(_Model):
 
 class NotifierSection(_Model):
     urls: tuple[str, ...] = Field(min_length=1)
-    on: tuple[Literal["succeeded", "failed"], ...] = EVENTS
+    on: tuple[Event, ...] = EVENTS
 
 
 class JobSection(_Model):
@@ -249,8 +250,7 @@ def _expand(value: Any, label: str, where: str, problems: list[str]) -> Any:
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
         return {
-            k: _expand(v, label, f"{where}.{k}" if where else k, problems)
-            for k, v in value.items()
+            k: _expand(v, label, f"{where}.{k}" if where else k, problems) for k, v in value.items()
         }
     if isinstance(value, list):
         return [_expand(v, label, f"{where}[{i}]", problems) for i, v in enumerate(value)]
@@ -281,6 +281,8 @@ def _describe(err: Any, label: str) -> str:
         message = "unknown key"
     elif kind == "missing":
         message = "required key is missing"
+    elif kind == "too_short":
+        message = "must not be empty"
     elif kind == "literal_error" and loc and loc[-1] == "type":
         message = "unknown source type (known: roma-connect)"
     else:
@@ -349,7 +351,9 @@ def _resolve_source(
         return None
     token = section.token
     if section.token_file is not None:
-        secret_path = section.token_file if section.token_file.is_absolute() else base / section.token_file
+        secret_path = (
+            section.token_file if section.token_file.is_absolute() else base / section.token_file
+        )
         try:
             token = SecretStr(secret_path.read_text(encoding="utf-8").strip())
         except OSError as exc:
@@ -441,7 +445,9 @@ def _database_url(url: str, config_dir: Path, label: str, problems: list[str]) -
         return parsed.set(drivername=f"postgresql+{driver or 'asyncpg'}").render_as_string(
             hide_password=False
         )
-    problems.append(f"{label}: daemon.database: unsupported database {backend!r} (sqlite, postgresql)")
+    problems.append(
+        f"{label}: daemon.database: unsupported database {backend!r} (sqlite, postgresql)"
+    )
     return url
 
 

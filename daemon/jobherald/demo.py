@@ -23,7 +23,7 @@ _inbox_lock = threading.Lock()
 def _register_plugin() -> None:
     from apprise.decorators import notify
 
-    @notify(on=DEMO_SCHEME, name="jobherald demo terminal")  # type: ignore[untyped-decorator]
+    @notify(on=DEMO_SCHEME, name="jobherald demo terminal")  # type: ignore[untyped-decorator,no-untyped-call]
     def show(body: str, title: str, notify_type: str, *args: Any, **kwargs: Any) -> bool:
         with _inbox_lock:
             _inbox.append((title, body, str(notify_type)))
@@ -91,7 +91,9 @@ def demo_jobs() -> list[tuple[str, SimJob]]:
     ]
 
 
-def _write_config(folder: Path, url: str, sim: Simulator, jobs: list[tuple[str, SimJob]], interval: float) -> Path:
+def _write_config(
+    folder: Path, url: str, sim: Simulator, jobs: list[tuple[str, SimJob]], interval: float
+) -> Path:
     lines = [
         "[daemon]",
         'database = "sqlite:///demo.db"',
@@ -196,12 +198,11 @@ async def run_demo(speed: float = 1.0) -> int:
         with Live(_view(rows), console=console, refresh_per_second=4) as live:
             while time.monotonic() - started < TIME_LIMIT and not task.done():
                 await asyncio.sleep(0.25)
-                if Path(folder, "demo.db").exists():
-                    try:
-                        rows = await _snapshot(cfg)
-                    except Exception:  # the daemon may still be creating the schema
-                        continue
-                    live.update(_view(rows))
+                try:
+                    rows = await _snapshot(cfg)
+                except Exception:  # the daemon may still be creating the schema
+                    rows = []
+                live.update(_view(rows))
                 received += _print_messages(live.console)
                 finished = rows and all(r["status"] in ("succeeded", "failed") for r in rows)
                 if finished and received >= len(jobs):

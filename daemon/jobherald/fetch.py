@@ -65,7 +65,7 @@ class Fetcher:
                     url,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=timeout),
-                    ssl=None if verify_tls else False,
+                    ssl=verify_tls,
                     allow_redirects=False,
                 ) as response:
                     body = await response.read()

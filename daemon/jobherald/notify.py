@@ -71,7 +71,7 @@ def _reason_line(reason: Mapping[str, Any]) -> str:
 def retry_delay(attempts: int) -> float:
     """Seconds before the next try after ``attempts`` failures: doubling, capped, jittered."""
     base = min(RETRY_FIRST * (2 ** max(attempts - 1, 0)), RETRY_MAX)
-    return base * random.uniform(0.8, 1.2)
+    return float(base * random.uniform(0.8, 1.2))
 
 
 def _utcnow() -> datetime:
@@ -142,7 +142,9 @@ class Dispatcher:
                 )
                 log.warning(
                     "dropped %s event %s for notifier %s: no longer configured",
-                    delivery.kind, delivery.event_id, delivery.notifier,
+                    delivery.kind,
+                    delivery.event_id,
+                    delivery.notifier,
                 )
                 return
             message = render(delivery.kind, delivery.event_id, delivery.payload)
@@ -157,7 +159,10 @@ class Dispatcher:
                 await self.store.mark_delivered(delivery.id, now)
                 log.info(
                     "delivered %s of job %s (%s) to %s",
-                    delivery.kind, job.get("name"), job.get("id"), delivery.notifier,
+                    delivery.kind,
+                    job.get("name"),
+                    job.get("id"),
+                    delivery.notifier,
                 )
                 return
             created = datetime.fromisoformat(delivery.payload["event"]["at"])
@@ -166,14 +171,22 @@ class Dispatcher:
                 await self.store.mark_failed(delivery.id, error, None)
                 log.error(
                     "gave up delivering %s of job %s (%s) to %s after %d attempts: %s",
-                    delivery.kind, job.get("name"), job.get("id"), delivery.notifier,
-                    delivery.attempts + 1, error,
+                    delivery.kind,
+                    job.get("name"),
+                    job.get("id"),
+                    delivery.notifier,
+                    delivery.attempts + 1,
+                    error,
                 )
                 return
             await self.store.mark_failed(delivery.id, error, retry_at)
             log.warning(
                 "delivering %s of job %s (%s) to %s failed (%s); retry at %s",
-                delivery.kind, job.get("name"), job.get("id"), delivery.notifier, error,
+                delivery.kind,
+                job.get("name"),
+                job.get("id"),
+                delivery.notifier,
+                error,
                 retry_at.isoformat(timespec="seconds"),
             )
 

@@ -8,6 +8,7 @@ woken. A job that reached a terminal state leaves the schedule for good.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -87,7 +88,9 @@ class Watcher:
 
     async def start(self) -> None:
         """Register the configured jobs in the store and load what it knows of them."""
-        identities = [JobIdentity(j.id, j.name, j.source, j.instance_id) for j in self.jobs.values()]
+        identities = [
+            JobIdentity(j.id, j.name, j.source, j.instance_id) for j in self.jobs.values()
+        ]
         stored = await self.store.sync_jobs(identities, self.clock())
         self.views = {job_id: s.view for job_id, s in stored.items() if job_id in self.jobs}
 
@@ -122,7 +125,9 @@ class Watcher:
         await self._record(job, before, outcome, now)
         return outcome.job.state.terminal
 
-    async def _record(self, job: WatchedJob, before: JobView, outcome: Outcome, now: datetime) -> None:
+    async def _record(
+        self, job: WatchedJob, before: JobView, outcome: Outcome, now: datetime
+    ) -> None:
         if not outcome.changed and outcome.transition is None:
             self._unflushed[job.id] = now
             return
@@ -139,10 +144,16 @@ class Watcher:
         self.views[job.id] = outcome.job
         if before.error and outcome.job.error is None:
             log.info("polling job %s (%s) works again", job.name, job.id)
-        if outcome.transition is not None and outcome.transition.from_state is not outcome.job.state:
+        if (
+            outcome.transition is not None
+            and outcome.transition.from_state is not outcome.job.state
+        ):
             log.info(
                 "job %s (%s): %s -> %s%s",
-                job.name, job.id, before.state.value, outcome.job.state.value,
+                job.name,
+                job.id,
+                before.state.value,
+                outcome.job.state.value,
                 f" (status {outcome.job.raw_status})" if outcome.job.state is State.UNKNOWN else "",
             )
         if new_events:
@@ -193,12 +204,19 @@ class Schedule:
         spread_limit = 1.0 + len(active) / 200.0
         now = self.watcher.clock()
         for job in active:
-            self.add(job, now + timedelta(seconds=random.uniform(0, min(job.poll_interval, spread_limit))))
+            self.add(
+                job,
+                now + timedelta(seconds=random.uniform(0, min(job.poll_interval, spread_limit))),
+            )
         self.scheduler.add_job(
             self._flush, IntervalTrigger(seconds=FLUSH_EVERY), id="jobherald:flush"
         )
         self.scheduler.start()
-        log.info("watching %d jobs (%d already finished)", len(active), len(self.watcher.jobs) - len(active))
+        log.info(
+            "watching %d jobs (%d already finished)",
+            len(active),
+            len(self.watcher.jobs) - len(active),
+        )
 
     def add(self, job: WatchedJob, first_at: datetime) -> None:
         from apscheduler.triggers.interval import IntervalTrigger
@@ -229,10 +247,8 @@ class Schedule:
     def _remove(self, job_id: str) -> None:
         from apscheduler.jobstores.base import JobLookupError
 
-        try:
+        with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(job_id)
-        except JobLookupError:
-            pass
 
     async def _flush(self) -> None:
         try:

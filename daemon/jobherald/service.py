@@ -72,6 +72,8 @@ class Daemon:
                 dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
                 watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
                 await watcher.start()
+                if retried := await store.retry_pending_now(self.clock()):
+                    log.info("retrying %d undelivered messages from before the restart", retried)
                 schedule = Schedule(watcher)
                 delivering = asyncio.Event()
                 sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")

@@ -94,7 +94,10 @@ class Simulator:
     """The fake service; ``await start()`` serves it on 127.0.0.1 and returns its base URL."""
 
     def __init__(
-        self, project_id: str = "sim-project", instance_id: str = "sim-instance", token: str = "sim-token"
+        self,
+        project_id: str = "sim-project",
+        instance_id: str = "sim-instance",
+        token: str = "sim-token",
     ) -> None:
         self.project_id = project_id
         self.instances = {instance_id}
@@ -149,15 +152,15 @@ class Simulator:
             await asyncio.sleep(answer.delay)
         if answer.raw_body is not None:
             return web.Response(
-                status=answer.http_status, body=answer.raw_body, headers=headers,
+                status=answer.http_status,
+                body=answer.raw_body,
+                headers=headers,
                 content_type="text/html",
             )
         if answer.json_body is not None:
             return web.json_response(answer.json_body, status=answer.http_status, headers=headers)
         if answer.http_status != 200:
-            return _error(
-                answer.http_status, answer.error_code, answer.error_msg, headers
-            )
+            return _error(answer.http_status, answer.error_code, answer.error_msg, headers)
         return web.json_response(job.body(answer), headers=headers)
 
 

@@ -228,7 +228,9 @@ class Store:
                 raise
             except Exception as exc:
                 await engine.dispose()
-                raise StoreError(f"cannot open database {parsed.render_as_string()}: {exc}") from exc
+                raise StoreError(
+                    f"cannot open database {parsed.render_as_string()}: {exc}"
+                ) from exc
         return store
 
     async def close(self) -> None:
@@ -273,7 +275,9 @@ class Store:
             await raw.exec_driver_sql("VACUUM INTO ?", (str(target),))
         log.info("copied %s to %s before migrating", source, target)
 
-    async def sync_jobs(self, watched: Sequence[JobIdentity], now: datetime) -> dict[str, StoredJob]:
+    async def sync_jobs(
+        self, watched: Sequence[JobIdentity], now: datetime
+    ) -> dict[str, StoredJob]:
         """Register configured jobs (new ones as pending); return every known job."""
         wanted = {j.id: j for j in watched}
         async with self.engine.begin() as conn:
@@ -411,13 +415,23 @@ class Store:
             for row in rows
         ]
 
+    async def retry_pending_now(self, now: datetime) -> int:
+        """Make every pending delivery due now (at start: a restart is often the fix)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at > now)
+                .values(next_attempt_at=now)
+            )
+            return int(result.rowcount or 0)
+
     async def next_delivery_at(self) -> datetime | None:
         query = sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
             deliveries.c.state == "pending"
         )
         async with self.engine.connect() as conn:
             value = (await conn.execute(query)).scalar()
-        if value is None:
+        if not isinstance(value, datetime):
             return None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -434,9 +448,7 @@ class Store:
                 )
             )
 
-    async def mark_failed(
-        self, delivery_id: int, error: str, retry_at: datetime | None
-    ) -> None:
+    async def mark_failed(self, delivery_id: int, error: str, retry_at: datetime | None) -> None:
         """Record a failed attempt; with no ``retry_at`` the delivery is abandoned."""
         values: dict[str, Any] = {
             "attempts": deliveries.c.attempts + 1,

@@ -1,0 +1,195 @@
+"""Shared test parts: the ROMA Connect simulator, a webhook receiver, config files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from jobherald import config as config_module
+from jobherald.simulator import Simulator
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: what apprise's json:// URLs post to."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.paths: list[str] = []
+        self.fail_with: int | None = None
+        self.hang = asyncio.Event()
+        self.hanging = False
+        self.app = web.Application()
+        self.app.router.add_post("/{tail:.*}", self._post)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def url(self, path: str = "hook") -> str:
+        return f"json://127.0.0.1:{self.port}/{path}"
+
+    async def _post(self, request: web.Request) -> web.Response:
+        if self.fail_with is not None:
+            return web.Response(status=self.fail_with, text="receiver is down")
+        payload = await request.json()
+        self.messages.append(payload)
+        self.paths.append(request.path)
+        return web.Response(text="ok")
+
+    def titles(self, path: str | None = None) -> list[str]:
+        return sorted(
+            m["title"]
+            for m, p in zip(self.messages, self.paths, strict=True)
+            if path is None or p == f"/{path}"
+        )
+
+    def event_ids(self) -> list[str]:
+        return [m["message"].rsplit("event ", 1)[1].strip() for m in self.messages]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator()
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    await rec.start()
+    yield rec
+    await rec.stop()
+
+
+@dataclass
+class ConfigWriter:
+    """Writes a config.toml for the simulator and receiver, and loads it."""
+
+    folder: Path
+    sim: Simulator | None = None
+    receiver: Receiver | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def write(
+        self,
+        jobs: Sequence[str | dict[str, Any]],
+        *,
+        notifiers: dict[str, dict[str, Any]] | None = None,
+        daemon: dict[str, Any] | None = None,
+    ) -> Path:
+        sim_url = self.sim.url if self.sim else "http://127.0.0.1:9"
+        project = self.sim.project_id if self.sim else "p"
+        instance = next(iter(self.sim.instances)) if self.sim else "i"
+        token = self.sim.token if self.sim else "t"
+        if notifiers is None:
+            url = self.receiver.url() if self.receiver else "json://127.0.0.1:9/hook"
+            notifiers = {"ops": {"urls": [url]}}
+        settings = {
+            "database": "sqlite:///jobherald.db",
+            "poll_interval": "1s",
+            "shutdown_timeout": "5s",
+            **(daemon or {}),
+        }
+        text = "[daemon]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+        text += textwrap.dedent(
+            f"""\
+
+            [sources.roma]
+            type = "roma-connect"
+            endpoint = "{sim_url}"
+            project_id = "{project}"
+            instance_id = "{instance}"
+            token = "{token}"
+            timeout = "2s"
+            """
+        )
+        for name, options in notifiers.items():
+            text += f"\n[notifiers.{name}]\n"
+            for key, value in options.items():
+                text += f"{key} = {json.dumps(value)}\n"
+        for job in jobs:
+            spec = {"id": job} if isinstance(job, str) else dict(job)
+            spec.setdefault("source", "roma")
+            text += "\n[[jobs]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in spec.items())
+        text += "\n".join(self.extra)
+        path = self.folder / "config.toml"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def load(self, *args: Any, **kwargs: Any) -> config_module.Config:
+        return config_module.load(self.write(*args, **kwargs))
+
+
+@pytest.fixture
+def configs(tmp_path: Path, request: pytest.FixtureRequest) -> ConfigWriter:
+    sim = request.getfixturevalue("sim") if "sim" in request.fixturenames else None
+    rec = request.getfixturevalue("receiver") if "receiver" in request.fixturenames else None
+    return ConfigWriter(tmp_path, sim, rec)
+
+
+class Clock:
+    """Injected time: starts now, moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+async def jobherald(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, str, str]:
+    """Run the jobherald command line in a child process; return (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobherald",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition"
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,352 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from jobherald import config
+from jobherald.errors import ConfigError
+from tests.conftest import jobherald
+
+BASE = """\
+[daemon]
+poll_interval = "30s"
+
+[sources.roma-prod]
+type = "roma-connect"
+endpoint = "https://roma.cn-north-4.myhuaweicloud.com/"
+project_id = "0a1b2c"
+instance_id = "ab12"
+token = "s3cret-token"
+
+[notifiers.ops]
+urls = ["json://127.0.0.1:9/hook"]
+"""
+
+
+def write(folder: Path, text: str, name: str = "config.toml") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    return caught.value.problems
+
+
+def test_a_full_config_loads_into_resolved_jobs(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        BASE
+        + """
+[[jobs]]
+id = "ff8080814dbd65d7014dbe0d84db0013"
+source = "roma-prod"
+name = "nightly export"
+instance_id = "cd34"
+notify = ["ops"]
+poll_interval = "1m"
+
+[[jobs]]
+id = "job-2"
+source = "roma-prod"
+""",
+    )
+    cfg = config.load(path)
+    first, second = cfg.jobs
+    assert first.name == "nightly export"
+    assert first.instance_id == "cd34"
+    assert first.poll_interval == 60.0
+    assert second.name == "job-2"
+    assert second.instance_id == "ab12"
+    assert second.poll_interval == 30.0
+    assert second.notify == ("ops",)
+    assert cfg.sources["roma-prod"].endpoint == "https://roma.cn-north-4.myhuaweicloud.com"
+    assert cfg.sources["roma-prod"].token.get_secret_value() == "s3cret-token"
+    assert cfg.database_url == f"sqlite+aiosqlite:///{tmp_path}/jobherald.db"
+    assert cfg.notifiers["ops"].on == ("succeeded", "failed")
+
+
+def test_unknown_source_names_the_file_key_and_the_known_ones(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        BASE
+        + """
+[[jobs]]
+id = "a"
+source = "roma-prod"
+[[jobs]]
+id = "b"
+source = "roma-prod"
+[[jobs]]
+id = "c"
+source = "roma-prd"
+""",
+    )
+    assert problems(path) == [
+        f"{path}: jobs[2].source: unknown source 'roma-prd' (known: roma-prod)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ('[daemon]\npol_interval = "1s"\n', "daemon.pol_interval: unknown key"),
+        ("[extra]\nx = 1\n", "extra: unknown key"),
+        (
+            '[sources.s]\ntype = "roma-connect"\nendpoint = "https://e"\nproject_id = "p"\ntoken = "t"\ntokn = "x"\n',
+            "sources.s.tokn: unknown key",
+        ),
+        (
+            '[sources.s]\ntype = "gitlab"\nendpoint = "https://e"\nproject_id = "p"\ntoken = "t"\n',
+            "sources.s.type: unknown source type (known: roma-connect)",
+        ),
+        (
+            '[sources.s]\ntype = "roma-connect"\nproject_id = "p"\ntoken = "t"\n',
+            "sources.s.endpoint: required key is missing",
+        ),
+        (
+            '[sources.s]\ntype = "roma-connect"\nendpoint = "ftp://e"\nproject_id = "p"\ntoken = "t"\n',
+            "sources.s.endpoint: endpoint 'ftp://e' must start with https:// or http://",
+        ),
+        (
+            '[daemon]\npoll_interval = "5x"\n',
+            "daemon.poll_interval: bad duration '5x': use seconds or a text like 500ms, 30s, 5m, 1h",
+        ),
+        (
+            '[daemon]\npoll_interval = "-1"\n',
+            "daemon.poll_interval: duration '-1' must be more than zero",
+        ),
+        (
+            "[daemon]\nconcurrency = 0\n",
+            "daemon.concurrency: Input should be greater than or equal to 1",
+        ),
+        (
+            '[daemon]\nlog_level = "loud"\n',
+            "daemon.log_level: Input should be 'debug', 'info', 'warning' or 'error'",
+        ),
+        ("[notifiers.n]\nurls = []\n", "notifiers.n.urls: must not be empty"),
+        (
+            '[notifiers.n]\nurls = ["json://h/x"]\non = ["finished"]\n',
+            "notifiers.n.on[0]: unknown event (known: succeeded, failed)",
+        ),
+        (
+            '[[jobs]]\nid = "has space"\nsource = "s"\n',
+            "jobs[0].id: bad job id 'has space': letters, digits and _.:- only",
+        ),
+        ('[[jobs]]\nsource = "s"\n', "jobs[0].id: required key is missing"),
+        ('[[jobs]]\nid = "a"\nsource = "s"\ncolour = "red"\n', "jobs[0].colour: unknown key"),
+    ],
+)
+def test_each_bad_key_is_one_line_naming_file_and_key(
+    tmp_path: Path, snippet: str, expected: str
+) -> None:
+    path = write(tmp_path, snippet)
+    assert problems(path) == [f"{path}: {expected}"]
+
+
+def test_several_problems_are_all_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, '[daemon]\npoll_interval = "5x"\nconcurrency = -1\nfoo = 1\n')
+    assert len(problems(path)) == 3
+
+
+def test_bad_apprise_url_is_refused_without_echoing_its_secret(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        BASE.replace(
+            'urls = ["json://127.0.0.1:9/hook"]',
+            'urls = ["json://127.0.0.1:9/hook", "nosuch://user:hunter2@host"]',
+        ),
+    )
+    (line,) = problems(path)
+    assert line == (
+        f"{path}: notifiers.ops.urls[1]: apprise cannot use this nosuch:// URL "
+        "(unknown service or missing parts)"
+    )
+    assert "hunter2" not in line
+
+
+def test_unknown_notifier_in_a_job_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + '[[jobs]]\nid = "a"\nsource = "roma-prod"\nnotify = ["opps"]\n')
+    assert problems(path) == [f"{path}: jobs[0].notify[0]: unknown notifier 'opps' (known: ops)"]
+
+
+def test_a_job_needs_an_instance_id_from_itself_or_its_source(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        BASE.replace('instance_id = "ab12"\n', "") + '[[jobs]]\nid = "a"\nsource = "roma-prod"\n',
+    )
+    assert problems(path) == [
+        f"{path}: jobs[0].instance_id: required, as source 'roma-prod' sets no instance_id"
+    ]
+
+
+def test_duplicate_job_ids_across_drop_ins_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        BASE.replace("[daemon]\n", '[daemon]\ninclude = ["jobs.d/*.toml"]\n')
+        + '[[jobs]]\nid = "a"\nsource = "roma-prod"\n',
+    )
+    write(tmp_path, '[[jobs]]\nid = "a"\nsource = "roma-prod"\n', "jobs.d/10-more.toml")
+    assert problems(path) == [
+        f"jobs.d/10-more.toml: jobs[0].id: duplicate job id 'a' (first in {path}: jobs[0])"
+    ]
+
+
+def test_drop_in_jobs_are_added_and_their_errors_name_the_drop_in(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("[daemon]\n", '[daemon]\ninclude = ["jobs.d/*.toml"]\n'))
+    write(tmp_path, '[[jobs]]\nid = "b"\nsource = "roma-prod"\n', "jobs.d/20-b.toml")
+    write(tmp_path, '[[jobs]]\nid = "a"\nsource = "roma-prod"\n', "jobs.d/10-a.toml")
+    assert [j.id for j in config.load(path).jobs] == ["a", "b"]
+    write(tmp_path, '[[jobs]]\nid = "c"\nsource = "roma-prod"\n\n[daemon]\n', "jobs.d/30-c.toml")
+    assert problems(path) == ["jobs.d/30-c.toml: daemon: unknown key"]
+
+
+def test_an_include_naming_a_missing_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("[daemon]\n", '[daemon]\ninclude = ["jobs.toml"]\n'))
+    assert problems(path) == [f"{path}: daemon.include[0]: file not found: jobs.toml"]
+
+
+def test_environment_variables_are_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROMA_TOKEN", "from-env")
+    monkeypatch.setenv("JOB_NAME", "nightly")
+    path = write(
+        tmp_path,
+        BASE.replace('token = "s3cret-token"', 'token = "${ROMA_TOKEN}"')
+        + '[[jobs]]\nid = "a"\nsource = "roma-prod"\nname = "${JOB_NAME} $$5"\n',
+    )
+    cfg = config.load(path)
+    assert cfg.sources["roma-prod"].token.get_secret_value() == "from-env"
+    assert cfg.jobs[0].name == "nightly $5"
+
+
+def test_a_missing_environment_variable_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROMA_TOKEN", raising=False)
+    path = write(tmp_path, BASE.replace('token = "s3cret-token"', 'token = "${ROMA_TOKEN}"'))
+    assert problems(path) == [
+        f"{path}: sources.roma-prod.token: environment variable ROMA_TOKEN is not set"
+    ]
+
+
+def test_token_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "roma.token").write_text("file-token\n")
+    path = write(tmp_path, BASE.replace('token = "s3cret-token"', 'token_file = "roma.token"'))
+    assert config.load(path).sources["roma-prod"].token.get_secret_value() == "file-token"
+
+
+@pytest.mark.parametrize(
+    ("replacement", "expected"),
+    [
+        (
+            'token_file = "missing.token"',
+            "sources.roma-prod.token_file: cannot read {dir}/missing.token: No such file or directory",
+        ),
+        (
+            'token = "a"\ntoken_file = "x"',
+            "sources.roma-prod: give exactly one of token and token_file",
+        ),
+        ("", "sources.roma-prod: give exactly one of token and token_file"),
+        ('token = ""', "sources.roma-prod.token: is empty"),
+    ],
+)
+def test_token_problems_are_reported(tmp_path: Path, replacement: str, expected: str) -> None:
+    path = write(tmp_path, BASE.replace('token = "s3cret-token"', replacement))
+    assert problems(path) == [f"{path}: {expected.format(dir=tmp_path)}"]
+
+
+def test_the_token_never_appears_in_the_config_repr(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, BASE))
+    assert "s3cret-token" not in repr(cfg)
+
+
+def test_not_toml_is_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[daemon\n")
+    (line,) = problems(path)
+    assert line.startswith(f"{path}: not valid TOML: ")
+
+
+def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    assert problems(tmp_path / "nope.toml") == [f"{tmp_path}/nope.toml: file not found"]
+
+
+def test_relative_sqlite_path_resolves_against_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/jobherald")
+    cfg = config.load(write(tmp_path, BASE))
+    assert cfg.database_url == "sqlite+aiosqlite:////var/lib/jobherald/jobherald.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:////srv/jh.db", "sqlite+aiosqlite:////srv/jh.db"),
+        ("postgresql://jh:pw@127.0.0.1/jh", "postgresql+asyncpg://jh:pw@127.0.0.1/jh"),
+    ],
+)
+def test_database_urls_get_an_async_driver(tmp_path: Path, url: str, expected: str) -> None:
+    cfg = config.load(
+        write(tmp_path, BASE.replace("[daemon]\n", f'[daemon]\ndatabase = "{url}"\n'))
+    )
+    assert cfg.database_url == expected
+
+
+def test_unsupported_database_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("[daemon]\n", '[daemon]\ndatabase = "mysql://h/db"\n'))
+    assert problems(path) == [
+        f"{path}: daemon.database: unsupported database 'mysql' (sqlite, postgresql)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (5, 5.0),
+        (0.5, 0.5),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("2d", 172800.0),
+        ("12", 12.0),
+    ],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+async def test_check_config_exits_2_with_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + '[[jobs]]\nid = "a"\nsource = "roma-prd"\n')
+    code, out, err = await jobherald("check-config", "-c", str(path))
+    assert code == 2
+    assert out == ""
+    assert err == f"{path}: jobs[0].source: unknown source 'roma-prd' (known: roma-prod)\n"
+    code, out, err = await jobherald("run", "--once", "-c", str(path))
+    assert code == 2
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+async def test_check_config_accepts_a_good_file_and_reads_the_environment_path(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, BASE + '[[jobs]]\nid = "a"\nsource = "roma-prod"\n')
+    code, out, _ = await jobherald("check-config", env={"JOBHERALD_CONFIG": str(path)})
+    assert code == 0
+    assert out == f"{path}: ok (1 jobs, 1 sources, 1 notifiers)\n"
+
+
+def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROMA_TOKEN", "example")
+    example = Path(__file__).parent.parent / "config.example.toml"
+    cfg = config.load(example)
+    assert cfg.jobs

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from jobherald.errors import StoreError
+from jobherald.model import JobView, Outcome, State, Transition
+from jobherald.store import JobIdentity, NewEvent, Store
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+
+
+async def test_migrations_build_the_schema_on_an_empty_database(tmp_path: Path) -> None:
+    db = tmp_path / "jh.db"
+    store = await Store.open(url(db))
+    await store.close()
+    assert tables(db) == {"alembic_version", "jobs", "transitions", "events", "deliveries"}
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
+
+
+async def test_opening_a_current_database_again_changes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "jh.db"
+    store = await Store.open(url(db))
+    await store.sync_jobs([JobIdentity("a", "A", "roma", "i")], NOW)
+    await store.close()
+    store = await Store.open(url(db))
+    assert [r.id for r in await store.status()] == ["a"]
+    await store.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if ".before-" in p.name) == []
+
+
+async def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"database folder .*/nope does not exist"):
+        await Store.open(url(tmp_path / "nope" / "jh.db"))
+
+
+async def test_an_event_and_its_deliveries_are_written_with_the_transition(tmp_path: Path) -> None:
+    store = await Store.open(url(tmp_path / "jh.db"))
+    await store.sync_jobs([JobIdentity("a", "A", "roma", "i")], NOW)
+    view = JobView("a", state=State.SUCCEEDED, raw_status="SUCCEEDED", last_changed_at=NOW)
+    outcome = Outcome(view, True, Transition(NOW, None, State.SUCCEEDED, 1.0, "SUCCEEDED"))
+    event = NewEvent(
+        "succeeded", {"event": {"at": NOW.isoformat()}, "job": {"id": "a"}}, ["ops", "audit"]
+    )
+    (event_id,) = await store.record("a", outcome, NOW, [event])
+    due = await store.due_deliveries(NOW)
+    assert [(d.event_id, d.notifier, d.kind) for d in due] == [
+        (event_id, "ops", "succeeded"),
+        (event_id, "audit", "succeeded"),
+    ]
+    await store.mark_delivered(due[0].id, NOW)
+    assert [d.notifier for d in await store.due_deliveries(NOW)] == ["audit"]
+    assert await store.delivery_counts() == {"delivered": 1, "pending": 1}
+    (row,) = await store.status()
+    assert (row.state, row.last_polled_at, row.last_changed_at) == ("succeeded", NOW, NOW)
+    await store.close()
+
+
+async def test_a_failing_transaction_leaves_no_half_written_state(tmp_path: Path) -> None:
+    store = await Store.open(url(tmp_path / "jh.db"))
+    await store.sync_jobs([JobIdentity("a", "A", "roma", "i")], NOW)
+    view = JobView("a", state=State.FAILED, raw_status="FAILED")
+    outcome = Outcome(view, True, Transition(NOW, None, State.FAILED, 1.0, "FAILED"))
+    event = NewEvent("failed", {"job": {"id": "a"}}, ["ops", None])  # type: ignore[list-item]
+    with pytest.raises(sa.exc.IntegrityError):
+        await store.record("a", outcome, NOW, [event])
+    (row,) = await store.status()
+    assert row.state == "pending"
+    assert await store.history("a") == []
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(sa.text("select count(*) from deliveries"))).scalar() == 0
+    await store.close()
