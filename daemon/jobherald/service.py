@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from sqlalchemy.engine import make_url
+
+from jobherald import __version__
 from jobherald.config import Config
 from jobherald.fetch import Fetcher
 from jobherald.notify import Dispatcher
@@ -30,8 +33,11 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     if level != "debug":
-        for noisy in ("apprise", "apscheduler", "aiohttp.access", "alembic"):
+        for noisy in ("apprise", "aiohttp.access", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # "skipped: maximum number of running instances reached" would repeat every
+        # interval while an upstream is slow; the poll's own error says it once.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def _utcnow() -> datetime:
@@ -66,6 +72,13 @@ class Daemon:
     async def run(self) -> None:
         """Watch until ``stop()`` (or SIGTERM/SIGINT), then finish what is in flight."""
         started = time.monotonic()
+        log.info(
+            "jobherald %s starting: config %s, %d jobs, database %s",
+            __version__,
+            self.config.path,
+            len(self.config.jobs),
+            make_url(self.config.database_url).render_as_string(hide_password=True),
+        )
         store = await Store.open(self.config.database_url)
         try:
             async with Fetcher(self.config.concurrency) as fetcher:
