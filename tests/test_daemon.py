@@ -59,9 +59,9 @@ async def test_each_finished_job_gives_one_message_per_notifier(
     )
     for _ in range(3):
         await Daemon(cfg).run_once()
-    assert receiver.titles("ops") == ["imp failed", "nightly export succeeded"]
+    assert receiver.titles("ops") == ["gone lost", "imp failed", "nightly export succeeded"]
     assert receiver.titles("audit") == ["imp failed"]
-    assert len(set(receiver.event_ids())) == 2
+    assert len(set(receiver.event_ids())) == 3
 
 
 async def test_messages_carry_what_a_person_needs(

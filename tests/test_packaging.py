@@ -92,4 +92,4 @@ async def test_an_installed_wheel_migrates_a_new_database_without_alembic_ini(
         env=env,
     )
     with sqlite3.connect(workdir / "state.db") as conn:
-        assert conn.execute("select version_num from alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("select version_num from alembic_version").fetchall() == [("0002",)]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
-from jobherald.config import Source, WatchedJob
+from jobherald.config import Source, TokenAuth, WatchedJob
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher
 from jobherald.model import Reason, Snapshot, State
@@ -35,7 +35,7 @@ def source_for(sim: Simulator, **overrides: object) -> RomaConnect:
         "endpoint": sim.url,
         "project_id": sim.project_id,
         "instance_id": next(iter(sim.instances)),
-        "token": SecretStr(sim.token),
+        "auth": TokenAuth(SecretStr(sim.token), None),
         "timeout": 2.0,
         "verify_tls": True,
     }
@@ -166,7 +166,9 @@ async def test_a_bad_token_is_an_error_that_does_not_echo_it(
 ) -> None:
     sim.add(SimJob(id="j1", script=[running(0.1)]))
     with pytest.raises(FetchError) as caught:
-        await source_for(sim, token=SecretStr("wrong-secret")).poll(fetcher, watched("j1"))
+        await source_for(sim, auth=TokenAuth(SecretStr("wrong-secret"), None)).poll(
+            fetcher, watched("j1")
+        )
     assert caught.value.status == 401
     assert caught.value.error_code == "APIG.1002"
     assert "wrong-secret" not in caught.value.detail
@@ -208,7 +210,9 @@ async def test_a_slow_answer_is_a_timeout(sim: Simulator, fetcher: Fetcher) -> N
 
 
 async def test_a_closed_port_is_a_connection_error(fetcher: Fetcher) -> None:
-    source = RomaConnect(Source("roma", "http://127.0.0.1:9", "p", "i", SecretStr("t"), 1.0, True))
+    source = RomaConnect(
+        Source("roma", "http://127.0.0.1:9", "p", "i", TokenAuth(SecretStr("t"), None), 1.0, True)
+    )
     with pytest.raises(FetchError) as caught:
         await source.poll(fetcher, watched("j1"))
     assert caught.value.kind == "connection"

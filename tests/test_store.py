@@ -27,9 +27,16 @@ async def test_migrations_build_the_schema_on_an_empty_database(tmp_path: Path) 
     db = tmp_path / "jh.db"
     store = await Store.open(url(db))
     await store.close()
-    assert tables(db) == {"alembic_version", "jobs", "transitions", "events", "deliveries"}
+    assert tables(db) == {
+        "alembic_version",
+        "jobs",
+        "transitions",
+        "events",
+        "deliveries",
+        "source_health",
+    }
     with sqlite3.connect(db) as conn:
-        assert conn.execute("select version_num from alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("select version_num from alembic_version").fetchall() == [("0002",)]
         assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
 
 

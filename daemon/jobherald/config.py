@@ -13,11 +13,12 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,10 +29,25 @@ from pydantic import (
 )
 
 from jobherald.errors import ConfigError
+from jobherald.model import Rules
 
 DEFAULT_CONFIG_PATH = Path("/etc/jobherald/config.toml")
-Event = Literal["succeeded", "failed"]
-EVENTS: tuple[Event, ...] = ("succeeded", "failed")
+Event = Literal[
+    "succeeded", "failed", "started", "progress", "stalled", "lost", "error", "recovered"
+]
+EVENTS: tuple[Event, ...] = (
+    "succeeded",
+    "failed",
+    "started",
+    "progress",
+    "stalled",
+    "lost",
+    "error",
+    "recovered",
+)
+# What a notifier hears when its `on` is not given: the outcomes, and what needs a person.
+DEFAULT_EVENTS: tuple[Event, ...] = ("succeeded", "failed", "stalled", "lost", "error", "recovered")
+AUTH_METHODS = ("token", "password", "aksk")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -64,7 +80,15 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def parse_duration_or_off(value: object) -> float:
+    """Like parse_duration, but 0 (or "0", "off") turns the rule off: 0.0."""
+    if value in (0, "0", "off") and not isinstance(value, bool):
+        return 0.0
+    return parse_duration(value)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+DurationOrOff = Annotated[float, BeforeValidator(parse_duration_or_off)]
 
 
 class _Model(BaseModel):
@@ -74,13 +98,50 @@ class _Model(BaseModel):
 M = TypeVar("M", bound=_Model)
 
 
-class DaemonSection(_Model):
+class RuleFields(_Model):
+    """Watch rules: in [daemon] as defaults, overridable per source and per job."""
+
+    error_after: Duration | None = None
+    stall_after: DurationOrOff | None = None
+    lost_after: int | None = Field(default=None, ge=1, le=1000)
+    max_duration: DurationOrOff | None = None
+    progress_steps: tuple[float, ...] | None = None
+
+    @field_validator("progress_steps")
+    @classmethod
+    def _steps(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is None:
+            return None
+        for step in value:
+            if not 0.0 < step < 1.0:
+                raise ValueError(f"progress step {step!r} must be between 0 and 1 (0.5 is 50 %)")
+        return tuple(sorted(set(value)))
+
+    def over(self, base: Rules) -> Rules:
+        return Rules(
+            error_after=self.error_after if self.error_after is not None else base.error_after,
+            stall_after=base.stall_after
+            if self.stall_after is None
+            else (self.stall_after or None),
+            lost_after=self.lost_after if self.lost_after is not None else base.lost_after,
+            max_duration=(
+                base.max_duration if self.max_duration is None else (self.max_duration or None)
+            ),
+            progress_steps=(
+                self.progress_steps if self.progress_steps is not None else base.progress_steps
+            ),
+        )
+
+
+class DaemonSection(RuleFields):
     database: str = "sqlite:///jobherald.db"
     poll_interval: Duration = 30.0
     concurrency: int = Field(default=16, ge=1, le=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     include: tuple[str, ...] = ()
     shutdown_timeout: Duration = 10.0
+    host_concurrency: int = Field(default=8, ge=1, le=1024)
+    retries: int = Field(default=2, ge=0, le=10)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -88,30 +149,64 @@ class DaemonSection(_Model):
         return value.lower() if isinstance(value, str) else value
 
 
-class RomaConnectSource(_Model):
+def _check_endpoint(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"endpoint {value!r} must start with https:// or http://")
+    return value.rstrip("/")
+
+
+Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+
+
+class TokenAuthSection(_Model):
+    method: Literal["token"]
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
+class PasswordAuthSection(_Model):
+    method: Literal["password"]
+    iam_endpoint: Endpoint
+    user: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    domain: str = Field(min_length=1)
+    project: str | None = None
+    project_id: str | None = None
+
+
+class AkSkAuthSection(_Model):
+    method: Literal["aksk"]
+    ak: str = Field(min_length=1)
+    sk: SecretStr | None = None
+    sk_file: Path | None = None
+    security_token: SecretStr | None = None
+    security_token_file: Path | None = None
+
+
+AuthSection = Annotated[
+    TokenAuthSection | PasswordAuthSection | AkSkAuthSection, Field(discriminator="method")
+]
+
+
+class RomaConnectSource(RuleFields):
     type: Literal["roma-connect"]
-    endpoint: str
+    endpoint: Endpoint
     project_id: str = Field(min_length=1)
     instance_id: str | None = None
     token: SecretStr | None = None
     token_file: Path | None = None
+    auth: AuthSection | None = None
     timeout: Duration = 10.0
     verify_tls: bool = True
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"endpoint {value!r} must start with https:// or http://")
-        return value.rstrip("/")
 
 
 class NotifierSection(_Model):
     urls: tuple[str, ...] = Field(min_length=1)
-    on: tuple[Event, ...] = EVENTS
+    on: tuple[Event, ...] = DEFAULT_EVENTS
 
 
-class JobSection(_Model):
+class JobSection(RuleFields):
     id: str
     source: str
     name: str | None = None
@@ -139,14 +234,50 @@ class DropInFile(_Model):
 
 
 @dataclass(frozen=True, slots=True)
+class TokenAuth:
+    """A fixed IAM token, inline or from a file re-read whenever it changes."""
+
+    token: SecretStr | None
+    token_file: Path | None
+    method: str = "token"
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordAuth:
+    """An IAM token fetched with a password, and fetched again before it expires."""
+
+    iam_endpoint: str
+    user: str
+    password: SecretStr
+    domain: str
+    project: str | None
+    project_id: str | None
+    method: str = "password"
+
+
+@dataclass(frozen=True, slots=True)
+class AkSkAuth:
+    """Every request signed with an access key and secret key (SDK-HMAC-SHA256)."""
+
+    ak: str
+    sk: SecretStr
+    security_token: SecretStr | None
+    method: str = "aksk"
+
+
+AuthConfig = TokenAuth | PasswordAuth | AkSkAuth
+
+
+@dataclass(frozen=True, slots=True)
 class Source:
     name: str
     endpoint: str
     project_id: str
     instance_id: str | None
-    token: SecretStr
+    auth: AuthConfig
     timeout: float
     verify_tls: bool
+    rules: Rules = field(default_factory=Rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +296,7 @@ class WatchedJob:
     notify: tuple[str, ...]
     poll_interval: float
     origin: str
+    rules: Rules = field(default_factory=Rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +307,9 @@ class Config:
     concurrency: int
     log_level: str
     shutdown_timeout: float
+    host_concurrency: int
+    retries: int
+    rules: Rules
     sources: Mapping[str, Source]
     notifiers: Mapping[str, Notifier]
     jobs: tuple[WatchedJob, ...]
@@ -276,6 +411,10 @@ def _validate(model: type[M], raw: dict[str, Any], label: str) -> M:
 
 def _describe(err: Any, label: str) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    # A tagged union puts the tag in the path: sources.s.auth.password.user → sources.s.auth.user
+    loc = [
+        p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "auth" and p in AUTH_METHODS)
+    ]
     kind = err["type"]
     if kind == "extra_forbidden":
         message = "unknown key"
@@ -283,6 +422,11 @@ def _describe(err: Any, label: str) -> str:
         message = "required key is missing"
     elif kind == "too_short":
         message = "must not be empty"
+    elif kind == "union_tag_invalid":
+        message = f"unknown method (known: {', '.join(AUTH_METHODS)})"
+        loc = [*loc, "method"]
+    elif kind == "union_tag_not_found":
+        message = f"required key 'method' is missing ({', '.join(AUTH_METHODS)})"
     elif kind == "literal_error" and loc and loc[-1] == "type":
         message = "unknown source type (known: roma-connect)"
     else:
@@ -310,10 +454,11 @@ def _resolve(
     main: Path, label: str, parsed: MainFile, jobs: Sequence[tuple[JobSection, str]]
 ) -> Config:
     problems: list[str] = []
+    rules = parsed.daemon.over(Rules())
     sources = {
         name: src
         for name, section in parsed.sources.items()
-        if (src := _resolve_source(name, section, main.parent, label, problems))
+        if (src := _resolve_source(name, section, main.parent, label, rules, problems))
     }
     notifiers: dict[str, Notifier] = {}
     for name, notifier_section in parsed.notifiers.items():
@@ -323,7 +468,7 @@ def _resolve(
             if (why := _check_apprise_url(url)) is not None:
                 problems.append(f"{label}: notifiers.{name}.urls[{i}]: {why}")
         notifiers[name] = Notifier(name, notifier_section.urls, notifier_section.on)
-    watched = _resolve_jobs(parsed, jobs, set(sources) | set(parsed.sources), problems)
+    watched = _resolve_jobs(parsed, jobs, sources, problems)
     database_url = _database_url(parsed.daemon.database, main.parent, label, problems)
     if problems:
         raise ConfigError(problems)
@@ -334,50 +479,123 @@ def _resolve(
         concurrency=parsed.daemon.concurrency,
         log_level=parsed.daemon.log_level,
         shutdown_timeout=parsed.daemon.shutdown_timeout,
+        host_concurrency=parsed.daemon.host_concurrency,
+        retries=parsed.daemon.retries,
+        rules=rules,
         sources=sources,
         notifiers=notifiers,
         jobs=tuple(watched),
     )
 
 
+def read_secret(path: Path) -> SecretStr:
+    """A secret file's content, without surrounding white space; OSError if unreadable."""
+    return SecretStr(path.read_text(encoding="utf-8").strip())
+
+
+class _Secrets:
+    """Reads `key` / `key_file` pairs of one section, collecting problems."""
+
+    def __init__(self, where: str, base: Path, problems: list[str]) -> None:
+        self.where = where
+        self.base = base
+        self.problems = problems
+
+    def path(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.base / path
+
+    def get(
+        self, key: str, inline: SecretStr | None, file: Path | None, *, required: bool = True
+    ) -> SecretStr | None:
+        if inline is not None and file is not None:
+            self.problems.append(f"{self.where}: give one of {key} and {key}_file, not both")
+            return None
+        if inline is None and file is None:
+            if required:
+                self.problems.append(f"{self.where}: give one of {key} and {key}_file")
+            return None
+        secret = inline
+        if file is not None:
+            try:
+                secret = read_secret(self.path(file))
+            except OSError as exc:
+                self.problems.append(
+                    f"{self.where}.{key}_file: cannot read {self.path(file)}: {exc.strerror}"
+                )
+                return None
+        assert secret is not None
+        if not secret.get_secret_value():
+            self.problems.append(f"{self.where}.{key}{'_file' if file else ''}: is empty")
+            return None
+        return secret
+
+
+def _resolve_auth(
+    section: RomaConnectSource, where: str, base: Path, problems: list[str]
+) -> AuthConfig | None:
+    auth = section.auth
+    if auth is not None and (section.token is not None or section.token_file is not None):
+        problems.append(f"{where}: give token/token_file or an [auth] table, not both")
+        return None
+    if auth is None:
+        auth = TokenAuthSection(method="token", token=section.token, token_file=section.token_file)
+        secrets = _Secrets(where, base, problems)
+    else:
+        secrets = _Secrets(f"{where}.auth", base, problems)
+    if isinstance(auth, TokenAuthSection):
+        if secrets.get("token", auth.token, auth.token_file) is None:
+            return None
+        token_file = secrets.path(auth.token_file) if auth.token_file else None
+        return TokenAuth(auth.token, token_file)
+    if isinstance(auth, PasswordAuthSection):
+        password = secrets.get("password", auth.password, auth.password_file)
+        if (auth.project is None) == (auth.project_id is None):
+            problems.append(f"{where}.auth: give one of project and project_id")
+            return None
+        if password is None:
+            return None
+        return PasswordAuth(
+            auth.iam_endpoint, auth.user, password, auth.domain, auth.project, auth.project_id
+        )
+    sk = secrets.get("sk", auth.sk, auth.sk_file)
+    security_token = secrets.get(
+        "security_token", auth.security_token, auth.security_token_file, required=False
+    )
+    if sk is None:
+        return None
+    return AkSkAuth(auth.ak, sk, security_token)
+
+
 def _resolve_source(
-    name: str, section: RomaConnectSource, base: Path, label: str, problems: list[str]
+    name: str,
+    section: RomaConnectSource,
+    base: Path,
+    label: str,
+    rules: Rules,
+    problems: list[str],
 ) -> Source | None:
     where = f"{label}: sources.{name}"
     if not _NAME.match(name):
         problems.append(f"{where}: bad name (letters, digits, _.-)")
-    if (section.token is None) == (section.token_file is None):
-        problems.append(f"{where}: give exactly one of token and token_file")
-        return None
-    token = section.token
-    if section.token_file is not None:
-        secret_path = (
-            section.token_file if section.token_file.is_absolute() else base / section.token_file
-        )
-        try:
-            token = SecretStr(secret_path.read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            problems.append(f"{where}.token_file: cannot read {secret_path}: {exc.strerror}")
-            return None
-    assert token is not None
-    if not token.get_secret_value():
-        problems.append(f"{where}.{'token_file' if section.token_file else 'token'}: is empty")
+    auth = _resolve_auth(section, where, base, problems)
+    if auth is None:
         return None
     return Source(
         name=name,
         endpoint=section.endpoint,
         project_id=section.project_id,
         instance_id=section.instance_id,
-        token=token,
+        auth=auth,
         timeout=section.timeout,
         verify_tls=section.verify_tls,
+        rules=section.over(rules),
     )
 
 
 def _resolve_jobs(
     parsed: MainFile,
     jobs: Sequence[tuple[JobSection, str]],
-    source_names: set[str],
+    sources: Mapping[str, Source],
     problems: list[str],
 ) -> list[WatchedJob]:
     seen: dict[str, str] = {}
@@ -405,7 +623,8 @@ def _resolve_jobs(
                 f"{where}.instance_id: required, as source {job.source!r} sets no instance_id"
             )
             continue
-        if job.source not in source_names:
+        source = sources.get(job.source)
+        if source is None:
             continue
         watched.append(
             WatchedJob(
@@ -416,6 +635,7 @@ def _resolve_jobs(
                 notify=job.notify if job.notify is not None else tuple(parsed.notifiers),
                 poll_interval=job.poll_interval or parsed.daemon.poll_interval,
                 origin=where,
+                rules=job.over(source.rules),
             )
         )
     return watched

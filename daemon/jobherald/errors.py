@@ -24,8 +24,11 @@ class StoreError(JobheraldError):
 class FetchError(JobheraldError):
     """One poll did not yield a snapshot.
 
-    ``kind`` is one of ``http`` (an error status), ``timeout``, ``connection``
-    and ``body`` (a 200 whose body is not the expected JSON).
+    ``kind`` is one of ``http`` (an error status), ``timeout``, ``connection``,
+    ``body`` (a 200 whose body is not the expected JSON) and ``auth`` (no
+    credentials could be had). ``source_wide`` marks a failure of the source's
+    credentials, which every job of the source shares; ``not_found`` an answer
+    saying the job does not exist; ``retry_after`` the wait the service asked for.
     """
 
     def __init__(
@@ -37,6 +40,9 @@ class FetchError(JobheraldError):
         error_code: str | None = None,
         request_id: str | None = None,
         retryable: bool = False,
+        source_wide: bool = False,
+        not_found: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         self.kind = kind
         self.message = message
@@ -44,6 +50,9 @@ class FetchError(JobheraldError):
         self.error_code = error_code
         self.request_id = request_id
         self.retryable = retryable
+        self.source_wide = source_wide
+        self.not_found = not_found
+        self.retry_after = retry_after
         super().__init__(self.detail)
 
     @property

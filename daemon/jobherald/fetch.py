@@ -1,14 +1,33 @@
-"""HTTP for every source: one shared aiohttp session and a global cap on requests in flight."""
+"""HTTP for every source: one shared aiohttp session, caps on requests in flight, retries.
+
+A request that fails in a way a retry can mend (timeout, refused connection,
+429, 500, 502, 503, 504) is tried again a bounded number of times, with
+exponential backoff and jitter, waiting as long as ``Retry-After`` asks when it
+asks for no more than ``max_retry_after``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_result,
+    stop_after_attempt,
+)
+from tenacity.stop import stop_base
 
 from jobherald import __version__
 from jobherald.errors import FetchError
@@ -16,25 +35,67 @@ from jobherald.errors import FetchError
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"jobherald/{__version__}"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
+    headers: CIMultiDictProxy[str] = field(repr=False)
+    body: bytes = field(repr=False)
+
+    @property
+    def retry_after(self) -> float | None:
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retries: int = 2
+    backoff: float = 0.5
+    max_backoff: float = 5.0
+    max_retry_after: float = 10.0
 
 
 class Fetcher:
     """Owns the one ``aiohttp.ClientSession`` the daemon uses; use as an async context."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        host_concurrency: int = 0,
+        policy: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._limit = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
+        self._host_concurrency = host_concurrency
+        self.policy = policy
+        self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Fetcher:
-        connector = aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=self._concurrency, limit_per_host=self._host_concurrency, ttl_dns_cache=300
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
@@ -56,14 +117,72 @@ class Fetcher:
     async def get(
         self, url: str, *, headers: dict[str, str], timeout: float, verify_tls: bool = True
     ) -> Response:
-        """GET ``url``; transport failures become a retryable FetchError."""
+        """GET ``url``, retrying what can mend; transport failures become a FetchError."""
+
+        async def call() -> Response:
+            return await self._once("GET", url, headers, None, timeout, verify_tls)
+
+        return await self._retrying(call)
+
+    async def post_json(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+        verify_tls: bool = True,
+    ) -> Response:
+        all_headers = {"Content-Type": "application/json;charset=utf8", **(headers or {})}
+
+        async def call() -> Response:
+            return await self._once("POST", url, all_headers, payload, timeout, verify_tls)
+
+        return await self._retrying(call)
+
+    async def _retrying(self, call: Callable[[], Awaitable[Response]]) -> Response:
+        policy = self.policy
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.retries + 1) | stop_when(self._asked_to_wait_long),
+            wait=self._wait,
+            retry=retry_if_exception(_transient) | retry_if_result(_transient_response),
+            retry_error_callback=_last_outcome,
+            before_sleep=_log_retry,
+            sleep=self._sleep,
+        )
+        response: Response = await retrying(call)
+        return response
+
+    def _asked_to_wait_long(self, state: RetryCallState) -> bool:
+        wait = _retry_after_of(state)
+        return wait is not None and wait > self.policy.max_retry_after
+
+    def _wait(self, state: RetryCallState) -> float:
+        wait = _retry_after_of(state)
+        if wait is not None:
+            return wait
+        policy = self.policy
+        base = min(policy.backoff * 2 ** (state.attempt_number - 1), policy.max_backoff)
+        return float(base + random.uniform(0, policy.backoff))
+
+    async def _once(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        payload: dict[str, Any] | None,
+        timeout: float,
+        verify_tls: bool,
+    ) -> Response:
         if self._session is None:
             raise RuntimeError("Fetcher used outside its context")
         async with self._limit:
             try:
-                async with self._session.get(
+                async with self._session.request(
+                    method,
                     url,
                     headers=headers,
+                    json=payload,
                     timeout=aiohttp.ClientTimeout(total=timeout),
                     ssl=verify_tls,
                     allow_redirects=False,
@@ -76,6 +195,44 @@ class Fetcher:
                 ) from None
             except aiohttp.ClientError as exc:
                 raise FetchError("connection", _describe(exc), retryable=True) from None
+
+
+class stop_when(stop_base):
+    def __init__(self, predicate: Callable[[RetryCallState], bool]) -> None:
+        self.predicate = predicate
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.predicate(retry_state)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, FetchError) and exc.retryable
+
+
+def _transient_response(response: Response) -> bool:
+    return response.status in RETRY_STATUSES
+
+
+def _retry_after_of(state: RetryCallState) -> float | None:
+    outcome = state.outcome
+    if outcome is None or outcome.failed:
+        return None
+    response = outcome.result()
+    return response.retry_after if isinstance(response, Response) else None
+
+
+def _last_outcome(state: RetryCallState) -> Response:
+    assert state.outcome is not None
+    result: Response = state.outcome.result()  # raises the last FetchError
+    return result
+
+
+def _log_retry(state: RetryCallState) -> None:
+    outcome = state.outcome
+    assert outcome is not None
+    what = str(outcome.exception()) if outcome.failed else f"HTTP {outcome.result().status}"
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.debug("attempt %d failed (%s); trying again in %.2fs", state.attempt_number, what, wait)
 
 
 def _describe(exc: aiohttp.ClientError) -> str:

@@ -17,15 +17,39 @@ class State(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     UNKNOWN = "unknown"
+    LOST = "lost"
 
     @property
     def terminal(self) -> bool:
-        return self in (State.SUCCEEDED, State.FAILED)
+        return self in (State.SUCCEEDED, State.FAILED, State.LOST)
 
 
 class EventKind(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    STARTED = "started"
+    PROGRESS = "progress"
+    STALLED = "stalled"
+    LOST = "lost"
+    ERROR = "error"
+    RECOVERED = "recovered"
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """When a job's behaviour deserves a message. Durations in seconds; None turns a rule off."""
+
+    error_after: float = 300.0
+    stall_after: float | None = 3600.0
+    lost_after: int = 3
+    max_duration: float | None = 43200.0
+    progress_steps: tuple[float, ...] = (0.5,)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: EventKind
+    detail: str
 
 
 # ROMA Connect editions disagree on the words; compare case-insensitively.
@@ -93,6 +117,14 @@ class JobView:
     recorded_progress: float | None = None
     error: str | None = None
     error_since: datetime | None = None
+    # What the watch rules have seen and said already.
+    not_found: int = 0
+    running_since: datetime | None = None
+    progress_changed_at: datetime | None = None
+    milestone: float = 0.0
+    stall_notified: bool = False
+    overdue_notified: bool = False
+    error_notified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +147,7 @@ class Outcome:
     job: JobView
     changed: bool
     transition: Transition | None = None
-    events: tuple[EventKind, ...] = field(default=())
+    events: tuple[Event, ...] = field(default=())
 
 
 def _progress_worth_keeping(old: float | None, new: float | None) -> bool:
@@ -126,13 +158,29 @@ def _progress_worth_keeping(old: float | None, new: float | None) -> bool:
     return abs(new - old) >= PROGRESS_STEP - 1e-9 or (new >= 1.0 > old)
 
 
-def observe(job: JobView, snap: Snapshot, now: datetime) -> Outcome:
-    """Fold one successful poll into a job's stored view."""
+def _transition(job: JobView, new: JobView, now: datetime) -> Transition:
+    return Transition(
+        at=now,
+        from_state=None if job.state is State.PENDING else job.state,
+        to_state=new.state,
+        progress=new.progress,
+        raw_status=new.raw_status,
+    )
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.0f}%"
+
+
+def observe(job: JobView, snap: Snapshot, now: datetime, rules: Rules = Rules()) -> Outcome:
+    """Fold one successful poll into a job's stored view, and say what it causes."""
+    progress = snap.progress if snap.progress is not None else job.progress
+    progress_moved = job.progress_changed_at is None or progress != job.progress
     new = replace(
         job,
         state=snap.state,
         raw_status=snap.raw_status,
-        progress=snap.progress if snap.progress is not None else job.progress,
+        progress=progress,
         type=snap.type or job.type,
         archive_id=snap.archive_id or job.archive_id,
         reasons=snap.reasons or job.reasons,
@@ -140,39 +188,184 @@ def observe(job: JobView, snap: Snapshot, now: datetime) -> Outcome:
         end_time=snap.end_time or job.end_time,
         error=None,
         error_since=None,
+        not_found=0,
+        error_notified=False,
     )
+    if progress_moved:
+        new = replace(new, progress_changed_at=now, stall_notified=False)
+    events: list[Event] = []
+    if job.error_notified:
+        events.append(
+            Event(
+                EventKind.RECOVERED,
+                f"polling works again after failing since {_at(job.error_since)}",
+            )
+        )
     transition: Transition | None = None
-    events: tuple[EventKind, ...] = ()
     state_changed = new.state is not job.state
     if state_changed or _progress_worth_keeping(job.recorded_progress, snap.progress):
-        transition = Transition(
-            at=now,
-            from_state=None if job.state is State.PENDING else job.state,
-            to_state=new.state,
-            progress=new.progress,
-            raw_status=new.raw_status,
-        )
+        transition = _transition(job, new, now)
         new = replace(new, recorded_progress=new.progress)
     if state_changed:
         new = replace(new, last_changed_at=now)
-        if new.state is State.SUCCEEDED:
-            events = (EventKind.SUCCEEDED,)
-        elif new.state is State.FAILED:
-            events = (EventKind.FAILED,)
-    return Outcome(job=new, changed=new != job, transition=transition, events=events)
+    if new.state is State.RUNNING:
+        new = _running_rules(job, new, now, rules, events)
+    elif state_changed and new.state is State.SUCCEEDED:
+        events.append(Event(EventKind.SUCCEEDED, "the job succeeded"))
+    elif state_changed and new.state is State.FAILED:
+        events.append(Event(EventKind.FAILED, f"the job failed with {len(new.reasons)} reasons"))
+    return Outcome(job=new, changed=new != job, transition=transition, events=tuple(events))
 
 
-def observe_error(job: JobView, summary: str, detail: str, now: datetime) -> Outcome:
+def _running_rules(
+    job: JobView, new: JobView, now: datetime, rules: Rules, events: list[Event]
+) -> JobView:
+    if new.running_since is None:
+        new = replace(new, running_since=now)
+        events.append(Event(EventKind.STARTED, "the job is running"))
+    progress = new.progress or 0.0
+    crossed = [s for s in rules.progress_steps if new.milestone < s <= progress]
+    for step in crossed:
+        events.append(Event(EventKind.PROGRESS, f"the job passed {_percent(step)}"))
+    if crossed:
+        new = replace(new, milestone=max(crossed))
+    if (
+        rules.stall_after is not None
+        and not new.stall_notified
+        and new.progress_changed_at is not None
+        and (now - new.progress_changed_at).total_seconds() >= rules.stall_after
+    ):
+        new = replace(new, stall_notified=True)
+        events.append(
+            Event(
+                EventKind.STALLED,
+                f"no progress for {format_duration(rules.stall_after)} "
+                f"(at {_percent(progress)} since {_at(new.progress_changed_at)})",
+            )
+        )
+    started = new.begin_time or new.running_since
+    if (
+        rules.max_duration is not None
+        and not new.overdue_notified
+        and started is not None
+        and (now - started).total_seconds() >= rules.max_duration
+    ):
+        new = replace(new, overdue_notified=True)
+        events.append(
+            Event(
+                EventKind.STALLED,
+                f"still running after {format_duration((now - started).total_seconds())}, "
+                f"longer than max_duration {format_duration(rules.max_duration)}",
+            )
+        )
+    return new
+
+
+def observe_error(
+    job: JobView,
+    summary: str,
+    detail: str,
+    now: datetime,
+    rules: Rules = Rules(),
+    *,
+    not_found: bool = False,
+    source_wide: bool = False,
+) -> Outcome:
     """Fold one failed poll into a job's stored view: the error is kept, the state is not.
 
     ``summary`` says what went wrong; ``detail`` adds what differs between two
     polls failing the same way (a request id). The same failure again changes
-    nothing, so a long outage writes one row, not one per poll.
+    nothing, so a long outage writes one row, not one per poll. ``not_found``
+    answers in a row make the job lost; a ``source_wide`` failure (bad
+    credentials) is reported once for the source, not here.
     """
-    if job.error is not None and job.error.startswith(summary):
-        return Outcome(job=job, changed=False)
-    new = replace(job, error=detail, error_since=job.error_since or now)
-    return Outcome(job=new, changed=True)
+    new = job
+    if job.error is None or not job.error.startswith(summary):
+        new = replace(new, error=detail, error_since=job.error_since or now)
+    new = replace(new, not_found=job.not_found + 1 if not_found else 0)
+    events: list[Event] = []
+    transition: Transition | None = None
+    if not_found and new.not_found >= rules.lost_after:
+        new = replace(new, state=State.LOST, last_changed_at=now)
+        transition = _transition(job, new, now)
+        events.append(
+            Event(
+                EventKind.LOST,
+                f"the service answered 'no such job' {new.not_found} times in a row",
+            )
+        )
+    elif (
+        not source_wide
+        and not new.error_notified
+        and new.error_since is not None
+        and (now - new.error_since).total_seconds() >= rules.error_after
+    ):
+        failing_for = (now - new.error_since).total_seconds()
+        new = replace(new, error_notified=True)
+        events.append(
+            Event(EventKind.ERROR, f"polling has failed for {format_duration(failing_for)}")
+        )
+    return Outcome(job=new, changed=new != job, transition=transition, events=tuple(events))
+
+
+@dataclass(frozen=True, slots=True)
+class SourceHealth:
+    """Whether a source's credentials work: one failure shared by all its jobs."""
+
+    error: str | None = None
+    error_since: datetime | None = None
+    error_notified: bool = False
+
+
+def observe_source_error(
+    health: SourceHealth, summary: str, detail: str, now: datetime, rules: Rules
+) -> tuple[SourceHealth, tuple[Event, ...]]:
+    """A poll failed for want of working credentials: one ``error`` per outage, after ``error_after``."""
+    new = health
+    if health.error is None or not health.error.startswith(summary):
+        new = replace(new, error=detail, error_since=health.error_since or now)
+    assert new.error_since is not None
+    failing_for = (now - new.error_since).total_seconds()
+    if not new.error_notified and failing_for >= rules.error_after:
+        new = replace(new, error_notified=True)
+        return new, (
+            Event(
+                EventKind.ERROR,
+                f"every poll of this source has failed for {format_duration(failing_for)}",
+            ),
+        )
+    return new, ()
+
+
+def observe_source_ok(health: SourceHealth) -> tuple[SourceHealth, tuple[Event, ...]]:
+    """A poll of the source worked: its credentials are fine again."""
+    if health.error is None:
+        return health, ()
+    events: tuple[Event, ...] = ()
+    if health.error_notified:
+        events = (
+            Event(
+                EventKind.RECOVERED,
+                f"polls work again after failing since {_at(health.error_since)}",
+            ),
+        )
+    return SourceHealth(), events
+
+
+def backoff_interval(base: float, failures: int) -> float:
+    """The poll interval of a job whose last ``failures`` polls failed: doubling, capped.
+
+    The cap is ten intervals or ten minutes, whichever is shorter, but never less
+    than the interval itself.
+    """
+    if failures <= 0:
+        return base
+    cap = max(base, min(base * 10.0, 600.0))
+    return float(min(base * (2.0 ** min(failures, 20)), cap))
+
+
+def _at(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "an unknown time"
 
 
 def duration_seconds(job: JobView) -> float | None:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobherald.config import Notifier
-from jobherald.model import format_duration
+from jobherald.config import Notifier, Source
+from jobherald.errors import FetchError
+from jobherald.model import EventKind, format_duration
 from jobherald.store import Delivery, Store
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,13 @@ RETRY_MAX = 3600.0
 RETRY_FOR = timedelta(hours=24)
 SEND_CONCURRENCY = 8
 
-_NOTIFY_TYPES = {"succeeded": "success", "failed": "failure"}
+_NOTIFY_TYPES = {
+    "succeeded": "success",
+    "failed": "failure",
+    "stalled": "warning",
+    "lost": "warning",
+    "error": "warning",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,30 +41,112 @@ class Message:
     notify_type: str
 
 
+def notify_type(kind: str) -> str:
+    return _NOTIFY_TYPES.get(kind, "info")
+
+
+def advice(kind: EventKind, error: FetchError | None, source: Source) -> str | None:
+    """What a person can do about an event, or None when nothing is needed."""
+    if kind is EventKind.STALLED:
+        return "Look at the job in the ROMA Connect console; jobherald keeps watching it."
+    if kind is EventKind.LOST:
+        return (
+            "The job may have been deleted, or its id or instance_id is wrong. "
+            "jobherald has stopped polling it."
+        )
+    if kind is not EventKind.ERROR or error is None:
+        return None
+    if error.source_wide:
+        return _auth_advice(error, source)
+    if error.kind in ("timeout", "connection"):
+        return f"Check that {source.endpoint} is reachable from this machine."
+    if error.kind == "body":
+        return f"{source.endpoint} does not answer like ROMA Connect's job API: check endpoint."
+    if error.status == 403:
+        return "Check that the account may read this instance's asset jobs."
+    if error.status in (400, 404):
+        return "Check the job's id and instance_id."
+    return "The service is failing; jobherald keeps trying, less often while it fails."
+
+
+def _auth_advice(error: FetchError, source: Source) -> str:
+    where = f"source {source.name}"
+    method = source.auth.method
+    if method == "password":
+        if error.kind == "auth" and error.retryable:
+            return f"Check that iam_endpoint of {where} is reachable from this machine."
+        return f"Token rejected by IAM: check user, password_file, domain and project of {where}."
+    if method == "aksk":
+        return f"Signature rejected: check ak and sk_file of {where}, and this machine's clock."
+    return (
+        f"Token rejected: put a new token in token_file (or token) of {where}; "
+        "IAM tokens expire after 24 hours."
+    )
+
+
 def render(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
     """The title, body and apprise notify type of one event."""
-    job = payload.get("job", {})
+    event = payload.get("event", {})
+    if payload.get("job") is None:
+        return _render_source(kind, event_id, event, payload.get("source") or {})
+    job = payload["job"]
     name = job.get("name") or job.get("id")
-    title = f"{name} {kind}"
-    lines = [f"Job {name} {kind}.", f"id: {job.get('id')}"]
+    lines = [_headline(kind, name, event), f"id: {job.get('id')}"]
     if job.get("type"):
         lines.append(f"type: {job['type']}")
     if job.get("source"):
         lines.append(f"source: {job['source']}")
+    if kind in ("started", "progress", "stalled") and job.get("progress") is not None:
+        lines.append(f"progress: {job['progress'] * 100:.0f}%")
     duration = format_duration(job.get("duration"))
     if duration:
         lines.append(f"duration: {duration}")
-    if job.get("archive_id"):
+    if job.get("archive_id") and kind == "succeeded":
         lines.append(f"archive_id: {job['archive_id']}")
+    if kind == "error" and job.get("error"):
+        lines.append(f"error: {job['error']}")
     reasons = job.get("reasons") or []
-    if reasons:
-        lines.append(f"reasons ({len(reasons)}):")
-        lines.extend(f"- {_reason_line(r)}" for r in reasons)
-    elif kind == "failed":
-        lines.append("reasons: none given by the service")
-    lines.append("")
-    lines.append(f"event {event_id}")
-    return Message(title, "\n".join(lines), _NOTIFY_TYPES.get(kind, "info"))
+    if kind == "failed":
+        if reasons:
+            lines.append(f"reasons ({len(reasons)}):")
+            lines.extend(f"- {_reason_line(r)}" for r in reasons)
+        else:
+            lines.append("reasons: none given by the service")
+    if event.get("advice"):
+        lines += ["", str(event["advice"])]
+    lines += ["", f"event {event_id}"]
+    return Message(f"{name} {kind}", "\n".join(lines), notify_type(kind))
+
+
+def _headline(kind: str, name: str, event: Mapping[str, Any]) -> str:
+    detail = event.get("detail")
+    if kind in ("succeeded", "failed", "started") or not detail:
+        return f"Job {name} {kind}."
+    if kind == "error":
+        return f"Polling job {name} fails: {detail}."
+    if kind == "recovered":
+        return f"Polling job {name} works again: {detail}."
+    if kind == "lost":
+        return f"Job {name} is lost: {detail}."
+    if kind == "progress":
+        return f"Job {name}: {detail}."
+    return f"Job {name} {kind}: {detail}."
+
+
+def _render_source(
+    kind: str, event_id: str, event: Mapping[str, Any], source: Mapping[str, Any]
+) -> Message:
+    name = source.get("name", "?")
+    if kind == "recovered":
+        lines = [f"Source {name} works again: {event.get('detail')}."]
+    else:
+        lines = [f"Source {name}: {event.get('detail')}.", f"error: {source.get('error')}"]
+    lines.append(f"endpoint: {source.get('endpoint')}")
+    lines.append(f"auth: {source.get('auth')}")
+    if event.get("advice"):
+        lines += ["", str(event["advice"])]
+    lines += ["", f"event {event_id}"]
+    return Message(f"source {name} {kind}", "\n".join(lines), notify_type(kind))
 
 
 def _reason_line(reason: Mapping[str, Any]) -> str:

@@ -11,15 +11,28 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobherald.config import Config, WatchedJob
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher
-from jobherald.model import JobView, Outcome, State, duration_seconds, observe, observe_error
-from jobherald.notify import Dispatcher
+from jobherald.model import (
+    Event,
+    JobView,
+    Outcome,
+    SourceHealth,
+    State,
+    backoff_interval,
+    duration_seconds,
+    observe,
+    observe_error,
+    observe_source_error,
+    observe_source_ok,
+)
+from jobherald.notify import Dispatcher, advice
 from jobherald.sources import RomaConnect, make_source
 from jobherald.store import JobIdentity, NewEvent, Store
 
@@ -37,11 +50,21 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def event_payload(
-    kind: str, job: WatchedJob, before: JobView, after: JobView, at: datetime
+    event: Event,
+    job: WatchedJob,
+    before: JobView,
+    after: JobView,
+    at: datetime,
+    advice: str | None,
 ) -> dict[str, Any]:
     """Everything a message about this event may show, frozen at the time it happened."""
     return {
-        "event": {"kind": kind, "at": at.isoformat()},
+        "event": {
+            "kind": event.kind.value,
+            "at": at.isoformat(),
+            "detail": event.detail,
+            "advice": advice,
+        },
         "job": {
             "id": job.id,
             "name": job.name,
@@ -62,6 +85,13 @@ def event_payload(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    terminal: bool = False
+    failed: bool = False
+    retry_after: float | None = None
+
+
 class Watcher:
     """The watched jobs, their last known views, and how to poll one of them."""
 
@@ -79,10 +109,11 @@ class Watcher:
         self.dispatcher = dispatcher
         self.clock = clock
         self.sources: dict[str, RomaConnect] = {
-            name: make_source(src) for name, src in config.sources.items()
+            name: make_source(src, clock) for name, src in config.sources.items()
         }
         self.jobs: dict[str, WatchedJob] = {j.id: j for j in config.jobs}
         self.views: dict[str, JobView] = {}
+        self.health: dict[str, SourceHealth] = {}
         self._unflushed: dict[str, datetime] = {}
         self.polls = 0
 
@@ -93,9 +124,11 @@ class Watcher:
         ]
         stored = await self.store.sync_jobs(identities, self.clock())
         self.views = {job_id: s.view for job_id, s in stored.items() if job_id in self.jobs}
+        known = await self.store.source_health()
+        self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
 
     def active(self) -> list[WatchedJob]:
-        """Configured jobs still worth polling (not succeeded or failed)."""
+        """Configured jobs still worth polling (not succeeded, failed or lost)."""
         return [j for j in self.jobs.values() if not self.views[j.id].state.terminal]
 
     def counts(self) -> dict[str, int]:
@@ -104,40 +137,60 @@ class Watcher:
             out[view.state.value] = out.get(view.state.value, 0) + 1
         return out
 
-    async def poll(self, job_id: str) -> bool:
-        """Poll one job and record what changed; True when it has reached a terminal state."""
+    async def poll(self, job_id: str) -> PollResult:
+        """Poll one job and record what changed and what it causes."""
         job = self.jobs[job_id]
         before = self.views[job_id]
         if before.state.terminal:
-            return True
+            return PollResult(terminal=True)
         now = self.clock()
         self.polls += 1
         try:
             snapshot = await self.sources[job.source].poll(self.fetcher, job)
         except FetchError as exc:
-            outcome = observe_error(before, exc.summary, exc.detail, now)
-            if outcome.changed:
+            outcome = observe_error(
+                before,
+                exc.summary,
+                exc.detail,
+                now,
+                job.rules,
+                not_found=exc.not_found,
+                source_wide=exc.source_wide,
+            )
+            if outcome.changed and outcome.job.error != before.error:
                 log.warning("polling job %s (%s) failed: %s", job.name, job.id, exc.detail)
             else:
                 log.debug("polling job %s (%s) still failing: %s", job.name, job.id, exc.detail)
-        else:
-            outcome = observe(before, snapshot, now)
-        await self._record(job, before, outcome, now)
-        return outcome.job.state.terminal
+            await self._record(job, before, outcome, now, exc)
+            if exc.source_wide:
+                await self._source_failed(job.source, exc, now)
+            return PollResult(outcome.job.state.terminal, True, exc.retry_after)
+        outcome = observe(before, snapshot, now, job.rules)
+        await self._record(job, before, outcome, now, None)
+        await self._source_ok(job.source, now)
+        return PollResult(outcome.job.state.terminal, False)
 
     async def _record(
-        self, job: WatchedJob, before: JobView, outcome: Outcome, now: datetime
+        self,
+        job: WatchedJob,
+        before: JobView,
+        outcome: Outcome,
+        now: datetime,
+        error: FetchError | None,
     ) -> None:
         if not outcome.changed and outcome.transition is None:
             self._unflushed[job.id] = now
             return
+        source = self.config.sources[job.source]
         new_events = [
             NewEvent(
-                kind=kind.value,
-                payload=event_payload(kind.value, job, before, outcome.job, now),
-                notifiers=self._notifiers_for(job, kind.value),
+                kind=event.kind.value,
+                payload=event_payload(
+                    event, job, before, outcome.job, now, advice(event.kind, error, source)
+                ),
+                notifiers=self._notifiers_for(job.notify, event.kind.value),
             )
-            for kind in outcome.events
+            for event in outcome.events
         ]
         await self.store.record(job.id, outcome, now, new_events)
         self._unflushed.pop(job.id, None)
@@ -156,12 +209,71 @@ class Watcher:
                 outcome.job.state.value,
                 f" (status {outcome.job.raw_status})" if outcome.job.state is State.UNKNOWN else "",
             )
+        for event in outcome.events:
+            log.info("job %s (%s): %s: %s", job.name, job.id, event.kind.value, event.detail)
         if new_events:
             self.dispatcher.wake()
 
-    def _notifiers_for(self, job: WatchedJob, kind: str) -> list[str]:
+    async def _source_failed(self, name: str, error: FetchError, now: datetime) -> None:
+        source = self.config.sources[name]
+        before = self.health[name]
+        health, events = observe_source_error(
+            before, error.summary, error.detail, now, source.rules
+        )
+        if health != before:
+            if before.error is None:
+                log.warning("source %s: credentials fail: %s", name, error.detail)
+            await self._record_source(name, health, events, now, error)
+
+    async def _source_ok(self, name: str, now: datetime) -> None:
+        before = self.health[name]
+        health, events = observe_source_ok(before)
+        if health != before:
+            log.info("source %s: credentials work again", name)
+            await self._record_source(name, health, events, now, None)
+
+    async def _record_source(
+        self,
+        name: str,
+        health: SourceHealth,
+        events: Sequence[Event],
+        now: datetime,
+        error: FetchError | None,
+    ) -> None:
+        source = self.config.sources[name]
+        listeners = sorted({n for j in self.jobs.values() if j.source == name for n in j.notify})
+        new_events = [
+            NewEvent(
+                kind=event.kind.value,
+                payload={
+                    "event": {
+                        "kind": event.kind.value,
+                        "at": now.isoformat(),
+                        "detail": event.detail,
+                        "advice": advice(event.kind, error, source),
+                    },
+                    "source": {
+                        "name": name,
+                        "endpoint": source.endpoint,
+                        "auth": source.auth.method,
+                        "error": health.error or (error.detail if error else None),
+                        "error_since": _iso(health.error_since),
+                    },
+                },
+                notifiers=self._notifiers_for(listeners, event.kind.value),
+            )
+            for event in events
+        ]
+        await self.store.record_source(name, health, now, new_events)
+        self.health[name] = health
+        for event in events:
+            log.info("source %s: %s: %s", name, event.kind.value, event.detail)
+        if new_events:
+            self.dispatcher.wake()
+
+    def _notifiers_for(self, names: Iterable[str], kind: str) -> list[str]:
         notifiers = self.config.notifiers
-        return [n for n in job.notify if n in notifiers and kind in notifiers[n].on]
+        return [n for n in names if n in notifiers and kind in notifiers[n].on]
 
     async def flush(self) -> None:
         """Write the poll times of polls that changed nothing, all in one statement."""
@@ -173,12 +285,12 @@ class Watcher:
                 self._unflushed.setdefault(job_id, at)
             raise
 
-    async def poll_all(self, job_ids: Iterable[str]) -> None:
+    async def poll_all(self, job_ids: Sequence[str]) -> None:
         """Poll the given jobs once each, side by side (the fetcher caps requests in flight)."""
         results = await asyncio.gather(
             *(self.poll(job_id) for job_id in job_ids), return_exceptions=True
         )
-        for job_id, result in zip(job_ids, results, strict=False):
+        for job_id, result in zip(job_ids, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("polling job %s failed: %s", job_id, result)
         await self.flush()
@@ -196,6 +308,8 @@ class Schedule:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._failures: dict[str, int] = {}
+        self._intervals: dict[str, float] = {}
 
     def start(self) -> None:
         from apscheduler.triggers.interval import IntervalTrigger
@@ -236,13 +350,39 @@ class Schedule:
         if task is not None:
             self._in_flight.add(task)
         try:
-            if await self.watcher.poll(job_id):
+            result = await self.watcher.poll(job_id)
+            if result.terminal:
                 self._remove(job_id)
+            else:
+                self._pace(job_id, result)
         except Exception:
             log.exception("polling job %s failed", job_id)
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+
+    def _pace(self, job_id: str, result: PollResult) -> None:
+        """Back a failing job's interval off, and bring it back on the first good poll."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        job = self.watcher.jobs[job_id]
+        failures = self._failures.get(job_id, 0) + 1 if result.failed else 0
+        self._failures[job_id] = failures
+        interval = backoff_interval(job.poll_interval, failures)
+        if result.retry_after is not None:
+            interval = max(interval, result.retry_after)
+        if interval == self._intervals.get(job_id, job.poll_interval):
+            return
+        self._intervals[job_id] = interval
+        jitter = min(interval * 0.1, 30.0)
+        from apscheduler.jobstores.base import JobLookupError
+
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.reschedule_job(
+                job_id, trigger=IntervalTrigger(seconds=interval, jitter=jitter or None)
+            )
+        if failures:
+            log.debug("job %s: %d failed polls; next in %.1fs", job.name, failures, interval)
 
     def _remove(self, job_id: str) -> None:
         from apscheduler.jobstores.base import JobLookupError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -21,11 +21,22 @@ from jobherald.model import Reason, Snapshot, state_from_status
 _BODY_PREVIEW = 200
 
 
+# Answers that say the credentials are bad (not that they lack a permission).
+AUTH_CODES = frozenset({"APIG.1002", "ROMA.1000", "ROMA.1002"})
+# Answers that say the job does not exist.
+NOT_FOUND_CODES = frozenset({"ROMA.00110006"})
+
+
 class RomaConnect:
     """Huawei Cloud ROMA Connect asset jobs (``check_asset_job_status``)."""
 
-    def __init__(self, config: Source) -> None:
+    def __init__(self, config: Source, clock: Callable[[], datetime] | None = None) -> None:
+        from jobherald.auth import make_credentials
+
         self.config = config
+        self.credentials = make_credentials(
+            config.auth, config.project_id, config.timeout, *([clock] if clock else [])
+        )
 
     def url_for(self, job: WatchedJob) -> str:
         c = self.config
@@ -34,17 +45,32 @@ class RomaConnect:
             f"{quote(job.instance_id, safe='')}/assets/jobs/{quote(job.id, safe='')}"
         )
 
-    def headers(self) -> dict[str, str]:
-        return {"X-Auth-Token": self.config.token.get_secret_value()}
-
     async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
-        response = await fetcher.get(
-            self.url_for(job),
-            headers=self.headers(),
-            timeout=self.config.timeout,
-            verify_tls=self.config.verify_tls,
-        )
-        return parse_response(response)
+        """One job's snapshot; with fresh credentials once more if the service rejected them."""
+        url = self.url_for(job)
+        for attempt in range(2):
+            headers: dict[str, str] = {}
+            used = await self.credentials.apply(fetcher, "GET", url, headers)
+            response = await fetcher.get(
+                url, headers=headers, timeout=self.config.timeout, verify_tls=self.config.verify_tls
+            )
+            if (
+                attempt == 0
+                and _rejects_credentials(response)
+                and self.credentials.invalidate(used)
+            ):
+                continue
+            return parse_response(response)
+        raise AssertionError("unreachable")
+
+
+def _rejects_credentials(response: Response) -> bool:
+    if response.status == 401:
+        return True
+    if response.status == 403:
+        code, _ = error_fields(response.body)
+        return code in AUTH_CODES
+    return False
 
 
 def parse_response(response: Response) -> Snapshot:
@@ -142,7 +168,7 @@ def _time(value: Any) -> datetime | None:
 
 
 def _http_error(response: Response, request_id: str | None) -> FetchError:
-    code, message = _error_fields(response.body)
+    code, message = error_fields(response.body)
     status = response.status
     retryable = status == 429 or status >= 500
     if message is None:
@@ -154,6 +180,9 @@ def _http_error(response: Response, request_id: str | None) -> FetchError:
         error_code=code,
         request_id=request_id or response.headers.get("X-Openstack-Request-Id"),
         retryable=retryable,
+        source_wide=_rejects_credentials(response),
+        not_found=status == 404 or code in NOT_FOUND_CODES,
+        retry_after=response.retry_after,
     )
 
 
@@ -171,7 +200,7 @@ _STATUS_TEXT = {
 }
 
 
-def _error_fields(body: bytes) -> tuple[str | None, str | None]:
+def error_fields(body: bytes) -> tuple[str | None, str | None]:
     """``error_code`` and ``error_msg`` of ROMA's error shape, or of APIG/IAM's ``{"error": {...}}``."""
     try:
         data = json.loads(body)
@@ -195,5 +224,5 @@ def _preview(body: bytes) -> str:
     return repr(text) if text else "(empty)"
 
 
-def make_source(config: Source) -> RomaConnect:
-    return RomaConnect(config)
+def make_source(config: Source, clock: Callable[[], datetime] | None = None) -> RomaConnect:
+    return RomaConnect(config, clock)

@@ -20,10 +20,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from jobherald.errors import StoreError
-from jobherald.model import JobView, Outcome, Reason, State
+from jobherald.model import JobView, Outcome, Reason, SourceHealth, State
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,22 @@ jobs = sa.Table(
     sa.Column("last_changed_at", UTCDateTime),
     sa.Column("error", sa.Text),
     sa.Column("error_since", UTCDateTime),
+    sa.Column("not_found", sa.Integer, nullable=False, default=0),
+    sa.Column("running_since", UTCDateTime),
+    sa.Column("progress_changed_at", UTCDateTime),
+    sa.Column("milestone", sa.Float, nullable=False, default=0.0),
+    sa.Column("stall_notified", sa.Boolean, nullable=False, default=False),
+    sa.Column("overdue_notified", sa.Boolean, nullable=False, default=False),
+    sa.Column("error_notified", sa.Boolean, nullable=False, default=False),
+)
+
+source_health = sa.Table(
+    "source_health",
+    metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("error", sa.Text),
+    sa.Column("error_since", UTCDateTime),
+    sa.Column("error_notified", sa.Boolean, nullable=False, default=False),
 )
 
 transitions = sa.Table(
@@ -88,7 +104,8 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("job_id", sa.String(128), sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("job_id", sa.String(128), sa.ForeignKey("jobs.id")),
+    sa.Column("source", sa.String(64)),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
@@ -170,6 +187,13 @@ def _view(row: sa.Row[Any]) -> JobView:
         recorded_progress=row.recorded_progress,
         error=row.error,
         error_since=row.error_since,
+        not_found=row.not_found,
+        running_since=row.running_since,
+        progress_changed_at=row.progress_changed_at,
+        milestone=row.milestone,
+        stall_notified=row.stall_notified,
+        overdue_notified=row.overdue_notified,
+        error_notified=row.error_notified,
     )
 
 
@@ -187,6 +211,13 @@ def _view_values(view: JobView) -> dict[str, Any]:
         "last_changed_at": view.last_changed_at,
         "error": view.error,
         "error_since": view.error_since,
+        "not_found": view.not_found,
+        "running_since": view.running_since,
+        "progress_changed_at": view.progress_changed_at,
+        "milestone": view.milestone,
+        "stall_notified": view.stall_notified,
+        "overdue_notified": view.overdue_notified,
+        "error_notified": view.error_notified,
     }
 
 
@@ -344,33 +375,30 @@ class Store:
                         raw_status=t.raw_status,
                     )
                 )
-            for new in new_events:
-                event_id = uuid.uuid4().hex
-                event_ids.append(event_id)
-                await conn.execute(
-                    sa.insert(events).values(
-                        id=event_id,
-                        job_id=job_id,
-                        kind=new.kind,
-                        at=polled_at,
-                        payload=json.dumps(new.payload, default=str),
-                    )
-                )
-                if new.notifiers:
-                    await conn.execute(
-                        sa.insert(deliveries),
-                        [
-                            {
-                                "event_id": event_id,
-                                "notifier": name,
-                                "state": "pending",
-                                "attempts": 0,
-                                "next_attempt_at": polled_at,
-                            }
-                            for name in new.notifiers
-                        ],
-                    )
+            event_ids = await _insert_events(conn, new_events, polled_at, job_id=job_id)
         return event_ids
+
+    async def source_health(self) -> dict[str, SourceHealth]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(source_health))
+            return {r.source: SourceHealth(r.error, r.error_since, r.error_notified) for r in rows}
+
+    async def record_source(
+        self, source: str, health: SourceHealth, at: datetime, new_events: Sequence[NewEvent] = ()
+    ) -> list[str]:
+        """Write a source's health and the events it causes, in one transaction."""
+        values = {
+            "error": health.error,
+            "error_since": health.error_since,
+            "error_notified": health.error_notified,
+        }
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(
+                sa.update(source_health).where(source_health.c.source == source).values(**values)
+            )
+            if not updated.rowcount:
+                await conn.execute(sa.insert(source_health).values(source=source, **values))
+            return await _insert_events(conn, new_events, at, source=source)
 
     async def touch(self, polled: Mapping[str, datetime]) -> None:
         """Write the last poll time of jobs whose polls changed nothing, in one statement."""
@@ -485,6 +513,45 @@ class Store:
         query = sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
         async with self.engine.connect() as conn:
             return {state: count for state, count in (await conn.execute(query)).all()}
+
+
+async def _insert_events(
+    conn: AsyncConnection,
+    new_events: Sequence[NewEvent],
+    at: datetime,
+    *,
+    job_id: str | None = None,
+    source: str | None = None,
+) -> list[str]:
+    event_ids: list[str] = []
+    for new in new_events:
+        event_id = uuid.uuid4().hex
+        event_ids.append(event_id)
+        await conn.execute(
+            sa.insert(events).values(
+                id=event_id,
+                job_id=job_id,
+                source=source,
+                kind=new.kind,
+                at=at,
+                payload=json.dumps(new.payload, default=str),
+            )
+        )
+        if new.notifiers:
+            await conn.execute(
+                sa.insert(deliveries),
+                [
+                    {
+                        "event_id": event_id,
+                        "notifier": name,
+                        "state": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": at,
+                    }
+                    for name in new.notifiers
+                ],
+            )
+    return event_ids
 
 
 def _stored(row: sa.Row[Any]) -> StoredJob:
