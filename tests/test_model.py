@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -7,13 +8,19 @@ import pytest
 from jobherald.model import (
     EventKind,
     JobView,
+    Outcome,
     Reason,
+    Rules,
     Snapshot,
+    SourceHealth,
     State,
+    backoff_interval,
     duration_seconds,
     format_duration,
     observe,
     observe_error,
+    observe_source_error,
+    observe_source_ok,
     state_from_status,
 )
 
@@ -133,3 +140,155 @@ def test_duration_comes_from_begin_and_end_times() -> None:
     assert format_duration(3600 * 26 + 5) == "1d 2h 5s"
     assert format_duration(0) == "0s"
     assert format_duration(None) is None
+
+
+RULES = Rules(
+    error_after=300,
+    stall_after=3600,
+    lost_after=3,
+    max_duration=43200,
+    progress_steps=(0.25, 0.5, 0.75),
+)
+
+
+def at(minutes: float) -> datetime:
+    return NOW + timedelta(minutes=minutes)
+
+
+def kinds(outcome: Outcome) -> list[EventKind]:
+    return [e.kind for e in outcome.events]
+
+
+def running_snap(progress: float) -> Snapshot:
+    return Snapshot(State.RUNNING, "RUNNING", progress=progress)
+
+
+def test_started_is_said_once_even_across_unknown_states() -> None:
+    first = observe(JobView("j"), running_snap(0.1), at(0), RULES)
+    assert kinds(first) == [EventKind.STARTED]
+    odd = observe(first.job, Snapshot(State.UNKNOWN, "Paused"), at(1), RULES)
+    back = observe(odd.job, running_snap(0.1), at(2), RULES)
+    assert kinds(back) == []
+
+
+def test_each_progress_step_crossed_is_said_once() -> None:
+    job = observe(JobView("j"), running_snap(0.1), at(0), RULES).job
+    out = observe(job, running_snap(0.6), at(1), RULES)
+    assert [(e.kind, e.detail) for e in out.events] == [
+        (EventKind.PROGRESS, "the job passed 25%"),
+        (EventKind.PROGRESS, "the job passed 50%"),
+    ]
+    assert kinds(observe(out.job, running_snap(0.7), at(2), RULES)) == []
+    assert kinds(observe(out.job, running_snap(0.8), at(2), RULES)) == [EventKind.PROGRESS]
+
+
+def test_a_job_without_progress_for_stall_after_is_stalled_once() -> None:
+    job = observe(JobView("j"), running_snap(0.3), at(0), RULES).job
+    assert kinds(observe(job, running_snap(0.3), at(59), RULES)) == []
+    stalled = observe(job, running_snap(0.3), at(60), RULES)
+    assert kinds(stalled) == [EventKind.STALLED]
+    assert stalled.events[0].detail.startswith("no progress for 1h (at 30% since ")
+    assert kinds(observe(stalled.job, running_snap(0.3), at(200), RULES)) == []
+    moved = observe(stalled.job, running_snap(0.35), at(201), RULES)
+    assert kinds(moved) == []
+    assert kinds(observe(moved.job, running_snap(0.35), at(261), RULES)) == [EventKind.STALLED]
+
+
+def test_stall_after_zero_turns_stalls_off() -> None:
+    rules = replace(RULES, stall_after=None, max_duration=None)
+    job = observe(JobView("j"), running_snap(0.3), at(0), rules).job
+    assert kinds(observe(job, running_snap(0.3), at(10_000), rules)) == []
+
+
+def test_running_past_max_duration_is_stalled_once() -> None:
+    snap = replace(running_snap(0.1), begin_time=NOW - timedelta(hours=11, minutes=59))
+    job = observe(JobView("j"), snap, at(0), replace(RULES, stall_after=None)).job
+    over = observe(job, replace(snap, progress=0.15), at(1), RULES)
+    assert kinds(over) == [EventKind.STALLED]
+    assert over.events[0].detail == "still running after 12h, longer than max_duration 12h"
+    assert kinds(observe(over.job, replace(snap, progress=0.2), at(2), RULES)) == []
+
+
+def test_no_such_job_lost_after_times_in_a_row_makes_it_lost() -> None:
+    job = observe(JobView("j"), running_snap(0.5), at(0), RULES).job
+    once = observe_error(job, "HTTP 404", "HTTP 404 (a)", at(1), RULES, not_found=True)
+    twice = observe_error(once.job, "HTTP 404", "HTTP 404 (b)", at(2), RULES, not_found=True)
+    assert (twice.job.state, twice.job.not_found, kinds(twice)) == (State.RUNNING, 2, [])
+    lost = observe_error(twice.job, "HTTP 404", "HTTP 404 (c)", at(3), RULES, not_found=True)
+    assert lost.job.state is State.LOST
+    assert lost.job.state.terminal
+    assert kinds(lost) == [EventKind.LOST]
+    assert lost.transition is not None
+    assert (lost.transition.from_state, lost.transition.to_state) == (State.RUNNING, State.LOST)
+
+
+def test_another_answer_breaks_the_run_of_no_such_job() -> None:
+    job = observe(JobView("j"), running_snap(0.5), at(0), RULES).job
+    for minute in range(10):
+        job = observe_error(job, "HTTP 404", "x", at(minute), RULES, not_found=True).job
+        job = observe_error(job, "HTTP 500", "y", at(minute), RULES).job
+    assert job.state is State.RUNNING
+
+
+def test_failing_polls_give_one_error_after_error_after_and_one_recovered() -> None:
+    job = observe(JobView("j"), running_snap(0.5), at(0), RULES).job
+    events: list[EventKind] = []
+    for minute in range(1, 20):
+        out = observe_error(job, "HTTP 500: boom", f"HTTP 500: boom ({minute})", at(minute), RULES)
+        events += kinds(out)
+        job = out.job
+    assert events == [EventKind.ERROR]
+    recovered = observe(job, running_snap(0.5), at(21), RULES)
+    assert kinds(recovered) == [EventKind.RECOVERED]
+    assert (
+        recovered.events[0].detail
+        == "polling works again after failing since 2026-11-28 12:01:00 UTC"
+    )
+    assert kinds(observe(recovered.job, running_snap(0.5), at(22), RULES)) == []
+
+
+def test_a_short_outage_says_nothing() -> None:
+    job = observe(JobView("j"), running_snap(0.5), at(0), RULES).job
+    failing = observe_error(job, "timeout", "timeout", at(1), RULES)
+    assert kinds(observe(failing.job, running_snap(0.5), at(3), RULES)) == []
+
+
+def test_credential_failures_are_not_reported_per_job() -> None:
+    job = observe(JobView("j"), running_snap(0.5), at(0), RULES).job
+    for minute in range(1, 30):
+        out = observe_error(job, "HTTP 401", "HTTP 401", at(minute), RULES, source_wide=True)
+        assert kinds(out) == []
+        job = out.job
+    assert job.error == "HTTP 401"
+
+
+def test_a_source_with_failing_credentials_gives_one_error_per_outage() -> None:
+    health = SourceHealth()
+    said: list[EventKind] = []
+    for minute in range(0, 12):
+        health, events = observe_source_error(health, "HTTP 401", "HTTP 401 (r)", at(minute), RULES)
+        said += [e.kind for e in events]
+    assert said == [EventKind.ERROR]
+    health, events = observe_source_ok(health)
+    assert [e.kind for e in events] == [EventKind.RECOVERED]
+    assert health == SourceHealth()
+    assert observe_source_ok(health) == (SourceHealth(), ())
+
+
+@pytest.mark.parametrize(
+    ("base", "failures", "expected"),
+    [
+        (30, 0, 30),
+        (30, 1, 60),
+        (30, 2, 120),
+        (30, 3, 240),
+        (30, 5, 300),
+        (120, 9, 600),
+        (3600, 4, 3600),
+        (1, 30, 10),
+    ],
+)
+def test_a_failing_job_backs_off_to_ten_intervals_or_ten_minutes(
+    base: float, failures: int, expected: float
+) -> None:
+    assert backoff_interval(base, failures) == expected

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from jobherald import __version__
 from jobherald.config import Config
-from jobherald.fetch import Fetcher
+from jobherald.fetch import Fetcher, RetryPolicy
 from jobherald.notify import Dispatcher
 from jobherald.schedule import Schedule, Watcher
 from jobherald.store import Store
@@ -55,11 +55,18 @@ class Daemon:
     def stop(self) -> None:
         self.stopping.set()
 
+    def _fetcher(self) -> Fetcher:
+        return Fetcher(
+            self.config.concurrency,
+            self.config.host_concurrency,
+            RetryPolicy(retries=self.config.retries),
+        )
+
     async def run_once(self) -> dict[str, int]:
         """Poll every active job once, deliver what is due, and return the state counts."""
         store = await Store.open(self.config.database_url)
         try:
-            async with Fetcher(self.config.concurrency) as fetcher:
+            async with self._fetcher() as fetcher:
                 dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
                 watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
                 await watcher.start()
@@ -81,7 +88,7 @@ class Daemon:
         )
         store = await Store.open(self.config.database_url)
         try:
-            async with Fetcher(self.config.concurrency) as fetcher:
+            async with self._fetcher() as fetcher:
                 dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
                 watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
                 await watcher.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +33,7 @@ class Answer:
     json_body: Any = None
     delay: float = 0.0
     reasons_key: str = "reasons"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def running(progress: float, status: str = "RUNNING") -> Answer:
@@ -46,8 +48,14 @@ def failed(status: str = "FAILED", reasons_key: str = "reasons") -> Answer:
     return Answer(status=status, progress=1.0, reasons_key=reasons_key)
 
 
-def http_error(status: int, code: str | None = None, message: str | None = None) -> Answer:
-    return Answer(http_status=status, error_code=code, error_msg=message)
+def http_error(
+    status: int,
+    code: str | None = None,
+    message: str | None = None,
+    retry_after: float | None = None,
+) -> Answer:
+    headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+    return Answer(http_status=status, error_code=code, error_msg=message, headers=headers)
 
 
 @dataclass
@@ -102,6 +110,12 @@ class Simulator:
         self.project_id = project_id
         self.instances = {instance_id}
         self.token = token
+        self.tokens = {token}
+        # When set, requests signed with AK/SK are accepted if this says the signature is good.
+        self.verify_signature: Callable[[web.Request], bool] | None = None
+        self.signed_requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.jobs: dict[str, SimJob] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.app = web.Application()
@@ -135,10 +149,24 @@ class Simulator:
             await self._runner.cleanup()
             self._runner = None
 
+    def _authorised(self, request: web.Request) -> bool:
+        if request.headers.get("Authorization", "").startswith("SDK-HMAC-SHA256 "):
+            self.signed_requests += 1
+            return self.verify_signature is not None and self.verify_signature(request)
+        return request.headers.get("X-Auth-Token") in self.tokens
+
     async def _job(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.path, dict(request.headers)))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         headers = {"X-Request-Id": uuid.uuid4().hex}
-        if request.headers.get("X-Auth-Token") != self.token:
+        if not self._authorised(request):
             return _error(401, "APIG.1002", "Incorrect token or token resolution failed", headers)
         if request.match_info["project_id"] != self.project_id:
             return _error(403, "ROMA.00000101", "No permission for this project", headers)
@@ -148,6 +176,7 @@ class Simulator:
         if job is None:
             return _error(404, *NOT_FOUND, headers)
         answer = job.next_answer()
+        headers.update(answer.headers)
         if answer.delay:
             await asyncio.sleep(answer.delay)
         if answer.raw_body is not None:
