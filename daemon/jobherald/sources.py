@@ -212,6 +212,8 @@ def error_fields(body: bytes) -> tuple[str | None, str | None]:
     if isinstance(nested, Mapping):
         data = nested
     code = data.get("error_code", data.get("code"))
+    if isinstance(code, int):  # IAM repeats the HTTP status as its "code"
+        code = None
     message = data.get("error_msg", data.get("message"))
     return (
         str(code) if code is not None else None,
