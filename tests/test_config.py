@@ -7,6 +7,7 @@ import pytest
 
 from jobherald import config
 from jobherald.errors import ConfigError
+from jobherald.model import Rules
 from tests.conftest import jobherald
 
 BASE = """\
@@ -369,3 +370,130 @@ def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     example = Path(__file__).parent.parent / "config.example.toml"
     cfg = config.load(example)
     assert cfg.jobs
+
+
+def test_watch_rules_inherit_from_daemon_to_source_to_job(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        BASE.replace(
+            "[daemon]\n",
+            '[daemon]\nerror_after = "10m"\nstall_after = "2h"\nprogress_steps = [0.75, 0.25]\n',
+        )
+        .replace('timeout = "10s"', "")
+        .replace(
+            'token = "s3cret-token"\n',
+            'token = "s3cret-token"\nlost_after = 5\nmax_duration = "0"\n',
+        )
+        + '[[jobs]]\nid = "a"\nsource = "roma-prod"\nstall_after = 0\n'
+        + '[[jobs]]\nid = "b"\nsource = "roma-prod"\nerror_after = "1m"\n',
+    )
+    cfg = config.load(path)
+    assert cfg.rules == Rules(600.0, 7200.0, 3, 43200.0, (0.25, 0.75))
+    assert cfg.sources["roma-prod"].rules == Rules(600.0, 7200.0, 5, None, (0.25, 0.75))
+    a, b = cfg.jobs
+    assert a.rules == Rules(600.0, None, 5, None, (0.25, 0.75))
+    assert b.rules == Rules(60.0, 7200.0, 5, None, (0.25, 0.75))
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        (
+            "[daemon]\nprogress_steps = [1.5]\n",
+            "daemon.progress_steps: progress step 1.5 must be between 0 and 1 (0.5 is 50 %)",
+        ),
+        (
+            "[daemon]\nlost_after = 0\n",
+            "daemon.lost_after: Input should be greater than or equal to 1",
+        ),
+        (
+            '[daemon]\nerror_after = "0"\n',
+            "daemon.error_after: duration '0' must be more than zero",
+        ),
+        (
+            '[[jobs]]\nid = "a"\nsource = "s"\nstall_after = "soon"\n',
+            "jobs[0].stall_after: bad duration 'soon': use seconds or a text like 500ms, 30s, 5m, 1h",
+        ),
+    ],
+)
+def test_bad_watch_rules_are_refused(tmp_path: Path, snippet: str, expected: str) -> None:
+    path = write(tmp_path, snippet)
+    assert problems(path) == [f"{path}: {expected}"]
+
+
+PASSWORD_AUTH = """
+[sources.roma-prod.auth]
+method = "password"
+iam_endpoint = "https://iam.cn-north-4.myhuaweicloud.com"
+user = "ops-bot"
+password_file = "iam.password"
+domain = "my-account"
+project = "cn-north-4"
+"""
+
+
+def test_password_auth_reads_its_password_file(tmp_path: Path) -> None:
+    (tmp_path / "iam.password").write_text("pw\n")
+    path = write(tmp_path, BASE.replace('token = "s3cret-token"\n', "") + PASSWORD_AUTH)
+    auth = config.load(path).sources["roma-prod"].auth
+    assert isinstance(auth, config.PasswordAuth)
+    assert (auth.user, auth.password.get_secret_value(), auth.project) == (
+        "ops-bot",
+        "pw",
+        "cn-north-4",
+    )
+    assert "pw" not in repr(auth).replace("password", "")
+
+
+def test_aksk_auth_reads_its_secret_key(tmp_path: Path) -> None:
+    (tmp_path / "roma.sk").write_text("the-sk")
+    path = write(
+        tmp_path,
+        BASE.replace('token = "s3cret-token"\n', "")
+        + '[sources.roma-prod.auth]\nmethod = "aksk"\nak = "AK1"\nsk_file = "roma.sk"\n',
+    )
+    auth = config.load(path).sources["roma-prod"].auth
+    assert isinstance(auth, config.AkSkAuth)
+    assert (auth.ak, auth.sk.get_secret_value(), auth.security_token) == ("AK1", "the-sk", None)
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        (
+            'method = "kerberos"\n',
+            "sources.roma-prod.auth.method: unknown method (known: token, password, aksk)",
+        ),
+        (
+            'ak = "x"\n',
+            "sources.roma-prod.auth: required key 'method' is missing (token, password, aksk)",
+        ),
+        ('method = "aksk"\nak = "AK1"\n', "sources.roma-prod.auth: give one of sk and sk_file"),
+        ('method = "aksk"\nsk = "x"\n', "sources.roma-prod.auth.ak: required key is missing"),
+        (
+            'method = "aksk"\nak = "AK1"\nsk = "x"\nsecret = "y"\n',
+            "sources.roma-prod.auth.secret: unknown key",
+        ),
+        (
+            'method = "password"\niam_endpoint = "https://iam"\nuser = "u"\npassword = "p"\ndomain = "d"\n',
+            "sources.roma-prod.auth: give one of project and project_id",
+        ),
+        (
+            'method = "password"\niam_endpoint = "https://iam"\nuser = "u"\npassword_file = "nope"\ndomain = "d"\nproject = "x"\n',
+            "sources.roma-prod.auth.password_file: cannot read {dir}/nope: No such file or directory",
+        ),
+    ],
+)
+def test_auth_problems_are_one_line_each(tmp_path: Path, auth: str, expected: str) -> None:
+    path = write(
+        tmp_path, BASE.replace('token = "s3cret-token"\n', "") + "[sources.roma-prod.auth]\n" + auth
+    )
+    assert problems(path) == [f"{path}: {expected.format(dir=tmp_path)}"]
+
+
+def test_a_token_and_an_auth_table_together_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "iam.password").write_text("pw\n")
+    path = write(tmp_path, BASE + PASSWORD_AUTH)
+    assert problems(path) == [
+        f"{path}: sources.roma-prod: give token/token_file or an [auth] table, not both"
+    ]
