@@ -114,6 +114,7 @@ class Watcher:
         self.jobs: dict[str, WatchedJob] = {j.id: j for j in config.jobs}
         self.views: dict[str, JobView] = {}
         self.health: dict[str, SourceHealth] = {}
+        self._source_locks = {name: asyncio.Lock() for name in self.sources}
         self._unflushed: dict[str, datetime] = {}
         self.polls = 0
 
@@ -157,7 +158,7 @@ class Watcher:
                 not_found=exc.not_found,
                 source_wide=exc.source_wide,
             )
-            if outcome.changed and outcome.job.error != before.error:
+            if outcome.changed and outcome.job.error != before.error and not exc.source_wide:
                 log.warning("polling job %s (%s) failed: %s", job.name, job.id, exc.detail)
             else:
                 log.debug("polling job %s (%s) still failing: %s", job.name, job.id, exc.detail)
@@ -216,21 +217,25 @@ class Watcher:
 
     async def _source_failed(self, name: str, error: FetchError, now: datetime) -> None:
         source = self.config.sources[name]
-        before = self.health[name]
-        health, events = observe_source_error(
-            before, error.summary, error.detail, now, source.rules
-        )
-        if health != before:
-            if before.error is None:
-                log.warning("source %s: credentials fail: %s", name, error.detail)
-            await self._record_source(name, health, events, now, error)
+        async with self._source_locks[name]:
+            before = self.health[name]
+            health, events = observe_source_error(
+                before, error.summary, error.detail, now, source.rules
+            )
+            if health != before:
+                if before.error is None:
+                    log.warning("source %s: credentials fail: %s", name, error.detail)
+                await self._record_source(name, health, events, now, error)
 
     async def _source_ok(self, name: str, now: datetime) -> None:
-        before = self.health[name]
-        health, events = observe_source_ok(before)
-        if health != before:
-            log.info("source %s: credentials work again", name)
-            await self._record_source(name, health, events, now, None)
+        if self.health[name].error is None:
+            return
+        async with self._source_locks[name]:
+            before = self.health[name]
+            health, events = observe_source_ok(before)
+            if health != before:
+                log.info("source %s: credentials work again", name)
+                await self._record_source(name, health, events, now, None)
 
     async def _record_source(
         self,
