@@ -32,8 +32,12 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # apprise at debug level may show parts of notification URLs (credentials among
+    # them), and aiosqlite every statement: neither belongs in jobherald's log.
+    logging.getLogger("apprise").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     if level != "debug":
-        for noisy in ("apprise", "aiohttp.access", "alembic"):
+        for noisy in ("aiohttp.access", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         # "skipped: maximum number of running instances reached" would repeat every
         # interval while an upstream is slow; the poll's own error says it once.

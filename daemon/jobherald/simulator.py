@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,7 @@ class Simulator:
         self.max_in_flight = 0
         self.jobs: dict[str, SimJob] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.request_times: list[float] = []
         self.app = web.Application()
         self.app.router.add_get(
             "/v2/{project_id}/instances/{instance_id}/assets/jobs/{job_id}", self._job
@@ -157,6 +159,7 @@ class Simulator:
 
     async def _job(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.path, dict(request.headers)))
+        self.request_times.append(time.monotonic())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
