@@ -366,10 +366,12 @@ async def test_check_config_accepts_a_good_file_and_reads_the_environment_path(
 
 
 def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ROMA_TOKEN", "example")
+    for name in ("ROMA_TOKEN", "IAM_PASSWORD", "ROMA_AK", "ROMA_SK"):
+        monkeypatch.setenv(name, "example")
     example = Path(__file__).parent.parent / "config.example.toml"
     cfg = config.load(example)
     assert cfg.jobs
+    assert {s.auth.method for s in cfg.sources.values()} == {"token", "password", "aksk"}
 
 
 def test_watch_rules_inherit_from_daemon_to_source_to_job(tmp_path: Path) -> None:
