@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import make_url
@@ -66,19 +66,25 @@ class Daemon:
             RetryPolicy(retries=self.config.retries),
         )
 
-    async def run_once(self) -> dict[str, int]:
-        """Poll every active job once, deliver what is due, and return the state counts."""
+    @contextlib.asynccontextmanager
+    async def _parts(self) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
+        """The store, dispatcher and watcher over one shared HTTP session, closed after use."""
         store = await Store.open(self.config.database_url)
         try:
             async with self._fetcher() as fetcher:
                 dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
                 watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
                 await watcher.start()
-                await watcher.poll_all([j.id for j in watcher.active()])
-                await dispatcher.deliver_due()
-                return watcher.counts()
+                yield store, dispatcher, watcher
         finally:
             await store.close()
+
+    async def run_once(self) -> dict[str, int]:
+        """Poll every active job once, deliver what is due, and return the state counts."""
+        async with self._parts() as (_, dispatcher, watcher):
+            await watcher.poll_all([j.id for j in watcher.active()])
+            await dispatcher.deliver_due()
+            return watcher.counts()
 
     async def run(self) -> None:
         """Watch until ``stop()`` (or SIGTERM/SIGINT), then finish what is in flight."""
@@ -90,37 +96,30 @@ class Daemon:
             len(self.config.jobs),
             make_url(self.config.database_url).render_as_string(hide_password=True),
         )
-        store = await Store.open(self.config.database_url)
-        try:
-            async with self._fetcher() as fetcher:
-                dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
-                watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
-                await watcher.start()
-                if retried := await store.retry_pending_now(self.clock()):
-                    log.info("retrying %d undelivered messages from before the restart", retried)
-                schedule = Schedule(watcher)
-                delivering = asyncio.Event()
-                sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
-                schedule.start()
-                with _signals(self.stop):
-                    await self.stopping.wait()
-                log.info("stopping: finishing polls and deliveries in flight")
-                deadline = time.monotonic() + self.config.shutdown_timeout
-                cut = await schedule.stop(self.config.shutdown_timeout)
-                delivering.set()
-                await self._finish(sender, dispatcher, deadline)
-                counts = await store.delivery_counts()
-                log.info(
-                    "stopped after %.0fs: %d polls, %s; deliveries pending %d, delivered %d%s",
-                    time.monotonic() - started,
-                    watcher.polls,
-                    ", ".join(f"{n} {s}" for s, n in sorted(watcher.counts().items())) or "no jobs",
-                    counts.get("pending", 0),
-                    counts.get("delivered", 0),
-                    f"; {cut} polls cut off" if cut else "",
-                )
-        finally:
-            await store.close()
+        async with self._parts() as (store, dispatcher, watcher):
+            if retried := await store.retry_pending_now(self.clock()):
+                log.info("retrying %d undelivered messages from before the restart", retried)
+            schedule = Schedule(watcher)
+            delivering = asyncio.Event()
+            sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
+            schedule.start()
+            with _signals(self.stop):
+                await self.stopping.wait()
+            log.info("stopping: finishing polls and deliveries in flight")
+            deadline = time.monotonic() + self.config.shutdown_timeout
+            cut = await schedule.stop(self.config.shutdown_timeout)
+            delivering.set()
+            await self._finish(sender, dispatcher, deadline)
+            counts = await store.delivery_counts()
+            log.info(
+                "stopped after %.0fs: %d polls, %s; deliveries pending %d, delivered %d%s",
+                time.monotonic() - started,
+                watcher.polls,
+                ", ".join(f"{n} {s}" for s, n in sorted(watcher.counts().items())) or "no jobs",
+                counts.get("pending", 0),
+                counts.get("delivered", 0),
+                f"; {cut} polls cut off" if cut else "",
+            )
 
     async def _finish(
         self, sender: asyncio.Task[None], dispatcher: Dispatcher, deadline: float
@@ -135,7 +134,7 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def _signals(handler: Callable[[], None]):  # type: ignore[no-untyped-def]
+def _signals(handler: Callable[[], None]) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
