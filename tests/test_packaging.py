@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from jobherald.store import head_revision
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -92,4 +94,6 @@ async def test_an_installed_wheel_migrates_a_new_database_without_alembic_ini(
         env=env,
     )
     with sqlite3.connect(workdir / "state.db") as conn:
-        assert conn.execute("select version_num from alembic_version").fetchall() == [("0002",)]
+        assert conn.execute("select version_num from alembic_version").fetchall() == [
+            (head_revision(),)
+        ]

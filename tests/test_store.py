@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from jobherald.errors import StoreError
 from jobherald.model import JobView, Outcome, State, Transition
-from jobherald.store import JobIdentity, NewEvent, Store
+from jobherald.store import JobIdentity, NewEvent, Store, Target, head_revision
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -36,7 +36,9 @@ async def test_migrations_build_the_schema_on_an_empty_database(tmp_path: Path) 
         "source_health",
     }
     with sqlite3.connect(db) as conn:
-        assert conn.execute("select version_num from alembic_version").fetchall() == [("0002",)]
+        assert conn.execute("select version_num from alembic_version").fetchall() == [
+            (head_revision(),)
+        ]
         assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
 
 
@@ -61,9 +63,8 @@ async def test_an_event_and_its_deliveries_are_written_with_the_transition(tmp_p
     await store.sync_jobs([JobIdentity("a", "A", "roma", "i")], NOW)
     view = JobView("a", state=State.SUCCEEDED, raw_status="SUCCEEDED", last_changed_at=NOW)
     outcome = Outcome(view, True, Transition(NOW, None, State.SUCCEEDED, 1.0, "SUCCEEDED"))
-    event = NewEvent(
-        "succeeded", {"event": {"at": NOW.isoformat()}, "job": {"id": "a"}}, ["ops", "audit"]
-    )
+    targets = [Target("ops", "k1", "json://ops"), Target("audit", "k2", "json://audit")]
+    event = NewEvent("succeeded", {"event": {"at": NOW.isoformat()}, "job": {"id": "a"}}, targets)
     (event_id,) = await store.record("a", outcome, NOW, [event])
     due = await store.due_deliveries(NOW)
     assert [(d.event_id, d.notifier, d.kind) for d in due] == [
@@ -83,7 +84,8 @@ async def test_a_failing_transaction_leaves_no_half_written_state(tmp_path: Path
     await store.sync_jobs([JobIdentity("a", "A", "roma", "i")], NOW)
     view = JobView("a", state=State.FAILED, raw_status="FAILED")
     outcome = Outcome(view, True, Transition(NOW, None, State.FAILED, 1.0, "FAILED"))
-    event = NewEvent("failed", {"job": {"id": "a"}}, ["ops", None])  # type: ignore[list-item]
+    broken = Target("ops", None, "json://ops")  # type: ignore[arg-type]
+    event = NewEvent("failed", {"job": {"id": "a"}}, [Target("ops", "k1", "json://ops"), broken])
     with pytest.raises(sa.exc.IntegrityError):
         await store.record("a", outcome, NOW, [event])
     (row,) = await store.status()

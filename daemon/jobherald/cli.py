@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,6 +17,7 @@ import click
 
 if TYPE_CHECKING:
     from jobherald.config import Config
+    from jobherald.store import Store
 
 T = TypeVar("T")
 
@@ -288,20 +289,122 @@ def notify_test(ctx: click.Context, config_path: str | None, notifier: str | Non
     from jobherald.notify import Message, Sender
 
     sender = Sender(cfg.notifiers)
+    pairs = [(name, target) for name in names for target in sender.targets(name)]
 
-    async def send_all() -> list[bool]:
+    async def send_all() -> list[tuple[bool, str]]:
         message = Message(
             "jobherald test message",
             "This is a test message from jobherald: this notifier works.",
             "info",
         )
-        return list(await asyncio.gather(*(sender.send(n, message) for n in names)))
+        return list(await asyncio.gather(*(sender.send(n, t.key, message) for n, t in pairs)))
 
-    results = _run(send_all())
-    for name, ok in zip(names, results, strict=True):
-        click.echo(f"{name}: {'sent' if ok else 'FAILED'} ({', '.join(sender.describe(name))})")
-    if not all(results):
+    try:
+        results = _run(send_all())
+    finally:
+        sender.close()
+    for (name, target), (ok, why) in zip(pairs, results, strict=True):
+        click.echo(f"{name} {target.url}: {'sent' if ok else 'FAILED: ' + why}")
+    if not all(ok for ok, _ in results):
         sys.exit(EXIT_FAILURE)
+
+
+async def _with_store(cfg: Config, work: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
+    from jobherald.store import Store as OpenStore
+
+    store = await OpenStore.open(cfg.database_url)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+@cli.group(invoke_without_command=True)
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--all", "show_all", is_flag=True, help="Also list delivered and dropped ones.")
+@click.pass_context
+def deliveries(ctx: click.Context, config_path: str | None, as_json: bool, show_all: bool) -> None:
+    """Messages waiting to be delivered, and those given up on (retry or drop them)."""
+    ctx.obj["config"] = config_path or ctx.obj.get("config")
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = _load(ctx, None)
+    states = ["pending", "abandoned"] + (["delivered", "dropped"] if show_all else [])
+    rows = _run(_with_store(cfg, lambda store: store.deliveries(states)))
+    items = [
+        {
+            "id": r.id,
+            "event_id": r.event_id,
+            "kind": r.kind,
+            "job_id": r.job_id,
+            "source": r.source,
+            "notifier": r.notifier,
+            "url": r.url,
+            "state": r.state,
+            "attempts": r.attempts,
+            "created_at": _iso(r.at),
+            "next_attempt_at": _iso(r.next_attempt_at) if r.state == "pending" else None,
+            "delivered_at": _iso(r.delivered_at),
+            "last_error": r.last_error,
+        }
+        for r in rows
+    ]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no deliveries pending or abandoned")
+        return
+    _table(
+        ["ID", "STATE", "EVENT", "ABOUT", "NOTIFIER", "URL", "TRIES", "NEXT", "LAST ERROR"],
+        [
+            [
+                str(i["id"]),
+                i["state"],
+                i["kind"],
+                i["job_id"] or f"source {i['source']}",
+                i["notifier"],
+                i["url"] or "(all)",
+                str(i["attempts"]),
+                i["next_attempt_at"] or "-",
+                i["last_error"] or "",
+            ]
+            for i in items
+        ],
+    )
+
+
+def _ids(ids: tuple[int, ...], every: bool) -> list[int] | None:
+    if every == bool(ids):
+        _fail("give delivery ids, or --all", EXIT_USAGE)
+    return None if every else list(ids)
+
+
+@deliveries.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "every", is_flag=True, help="Every pending and abandoned delivery.")
+@click.pass_context
+def deliveries_retry(ctx: click.Context, ids: tuple[int, ...], every: bool) -> None:
+    """Send these deliveries again at the daemon's next pass (abandoned ones too)."""
+    from datetime import UTC
+
+    chosen = _ids(ids, every)
+    cfg = _load(ctx, None)
+    count = _run(_with_store(cfg, lambda s: s.retry_deliveries(chosen, datetime.now(UTC))))
+    click.echo(f"{count} deliveries will be tried again")
+
+
+@deliveries.command("drop")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "every", is_flag=True, help="Every pending and abandoned delivery.")
+@click.pass_context
+def deliveries_drop(ctx: click.Context, ids: tuple[int, ...], every: bool) -> None:
+    """Give up on these deliveries for good."""
+    chosen = _ids(ids, every)
+    cfg = _load(ctx, None)
+    count = _run(_with_store(cfg, lambda s: s.drop_deliveries(chosen)))
+    click.echo(f"{count} deliveries dropped")
 
 
 @cli.command()

@@ -7,6 +7,7 @@ This is the only module that reads the environment.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -204,6 +205,13 @@ class RomaConnectSource(RuleFields):
 class NotifierSection(_Model):
     urls: tuple[str, ...] = Field(min_length=1)
     on: tuple[Event, ...] = DEFAULT_EVENTS
+    jobs: tuple[str, ...] | None = None
+    sources: tuple[str, ...] | None = None
+    title: str | None = None
+    body: str | None = None
+    format: Literal["text", "markdown", "html"] = "text"
+    retry_for: Duration = 86400.0
+    reminder: Duration | None = None
 
 
 class JobSection(RuleFields):
@@ -283,8 +291,28 @@ class Source:
 @dataclass(frozen=True, slots=True)
 class Notifier:
     name: str
-    urls: tuple[str, ...]
+    urls: tuple[str, ...] = field(repr=False)
     on: tuple[str, ...]
+    jobs: tuple[str, ...] | None = None
+    sources: tuple[str, ...] | None = None
+    title: str | None = None
+    body: str | None = None
+    format: str = "text"
+    retry_for: float = 86400.0
+    reminder: float | None = None
+
+    def hears(self, kind: str, job_id: str, job_name: str, source: str) -> bool:
+        """Whether this notifier wants this event about this job."""
+        if kind not in self.on:
+            return False
+        if self.sources is not None and source not in self.sources:
+            return False
+        if self.jobs is not None:
+            return any(
+                fnmatch.fnmatchcase(job_name, p) or fnmatch.fnmatchcase(job_id, p)
+                for p in self.jobs
+            )
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,14 +488,10 @@ def _resolve(
         for name, section in parsed.sources.items()
         if (src := _resolve_source(name, section, main.parent, label, rules, problems))
     }
-    notifiers: dict[str, Notifier] = {}
-    for name, notifier_section in parsed.notifiers.items():
-        if not _NAME.match(name):
-            problems.append(f"{label}: notifiers.{name}: bad name (letters, digits, _.-)")
-        for i, url in enumerate(notifier_section.urls):
-            if (why := _check_apprise_url(url)) is not None:
-                problems.append(f"{label}: notifiers.{name}.urls[{i}]: {why}")
-        notifiers[name] = Notifier(name, notifier_section.urls, notifier_section.on)
+    notifiers = {
+        name: _resolve_notifier(name, section, parsed, f"{label}: notifiers.{name}", problems)
+        for name, section in parsed.notifiers.items()
+    }
     watched = _resolve_jobs(parsed, jobs, sources, problems)
     database_url = _database_url(parsed.daemon.database, main.parent, label, problems)
     if problems:
@@ -485,6 +509,38 @@ def _resolve(
         sources=sources,
         notifiers=notifiers,
         jobs=tuple(watched),
+    )
+
+
+def _resolve_notifier(
+    name: str, section: NotifierSection, parsed: MainFile, where: str, problems: list[str]
+) -> Notifier:
+    from jobherald import templates
+
+    if not _NAME.match(name):
+        problems.append(f"{where}: bad name (letters, digits, _.-)")
+    for i, url in enumerate(section.urls):
+        if (why := _check_apprise_url(url)) is not None:
+            problems.append(f"{where}.urls[{i}]: {why}")
+    for i, source in enumerate(section.sources or ()):
+        if source not in parsed.sources:
+            known = ", ".join(sorted(parsed.sources)) or "none defined"
+            problems.append(f"{where}.sources[{i}]: unknown source {source!r} (known: {known})")
+    for key in ("title", "body"):
+        text = getattr(section, key)
+        if text is not None and (why := templates.check(text)) is not None:
+            problems.append(f"{where}.{key}: {why}")
+    return Notifier(
+        name=name,
+        urls=section.urls,
+        on=section.on,
+        jobs=section.jobs,
+        sources=section.sources,
+        title=section.title,
+        body=section.body,
+        format=section.format,
+        retry_for=section.retry_for,
+        reminder=section.reminder,
     )
 
 

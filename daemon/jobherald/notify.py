@@ -6,23 +6,26 @@ This module knows apprise and the outbox; it never talks to a job source.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jobherald import templates
 from jobherald.config import Notifier, Source
 from jobherald.errors import FetchError
 from jobherald.model import EventKind, format_duration
-from jobherald.store import Delivery, Store
+from jobherald.store import Delivery, Store, Target
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 30.0
 RETRY_MAX = 3600.0
-RETRY_FOR = timedelta(hours=24)
 SEND_CONCURRENCY = 8
 
 _NOTIFY_TYPES = {
@@ -167,32 +170,122 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class _Capture(logging.Handler):
+    """Collects what apprise logs in the current thread, to say why a send failed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = getattr(self.local, "lines", None)
+        if lines is not None:
+            lines.append(record.getMessage())
+
+
+_capture = _Capture()
+logging.getLogger("apprise").addHandler(_capture)
+
+
+def url_key(url: str) -> str:
+    """A stable key for a URL that does not reveal it."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def _masked(server: Any) -> str:
+    return str(server.url(privacy=True)).split("?", 1)[0]
+
+
 class Sender:
-    """One apprise object per notifier, built once."""
+    """One apprise object per URL, so each URL succeeds or fails on its own."""
 
     def __init__(self, notifiers: Mapping[str, Notifier]) -> None:
         import apprise
 
-        self._apprise: dict[str, Any] = {}
+        self.notifiers = dict(notifiers)
+        self._apprise: dict[tuple[str, str], Any] = {}
+        self._targets: dict[str, list[Target]] = {}
         for name, notifier in notifiers.items():
-            obj = apprise.Apprise()
+            self._targets[name] = []
             for url in notifier.urls:
+                obj = apprise.Apprise()
                 obj.add(url)
-            self._apprise[name] = obj
+                key = url_key(url)
+                self._apprise[(name, key)] = obj
+                masked = next((_masked(server) for server in obj), url.split(":", 1)[0] + "://")
+                self._targets[name].append(Target(name, key, masked))
+        # A slow service holds a thread, never the event loop or the other URLs.
+        self._pool = ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="send")
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._apprise
+    def targets(self, notifier: str) -> list[Target]:
+        return list(self._targets.get(notifier, ()))
 
-    async def send(self, notifier: str, message: Message) -> bool:
-        obj = self._apprise[notifier]
-        result = await obj.async_notify(
-            body=message.body, title=message.title, notify_type=message.notify_type
+    def knows(self, notifier: str, target: str) -> bool:
+        if target == "*":
+            return notifier in self._targets
+        return (notifier, target) in self._apprise
+
+    async def send(self, notifier: str, target: str, message: Message) -> tuple[bool, str]:
+        """Send to one URL (``*``: every URL of the notifier); say whether it was accepted, and why not."""
+        keys = [t.key for t in self._targets[notifier]] if target == "*" else [target]
+        body_format = self.notifiers[notifier].format
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self._pool, self._send_sync, self._apprise[(notifier, k)], message, body_format
+                )
+                for k in keys
+            )
         )
-        return bool(result)
+        reasons = [why for ok, why in results if not ok]
+        return not reasons, "; ".join(reasons)
 
-    def describe(self, notifier: str) -> list[str]:
-        """The notifier's URLs with secrets masked."""
-        return [str(server.url(privacy=True)) for server in self._apprise[notifier]]
+    @staticmethod
+    def _send_sync(obj: Any, message: Message, body_format: str) -> tuple[bool, str]:
+        _capture.local.lines = []
+        try:
+            ok = obj.notify(
+                body=message.body,
+                title=message.title,
+                notify_type=message.notify_type,
+                body_format=body_format,
+            )
+        except Exception as exc:  # a plugin failing must not stop the others
+            return False, f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            lines, _capture.local.lines = _capture.local.lines, None
+        if ok:
+            return True, ""
+        return False, (lines[-1] if lines else "the service did not accept the message")[:300]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def compose(notifier: Notifier, kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
+    """The message for one notifier: its templates, or the defaults when it has none.
+
+    A template that fails here (it rendered every sample at load) falls back to
+    the default text, so the message still goes out.
+    """
+    default = render(kind, event_id, payload)
+    title, body = default.title, default.body
+    try:
+        if notifier.title is not None:
+            title = templates.render(
+                templates.compile_template(notifier.title), kind, event_id, payload
+            )
+        if notifier.body is not None:
+            body = templates.render(
+                templates.compile_template(notifier.body), kind, event_id, payload
+            )
+    except templates.TemplateProblem as exc:
+        log.error("notifier %s: %s; sending the default message instead", notifier.name, exc)
+        title, body = default.title, default.body
+    if event_id not in body:
+        body = f"{body}\n\nevent {event_id}"
+    return Message(title or default.title, body, default.notify_type)
 
 
 class Dispatcher:
@@ -213,6 +306,9 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def close(self) -> None:
+        self.sender.close()
+
     async def deliver_due(self) -> int:
         """One pass over due deliveries; returns how many were tried."""
         tried = 0
@@ -225,44 +321,42 @@ class Dispatcher:
 
     async def _deliver(self, delivery: Delivery) -> None:
         async with self._limit:
-            if delivery.notifier not in self.sender:
+            job = delivery.payload.get("job") or {}
+            subject = (
+                job.get("name") or f"source {(delivery.payload.get('source') or {}).get('name')}"
+            )
+            if not self.sender.knows(delivery.notifier, delivery.target):
                 await self.store.mark_failed(
-                    delivery.id, f"notifier {delivery.notifier!r} is no longer configured", None
+                    delivery.id, f"notifier {delivery.notifier!r} no longer has this URL", None
                 )
                 log.warning(
-                    "dropped %s event %s for notifier %s: no longer configured",
+                    "dropped %s of %s for notifier %s: it no longer has that URL",
                     delivery.kind,
-                    delivery.event_id,
+                    subject,
                     delivery.notifier,
                 )
                 return
-            message = render(delivery.kind, delivery.event_id, delivery.payload)
-            try:
-                ok = await self.sender.send(delivery.notifier, message)
-                error = "" if ok else "the service did not accept the message"
-            except Exception as exc:  # a plugin failing must not stop the others
-                ok, error = False, f"{type(exc).__name__}: {exc}"
+            notifier = self.sender.notifiers[delivery.notifier]
+            message = compose(notifier, delivery.kind, delivery.event_id, delivery.payload)
+            ok, error = await self.sender.send(delivery.notifier, delivery.target, message)
             now = self.clock()
-            job = delivery.payload.get("job", {})
             if ok:
                 await self.store.mark_delivered(delivery.id, now)
                 log.info(
-                    "delivered %s of job %s (%s) to %s",
+                    "delivered %s of %s (%s) to %s",
                     delivery.kind,
-                    job.get("name"),
-                    job.get("id"),
+                    subject,
+                    job.get("id") or "source",
                     delivery.notifier,
                 )
                 return
-            created = datetime.fromisoformat(delivery.payload["event"]["at"])
             retry_at = now + timedelta(seconds=retry_delay(delivery.attempts + 1))
-            if retry_at - created > RETRY_FOR:
+            if (retry_at - delivery.at).total_seconds() > notifier.retry_for:
                 await self.store.mark_failed(delivery.id, error, None)
                 log.error(
-                    "gave up delivering %s of job %s (%s) to %s after %d attempts: %s",
+                    "gave up delivering %s of %s to %s after %d attempts: %s",
                     delivery.kind,
-                    job.get("name"),
-                    job.get("id"),
+                    subject,
                     delivery.notifier,
                     delivery.attempts + 1,
                     error,
@@ -270,10 +364,9 @@ class Dispatcher:
                 return
             await self.store.mark_failed(delivery.id, error, retry_at)
             log.warning(
-                "delivering %s of job %s (%s) to %s failed (%s); retry at %s",
+                "delivering %s of %s to %s failed (%s); retry at %s",
                 delivery.kind,
-                job.get("name"),
-                job.get("id"),
+                subject,
                 delivery.notifier,
                 error,
                 retry_at.isoformat(timespec="seconds"),

@@ -21,6 +21,7 @@ from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher
 from jobherald.model import (
     Event,
+    EventKind,
     JobView,
     Outcome,
     SourceHealth,
@@ -34,11 +35,12 @@ from jobherald.model import (
 )
 from jobherald.notify import Dispatcher, advice
 from jobherald.sources import RomaConnect, make_source
-from jobherald.store import JobIdentity, NewEvent, Store
+from jobherald.store import JobIdentity, NewEvent, Store, Target
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 15.0
+REMIND_EVERY = 60.0
 
 
 def _utcnow() -> datetime:
@@ -47,6 +49,31 @@ def _utcnow() -> datetime:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+_STILL = {
+    "error": "polling still fails",
+    "stalled": "the job is still stalled",
+    "lost": "the job is still lost",
+}
+
+
+def _unresolved(view: JobView) -> list[str]:
+    """The problems of a job that were announced and have not gone away."""
+    kinds = []
+    if view.error_notified and view.error is not None:
+        kinds.append("error")
+    if view.state is State.RUNNING and (view.stall_notified or view.overdue_notified):
+        kinds.append("stalled")
+    if view.state is State.LOST:
+        kinds.append("lost")
+    return kinds
+
+
+def _ago(then: datetime, now: datetime) -> str:
+    from jobherald.model import format_duration
+
+    return f"{format_duration((now - then).total_seconds())} ago"
 
 
 def event_payload(
@@ -189,7 +216,9 @@ class Watcher:
                 payload=event_payload(
                     event, job, before, outcome.job, now, advice(event.kind, error, source)
                 ),
-                notifiers=self._notifiers_for(job.notify, event.kind.value),
+                targets=self._targets_for(
+                    job.notify, event.kind.value, job.id, job.name, job.source
+                ),
             )
             for event in outcome.events
         ]
@@ -265,7 +294,7 @@ class Watcher:
                         "error_since": _iso(health.error_since),
                     },
                 },
-                notifiers=self._notifiers_for(listeners, event.kind.value),
+                targets=self._targets_for(listeners, event.kind.value, None, None, name),
             )
             for event in events
         ]
@@ -276,9 +305,60 @@ class Watcher:
         if new_events:
             self.dispatcher.wake()
 
-    def _notifiers_for(self, names: Iterable[str], kind: str) -> list[str]:
+    def _targets_for(
+        self,
+        names: Iterable[str],
+        kind: str,
+        job_id: str | None,
+        job_name: str | None,
+        source: str,
+    ) -> list[Target]:
+        """Every URL of every notifier that hears this event (one delivery each)."""
         notifiers = self.config.notifiers
-        return [n for n in names if n in notifiers and kind in notifiers[n].on]
+        targets: list[Target] = []
+        for name in names:
+            notifier = notifiers.get(name)
+            if notifier is None:
+                continue
+            if job_id is None or job_name is None:
+                wanted = kind in notifier.on and (
+                    notifier.sources is None or source in notifier.sources
+                )
+            else:
+                wanted = notifier.hears(kind, job_id, job_name, source)
+            if wanted:
+                targets.extend(self.dispatcher.sender.targets(name))
+        return targets
+
+    async def remind(self) -> int:
+        """Say again, to notifiers with a ``reminder``, what is still wrong; return how many."""
+        now = self.clock()
+        made = 0
+        for notifier in self.config.notifiers.values():
+            if notifier.reminder is None:
+                continue
+            last = await self.store.last_reminded(notifier.name)
+            for job in self.jobs.values():
+                if notifier.name not in job.notify:
+                    continue
+                view = self.views[job.id]
+                for kind in _unresolved(view):
+                    sent = last.get((job.id, kind))
+                    if sent is None or (now - sent).total_seconds() < notifier.reminder:
+                        continue
+                    if not notifier.hears(kind, job.id, job.name, job.source):
+                        continue
+                    event = Event(EventKind(kind), f"{_STILL[kind]} (last said {_ago(sent, now)})")
+                    payload = event_payload(event, job, view, view, now, None)
+                    targets = self.dispatcher.sender.targets(notifier.name)
+                    await self.store.record_events(
+                        [NewEvent(kind, payload, targets)], now, job_id=job.id
+                    )
+                    made += 1
+        if made:
+            log.info("reminded of %d unresolved problems", made)
+            self.dispatcher.wake()
+        return made
 
     async def flush(self) -> None:
         """Write the poll times of polls that changed nothing, all in one statement."""
@@ -329,6 +409,9 @@ class Schedule:
             )
         self.scheduler.add_job(
             self._flush, IntervalTrigger(seconds=FLUSH_EVERY), id="jobherald:flush"
+        )
+        self.scheduler.add_job(
+            self._remind, IntervalTrigger(seconds=REMIND_EVERY), id="jobherald:remind"
         )
         self.scheduler.start()
         log.info(
@@ -394,6 +477,12 @@ class Schedule:
 
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(job_id)
+
+    async def _remind(self) -> None:
+        try:
+            await self.watcher.remind()
+        except Exception:
+            log.exception("sending reminders failed; will try again")
 
     async def _flush(self) -> None:
         try:

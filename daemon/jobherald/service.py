@@ -73,9 +73,12 @@ class Daemon:
         try:
             async with self._fetcher() as fetcher:
                 dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
-                watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
-                await watcher.start()
-                yield store, dispatcher, watcher
+                try:
+                    watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
+                    await watcher.start()
+                    yield store, dispatcher, watcher
+                finally:
+                    dispatcher.close()
         finally:
             await store.close()
 
@@ -83,6 +86,7 @@ class Daemon:
         """Poll every active job once, deliver what is due, and return the state counts."""
         async with self._parts() as (_, dispatcher, watcher):
             await watcher.poll_all([j.id for j in watcher.active()])
+            await watcher.remind()
             await dispatcher.deliver_due()
             return watcher.counts()
 

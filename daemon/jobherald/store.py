@@ -117,12 +117,16 @@ deliveries = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("event_id", sa.String(32), sa.ForeignKey("events.id"), nullable=False),
     sa.Column("notifier", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(32), nullable=False, default="*"),
+    sa.Column("url", sa.Text),
     sa.Column("state", sa.String(16), nullable=False, default="pending"),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", UTCDateTime, nullable=False),
     sa.Column("last_error", sa.Text),
     sa.Column("delivered_at", UTCDateTime),
-    sa.UniqueConstraint("event_id", "notifier", name="uq_deliveries_event_notifier"),
+    sa.UniqueConstraint(
+        "event_id", "notifier", "target", name="uq_deliveries_event_notifier_target"
+    ),
     sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
 )
 
@@ -137,10 +141,19 @@ class StoredJob:
 
 
 @dataclass(frozen=True, slots=True)
+class Target:
+    """One place a message goes: a notifier's URL, by key (a hash) and masked for display."""
+
+    notifier: str
+    key: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     kind: str
     payload: Mapping[str, Any]
-    notifiers: Sequence[str]
+    targets: Sequence[Target]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +162,10 @@ class Delivery:
     event_id: str
     kind: str
     notifier: str
+    target: str
     attempts: int
     payload: Mapping[str, Any]
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +238,18 @@ def _view_values(view: JobView) -> dict[str, Any]:
 
 def migrations_path() -> Path:
     return Path(str(resources.files("jobherald.migrations")))
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of jobherald knows."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(migrations_path()))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -378,6 +405,18 @@ class Store:
             event_ids = await _insert_events(conn, new_events, polled_at, job_id=job_id)
         return event_ids
 
+    async def record_events(
+        self,
+        new_events: Sequence[NewEvent],
+        at: datetime,
+        *,
+        job_id: str | None = None,
+        source: str | None = None,
+    ) -> list[str]:
+        """Write events that change no state (reminders), with their deliveries."""
+        async with self.engine.begin() as conn:
+            return await _insert_events(conn, new_events, at, job_id=job_id, source=source)
+
     async def source_health(self) -> dict[str, SourceHealth]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(source_health))
@@ -420,9 +459,11 @@ class Store:
                 deliveries.c.id,
                 deliveries.c.event_id,
                 deliveries.c.notifier,
+                deliveries.c.target,
                 deliveries.c.attempts,
                 events.c.kind,
                 events.c.payload,
+                events.c.at,
             )
             .join(events, events.c.id == deliveries.c.event_id)
             .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
@@ -437,8 +478,10 @@ class Store:
                 event_id=row.event_id,
                 kind=row.kind,
                 notifier=row.notifier,
+                target=row.target,
                 attempts=row.attempts,
                 payload=json.loads(row.payload),
+                at=row.at,
             )
             for row in rows
         ]
@@ -509,6 +552,73 @@ class Store:
             )
             return list(rows)
 
+    async def deliveries(self, states: Sequence[str]) -> list[sa.Row[Any]]:
+        """Deliveries in the given states, oldest first, with their event and job."""
+        query = (
+            sa.select(
+                deliveries.c.id,
+                deliveries.c.event_id,
+                deliveries.c.notifier,
+                deliveries.c.url,
+                deliveries.c.state,
+                deliveries.c.attempts,
+                deliveries.c.next_attempt_at,
+                deliveries.c.last_error,
+                deliveries.c.delivered_at,
+                events.c.kind,
+                events.c.at,
+                events.c.job_id,
+                events.c.source,
+            )
+            .join(events, events.c.id == deliveries.c.event_id)
+            .where(deliveries.c.state.in_(states))
+            .order_by(deliveries.c.id)
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).all())
+
+    async def retry_deliveries(self, ids: Sequence[int] | None, now: datetime) -> int:
+        """Make pending or abandoned deliveries (all of them when ``ids`` is None) due now."""
+        statement = (
+            sa.update(deliveries)
+            .where(deliveries.c.state.in_(("pending", "abandoned")))
+            .values(state="pending", next_attempt_at=now)
+        )
+        if ids is not None:
+            statement = statement.where(deliveries.c.id.in_(ids))
+        async with self.engine.begin() as conn:
+            return int((await conn.execute(statement)).rowcount or 0)
+
+    async def drop_deliveries(self, ids: Sequence[int] | None) -> int:
+        """Give up on pending or abandoned deliveries (all of them when ``ids`` is None)."""
+        statement = (
+            sa.update(deliveries)
+            .where(deliveries.c.state.in_(("pending", "abandoned")))
+            .values(state="dropped")
+        )
+        if ids is not None:
+            statement = statement.where(deliveries.c.id.in_(ids))
+        async with self.engine.begin() as conn:
+            return int((await conn.execute(statement)).rowcount or 0)
+
+    async def last_reminded(self, notifier: str) -> dict[tuple[str, str], datetime]:
+        """When each (job or source, event kind) last went to this notifier."""
+        subject = sa.func.coalesce(events.c.job_id, sa.literal("source:") + events.c.source)
+        query = (
+            sa.select(subject.label("subject"), events.c.kind, sa.func.max(events.c.at))
+            .join(deliveries, deliveries.c.event_id == events.c.id)
+            .where(deliveries.c.notifier == notifier)
+            .group_by(subject, events.c.kind)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        out: dict[tuple[str, str], datetime] = {}
+        for subject_id, kind, at in rows:
+            if isinstance(at, str):
+                at = datetime.fromisoformat(at)
+            out[(subject_id, kind)] = at if at.tzinfo else at.replace(tzinfo=UTC)
+        return out
+
     async def delivery_counts(self) -> dict[str, int]:
         query = sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
         async with self.engine.connect() as conn:
@@ -537,18 +647,20 @@ async def _insert_events(
                 payload=json.dumps(new.payload, default=str),
             )
         )
-        if new.notifiers:
+        if new.targets:
             await conn.execute(
                 sa.insert(deliveries),
                 [
                     {
                         "event_id": event_id,
-                        "notifier": name,
+                        "notifier": t.notifier,
+                        "target": t.key,
+                        "url": t.url,
                         "state": "pending",
                         "attempts": 0,
                         "next_attempt_at": at,
                     }
-                    for name in new.notifiers
+                    for t in new.targets
                 ],
             )
     return event_ids

@@ -1,0 +1,170 @@
+"""Message templates: sandboxed Jinja2 over a documented event object.
+
+A template sees ``event`` (kind, id, at, detail, advice) and ``job`` (id, name,
+source, type, state, previous_state, raw_status, progress, archive_id, reasons,
+begin_time, end_time, duration, error); for an event about a whole source,
+``job`` names the source and ``source`` holds its name, endpoint, auth and error.
+Unknown names are errors, so a typo is found by ``check-config``, not at 3 a.m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+FORMATS = ("text", "markdown", "html")
+
+JOB_FIELDS = (
+    "id",
+    "name",
+    "source",
+    "instance_id",
+    "type",
+    "state",
+    "previous_state",
+    "raw_status",
+    "progress",
+    "archive_id",
+    "reasons",
+    "begin_time",
+    "end_time",
+    "duration",
+    "error",
+)
+
+
+class TemplateProblem(ValueError):
+    """A template that does not compile or does not render."""
+
+
+@lru_cache(maxsize=1)
+def environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters["percent"] = lambda value: "-" if value is None else f"{float(value) * 100:.0f}%"
+    env.filters["duration"] = _duration_filter
+    return env
+
+
+def _duration_filter(value: Any) -> str:
+    from jobherald.model import format_duration
+
+    return format_duration(float(value)) or "-" if value is not None else "-"
+
+
+def compile_template(text: str) -> Any:
+    try:
+        return environment().from_string(text)
+    except TemplateError as exc:
+        raise TemplateProblem(f"template does not compile: {exc}") from None
+
+
+def context(kind: str, event_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The names a template sees, for an event as stored in the outbox."""
+    event = dict(payload.get("event") or {})
+    event.setdefault("kind", kind)
+    event.setdefault("detail", None)
+    event.setdefault("advice", None)
+    event.setdefault("at", None)
+    event["id"] = event_id
+    source = payload.get("source")
+    job = payload.get("job")
+    if job is None:
+        source = dict(source or {})
+        job = {name: None for name in JOB_FIELDS}
+        job.update(
+            {
+                "id": "",
+                "name": f"source {source.get('name')}",
+                "source": source.get("name"),
+                "reasons": [],
+                "error": source.get("error"),
+            }
+        )
+    else:
+        job = {**{name: None for name in JOB_FIELDS}, **job}
+        source = {"name": job.get("source"), "endpoint": None, "auth": None, "error": None}
+    return {"event": event, "job": job, "source": source}
+
+
+def render(template: Any, kind: str, event_id: str, payload: Mapping[str, Any]) -> str:
+    try:
+        return str(template.render(context(kind, event_id, payload))).strip()
+    except TemplateError as exc:
+        raise TemplateProblem(f"template does not render: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise TemplateProblem(f"template does not render: {type(exc).__name__}: {exc}") from None
+
+
+def samples() -> list[tuple[str, dict[str, Any]]]:
+    """Events of every shape, to try a template on before it is needed."""
+    job = {
+        "id": "ff8080814dbd65d7014dbe0d84db0013",
+        "name": "nightly export",
+        "source": "roma-prod",
+        "instance_id": "ab12",
+        "type": "exportAsset",
+        "state": "succeeded",
+        "previous_state": "running",
+        "raw_status": "SUCCEEDED",
+        "progress": 1.0,
+        "archive_id": "ff8080814dbd65d7014dbe0d84db0014",
+        "reasons": [],
+        "begin_time": "2026-01-01T00:00:00+00:00",
+        "end_time": "2026-01-01T00:04:12+00:00",
+        "duration": 252.0,
+        "error": None,
+    }
+    failed = {
+        **job,
+        "state": "failed",
+        "raw_status": "FAILED",
+        "archive_id": None,
+        "reasons": [
+            {
+                "resource_type": "task",
+                "resource_name": "sync",
+                "error_code": "ROMA.1",
+                "error_msg": "broken",
+            }
+        ],
+    }
+    pending = {name: None for name in JOB_FIELDS} | {
+        "id": "j2",
+        "name": "j2",
+        "source": "roma-prod",
+        "state": "pending",
+        "previous_state": "pending",
+        "reasons": [],
+        "error": "HTTP 503: down",
+    }
+    event = {"at": "2026-01-01T00:04:13+00:00", "detail": "what happened", "advice": "what to do"}
+    source = {
+        "name": "roma-prod",
+        "endpoint": "https://roma",
+        "auth": "token",
+        "error": "HTTP 401 APIG.1002: bad token",
+        "error_since": None,
+    }
+    return [
+        ("succeeded", {"event": {**event, "kind": "succeeded"}, "job": job}),
+        ("failed", {"event": {**event, "kind": "failed"}, "job": failed}),
+        ("error", {"event": {**event, "kind": "error"}, "job": pending}),
+        ("error", {"event": {**event, "kind": "error"}, "job": None, "source": source}),
+    ]
+
+
+def check(text: str) -> str | None:
+    """None when the template compiles and renders every sample event, else why not."""
+    try:
+        template = compile_template(text)
+        for kind, payload in samples():
+            render(template, kind, "0123456789abcdef0123456789abcdef", payload)
+    except TemplateProblem as exc:
+        return str(exc)
+    return None
