@@ -27,6 +27,8 @@ class Receiver:
         self.messages: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.fail_with: int | None = None
+        self.fail_paths: dict[str, int] = {}
+        self.attempts: list[str] = []
         self.hang = asyncio.Event()
         self.hanging = False
         self.app = web.Application()
@@ -45,13 +47,18 @@ class Receiver:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def url(self, path: str = "hook") -> str:
-        return f"json://127.0.0.1:{self.port}/{path}"
+    def url(self, path: str = "hook", scheme: str = "json") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}/{path}"
 
     async def _post(self, request: web.Request) -> web.Response:
-        if self.fail_with is not None:
-            return web.Response(status=self.fail_with, text="receiver is down")
-        payload = await request.json()
+        self.attempts.append(request.path)
+        status = self.fail_paths.get(request.path, self.fail_with)
+        if status is not None:
+            return web.Response(status=status, text="receiver is down")
+        if request.content_type == "application/x-www-form-urlencoded":
+            payload: dict[str, Any] = dict(await request.post())
+        else:
+            payload = await request.json()
         self.messages.append(payload)
         self.paths.append(request.path)
         return web.Response(text="ok")

@@ -122,3 +122,69 @@ def sdk_signature_check(keys: dict[str, str]):  # type: ignore[no-untyped-def]
         return bool(expected.header_params["Authorization"] == authorization)
 
     return verify
+
+
+class FakeNtfy:
+    """An ntfy server's publish API: ``POST /`` with a JSON message naming its topic."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.app = web.Application()
+        self.app.router.add_post("/", self._publish)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def url(self, topic: str) -> str:
+        return f"ntfy://127.0.0.1:{self.port}/{topic}"
+
+    async def _publish(self, request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        self.messages.append(message)
+        self.headers.append(dict(request.headers))
+        return web.json_response(
+            {"id": f"m{len(self.messages)}", "event": "message", "topic": message.get("topic")}
+        )
+
+
+class Mailbox:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.server: Any = None
+        self.port = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        from email import message_from_bytes, policy
+
+        self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+        return "250 OK"
+
+    async def start(self) -> None:
+        import asyncio
+
+        from aiosmtpd.smtp import SMTP
+
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: SMTP(self), "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def url(self, to: str = "ops@example.com") -> str:
+        return f"mailto://127.0.0.1:{self.port}?mode=insecure&from=jobherald@example.com&to={to}"

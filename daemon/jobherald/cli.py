@@ -167,7 +167,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
         table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console(soft_wrap=True).print(table)
+    # On a terminal, fit its width; into a pipe or file, one line per row.
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
+    console.print(table)
 
 
 def _pct(value: float | None) -> str:
@@ -382,27 +384,33 @@ def _ids(ids: tuple[int, ...], every: bool) -> list[int] | None:
 
 
 @deliveries.command("retry")
+@config_option
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "every", is_flag=True, help="Every pending and abandoned delivery.")
 @click.pass_context
-def deliveries_retry(ctx: click.Context, ids: tuple[int, ...], every: bool) -> None:
+def deliveries_retry(
+    ctx: click.Context, config_path: str | None, ids: tuple[int, ...], every: bool
+) -> None:
     """Send these deliveries again at the daemon's next pass (abandoned ones too)."""
     from datetime import UTC
 
     chosen = _ids(ids, every)
-    cfg = _load(ctx, None)
+    cfg = _load(ctx, config_path)
     count = _run(_with_store(cfg, lambda s: s.retry_deliveries(chosen, datetime.now(UTC))))
     click.echo(f"{count} deliveries will be tried again")
 
 
 @deliveries.command("drop")
+@config_option
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "every", is_flag=True, help="Every pending and abandoned delivery.")
 @click.pass_context
-def deliveries_drop(ctx: click.Context, ids: tuple[int, ...], every: bool) -> None:
+def deliveries_drop(
+    ctx: click.Context, config_path: str | None, ids: tuple[int, ...], every: bool
+) -> None:
     """Give up on these deliveries for good."""
     chosen = _ids(ids, every)
-    cfg = _load(ctx, None)
+    cfg = _load(ctx, config_path)
     count = _run(_with_store(cfg, lambda s: s.drop_deliveries(chosen)))
     click.echo(f"{count} deliveries dropped")
 
