@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,8 @@ class Receiver:
         self.fail_with: int | None = None
         self.fail_paths: dict[str, int] = {}
         self.attempts: list[str] = []
+        self.delay = 0.0
+        self.received_at: list[float] = []
         self.hang = asyncio.Event()
         self.hanging = False
         self.app = web.Application()
@@ -52,6 +55,8 @@ class Receiver:
 
     async def _post(self, request: web.Request) -> web.Response:
         self.attempts.append(request.path)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         status = self.fail_paths.get(request.path, self.fail_with)
         if status is not None:
             return web.Response(status=status, text="receiver is down")
@@ -61,6 +66,7 @@ class Receiver:
             payload = await request.json()
         self.messages.append(payload)
         self.paths.append(request.path)
+        self.received_at.append(time.monotonic())
         return web.Response(text="ok")
 
     def titles(self, path: str | None = None) -> list[str]:

@@ -94,3 +94,48 @@ async def test_a_failing_transaction_leaves_no_half_written_state(tmp_path: Path
     async with store.engine.connect() as conn:
         assert (await conn.execute(sa.text("select count(*) from deliveries"))).scalar() == 0
     await store.close()
+
+
+async def test_an_old_database_with_data_is_upgraded_and_copied_aside_first(tmp_path: Path) -> None:
+    db = tmp_path / "jh.db"
+    old = await Store.open(url(db), migrate=False)
+    await old.migrate("0001")
+    await old.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "insert into jobs (id, name, source, instance_id, configured, state, created_at, last_changed_at)"
+            " values ('a', 'A', 'roma', 'i', 1, 'running', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+        )
+        conn.execute(
+            "insert into events (id, job_id, kind, at, payload) values ('e1', 'a', 'succeeded', '2026-01-01 00:00:00', '{}')"
+        )
+        conn.execute(
+            "insert into deliveries (event_id, notifier, state, attempts, next_attempt_at)"
+            " values ('e1', 'ops', 'pending', 0, '2026-01-01 00:00:00')"
+        )
+    store = await Store.open(url(db))
+    (job,) = await store.status()
+    assert (job.id, job.state, job.not_found, job.running_since) == (
+        "a",
+        "running",
+        0,
+        datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    (due,) = await store.due_deliveries(NOW)
+    assert (due.event_id, due.notifier, due.target) == ("e1", "ops", "*")
+    await store.close()
+    backup = tmp_path / "jh.db.before-0001"
+    with sqlite3.connect(backup) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("select id from jobs").fetchall() == [("a",)]
+
+
+async def test_a_migration_is_all_or_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "jh.db"
+    store = await Store.open(url(db), migrate=False)
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql("create table source_health (clash integer)")
+    with pytest.raises(sa.exc.OperationalError):
+        await store.migrate()
+    await store.close()
+    assert tables(db) == {"source_health"}

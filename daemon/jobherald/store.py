@@ -7,8 +7,11 @@ so that a crash can neither lose a message nor cause one twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import sqlite3
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from jobherald.errors import StoreError
 from jobherald.model import JobView, Outcome, Reason, SourceHealth, State
@@ -252,13 +256,32 @@ def head_revision() -> str:
     return head
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_engine(url: str, *, foreign_keys: bool = True) -> AsyncEngine:
+    """An engine for SQLite with WAL, a busy timeout, and transactions that hold DDL too.
+
+    Python's sqlite3 opens a transaction only before data changes, so schema
+    changes would commit one by one; here every transaction starts with our own
+    BEGIN, so a migration is all or nothing even if the process is killed midway.
+    """
+    engine = (
+        create_async_engine(url) if foreign_keys else create_async_engine(url, poolclass=NullPool)
+    )
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        cursor.close()
+
+    def on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    sa_event.listen(engine.sync_engine, "connect", on_connect)
+    sa_event.listen(engine.sync_engine, "begin", on_begin)
+    return engine
 
 
 class Store:
@@ -274,9 +297,7 @@ class Store:
             folder = Path(parsed.database).parent
             if not folder.is_dir():
                 raise StoreError(f"database folder {folder} does not exist")
-        engine = create_async_engine(url, pool_pre_ping=not is_sqlite)
-        if is_sqlite:
-            sa_event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = _sqlite_engine(url) if is_sqlite else create_async_engine(url, pool_pre_ping=True)
         store = cls(engine)
         if migrate:
             try:
@@ -294,7 +315,7 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def migrate(self) -> None:
+    async def migrate(self, target: str = "head") -> None:
         from alembic import command
         from alembic.config import Config as AlembicConfig
         from alembic.runtime.migration import MigrationContext
@@ -309,16 +330,32 @@ class Store:
 
         def upgrade(connection: Connection) -> None:
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, target)
 
         async with self.engine.connect() as conn:
             now = await conn.run_sync(current)
-        if now == head:
+        if now == (head if target == "head" else target):
             return
         await self._backup_before_migration(now)
-        async with self.engine.begin() as conn:
-            await conn.run_sync(upgrade)
-        log.info("database migrated from %s to %s", now or "empty", head)
+        # Tables are rebuilt during migrations: foreign keys are checked after, not during.
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(url.render_as_string(hide_password=False), foreign_keys=False)
+        else:
+            engine = self.engine
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade)
+                if url.get_backend_name() == "sqlite":
+                    broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                    if broken:
+                        raise StoreError(f"migration left {len(broken)} rows without their parent")
+        finally:
+            if engine is not self.engine:
+                await engine.dispose()
+        log.info(
+            "database migrated from %s to %s", now or "empty", target if target != "head" else head
+        )
 
     async def _backup_before_migration(self, revision: str | None) -> None:
         """Copy an existing SQLite database aside, so a failed upgrade loses nothing."""
@@ -328,9 +365,12 @@ class Store:
         source = Path(url.database)
         target = source.with_name(f"{source.name}.before-{revision}")
         target.unlink(missing_ok=True)
-        async with self.engine.connect() as conn:
-            raw = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await raw.exec_driver_sql("VACUUM INTO ?", (str(target),))
+
+        def copy() -> None:
+            with contextlib.closing(sqlite3.connect(source)) as conn:
+                conn.execute("VACUUM INTO ?", (str(target),))
+
+        await asyncio.to_thread(copy)
         log.info("copied %s to %s before migrating", source, target)
 
     async def sync_jobs(
