@@ -54,6 +54,7 @@ class Receiver:
         return f"{scheme}://127.0.0.1:{self.port}/{path}"
 
     async def _post(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         self.attempts.append(request.path)
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -66,7 +67,7 @@ class Receiver:
             payload = await request.json()
         self.messages.append(payload)
         self.paths.append(request.path)
-        self.received_at.append(time.monotonic())
+        self.received_at.append(arrived)  # when the request came, not when it was answered
         return web.Response(text="ok")
 
     def titles(self, path: str | None = None) -> list[str]:
