@@ -145,6 +145,8 @@ async def test_deliveries_can_be_retried_and_dropped_by_hand(
         ["1", "pending", "succeeded"],
         ["2", "pending", "succeeded"],
     ]
+    code, out, _ = await jobherald("status", "-c", str(cfg.path))
+    assert out.splitlines()[-1] == "deliveries: 2 pending, 0 abandoned (see `jobherald deliveries`)"
     code, out, _ = await jobherald("deliveries", "drop", "2", "-c", str(cfg.path))
     assert (code, out) == (0, "1 deliveries dropped\n")
     receiver.fail_with = None

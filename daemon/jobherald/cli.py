@@ -218,6 +218,13 @@ def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
             for r in rows
         ],
     )
+    if _database_exists(cfg.database_url):
+        counts = _run(_with_store(cfg, lambda store: store.delivery_counts()))
+        if counts.get("pending") or counts.get("abandoned"):
+            click.echo(
+                f"\ndeliveries: {counts.get('pending', 0)} pending, "
+                f"{counts.get('abandoned', 0)} abandoned (see `jobherald deliveries`)"
+            )
 
 
 @cli.command()
