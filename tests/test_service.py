@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from jobherald.simulator import SimJob, Simulator, failed, http_error, running, succeeded
 from tests.conftest import ConfigWriter, Receiver, wait_for
 
 
@@ -158,3 +158,125 @@ async def test_run_refuses_a_database_folder_that_does_not_exist(
         f"jobherald: database folder {configs.folder}/no/such/dir does not exist"
     )
     assert "Traceback" not in output
+
+
+async def test_sighup_reloads_jobs_under_the_same_process(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    sim.add(SimJob("a", [running(0.3)]))
+    sim.add(SimJob("b", [running(0.3)]))
+    sim.add(SimJob("c", [running(0.2), succeeded()]))
+    config = configs.write(
+        ["a", "b"], daemon={"poll_interval": "200ms", "include": ["jobs.d/*.toml"]}
+    )
+    (configs.folder / "jobs.d").mkdir()
+    daemon = await start(daemons, config)
+    await wait_for(lambda: sim.polls("b") >= 2, 20, "polls of b")
+    configs.write(["a"], daemon={"poll_interval": "200ms", "include": ["jobs.d/*.toml"]})
+    (configs.folder / "jobs.d" / "c.toml").write_text('[[jobs]]\nid = "c"\nsource = "roma"\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: receiver.titles() == ["c succeeded"], 20, "the new job's message")
+    polls_b = sim.polls("b")
+    await asyncio.sleep(1.0)
+    assert sim.polls("b") == polls_b, "a removed job is not polled"
+    assert daemon.proc.returncode is None
+    assert await daemon.stop() == 0
+    assert "reloaded" in daemon.output()
+
+
+async def test_a_bad_reload_keeps_the_running_config(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    sim.add(SimJob("a", [running(0.3)]))
+    config = configs.write(["a"], daemon={"poll_interval": "200ms"})
+    daemon = await start(daemons, config)
+    await wait_for(lambda: sim.polls("a") >= 2, 20, "polls")
+    config.write_text(config.read_text() + '\n[[jobs]]\nid = "x"\nsource = "nowhere"\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: "reload refused" in daemon.output(), 20, "the refusal")
+    before = sim.polls("a")
+    await wait_for(lambda: sim.polls("a") >= before + 3, 20, "polls after the refusal")
+    assert await daemon.stop() == 0
+    assert (
+        f"reload refused: {config}: jobs[1].source: unknown source 'nowhere' (known: roma)"
+        in daemon.output()
+    )
+
+
+async def test_systemd_hears_ready_status_watchdog_reloading_and_stopping(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    daemons: list[Running],
+    tmp_path: Path,
+) -> None:
+    import socket as socket_module
+
+    sim.add(SimJob("a", [running(0.3)]))
+    sim.add(SimJob("b", [http_error(503)]))
+    listener = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_DGRAM)
+    address = str(tmp_path / "notify.sock")
+    listener.bind(address)
+    listener.setblocking(False)
+    heard: list[str] = []
+
+    def drain() -> list[str]:
+        while True:
+            try:
+                heard.append(listener.recv(4096).decode())
+            except BlockingIOError:
+                return heard
+
+    config = configs.write(["a", "b"], daemon={"poll_interval": "200ms", "retries": 0})
+    log = config.parent / "notify.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jobherald",
+            "run",
+            "-c",
+            str(config),
+            stdout=out,
+            stderr=out,
+            env={
+                **os.environ,
+                "NOTIFY_SOCKET": address,
+                "WATCHDOG_USEC": "1000000",
+                "JOURNAL_STREAM": "8:1234",
+            },
+        )
+    daemons.append(Running(proc, log))
+    try:
+        await wait_for(lambda: any("WATCHDOG=1" in m for m in drain()), 20, "a watchdog ping")
+        proc.send_signal(signal.SIGHUP)
+        await wait_for(lambda: any(m.startswith("RELOADING=1") for m in drain()), 20, "reloading")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        drain()
+    finally:
+        listener.close()
+    assert heard[0].startswith("READY=1\nSTATUS=watching 2 jobs")
+    reloading = next(m for m in heard if m.startswith("RELOADING=1"))
+    assert reloading.split("\n")[1].startswith("MONOTONIC_USEC=")
+    after = heard[heard.index(reloading) + 1]
+    assert after.startswith("READY=1")
+    assert any(m.startswith("STOPPING=1") for m in heard)
+    statuses = [line for m in heard for line in m.split("\n") if line.startswith("STATUS=watching")]
+    assert any(
+        s.startswith("STATUS=watching 2 jobs: 1 pending, 1 running, 1 failing; last poll ")
+        for s in statuses
+    )
+    lines = log.read_text().splitlines()
+    assert lines and all(line.startswith(("<6>", "<4>", "<3>")) for line in lines)
+    assert not any(line[3:5] == "20" for line in lines), "no timestamps under journald"
+
+
+async def test_without_notify_socket_systemd_messages_are_silent(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    sim.add(SimJob("a", [running(0.3)]))
+    daemon = await start(daemons, configs.write(["a"], daemon={"poll_interval": "200ms"}))
+    await wait_for(lambda: sim.polls("a") >= 2, 20, "polls")
+    assert await daemon.stop() == 0
+    assert "sd_notify" not in daemon.output()

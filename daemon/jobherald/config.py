@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -341,6 +341,29 @@ class Config:
     sources: Mapping[str, Source]
     notifiers: Mapping[str, Notifier]
     jobs: tuple[WatchedJob, ...]
+    include: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SystemdEnvironment:
+    """What systemd tells a service through its environment."""
+
+    notify_socket: str | None
+    watchdog_usec: int | None
+    journal_stream: str | None
+
+
+def systemd_environment() -> SystemdEnvironment:
+    watchdog = os.environ.get("WATCHDOG_USEC")
+    watchdog_pid = os.environ.get("WATCHDOG_PID")
+    usec = int(watchdog) if watchdog and watchdog.isdigit() else None
+    if watchdog_pid and watchdog_pid.isdigit() and int(watchdog_pid) != os.getpid():
+        usec = None
+    return SystemdEnvironment(
+        notify_socket=os.environ.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=usec,
+        journal_stream=os.environ.get("JOURNAL_STREAM") or None,
+    )
 
 
 def config_path(given: str | os.PathLike[str] | None) -> Path:
@@ -351,8 +374,12 @@ def config_path(given: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
-def load(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read, expand, validate and resolve the configuration; raise ConfigError."""
+def load(path: str | os.PathLike[str] | None = None, extra: Sequence[Path] = ()) -> Config:
+    """Read, expand, validate and resolve the configuration; raise ConfigError.
+
+    ``extra`` names drop-in files to read as if an include matched them (to try
+    one before it is put in place).
+    """
     main = config_path(path)
     label = str(path) if path else str(main)
     raw = _read_toml(main, label)
@@ -364,14 +391,15 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     jobs: list[tuple[JobSection, str]] = [
         (job, f"{label}: jobs[{i}]") for i, job in enumerate(parsed.jobs)
     ]
-    for extra in _included(main.parent, parsed.daemon.include, label):
-        extra_label = _display(extra, main.parent)
-        extra_raw = _expand(_read_toml(extra, extra_label), extra_label, "", problems)
+    for dropin in [*_included(main.parent, parsed.daemon.include, label), *extra]:
+        extra_label = _display(dropin, main.parent)
+        extra_raw = _expand(_read_toml(dropin, extra_label), extra_label, "", problems)
         if problems:
             raise ConfigError(problems)
-        dropin = _validate(DropInFile, extra_raw, extra_label)
-        jobs.extend((job, f"{extra_label}: jobs[{i}]") for i, job in enumerate(dropin.jobs))
-    return _resolve(main, label, parsed, jobs)
+        parsed_dropin = _validate(DropInFile, extra_raw, extra_label)
+        jobs.extend((job, f"{extra_label}: jobs[{i}]") for i, job in enumerate(parsed_dropin.jobs))
+    config = _resolve(main, label, parsed, jobs)
+    return replace(config, include=parsed.daemon.include)
 
 
 def _display(path: Path, base: Path) -> str:

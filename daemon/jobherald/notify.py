@@ -259,8 +259,9 @@ class Sender:
             return True, ""
         return False, (lines[-1] if lines else "the service did not accept the message")[:300]
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, *, cancel: bool = True) -> None:
+        """Stop the send threads; with ``cancel=False`` sends already queued still go out."""
+        self._pool.shutdown(wait=False, cancel_futures=cancel)
 
 
 def compose(notifier: Notifier, kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
@@ -308,6 +309,12 @@ class Dispatcher:
 
     def close(self) -> None:
         self.sender.close()
+
+    def reconfigure(self, notifiers: Mapping[str, Notifier]) -> None:
+        """Use new notifiers from now on; sends in flight finish on the old ones."""
+        old, self.sender = self.sender, Sender(notifiers)
+        old.close(cancel=False)
+        self.wake()
 
     async def deliver_due(self) -> int:
         """One pass over due deliveries; returns how many were tried."""

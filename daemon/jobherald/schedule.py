@@ -144,6 +144,7 @@ class Watcher:
         self._source_locks = {name: asyncio.Lock() for name in self.sources}
         self._unflushed: dict[str, datetime] = {}
         self.polls = 0
+        self.last_poll_at: datetime | None = None
 
     async def start(self) -> None:
         """Register the configured jobs in the store and load what it knows of them."""
@@ -154,6 +155,38 @@ class Watcher:
         self.views = {job_id: s.view for job_id, s in stored.items() if job_id in self.jobs}
         known = await self.store.source_health()
         self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
+
+    async def reconfigure(self, config: Config) -> tuple[list[WatchedJob], list[str]]:
+        """Take a new configuration; return the jobs to (re)schedule and the ids to drop.
+
+        Sources whose settings did not change keep their state (an IAM token among it).
+        """
+        old_jobs = self.jobs
+        self.config = config
+        self.sources = {
+            name: (
+                current
+                if (current := self.sources.get(name)) is not None and current.config == src
+                else make_source(src, self.clock)
+            )
+            for name, src in config.sources.items()
+        }
+        self._source_locks = {
+            name: self._source_locks.get(name) or asyncio.Lock() for name in self.sources
+        }
+        self.health = {name: self.health.get(name, SourceHealth()) for name in self.sources}
+        self.jobs = {j.id: j for j in config.jobs}
+        identities = [
+            JobIdentity(j.id, j.name, j.source, j.instance_id) for j in self.jobs.values()
+        ]
+        stored = await self.store.sync_jobs(identities, self.clock())
+        self.views = {job_id: self.views.get(job_id) or stored[job_id].view for job_id in self.jobs}
+        removed = [job_id for job_id in old_jobs if job_id not in self.jobs]
+        changed = [j for j in self.jobs.values() if old_jobs.get(j.id) != j]
+        return changed, removed
+
+    def failing(self) -> int:
+        return sum(1 for job_id in self.jobs if self.views[job_id].error is not None)
 
     def active(self) -> list[WatchedJob]:
         """Configured jobs still worth polling (not succeeded, failed or lost)."""
@@ -173,6 +206,7 @@ class Watcher:
             return PollResult(terminal=True)
         now = self.clock()
         self.polls += 1
+        self.last_poll_at = now
         try:
             snapshot = await self.sources[job.source].poll(self.fetcher, job)
         except FetchError as exc:
@@ -489,6 +523,31 @@ class Schedule:
             await self.watcher.flush()
         except Exception:
             log.exception("writing poll times failed; will try again")
+
+    def apply(self, changed: Sequence[WatchedJob], removed: Sequence[str]) -> None:
+        """Schedule new and changed jobs, and unschedule removed ones (after a reload)."""
+        for job_id in removed:
+            self._remove(job_id)
+            self._failures.pop(job_id, None)
+            self._intervals.pop(job_id, None)
+        now = self.watcher.clock()
+        for job in changed:
+            self._failures.pop(job.id, None)
+            self._intervals.pop(job.id, None)
+            if self.watcher.views[job.id].state.terminal:
+                self._remove(job.id)
+            else:
+                spread = min(job.poll_interval, 1.0 + len(changed) / 200.0)
+                self.add(job, now + timedelta(seconds=random.uniform(0, spread)))
+
+    def alive(self, now: datetime) -> bool:
+        """Whether the scheduler still fires: running, and its own flush not overdue."""
+        if not self.scheduler.running:
+            return False
+        flush = self.scheduler.get_job("jobherald:flush")
+        if flush is None or flush.next_run_time is None:
+            return False
+        return bool(flush.next_run_time >= now - timedelta(seconds=4 * FLUSH_EVERY))
 
     def scheduled(self) -> int:
         return sum(1 for j in self.scheduler.get_jobs() if not j.id.startswith("jobherald:"))

@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import make_url
 
 from jobherald import __version__
-from jobherald.config import Config
+from jobherald.config import Config, systemd_environment
 from jobherald.fetch import Fetcher, RetryPolicy
 from jobherald.notify import Dispatcher
 from jobherald.schedule import Schedule, Watcher
@@ -23,12 +25,35 @@ from jobherald.store import Store
 log = logging.getLogger(__name__)
 
 
+_PRIORITIES = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for journald: a syslog priority prefix, no timestamp (the journal has one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITIES.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines() or [""])
+
+
 def setup_logging(level: str) -> None:
-    """Configure logging once: to stderr, quiet libraries unless debugging."""
+    """Configure logging once: to stderr (journald-style under systemd), quiet libraries."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
-    )
+    if systemd_environment().journal_stream:
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"
+            )
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -36,12 +61,39 @@ def setup_logging(level: str) -> None:
     # them), and aiosqlite every statement: neither belongs in jobherald's log.
     logging.getLogger("apprise").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
-    if level != "debug":
-        for noisy in ("aiohttp.access", "alembic"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        # "skipped: maximum number of running instances reached" would repeat every
-        # interval while an upstream is slow; the poll's own error says it once.
-        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    quiet = logging.WARNING if level != "debug" else logging.NOTSET
+    for noisy in ("aiohttp.access", "alembic"):
+        logging.getLogger(noisy).setLevel(quiet)
+    # "skipped: maximum number of running instances reached" would repeat every
+    # interval while an upstream is slow; the poll's own error says it once.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR if level != "debug" else logging.NOTSET)
+
+
+class SystemdNotifier:
+    """sd_notify(3) over $NOTIFY_SOCKET; silent when the socket is not set."""
+
+    def __init__(self, address: str | None) -> None:
+        self._address = ("\0" + address[1:]) if address and address.startswith("@") else address
+        self._socket: socket.socket | None = None
+        if self._address:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._socket.setblocking(False)
+
+    def __bool__(self) -> bool:
+        return self._socket is not None
+
+    def send(self, *lines: str) -> None:
+        if self._socket is None or self._address is None:
+            return
+        try:
+            self._socket.sendto("\n".join(lines).encode(), self._address)
+        except OSError as exc:
+            log.debug("sd_notify failed: %s", exc)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 def _utcnow() -> datetime:
@@ -55,9 +107,16 @@ class Daemon:
         self.config = config
         self.clock = clock
         self.stopping = asyncio.Event()
+        self.reloading = asyncio.Event()
+        env = systemd_environment()
+        self.systemd = SystemdNotifier(env.notify_socket)
+        self.watchdog_usec = env.watchdog_usec
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def reload(self) -> None:
+        self.reloading.set()
 
     def _fetcher(self) -> Fetcher:
         return Fetcher(
@@ -107,8 +166,16 @@ class Daemon:
             delivering = asyncio.Event()
             sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
             schedule.start()
-            with _signals(self.stop):
-                await self.stopping.wait()
+            heartbeat = asyncio.create_task(self._heartbeat(schedule, watcher), name="heartbeat")
+            self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
+            with _signals(self.stop, self.reload):
+                while not self.stopping.is_set():
+                    await _first(self.stopping, self.reloading)
+                    if self.reloading.is_set() and not self.stopping.is_set():
+                        self.reloading.clear()
+                        await self._reload(watcher, dispatcher, schedule)
+            self.systemd.send("STOPPING=1", "STATUS=stopping: finishing polls and deliveries")
+            heartbeat.cancel()
             log.info("stopping: finishing polls and deliveries in flight")
             deadline = time.monotonic() + self.config.shutdown_timeout
             cut = await schedule.stop(self.config.shutdown_timeout)
@@ -125,6 +192,77 @@ class Daemon:
                 f"; {cut} polls cut off" if cut else "",
             )
 
+    async def _reload(self, watcher: Watcher, dispatcher: Dispatcher, schedule: Schedule) -> None:
+        """Read the config again and apply it; a config that does not validate changes nothing."""
+        from jobherald import config as config_module
+        from jobherald.errors import ConfigError
+
+        self.systemd.send(
+            "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
+        old = self.config
+        try:
+            new = await asyncio.to_thread(config_module.load, old.path)
+        except ConfigError as exc:
+            for line in exc.problems:
+                log.error("reload refused: %s", line)
+            log.error("reload refused: still running the previous configuration")
+            self.systemd.send("READY=1", f"STATUS=reload refused; {self._status(watcher)}")
+            return
+        for key in ("database_url", "concurrency", "host_concurrency", "retries"):
+            if getattr(new, key) != getattr(old, key):
+                log.warning("reload: a change of %s takes effect at the next restart", key)
+        new = replace(
+            new,
+            database_url=old.database_url,
+            concurrency=old.concurrency,
+            host_concurrency=old.host_concurrency,
+            retries=old.retries,
+        )
+        if new.log_level != old.log_level:
+            setup_logging(new.log_level)
+        changed, removed = await watcher.reconfigure(new)
+        dispatcher.reconfigure(new.notifiers)
+        schedule.apply(changed, removed)
+        self.config = new
+        log.info(
+            "reloaded %s: %d jobs, %d new or changed, %d removed",
+            new.path,
+            len(new.jobs),
+            len(changed),
+            len(removed),
+        )
+        self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
+
+    def _status(self, watcher: Watcher) -> str:
+        """A line for `systemctl status`: what is watched, what fails, when it last polled."""
+        active = watcher.active()
+        counts: dict[str, int] = {}
+        for job in active:
+            state = watcher.views[job.id].state.value
+            counts[state] = counts.get(state, 0) + 1
+        parts = [f"{n} {state}" for state, n in sorted(counts.items())]
+        failing = watcher.failing()
+        if failing:
+            parts.append(f"{failing} failing")
+        line = f"watching {len(active)} jobs" + (f": {', '.join(parts)}" if parts else "")
+        if watcher.last_poll_at is not None:
+            ago = max(0.0, (self.clock() - watcher.last_poll_at).total_seconds())
+            line += f"; last poll {ago:.0f} s ago"
+        return line
+
+    async def _heartbeat(self, schedule: Schedule, watcher: Watcher) -> None:
+        """From the event loop itself: WATCHDOG=1 while the scheduler fires, and STATUS."""
+        every = 5.0
+        if self.watchdog_usec:
+            every = min(every, self.watchdog_usec / 2_000_000)
+        while True:
+            await asyncio.sleep(every)
+            if self.watchdog_usec and schedule.alive(self.clock()):
+                self.systemd.send("WATCHDOG=1", f"STATUS={self._status(watcher)}")
+            else:
+                self.systemd.send(f"STATUS={self._status(watcher)}")
+
     async def _finish(
         self, sender: asyncio.Task[None], dispatcher: Dispatcher, deadline: float
     ) -> None:
@@ -137,11 +275,20 @@ class Daemon:
             log.warning("shutdown bound reached; undelivered messages are sent at next start")
 
 
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 @contextlib.contextmanager
-def _signals(handler: Callable[[], None]) -> Iterator[None]:
+def _signals(stop: Callable[[], None], reload: Callable[[], None]) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig, handler in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload)):
         try:
             loop.add_signal_handler(sig, handler)
             installed.append(sig)
