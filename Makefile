@@ -34,3 +34,34 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache daemon/*.egg-info
+
+# Install as a system service (as root): a virtual environment of its own in /opt/jobherald
+# on the system's Python, /usr/local/bin/jobherald, the unit, and an example config that
+# never replaces one already there.
+SYSTEM_PYTHON ?= /usr/bin/python3.11
+PREFIX ?= /opt/jobherald
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/jobherald
+
+.PHONY: install uninstall
+install:
+	@test "$$(id -u)" = 0 || { echo "make install: run it as root" >&2; exit 1; }
+	@test -x $(SYSTEM_PYTHON) || { echo "make install: $(SYSTEM_PYTHON) is missing (apt-get install python3.11-venv)" >&2; exit 1; }
+	$(SYSTEM_PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install --quiet --upgrade pip
+	$(PREFIX)/bin/pip install --quiet --force-reinstall --no-cache-dir .
+	install -d -m 0755 /usr/local/bin
+	ln -sf $(PREFIX)/bin/jobherald /usr/local/bin/jobherald
+	install -D -m 0644 systemd/jobherald.service $(UNITDIR)/jobherald.service
+	install -d -m 0755 $(CONFDIR) $(CONFDIR)/jobs.d
+	test -e $(CONFDIR)/config.toml || install -m 0644 config.example.toml $(CONFDIR)/config.toml
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed; edit $(CONFDIR)/config.toml, then: systemctl enable --now jobherald"
+
+uninstall:
+	@test "$$(id -u)" = 0 || { echo "make uninstall: run it as root" >&2; exit 1; }
+	if [ -d /run/systemd/system ]; then systemctl disable --now jobherald.service || true; fi
+	rm -f $(UNITDIR)/jobherald.service /usr/local/bin/jobherald
+	rm -rf $(PREFIX)
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "uninstalled; $(CONFDIR) and /var/lib/private/jobherald are kept (remove them by hand)"
