@@ -277,7 +277,7 @@ async def test_human_status_and_history_are_tables(
         "POLLED",
         "ERROR",
     ]
-    assert line.split()[:6] == ["nightly", "export", "a", "roma", "running", "42%"]
+    assert line.split()[:7] == ["nightly", "export", "a", "roma", "running", "████░░░░░░", "42%"]
     code, out, _ = await jobherald("history", "a", "-c", str(cfg.path))
     assert out.splitlines()[1].split()[1:4] == ["-", "running", "42%"]
     code, _, err = await jobherald("history", "nope", "-c", str(cfg.path))

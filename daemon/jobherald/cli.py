@@ -6,6 +6,7 @@ Heavy imports happen inside the commands, so each command loads only what it use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Coroutine
@@ -185,13 +186,57 @@ def _ago(value: str | None, now: datetime) -> str:
     return f"{format_duration(max(seconds, 0))} ago"
 
 
+def _bar(row: dict[str, Any]) -> str:
+    if row["progress"] is None:
+        return "-"
+    if row["status"] != "running":
+        return _pct(row["progress"])
+    filled = round(row["progress"] * 10)
+    return f"{'█' * filled}{'░' * (10 - filled)} {_pct(row['progress'])}"
+
+
+STATUS_HEADERS = ["NAME", "ID", "SOURCE", "STATE", "PROGRESS", "CHANGED", "POLLED", "ERROR"]
+
+
+def _status_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    from datetime import UTC
+
+    now = datetime.now(UTC)
+    return [
+        [
+            r["name"],
+            r["id"],
+            r["source"],
+            r["status"] if r["status"] != "unknown" else f"unknown ({r['raw_status']})",
+            _bar(r),
+            _ago(r["last_changed_at"], now),
+            _ago(r["last_polled_at"], now),
+            r["error"] or "",
+        ]
+        for r in rows
+    ]
+
+
 @cli.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--watch", "live", is_flag=True, help="Keep the view open, redrawn as jobs change.")
+@click.option(
+    "--every",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="With --watch: seconds between looks.",
+)
 @click.pass_context
-def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+def status(
+    ctx: click.Context, config_path: str | None, as_json: bool, live: bool, every: float
+) -> None:
     """Every known job: state, progress, last change, last poll, last error."""
     cfg = _load(ctx, config_path)
+    if live:
+        _watch_status(cfg, every)
+        return
     rows = _run(_rows(cfg))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -199,25 +244,7 @@ def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     if not rows:
         click.echo("no jobs")
         return
-    from datetime import UTC
-
-    now = datetime.now(UTC)
-    _table(
-        ["NAME", "ID", "SOURCE", "STATE", "PROGRESS", "CHANGED", "POLLED", "ERROR"],
-        [
-            [
-                r["name"],
-                r["id"],
-                r["source"],
-                r["status"] if r["status"] != "unknown" else f"unknown ({r['raw_status']})",
-                _pct(r["progress"]),
-                _ago(r["last_changed_at"], now),
-                _ago(r["last_polled_at"], now),
-                r["error"] or "",
-            ]
-            for r in rows
-        ],
-    )
+    _table(STATUS_HEADERS, _status_rows(rows))
     if _database_exists(cfg.database_url):
         counts = _run(_with_store(cfg, lambda store: store.delivery_counts()))
         if counts.get("pending") or counts.get("abandoned"):
@@ -225,6 +252,42 @@ def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
                 f"\ndeliveries: {counts.get('pending', 0)} pending, "
                 f"{counts.get('abandoned', 0)} abandoned (see `jobherald deliveries`)"
             )
+
+
+def _watch_status(cfg: Config, every: float) -> None:
+    """A live view until Ctrl-C: redrawn in place on a terminal, a new table per change elsewhere."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    def render(rows: list[dict[str, Any]]) -> Table:
+        table = Table(box=None, pad_edge=False, header_style="bold", title="jobherald status")
+        for header in STATUS_HEADERS:
+            table.add_column(header)
+        for row in _status_rows(rows):
+            table.add_row(*row)
+        return table
+
+    async def loop() -> None:
+        console = Console(width=None if sys.stdout.isatty() else 10_000)
+        seen: list[dict[str, Any]] | None = None
+        if console.is_terminal:
+            with Live(render([]), console=console, auto_refresh=False) as view:
+                while True:
+                    rows = await _rows(cfg)
+                    view.update(render(rows), refresh=True)
+                    await asyncio.sleep(every)
+        while True:
+            rows = await _rows(cfg)
+            changed = [{k: v for k, v in r.items() if k != "last_polled_at"} for r in rows]
+            if changed != seen:
+                seen = changed
+                console.print(render(rows))
+                sys.stdout.flush()
+            await asyncio.sleep(every)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(loop())
 
 
 @cli.command()
@@ -420,6 +483,178 @@ def deliveries_drop(
     cfg = _load(ctx, config_path)
     count = _run(_with_store(cfg, lambda s: s.drop_deliveries(chosen)))
     click.echo(f"{count} deliveries dropped")
+
+
+@cli.group()
+def db() -> None:
+    """The database schema: which revision it is at, and bringing it up to date."""
+
+
+@db.command("current")
+@config_option
+@click.pass_context
+def db_current(ctx: click.Context, config_path: str | None) -> None:
+    """Print the database's schema revision and whether it is the newest."""
+    from jobherald.store import Store, head_revision
+
+    cfg = _load(ctx, config_path)
+    if not _database_exists(cfg.database_url):
+        click.echo(f"no database yet at {_where(cfg.database_url)}")
+        return
+
+    async def current() -> str | None:
+        store = await Store.open(cfg.database_url, migrate=False)
+        try:
+            return await store.current_revision()
+        finally:
+            await store.close()
+
+    revision, head = _run(current()), head_revision()
+    if revision == head:
+        click.echo(f"{revision} (newest)")
+    else:
+        click.echo(f"{revision or 'empty'} (newest is {head}: run `jobherald db upgrade`)")
+
+
+@db.command("upgrade")
+@config_option
+@click.pass_context
+def db_upgrade(ctx: click.Context, config_path: str | None) -> None:
+    """Bring the database to the newest schema (an SQLite file is copied aside first)."""
+    from jobherald.service import setup_logging
+    from jobherald.store import head_revision
+
+    cfg = _load(ctx, config_path)
+    setup_logging("info")
+
+    async def nothing(_store: Store) -> None:
+        return None
+
+    _run(_with_store(cfg, nothing))
+    click.echo(f"database at {head_revision()} (newest): {_where(cfg.database_url)}")
+
+
+def _where(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _dropin_folder(cfg: Config) -> tuple[Path, str]:
+    if not cfg.include:
+        _fail(
+            f"{cfg.path}: daemon.include is empty: there is no folder for drop-in files", EXIT_USAGE
+        )
+    pattern = cfg.include[0]
+    full = Path(pattern) if Path(pattern).is_absolute() else cfg.path.parent / pattern
+    if any(ch in str(full.parent) for ch in "*?["):
+        _fail(
+            f"{cfg.path}: daemon.include[0]: {pattern!r} has no plain folder to write into",
+            EXIT_USAGE,
+        )
+    return full.parent, full.name
+
+
+def _reload_service() -> None:
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["systemctl", "reload", "jobherald.service"],  # noqa: S607 (found on PATH, as a person would)
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        _fail("cannot reload: systemctl is not here (send SIGHUP to the daemon instead)")
+        return
+    if done.returncode != 0:
+        _fail(f"cannot reload jobherald.service: {done.stderr.strip() or done.returncode}")
+    click.echo("reloaded jobherald.service")
+
+
+@cli.command()
+@config_option
+@click.argument("job_id")
+@click.option("--source", "-s", required=True, help="The source the job belongs to.")
+@click.option("--name", "-n", help="A name for messages and status (default: the id).")
+@click.option("--instance-id", help="The ROMA Connect instance, when not the source's.")
+@click.option("--reload", "reload_service", is_flag=True, help="Reload the running service after.")
+@click.pass_context
+def watch(
+    ctx: click.Context,
+    config_path: str | None,
+    job_id: str,
+    source: str,
+    name: str | None,
+    instance_id: str | None,
+    reload_service: bool,
+) -> None:
+    """Start watching a job: write a drop-in file for it (checked before it is put in place)."""
+    import fnmatch
+    import os
+
+    from jobherald import config as config_module
+    from jobherald.errors import ConfigError
+
+    cfg = _load(ctx, config_path)
+    existing = next((j for j in cfg.jobs if j.id == job_id), None)
+    if existing is not None:
+        _fail(f"job {job_id} is already watched ({existing.origin})", EXIT_USAGE)
+    folder, pattern = _dropin_folder(cfg)
+    target = folder / f"{job_id}.toml"
+    if not fnmatch.fnmatchcase(target.name, pattern):
+        _fail(f"{target.name} would not match daemon.include[0] ({cfg.include[0]})", EXIT_USAGE)
+    lines = ["[[jobs]]", f"id = {json.dumps(job_id)}", f"source = {json.dumps(source)}"]
+    if name:
+        lines.append(f"name = {json.dumps(name)}")
+    if instance_id:
+        lines.append(f"instance_id = {json.dumps(instance_id)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".{job_id}.toml.new"
+    with staging.open("w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        config_module.load(cfg.path, extra=[staging])
+    except ConfigError as exc:
+        staging.unlink(missing_ok=True)
+        for line in exc.problems:
+            click.echo(line.replace(staging.name, target.name), err=True)
+        sys.exit(EXIT_USAGE)
+    os.replace(staging, target)
+    click.echo(f"watching {job_id}{f' ({name})' if name else ''} from {source}: wrote {target}")
+    if reload_service:
+        _reload_service()
+
+
+@cli.command()
+@config_option
+@click.argument("job_id")
+@click.option("--reload", "reload_service", is_flag=True, help="Reload the running service after.")
+@click.pass_context
+def forget(ctx: click.Context, config_path: str | None, job_id: str, reload_service: bool) -> None:
+    """Stop watching a job by removing its drop-in file (its history is kept)."""
+    import tomllib
+
+    cfg = _load(ctx, config_path)
+    job = next((j for j in cfg.jobs if j.id == job_id), None)
+    if job is None:
+        _fail(f"no job {job_id!r} in the config", EXIT_USAGE)
+        return
+    label = job.origin.rsplit(": jobs[", 1)[0]
+    path = Path(label) if Path(label).is_absolute() else cfg.path.parent / label
+    if path.resolve() == cfg.path.resolve():
+        _fail(f"job {job_id} is in {cfg.path} itself: remove its [[jobs]] table there", EXIT_USAGE)
+    with path.open("rb") as handle:
+        others = [j for j in tomllib.load(handle).get("jobs", []) if j.get("id") != job_id]
+    if others:
+        _fail(f"{path} holds other jobs too: remove the table of {job_id} by hand", EXIT_USAGE)
+    path.unlink()
+    click.echo(f"forgot {job_id}: removed {path} (its history is kept)")
+    if reload_service:
+        _reload_service()
 
 
 @cli.command()

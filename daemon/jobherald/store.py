@@ -357,6 +357,15 @@ class Store:
             "database migrated from %s to %s", now or "empty", target if target != "head" else head
         )
 
+    async def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        def current(connection: Connection) -> str | None:
+            return MigrationContext.configure(connection).get_current_revision()
+
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(current)
+
     async def _backup_before_migration(self, revision: str | None) -> None:
         """Copy an existing SQLite database aside, so a failed upgrade loses nothing."""
         url = self.engine.url

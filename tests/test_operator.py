@@ -1,0 +1,140 @@
+"""Operator commands: db, watch, forget, status --watch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from jobherald.service import Daemon
+from jobherald.simulator import SimJob, Simulator, running
+from jobherald.store import Store, head_revision
+from tests.conftest import ConfigWriter, Receiver, jobherald
+
+
+async def test_db_current_and_upgrade(configs: ConfigWriter) -> None:
+    path = configs.write([])
+    code, out, _ = await jobherald("db", "current", "-c", str(path))
+    assert (code, out) == (
+        0,
+        f"no database yet at sqlite+aiosqlite:///{configs.folder}/jobherald.db\n",
+    )
+    old = await Store.open(f"sqlite+aiosqlite:///{configs.folder}/jobherald.db", migrate=False)
+    await old.migrate("0001")
+    await old.close()
+    code, out, _ = await jobherald("db", "current", "-c", str(path))
+    assert out == f"0001 (newest is {head_revision()}: run `jobherald db upgrade`)\n"
+    code, out, err = await jobherald("db", "upgrade", "-c", str(path))
+    assert code == 0
+    assert out.startswith(f"database at {head_revision()} (newest)")
+    assert (
+        f"copied {configs.folder}/jobherald.db to {configs.folder}/jobherald.db.before-0001" in err
+    )
+    code, out, _ = await jobherald("db", "current", "-c", str(path))
+    assert out == f"{head_revision()} (newest)\n"
+
+
+async def test_watch_writes_a_checked_drop_in_and_forget_removes_it(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    sim.add(SimJob("n1", [running(0.4)]))
+    path = configs.write(["a"], daemon={"include": ["jobs.d/*.toml"]})
+    code, out, _ = await jobherald(
+        "watch", "n1", "--source", "roma", "--name", "nightly", "-c", str(path)
+    )
+    assert code == 0
+    dropin = configs.folder / "jobs.d" / "n1.toml"
+    assert out == f"watching n1 (nightly) from roma: wrote {dropin}\n"
+    assert dropin.read_text() == '[[jobs]]\nid = "n1"\nsource = "roma"\nname = "nightly"\n'
+    counts = await Daemon(configs.load(["a"], daemon={"include": ["jobs.d/*.toml"]})).run_once()
+    assert counts == {"pending": 1, "running": 1}
+    code, _, err = await jobherald("watch", "n1", "--source", "roma", "-c", str(path))
+    assert (code, err) == (2, "jobherald: job n1 is already watched (jobs.d/n1.toml: jobs[0])\n")
+    code, _, err = await jobherald("watch", "n2", "--source", "roma-prd", "-c", str(path))
+    assert (code, err) == (
+        2,
+        "jobs.d/n2.toml: jobs[0].source: unknown source 'roma-prd' (known: roma)\n",
+    )
+    assert sorted(p.name for p in (configs.folder / "jobs.d").iterdir()) == ["n1.toml"]
+    code, out, _ = await jobherald("forget", "n1", "-c", str(path))
+    assert (code, out) == (0, f"forgot n1: removed {dropin} (its history is kept)\n")
+    code, _, err = await jobherald("forget", "a", "-c", str(path))
+    assert (code, err) == (
+        2,
+        f"jobherald: job a is in {path} itself: remove its [[jobs]] table there\n",
+    )
+    code, out, _ = await jobherald("history", "n1", "--json", "-c", str(path))
+    assert code == 0 and out.startswith("[")
+
+
+async def test_status_watch_redraws_when_a_job_changes(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    sim.add(SimJob("a", [running(0.2), running(0.7)]))
+    cfg = configs.load([{"id": "a", "name": "nightly"}])
+    await Daemon(cfg).run_once()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobherald",
+        "status",
+        "--watch",
+        "--every",
+        "0.2",
+        "-c",
+        str(cfg.path),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.stdout is not None
+    seen: list[str] = []
+
+    async def read_until(text: str) -> None:
+        while not any(text in line for line in seen):
+            seen.append((await asyncio.wait_for(proc.stdout.readline(), 10)).decode())  # type: ignore[union-attr]
+
+    try:
+        await read_until("20%")
+        await Daemon(cfg).run_once()
+        await read_until("70%")
+    finally:
+        proc.terminate()
+        await proc.wait()
+    bars = [line for line in seen if "nightly" in line]
+    assert "██░░░░░░░░ 20%" in bars[0]
+    assert "███████░░░ 70%" in bars[-1]
+
+
+def test_the_unit_file_is_what_the_service_needs() -> None:
+    unit = (Path(__file__).parent.parent / "systemd" / "jobherald.service").read_text()
+    for line in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "ExecStart=/usr/local/bin/jobherald run",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "StateDirectory=jobherald",
+        "ConfigurationDirectory=jobherald",
+    ):
+        assert line in unit.splitlines()
+    assert any(line.startswith("WatchdogSec=") for line in unit.splitlines())
+
+
+async def test_the_state_directory_holds_the_database_under_systemd(
+    configs: ConfigWriter, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    path = configs.write([])
+    code, out, _ = await jobherald(
+        "db", "upgrade", "-c", str(path), env={"STATE_DIRECTORY": str(state)}
+    )
+    assert code == 0
+    assert out.endswith(f"sqlite+aiosqlite:///{state}/jobherald.db\n")
+    with sqlite3.connect(state / "jobherald.db") as conn:
+        assert conn.execute("select version_num from alembic_version").fetchall() == [
+            (head_revision(),)
+        ]
