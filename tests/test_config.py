@@ -499,3 +499,13 @@ def test_a_token_and_an_auth_table_together_are_refused(tmp_path: Path) -> None:
     assert problems(path) == [
         f"{path}: sources.roma-prod: give token/token_file or an [auth] table, not both"
     ]
+
+
+def test_commands_on_the_service_config_find_the_service_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert config._state_folder(Path("/etc/jobherald")) == Path("/var/lib/jobherald")
+    assert config._state_folder(Path("/srv/elsewhere")) == Path("/srv/elsewhere")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/jobherald-x")
+    assert config._state_folder(Path("/etc/jobherald")) == Path("/var/lib/jobherald-x")

@@ -139,3 +139,20 @@ async def test_a_migration_is_all_or_nothing(tmp_path: Path) -> None:
         await store.migrate()
     await store.close()
     assert tables(db) == {"source_health"}
+
+
+async def test_files_made_beside_the_database_keep_its_owner(tmp_path: Path) -> None:
+    import os
+
+    db = tmp_path / "jh.db"
+    store = await Store.open(url(db))
+    await store.close()
+    os.chown(db, 4242, 4242)  # as the service's own user would own it
+    for extra in tmp_path.glob("jh.db-*"):
+        extra.unlink()
+    store = await Store.open(url(db))  # run by root: SQLite makes -wal and -shm as root
+    await store.status()
+    await store.close()
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in tmp_path.glob("jh.db*")}
+    assert owners["jh.db"] == (4242, 4242)
+    assert all(owner == (4242, 4242) for owner in owners.values()), owners

@@ -185,9 +185,10 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
         lambda: receiver.titles() == ["nightly export succeeded"], 30, "the first message"
     )
 
-    dropin = '[[jobs]]\nid = "c"\nsource = "roma"\n'
-    await systemd.run("sh", "-c", "cat > /etc/jobherald/jobs.d/c.toml", stdin=dropin.encode())
-    await systemd.run("systemctl", "reload", "jobherald")
+    _, out = await systemd.run("jobherald", "watch", "c", "--source", "roma", "--reload")
+    assert out == (
+        "watching c from roma: wrote /etc/jobherald/jobs.d/c.toml\nreloaded jobherald.service\n"
+    )
     await wait_for(
         lambda: receiver.titles() == ["c succeeded", "nightly export succeeded"],
         30,
@@ -197,6 +198,8 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     assert state["MainPID"] == pid, "reload kept the same process"
     assert (state["ActiveState"], state["NRestarts"]) == ("active", "0"), state
 
+    _, out = await systemd.run("jobherald", "status")
+    assert "nightly export" in out and "succeeded" in out
     await systemd.run("systemctl", "stop", "jobherald")
     state = await systemd.show("jobherald")
     assert (state["ActiveState"], state["Result"]) == ("inactive", "success"), state

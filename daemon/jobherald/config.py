@@ -725,6 +725,21 @@ def _resolve_jobs(
     return watched
 
 
+SERVICE_CONFIG_DIR = Path("/etc/jobherald")
+SERVICE_STATE_DIR = Path("/var/lib/jobherald")
+
+
+def _state_folder(config_dir: Path) -> Path:
+    """Where a relative SQLite path lives: systemd's StateDirectory for the service, the
+    same folder for commands run by hand on the service's config, else the config's folder."""
+    state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_dir:
+        return Path(state_dir)
+    if config_dir.resolve() == SERVICE_CONFIG_DIR:
+        return SERVICE_STATE_DIR
+    return config_dir
+
+
 def _database_url(url: str, config_dir: Path, label: str, problems: list[str]) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -742,8 +757,7 @@ def _database_url(url: str, config_dir: Path, label: str, problems: list[str]) -
             return url
         path = Path(database)
         if not path.is_absolute():
-            state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-            path = (Path(state_dir) if state_dir else config_dir) / path
+            path = _state_folder(config_dir) / path
         return str(parsed.set(drivername="sqlite+aiosqlite", database=str(path)))
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername=f"postgresql+{driver or 'asyncpg'}").render_as_string(
