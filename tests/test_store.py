@@ -142,6 +142,8 @@ async def test_a_migration_is_all_or_nothing(tmp_path: Path) -> None:
 
 
 async def test_files_made_beside_the_database_keep_its_owner(tmp_path: Path) -> None:
+    """`jobherald status` run by root must not leave files the service's user cannot open:
+    SQLite, run as root, gives -wal and -shm the database file's owner."""
     import os
 
     db = tmp_path / "jh.db"
@@ -150,9 +152,15 @@ async def test_files_made_beside_the_database_keep_its_owner(tmp_path: Path) -> 
     os.chown(db, 4242, 4242)  # as the service's own user would own it
     for extra in tmp_path.glob("jh.db-*"):
         extra.unlink()
-    store = await Store.open(url(db))  # run by root: SQLite makes -wal and -shm as root
-    await store.status()
-    await store.close()
-    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in tmp_path.glob("jh.db*")}
+    holder = sqlite3.connect(db)  # another reader keeps the -wal and -shm files in place
+    holder.execute("select count(*) from jobs").fetchall()
+    try:
+        store = await Store.open(url(db))  # run by root: SQLite makes -wal and -shm as root
+        await store.status()
+        await store.close()
+        owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in tmp_path.glob("jh.db*")}
+    finally:
+        holder.close()
+    assert {"jh.db-wal", "jh.db-shm"} <= set(owners)
     assert owners["jh.db"] == (4242, 4242)
     assert all(owner == (4242, 4242) for owner in owners.values()), owners

@@ -315,27 +315,6 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
-        self._keep_owner()
-
-    def _keep_owner(self) -> None:
-        """Give files SQLite made beside the database (run by root, say) to the database's owner,
-        so that the service's own user can still open them."""
-        url = self.engine.url
-        if url.get_backend_name() != "sqlite" or not url.database:
-            return
-        main = Path(url.database)
-        try:
-            owner = main.stat()
-        except OSError:
-            return
-        for suffix in ("-wal", "-shm"):
-            extra = main.with_name(main.name + suffix)
-            try:
-                st = extra.stat()
-                if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-                    os.chown(extra, owner.st_uid, owner.st_gid)
-            except OSError:
-                continue
 
     async def migrate(self, target: str = "head") -> None:
         from alembic import command
