@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
