@@ -45,7 +45,7 @@ class NamespacedSystemd:
             pytest.fail(f"cannot boot systemd here: no cgroup2 hierarchy at {CGROUP_ROOT}")
         self.cgroup.mkdir(exist_ok=True)
         command = (
-            f"echo $$ > {self.cgroup}/cgroup.procs && exec setpriv --pdeathsig KILL "
+            f"echo $$ > {self.cgroup}/cgroup.procs && JOBHERALD_SRC={ROOT} exec setpriv --pdeathsig KILL "
             "unshare --pid --fork --kill-child --mount --mount-proc --uts --ipc --cgroup "
             f"--propagation private {INIT}"
         )
@@ -165,7 +165,7 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
 ) -> None:
     sim.add(SimJob("a", [running(0.2), running(0.6), succeeded()], archive_id="arch-1"))
     sim.add(SimJob("c", [running(0.4), succeeded()]))
-    await systemd.run("make", "-C", str(ROOT), "install", timeout=400)
+    await systemd.run("make", "-C", "/run/jobherald-src", "install", timeout=400)
     unit = "/etc/systemd/system/jobherald.service"
 
     code, out = await systemd.run("systemd-analyze", "verify", unit, check=False)

@@ -4,6 +4,11 @@
 # /usr/local are overlays whose changes live in this namespace only.
 set -eu
 mount -n -t tmpfs -o mode=755 tmpfs /run
+# The source tree to install from, wherever it is (a clone under /tmp too), at a fixed place.
+if [ -n "${JOBHERALD_SRC:-}" ]; then
+    mkdir -p /run/jobherald-src
+    mount --bind "$JOBHERALD_SRC" /run/jobherald-src
+fi
 mount -t tmpfs tmpfs /tmp
 mkdir -p /run/overlay
 for dir in etc opt usr/local var; do
@@ -51,5 +56,6 @@ Description=jobherald test boot: the journal and nothing else
 Wants=systemd-journald.service
 UNIT
 
+unset JOBHERALD_SRC
 export container=jobherald-test
 exec /lib/systemd/systemd --system --unit=jobherald-test.target
