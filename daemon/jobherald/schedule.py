@@ -244,18 +244,15 @@ class Watcher:
             self._unflushed[job.id] = now
             return
         source = self.config.sources[job.source]
-        new_events = [
-            NewEvent(
-                kind=event.kind.value,
-                payload=event_payload(
-                    event, job, before, outcome.job, now, advice(event.kind, error, source)
-                ),
-                targets=self._targets_for(
-                    job.notify, event.kind.value, job.id, job.name, job.source
-                ),
+        new_events = []
+        for event in outcome.events:
+            targets = self._targets_for(job.notify, event.kind.value, job.id, job.name, job.source)
+            if not targets:
+                continue  # nobody listens: the transition and the log line are the record
+            payload = event_payload(
+                event, job, before, outcome.job, now, advice(event.kind, error, source)
             )
-            for event in outcome.events
-        ]
+            new_events.append(NewEvent(event.kind.value, payload, targets))
         await self.store.record(job.id, outcome, now, new_events)
         self._unflushed.pop(job.id, None)
         self.views[job.id] = outcome.job
@@ -477,6 +474,8 @@ class Schedule:
                 self._remove(job_id)
             else:
                 self._pace(job_id, result)
+        except asyncio.CancelledError:
+            log.debug("poll of job %s cut off at shutdown", job_id)
         except Exception:
             log.exception("polling job %s failed", job_id)
         finally:

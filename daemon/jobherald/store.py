@@ -13,7 +13,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from jobherald.errors import StoreError
-from jobherald.model import JobView, Outcome, Reason, SourceHealth, State
+from jobherald.model import JobView, Outcome, Reason, SourceHealth, State, Transition
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,16 @@ def _sqlite_engine(url: str, *, foreign_keys: bool = True) -> AsyncEngine:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._one_writer = asyncio.Lock()
+        self._queued: list[_Record] = []
+        self._committer: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. Writers take turns here rather than in SQLite's busy
+        handler, which sleeps and retries: under load that costs far more than a queue."""
+        async with self._one_writer, self.engine.begin() as conn:
+            yield conn
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -387,7 +397,7 @@ class Store:
     ) -> dict[str, StoredJob]:
         """Register configured jobs (new ones as pending); return every known job."""
         wanted = {j.id: j for j in watched}
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             existing = {row.id: row for row in await conn.execute(sa.select(jobs))}
             new_rows = [
                 {
@@ -430,29 +440,38 @@ class Store:
     ) -> list[str]:
         """Write what one poll changed, its transition and its events, in one transaction.
 
-        Returns the ids of the events written.
+        Polls that finish together are written together (a group commit): each caller
+        waits until its own rows are committed. Returns the ids of the events written.
         """
-        event_ids: list[str] = []
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(last_polled_at=polled_at, **_view_values(outcome.job))
-            )
-            if outcome.transition is not None:
-                t = outcome.transition
-                await conn.execute(
-                    sa.insert(transitions).values(
-                        job_id=job_id,
-                        at=t.at,
-                        from_state=t.from_state.value if t.from_state else None,
-                        to_state=t.to_state.value,
-                        progress=t.progress,
-                        raw_status=t.raw_status,
-                    )
-                )
-            event_ids = await _insert_events(conn, new_events, polled_at, job_id=job_id)
-        return event_ids
+        done: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._queued.append(_Record(job_id, outcome, polled_at, new_events, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued())
+        return await done
+
+    async def _commit_queued(self) -> None:
+        while self._queued:
+            async with self._one_writer:
+                batch, self._queued = self._queued[:GROUP_COMMIT], self._queued[GROUP_COMMIT:]
+                try:
+                    async with self.engine.begin() as conn:
+                        results = await _write_batch(conn, batch)
+                except Exception:
+                    # One bad record must not fail the others: write them one by one.
+                    for r in batch:
+                        try:
+                            async with self.engine.begin() as conn:
+                                ids = await _write_record(conn, r)
+                        except Exception as exc:
+                            if not r.done.done():
+                                r.done.set_exception(exc)
+                        else:
+                            if not r.done.done():
+                                r.done.set_result(ids)
+                    continue
+            for r, ids in zip(batch, results, strict=True):
+                if not r.done.done():
+                    r.done.set_result(ids)
 
     async def record_events(
         self,
@@ -463,7 +482,7 @@ class Store:
         source: str | None = None,
     ) -> list[str]:
         """Write events that change no state (reminders), with their deliveries."""
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             return await _insert_events(conn, new_events, at, job_id=job_id, source=source)
 
     async def source_health(self) -> dict[str, SourceHealth]:
@@ -480,7 +499,7 @@ class Store:
             "error_since": health.error_since,
             "error_notified": health.error_notified,
         }
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             updated = await conn.execute(
                 sa.update(source_health).where(source_health.c.source == source).values(**values)
             )
@@ -497,7 +516,7 @@ class Store:
             .where(jobs.c.id == sa.bindparam("job_id"))
             .values(last_polled_at=sa.bindparam("polled_at"))
         )
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.execute(
                 statement, [{"job_id": k, "polled_at": v} for k, v in polled.items()]
             )
@@ -537,7 +556,7 @@ class Store:
 
     async def retry_pending_now(self, now: datetime) -> int:
         """Make every pending delivery due now (at start: a restart is often the fix)."""
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             result = await conn.execute(
                 sa.update(deliveries)
                 .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at > now)
@@ -556,7 +575,7 @@ class Store:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     async def mark_delivered(self, delivery_id: int, at: datetime) -> None:
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.execute(
                 sa.update(deliveries)
                 .where(deliveries.c.id == delivery_id)
@@ -578,7 +597,7 @@ class Store:
             values["state"] = "abandoned"
         else:
             values["next_attempt_at"] = retry_at
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.execute(
                 sa.update(deliveries).where(deliveries.c.id == delivery_id).values(**values)
             )
@@ -635,7 +654,7 @@ class Store:
         )
         if ids is not None:
             statement = statement.where(deliveries.c.id.in_(ids))
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             return int((await conn.execute(statement)).rowcount or 0)
 
     async def drop_deliveries(self, ids: Sequence[int] | None) -> int:
@@ -647,7 +666,7 @@ class Store:
         )
         if ids is not None:
             statement = statement.where(deliveries.c.id.in_(ids))
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             return int((await conn.execute(statement)).rowcount or 0)
 
     async def last_reminded(self, notifier: str) -> dict[tuple[str, str], datetime]:
@@ -672,6 +691,105 @@ class Store:
         query = sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
         async with self.engine.connect() as conn:
             return {state: count for state, count in (await conn.execute(query)).all()}
+
+
+GROUP_COMMIT = 500
+
+
+@dataclass(slots=True)
+class _Record:
+    job_id: str
+    outcome: Outcome
+    polled_at: datetime
+    new_events: Sequence[NewEvent]
+    done: asyncio.Future[list[str]]
+
+
+_VIEW_COLUMNS = (
+    "state",
+    "raw_status",
+    "progress",
+    "recorded_progress",
+    "type",
+    "archive_id",
+    "reasons",
+    "begin_time",
+    "end_time",
+    "last_changed_at",
+    "error",
+    "error_since",
+    "not_found",
+    "running_since",
+    "progress_changed_at",
+    "milestone",
+    "stall_notified",
+    "overdue_notified",
+    "error_notified",
+    "last_polled_at",
+)
+_UPDATE_JOB = (
+    sa.update(jobs)
+    .where(jobs.c.id == sa.bindparam("job_key"))
+    .values({c: sa.bindparam(f"v_{c}", type_=jobs.c[c].type) for c in _VIEW_COLUMNS})
+)
+
+
+def _transition_row(job_id: str, t: Transition) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "at": t.at,
+        "from_state": t.from_state.value if t.from_state else None,
+        "to_state": t.to_state.value,
+        "progress": t.progress,
+        "raw_status": t.raw_status,
+    }
+
+
+async def _write_batch(conn: AsyncConnection, batch: Sequence[_Record]) -> list[list[str]]:
+    """Many polls' changes in few statements: one UPDATE and one INSERT run over all of them."""
+    updates = [
+        {
+            "job_key": r.job_id,
+            **{f"v_{k}": v for k, v in _view_values(r.outcome.job).items()},
+            "v_last_polled_at": r.polled_at,
+        }
+        for r in batch
+    ]
+    await conn.execute(_UPDATE_JOB, updates)
+    rows = [
+        _transition_row(r.job_id, r.outcome.transition)
+        for r in batch
+        if r.outcome.transition is not None
+    ]
+    if rows:
+        await conn.execute(sa.insert(transitions), rows)
+    return [
+        await _insert_events(conn, r.new_events, r.polled_at, job_id=r.job_id)
+        if r.new_events
+        else []
+        for r in batch
+    ]
+
+
+async def _write_record(conn: AsyncConnection, r: _Record) -> list[str]:
+    await conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == r.job_id)
+        .values(last_polled_at=r.polled_at, **_view_values(r.outcome.job))
+    )
+    if r.outcome.transition is not None:
+        t = r.outcome.transition
+        await conn.execute(
+            sa.insert(transitions).values(
+                job_id=r.job_id,
+                at=t.at,
+                from_state=t.from_state.value if t.from_state else None,
+                to_state=t.to_state.value,
+                progress=t.progress,
+                raw_status=t.raw_status,
+            )
+        )
+    return await _insert_events(conn, r.new_events, r.polled_at, job_id=r.job_id)
 
 
 async def _insert_events(

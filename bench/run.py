@@ -1,0 +1,299 @@
+"""jobherald's benchmarks: overhead against a bare aiohttp floor, latency, a peer, start-up.
+
+Everything runs on 127.0.0.1: a fast fake upstream on one core, the measured client
+on the other. Runs are bounded in time; figures are printed as tables and written to
+bench/RESULTS.md. Usage: python bench/run.py [overhead|latency|peer|startup|all] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+UPSTREAM_CPU, CLIENT_CPU = 1, 0
+
+
+@contextlib.contextmanager
+def upstream() -> Iterator[str]:
+    proc = subprocess.Popen(
+        [PY, str(HERE / "fake_upstream.py"), "--cpu", str(UPSTREAM_CPU)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def write_config(folder: Path, base: str, job_ids: list[str], interval: str, hook: str) -> Path:
+    lines = [
+        "[daemon]",
+        'database = "sqlite:///bench.db"',
+        f'poll_interval = "{interval}"',
+        "concurrency = 16",
+        'log_level = "warning"',
+        "",
+        "[sources.roma]",
+        'type = "roma-connect"',
+        f'endpoint = "{base}"',
+        'project_id = "p"',
+        'instance_id = "i"',
+        'token = "t"',
+        "",
+        "[notifiers.ops]",
+        f'urls = ["{hook}"]',
+        'on = ["succeeded", "failed"]',
+    ]
+    lines += [f'[[jobs]]\nid = "{job_id}"\nsource = "roma"' for job_id in job_ids]
+    path = folder / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    text = f"\n### {title}\n\n| figure | value |\n|---|---|\n"
+    text += "".join(f"| {k} | {v} |\n" for k, v in rows)
+    print(f"\n{title}")
+    for k, v in rows:
+        print(f"  {k.ljust(width)}  {v}")
+    return text
+
+
+def floor(base: str, count: int, passes: int) -> float:
+    """CPU µs per GET of the bare aiohttp loop."""
+    out = subprocess.run(
+        [PY, str(HERE / "floor.py"), base, str(count), "--passes", str(passes), "--cpu", str(CLIENT_CPU)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    figures = json.loads(out)
+    return float(figures["cpu"]) / figures["requests"] * 1e6
+
+
+def overhead(count: int, interval: float, seconds: float, warmup: float) -> str:
+    with tempfile.TemporaryDirectory(prefix="jh-bench-") as tmp, upstream() as base:
+        folder = Path(tmp)
+        config = write_config(folder, base, [f"j{i}" for i in range(count)], f"{interval}s", "json://127.0.0.1:9/x")
+        stats = folder / "stats.json"
+        proc = subprocess.Popen(
+            [PY, str(HERE / "probe.py"), str(config), str(stats), "--warmup", str(warmup), "--cpu", str(CLIENT_CPU)]
+        )
+        time.sleep(warmup + seconds)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        figures = json.loads(stats.read_text())
+        floor_us = floor(base, count, max(1, min(5, 20_000 // count)))
+    polls = figures["polls"]
+    per_poll_us = figures["cpu"] / max(polls, 1) * 1e6
+    scheduled = count / interval
+    achieved = polls / figures["seconds"]
+    return table(
+        f"Overhead: {count:,} jobs every {interval:g} s, {figures['seconds']:.0f} s measured",
+        [
+            ("polls per second, achieved / scheduled", f"{achieved:,.0f} / {scheduled:,.0f} ({achieved / scheduled:.0%})"),
+            ("schedule lag p50 / p99", f"{pct(figures['lags'], 0.5) * 1000:.0f} ms / {pct(figures['lags'], 0.99) * 1000:.0f} ms"),
+            ("daemon CPU per 1,000 polls", f"{per_poll_us / 1000:.3f} s"),
+            ("daemon CPU per poll / floor CPU per GET", f"{per_poll_us:.0f} µs / {floor_us:.0f} µs = {per_poll_us / floor_us:.2f}×"),
+            ("CPU used (one core = 100 %)", f"{figures['cpu'] / figures['seconds']:.0%}"),
+            ("peak RSS", f"{figures['peak_rss_mb']:.0f} MB"),
+            ("database rows written per poll", f"{figures['rows'] / max(polls, 1):.3f}"),
+        ],
+    )
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        async def post(request: web.Request) -> web.Response:
+            body = await request.json()
+            job = body["message"].split("\n", 2)[1].removeprefix("id: ")
+            self.arrivals.setdefault(job, time.time())
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_post("/hook", post)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            yield f"json://127.0.0.1:{runner.addresses[0][1]}/hook"
+        finally:
+            await runner.cleanup()
+
+
+async def latency_run(count: int, interval: float, spread: float) -> str:
+    receiver = Receiver()
+    with tempfile.TemporaryDirectory(prefix="jh-bench-") as tmp, upstream() as base:
+        async with receiver.serve() as hook:
+            start = time.time() + 5.0
+            flips = {f"flip-{int((start + spread * i / count) * 1000)}-{i}": start + spread * i / count for i in range(count)}
+            config = write_config(Path(tmp), base, list(flips), f"{interval}s", hook)
+            proc = await asyncio.create_subprocess_exec(PY, "-m", "jobherald", "run", "-c", str(config))
+            deadline = time.time() + 5.0 + spread + interval * 3 + 10
+            while len(receiver.arrivals) < count and time.time() < deadline:
+                await asyncio.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+    delays = [receiver.arrivals[j] - flips[j] for j in flips if j in receiver.arrivals]
+    return table(
+        f"Latency: {count} jobs flip to SUCCEEDED over {spread:g} s, polled every {interval:g} s",
+        [
+            ("messages received", f"{len(delays)} of {count}"),
+            ("flip to message p50 / p99", f"{pct(delays, 0.5):.2f} s / {pct(delays, 0.99):.2f} s"),
+            ("target: p99 within interval + 0.5 s", f"{interval + 0.5:.2f} s: {'met' if pct(delays, 0.99) <= interval + 0.5 else 'missed'}"),
+        ],
+    )
+
+
+def timed(command: list[str], **kwargs: Any) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (of the child processes) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def peer(count: int, rounds: int) -> str:
+    with tempfile.TemporaryDirectory(prefix="jh-bench-") as tmp, upstream() as base:
+        folder = Path(tmp)
+        ids = [f"j{i}" for i in range(count)]
+        config = write_config(folder, base, ids, "30s", "json://127.0.0.1:9/x")
+        jobs = folder / "urls.yaml"
+        jobs.write_text("".join(
+            f"---\nname: {job}\nurl: {base}/v2/p/instances/i/assets/jobs/{job}\n"
+            "headers:\n  X-Auth-Token: t\nfilter:\n  - format-json\n  - grep: '\"status\"'\n"
+            for job in ids
+        ))
+        (folder / "urlwatch.yaml").write_text("report:\n  stdout:\n    enabled: true\n")
+        urlwatch = [
+            sys.executable.replace("python", "urlwatch") if False else str(Path(PY).with_name("urlwatch")),
+            "--urls", str(jobs), "--config", str(folder / "urlwatch.yaml"), "--cache", str(folder / "cache.db"),
+        ]
+        mine = [PY, "-m", "jobherald", "run", "--once", "-c", str(config)]
+        pin = {"preexec_fn": lambda: os.sched_setaffinity(0, {CLIENT_CPU})}
+        timed(urlwatch, **pin)  # first passes fill the caches; the measured ones are steady state
+        timed(mine, **pin)
+        theirs = [timed(urlwatch, **pin) for _ in range(rounds)]
+        ours = [timed(mine, **pin) for _ in range(rounds)]
+    their_wall, their_cpu = statistics.median(w for w, _ in theirs), statistics.median(c for _, c in theirs)
+    our_wall, our_cpu = statistics.median(w for w, _ in ours), statistics.median(c for _, c in ours)
+    return table(
+        f"Against a peer: one fresh-process pass over {count:,} job URLs (median of {rounds})",
+        [
+            ("urlwatch 2.29: wall / CPU", f"{their_wall:.2f} s / {their_cpu:.2f} s"),
+            ("jobherald run --once: wall / CPU", f"{our_wall:.2f} s / {our_cpu:.2f} s"),
+            ("jobherald is faster by (wall / CPU)", f"{their_wall / our_wall:.1f}× / {their_cpu / our_cpu:.1f}×"),
+        ],
+    )
+
+
+def startup(count: int, rounds: int) -> str:
+    with tempfile.TemporaryDirectory(prefix="jh-bench-") as tmp, upstream() as base:
+        folder = Path(tmp)
+        config = write_config(folder, base, [f"j{i}" for i in range(count)], "1h", "json://127.0.0.1:9/x")
+        subprocess.run([PY, "-m", "jobherald", "run", "--once", "-c", str(config)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times = []
+        for _ in range(rounds):
+            sock_path = folder / "notify.sock"
+            sock_path.unlink(missing_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(sock_path))
+            sock.settimeout(60)
+            started = time.monotonic()
+            proc = subprocess.Popen([PY, "-m", "jobherald", "run", "-c", str(config)],
+                                    env={**os.environ, "NOTIFY_SOCKET": str(sock_path)},
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while True:
+                if sock.recv(4096).startswith(b"READY=1"):
+                    break
+            times.append(time.monotonic() - started)
+            proc.terminate()
+            proc.wait(30)
+            sock.close()
+    median = statistics.median(times)
+    return table(
+        f"Start-up: `jobherald run` to READY=1 with {count:,} jobs in the config and database",
+        [
+            ("median of runs", f"{median:.2f} s ({', '.join(f'{t:.2f}' for t in times)})"),
+            ("target: under 3 s", "met" if median < 3 else "missed"),
+        ],
+    )
+
+
+def machine() -> str:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    return (
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"- machine: {os.cpu_count()} cores, {model}, Python {platform.python_version()}\n"
+        f"- commit: {commit or 'unknown'}\n"
+        f"- fake upstream pinned to core {UPSTREAM_CPU}, client pinned to core {CLIENT_CPU}\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", nargs="?", default="all", choices=["overhead", "latency", "peer", "startup", "all"])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test, not figures)")
+    args = parser.parse_args()
+    quick = args.quick
+    sections = []
+    if args.scenario in ("overhead", "all"):
+        sections.append(overhead(1_000, 1.0, 5 if quick else 30, 5 if quick else 10))
+        sections.append(overhead(10_000, 10.0, 5 if quick else 40, 12 if quick else 20))
+    if args.scenario in ("latency", "all"):
+        sections.append(asyncio.run(latency_run(50 if quick else 200, 2.0, 5 if quick else 10)))
+    if args.scenario in ("peer", "all"):
+        sections.append(peer(200 if quick else 1_000, 1 if quick else 3))
+    if args.scenario in ("startup", "all"):
+        sections.append(startup(1_000 if quick else 10_000, 1 if quick else 3))
+    if args.scenario == "all" and not quick:
+        text = "# Benchmark results\n\nWritten by `make bench` (bench/run.py).\n\n" + machine() + "".join(sections)
+        (HERE / "RESULTS.md").write_text(text)
+        print(f"\nwritten to {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
