@@ -164,3 +164,9 @@ async def test_files_made_beside_the_database_keep_its_owner(tmp_path: Path) -> 
     assert {"jh.db-wal", "jh.db-shm"} <= set(owners)
     assert owners["jh.db"] == (4242, 4242)
     assert all(owner == (4242, 4242) for owner in owners.values()), owners
+
+
+def test_the_schema_head_constant_is_the_newest_migration() -> None:
+    from jobherald.store import SCHEMA_HEAD
+
+    assert head_revision() == SCHEMA_HEAD

@@ -543,8 +543,6 @@ def _resolve(
 def _resolve_notifier(
     name: str, section: NotifierSection, parsed: MainFile, where: str, problems: list[str]
 ) -> Notifier:
-    from jobherald import templates
-
     if not _NAME.match(name):
         problems.append(f"{where}: bad name (letters, digits, _.-)")
     for i, url in enumerate(section.urls):
@@ -556,7 +554,11 @@ def _resolve_notifier(
             problems.append(f"{where}.sources[{i}]: unknown source {source!r} (known: {known})")
     for key in ("title", "body"):
         text = getattr(section, key)
-        if text is not None and (why := templates.check(text)) is not None:
+        if text is None:
+            continue
+        from jobherald import templates  # Jinja2 only when a notifier has templates
+
+        if (why := templates.check(text)) is not None:
             problems.append(f"{where}.{key}: {why}")
     return Notifier(
         name=name,

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobherald import templates
 from jobherald.config import Notifier, Source
 from jobherald.errors import FetchError
 from jobherald.model import EventKind, format_duration
@@ -272,6 +271,10 @@ def compose(notifier: Notifier, kind: str, event_id: str, payload: Mapping[str, 
     """
     default = render(kind, event_id, payload)
     title, body = default.title, default.body
+    if notifier.title is None and notifier.body is None:
+        return default
+    from jobherald import templates  # Jinja2 only for notifiers with templates
+
     try:
         if notifier.title is not None:
             title = templates.render(

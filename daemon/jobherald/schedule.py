@@ -39,7 +39,7 @@ from jobherald.store import JobIdentity, NewEvent, Store, Target
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY = 15.0
+FLUSH_EVERY = 60.0
 REMIND_EVERY = 60.0
 
 
