@@ -21,13 +21,13 @@ demo: $(VENV)/.installed
 	$(BIN)/jobherald demo
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check daemon migrations tests
-	$(BIN)/ruff format --check daemon migrations tests
+	$(BIN)/ruff check daemon migrations tests bench
+	$(BIN)/ruff format --check daemon migrations tests bench
 	$(BIN)/mypy
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format daemon migrations tests
-	$(BIN)/ruff check --fix daemon migrations tests
+	$(BIN)/ruff format daemon migrations tests bench
+	$(BIN)/ruff check --fix daemon migrations tests bench
 
 test: lint
 	$(BIN)/pytest
@@ -65,3 +65,11 @@ uninstall:
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "uninstalled; $(CONFDIR) and /var/lib/private/jobherald are kept (remove them by hand)"
+
+.PHONY: bench
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/run.py all
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed $(VENV)/.installed-test

@@ -15,12 +15,24 @@ import time
 from aiohttp import web
 
 RUNNING = json.dumps(
-    {"id": "x", "type": "exportAsset", "status": "RUNNING", "progress_percent": 0.5,
-     "begin_time": "2026-01-01T00:00:00Z"}
+    {
+        "id": "x",
+        "type": "exportAsset",
+        "status": "RUNNING",
+        "progress_percent": 0.5,
+        "begin_time": "2026-01-01T00:00:00Z",
+    }
 ).encode()
 SUCCEEDED = json.dumps(
-    {"id": "x", "type": "exportAsset", "status": "SUCCEEDED", "progress_percent": 1.0,
-     "archive_id": "a1", "begin_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-01T00:04:00Z"}
+    {
+        "id": "x",
+        "type": "exportAsset",
+        "status": "SUCCEEDED",
+        "progress_percent": 1.0,
+        "archive_id": "a1",
+        "begin_time": "2026-01-01T00:00:00Z",
+        "end_time": "2026-01-01T00:04:00Z",
+    }
 ).encode()
 
 

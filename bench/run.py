@@ -94,20 +94,42 @@ def table(title: str, rows: list[tuple[str, str]]) -> str:
 def floor(base: str, count: int, passes: int) -> float:
     """CPU µs per GET of the bare aiohttp loop."""
     out = subprocess.run(
-        [PY, str(HERE / "floor.py"), base, str(count), "--passes", str(passes), "--cpu", str(CLIENT_CPU)],
-        capture_output=True, text=True, check=True,
+        [
+            PY,
+            str(HERE / "floor.py"),
+            base,
+            str(count),
+            "--passes",
+            str(passes),
+            "--cpu",
+            str(CLIENT_CPU),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     figures = json.loads(out)
-    return float(figures["cpu"]) / figures["requests"] * 1e6
+    return float(figures["cpu"]) / float(figures["requests"]) * 1e6
 
 
 def overhead(count: int, interval: float, seconds: float, warmup: float) -> str:
     with tempfile.TemporaryDirectory(prefix="jh-bench-") as tmp, upstream() as base:
         folder = Path(tmp)
-        config = write_config(folder, base, [f"j{i}" for i in range(count)], f"{interval}s", "json://127.0.0.1:9/x")
+        config = write_config(
+            folder, base, [f"j{i}" for i in range(count)], f"{interval}s", "json://127.0.0.1:9/x"
+        )
         stats = folder / "stats.json"
         proc = subprocess.Popen(
-            [PY, str(HERE / "probe.py"), str(config), str(stats), "--warmup", str(warmup), "--cpu", str(CLIENT_CPU)]
+            [
+                PY,
+                str(HERE / "probe.py"),
+                str(config),
+                str(stats),
+                "--warmup",
+                str(warmup),
+                "--cpu",
+                str(CLIENT_CPU),
+            ]
         )
         time.sleep(warmup + seconds)
         proc.send_signal(signal.SIGTERM)
@@ -121,10 +143,19 @@ def overhead(count: int, interval: float, seconds: float, warmup: float) -> str:
     return table(
         f"Overhead: {count:,} jobs every {interval:g} s, {figures['seconds']:.0f} s measured",
         [
-            ("polls per second, achieved / scheduled", f"{achieved:,.0f} / {scheduled:,.0f} ({achieved / scheduled:.0%})"),
-            ("schedule lag p50 / p99", f"{pct(figures['lags'], 0.5) * 1000:.0f} ms / {pct(figures['lags'], 0.99) * 1000:.0f} ms"),
+            (
+                "polls per second, achieved / scheduled",
+                f"{achieved:,.0f} / {scheduled:,.0f} ({achieved / scheduled:.0%})",
+            ),
+            (
+                "schedule lag p50 / p99",
+                f"{pct(figures['lags'], 0.5) * 1000:.0f} ms / {pct(figures['lags'], 0.99) * 1000:.0f} ms",
+            ),
             ("daemon CPU per 1,000 polls", f"{per_poll_us / 1000:.3f} s"),
-            ("daemon CPU per poll / floor CPU per GET", f"{per_poll_us:.0f} µs / {floor_us:.0f} µs = {per_poll_us / floor_us:.2f}×"),
+            (
+                "daemon CPU per poll / floor CPU per GET",
+                f"{per_poll_us:.0f} µs / {floor_us:.0f} µs = {per_poll_us / floor_us:.2f}x",
+            ),
             ("CPU used (one core = 100 %)", f"{figures['cpu'] / figures['seconds']:.0%}"),
             ("peak RSS", f"{figures['peak_rss_mb']:.0f} MB"),
             ("database rows written per poll", f"{figures['rows'] / max(polls, 1):.3f}"),
@@ -160,9 +191,14 @@ async def latency_run(count: int, interval: float, spread: float) -> str:
     with tempfile.TemporaryDirectory(prefix="jh-bench-") as tmp, upstream() as base:
         async with receiver.serve() as hook:
             start = time.time() + 5.0
-            flips = {f"flip-{int((start + spread * i / count) * 1000)}-{i}": start + spread * i / count for i in range(count)}
+            flips = {
+                f"flip-{int((start + spread * i / count) * 1000)}-{i}": start + spread * i / count
+                for i in range(count)
+            }
             config = write_config(Path(tmp), base, list(flips), f"{interval}s", hook)
-            proc = await asyncio.create_subprocess_exec(PY, "-m", "jobherald", "run", "-c", str(config))
+            proc = await asyncio.create_subprocess_exec(
+                PY, "-m", "jobherald", "run", "-c", str(config)
+            )
             deadline = time.time() + 5.0 + spread + interval * 3 + 10
             while len(receiver.arrivals) < count and time.time() < deadline:
                 await asyncio.sleep(0.2)
@@ -174,7 +210,10 @@ async def latency_run(count: int, interval: float, spread: float) -> str:
         [
             ("messages received", f"{len(delays)} of {count}"),
             ("flip to message p50 / p99", f"{pct(delays, 0.5):.2f} s / {pct(delays, 0.99):.2f} s"),
-            ("target: p99 within interval + 0.5 s", f"{interval + 0.5:.2f} s: {'met' if pct(delays, 0.99) <= interval + 0.5 else 'missed'}"),
+            (
+                "target: p99 within interval + 0.5 s",
+                f"{interval + 0.5:.2f} s: {'met' if pct(delays, 0.99) <= interval + 0.5 else 'missed'}",
+            ),
         ],
     )
 
@@ -183,7 +222,9 @@ def timed(command: list[str], **kwargs: Any) -> tuple[float, float]:
     """Wall seconds and CPU seconds (of the child processes) of one command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    subprocess.run(
+        command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
+    )
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -195,15 +236,24 @@ def peer(count: int, rounds: int) -> str:
         ids = [f"j{i}" for i in range(count)]
         config = write_config(folder, base, ids, "30s", "json://127.0.0.1:9/x")
         jobs = folder / "urls.yaml"
-        jobs.write_text("".join(
-            f"---\nname: {job}\nurl: {base}/v2/p/instances/i/assets/jobs/{job}\n"
-            "headers:\n  X-Auth-Token: t\nfilter:\n  - format-json\n  - grep: '\"status\"'\n"
-            for job in ids
-        ))
+        jobs.write_text(
+            "".join(
+                f"---\nname: {job}\nurl: {base}/v2/p/instances/i/assets/jobs/{job}\n"
+                "headers:\n  X-Auth-Token: t\nfilter:\n  - format-json\n  - grep: '\"status\"'\n"
+                for job in ids
+            )
+        )
         (folder / "urlwatch.yaml").write_text("report:\n  stdout:\n    enabled: true\n")
         urlwatch = [
-            sys.executable.replace("python", "urlwatch") if False else str(Path(PY).with_name("urlwatch")),
-            "--urls", str(jobs), "--config", str(folder / "urlwatch.yaml"), "--cache", str(folder / "cache.db"),
+            sys.executable.replace("python", "urlwatch")
+            if False
+            else str(Path(PY).with_name("urlwatch")),
+            "--urls",
+            str(jobs),
+            "--config",
+            str(folder / "urlwatch.yaml"),
+            "--cache",
+            str(folder / "cache.db"),
         ]
         mine = [PY, "-m", "jobherald", "run", "--once", "-c", str(config)]
         pin = {"preexec_fn": lambda: os.sched_setaffinity(0, {CLIENT_CPU})}
@@ -211,14 +261,20 @@ def peer(count: int, rounds: int) -> str:
         timed(mine, **pin)
         theirs = [timed(urlwatch, **pin) for _ in range(rounds)]
         ours = [timed(mine, **pin) for _ in range(rounds)]
-    their_wall, their_cpu = statistics.median(w for w, _ in theirs), statistics.median(c for _, c in theirs)
+    their_wall, their_cpu = (
+        statistics.median(w for w, _ in theirs),
+        statistics.median(c for _, c in theirs),
+    )
     our_wall, our_cpu = statistics.median(w for w, _ in ours), statistics.median(c for _, c in ours)
     return table(
         f"Against a peer: one fresh-process pass over {count:,} job URLs (median of {rounds})",
         [
             ("urlwatch 2.29: wall / CPU", f"{their_wall:.2f} s / {their_cpu:.2f} s"),
             ("jobherald run --once: wall / CPU", f"{our_wall:.2f} s / {our_cpu:.2f} s"),
-            ("jobherald is faster by (wall / CPU)", f"{their_wall / our_wall:.1f}× / {their_cpu / our_cpu:.1f}×"),
+            (
+                "jobherald is faster by (wall / CPU)",
+                f"{their_wall / our_wall:.1f}x / {their_cpu / our_cpu:.1f}x",
+            ),
         ],
     )
 
@@ -226,9 +282,15 @@ def peer(count: int, rounds: int) -> str:
 def startup(count: int, rounds: int) -> str:
     with tempfile.TemporaryDirectory(prefix="jh-bench-") as tmp, upstream() as base:
         folder = Path(tmp)
-        config = write_config(folder, base, [f"j{i}" for i in range(count)], "1h", "json://127.0.0.1:9/x")
-        subprocess.run([PY, "-m", "jobherald", "run", "--once", "-c", str(config)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        config = write_config(
+            folder, base, [f"j{i}" for i in range(count)], "1h", "json://127.0.0.1:9/x"
+        )
+        subprocess.run(
+            [PY, "-m", "jobherald", "run", "--once", "-c", str(config)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         times = []
         for _ in range(rounds):
             sock_path = folder / "notify.sock"
@@ -237,9 +299,12 @@ def startup(count: int, rounds: int) -> str:
             sock.bind(str(sock_path))
             sock.settimeout(60)
             started = time.monotonic()
-            proc = subprocess.Popen([PY, "-m", "jobherald", "run", "-c", str(config)],
-                                    env={**os.environ, "NOTIFY_SOCKET": str(sock_path)},
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [PY, "-m", "jobherald", "run", "-c", str(config)],
+                env={**os.environ, "NOTIFY_SOCKET": str(sock_path)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             while True:
                 if sock.recv(4096).startswith(b"READY=1"):
                     break
@@ -264,7 +329,9 @@ def machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
     return (
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
         f"- machine: {os.cpu_count()} cores, {model}, Python {platform.python_version()}\n"
@@ -275,8 +342,15 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", nargs="?", default="all", choices=["overhead", "latency", "peer", "startup", "all"])
-    parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test, not figures)")
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        default="all",
+        choices=["overhead", "latency", "peer", "startup", "all"],
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter runs (a smoke test, not figures)"
+    )
     args = parser.parse_args()
     quick = args.quick
     sections = []
@@ -290,7 +364,11 @@ def main() -> None:
     if args.scenario in ("startup", "all"):
         sections.append(startup(1_000 if quick else 10_000, 1 if quick else 3))
     if args.scenario == "all" and not quick:
-        text = "# Benchmark results\n\nWritten by `make bench` (bench/run.py).\n\n" + machine() + "".join(sections)
+        text = (
+            "# Benchmark results\n\nWritten by `make bench` (bench/run.py).\n\n"
+            + machine()
+            + "".join(sections)
+        )
         (HERE / "RESULTS.md").write_text(text)
         print(f"\nwritten to {HERE / 'RESULTS.md'}")
 
