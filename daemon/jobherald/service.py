@@ -67,6 +67,11 @@ def setup_logging(level: str) -> None:
     # "skipped: maximum number of running instances reached" would repeat every
     # interval while an upstream is slow; the poll's own error says it once.
     logging.getLogger("apscheduler").setLevel(logging.ERROR if level != "debug" else logging.NOTSET)
+    # Polls cut off at shutdown end as cancelled tasks, which APScheduler's executor logs
+    # as errors; every other failure of a poll is caught and logged by jobherald itself.
+    logging.getLogger("apscheduler.executors").setLevel(
+        logging.CRITICAL if level != "debug" else logging.NOTSET
+    )
 
 
 class SystemdNotifier:
