@@ -21,10 +21,52 @@ from jobherald import config as config_module
 from jobherald.simulator import Simulator
 
 
-class Receiver:
+class LocalApp:
+    """An aiohttp app served on 127.0.0.1 at a free port."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def spawn_daemon(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """`jobherald run -c CONFIG` in a child process, its output appended to LOG."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jobherald",
+            "run",
+            "-c",
+            str(config),
+            stdout=out,
+            stderr=out,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+
+class Receiver(LocalApp):
     """A webhook receiver on 127.0.0.1: what apprise's json:// URLs post to."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.messages: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.fail_with: int | None = None
@@ -32,23 +74,7 @@ class Receiver:
         self.attempts: list[str] = []
         self.delay = 0.0
         self.received_at: list[float] = []
-        self.hang = asyncio.Event()
-        self.hanging = False
-        self.app = web.Application()
         self.app.router.add_post("/{tail:.*}", self._post)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def url(self, path: str = "hook", scheme: str = "json") -> str:
         return f"{scheme}://127.0.0.1:{self.port}/{path}"

@@ -9,9 +9,10 @@ from typing import Any
 from aiohttp import web
 
 from jobherald.simulator import Simulator
+from tests.conftest import LocalApp
 
 
-class FakeIam:
+class FakeIam(LocalApp):
     """``POST /v3/auth/tokens``: checks the password body, counts tokens, lets the simulator accept them."""
 
     def __init__(
@@ -21,28 +22,18 @@ class FakeIam:
         password: str = "iam-s3cret",
         domain: str = "acct",
     ) -> None:
+        super().__init__()
         self.sim = sim
         self.user, self.password, self.domain = user, password, domain
         self.fetches = 0
         self.bodies: list[dict[str, Any]] = []
         self.lifetime = timedelta(hours=24)
         self.down = False
-        self.app = web.Application()
         self.app.router.add_post("/v3/auth/tokens", self._tokens)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def start(self) -> str:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    @property
+    def url(self) -> str:
+        return self.base_url
 
     async def _tokens(self, request: web.Request) -> web.Response:
         self.fetches += 1
@@ -124,27 +115,14 @@ def sdk_signature_check(keys: dict[str, str]):  # type: ignore[no-untyped-def]
     return verify
 
 
-class FakeNtfy:
+class FakeNtfy(LocalApp):
     """An ntfy server's publish API: ``POST /`` with a JSON message naming its topic."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.messages: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self.app = web.Application()
         self.app.router.add_post("/", self._publish)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def url(self, topic: str) -> str:
         return f"ntfy://127.0.0.1:{self.port}/{topic}"

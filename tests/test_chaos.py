@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import sqlite3
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
-from tests.conftest import ConfigWriter, Receiver, wait_for
+from tests.conftest import ConfigWriter, Receiver, spawn_daemon, wait_for
 
 JOBS = 36
 KILLS = 6
@@ -29,21 +27,6 @@ def sent_events(db: Path) -> tuple[set[str], list[str]]:
     except sqlite3.OperationalError:
         return set(), []
     return {r[0] for r in rows}, [r[1] for r in rows]
-
-
-async def start(config: Path, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jobherald",
-            "run",
-            "-c",
-            str(config),
-            stdout=out,
-            stderr=out,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
 
 
 @pytest.mark.timeout(180)
@@ -60,12 +43,12 @@ async def test_repeated_kills_lose_nothing_and_repeat_only_what_was_in_flight(
     log = configs.folder / "daemon.log"
     kills: list[float] = []
     for _ in range(KILLS):
-        proc = await start(config, log)
+        proc = await spawn_daemon(config, log)
         await asyncio.sleep(rng.uniform(0.8, 2.0))
         proc.send_signal(signal.SIGKILL)
         kills.append(time.monotonic())
         await proc.wait()
-    proc = await start(config, log)
+    proc = await spawn_daemon(config, log)
     try:
 
         def all_delivered() -> bool:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from jobherald.simulator import SimJob, Simulator, failed, http_error, running, succeeded
-from tests.conftest import ConfigWriter, Receiver, wait_for
+from tests.conftest import ConfigWriter, Receiver, spawn_daemon, wait_for
 
 
 class Running:
@@ -41,18 +39,7 @@ async def daemons(tmp_path: Path) -> AsyncIterator[list[Running]]:
 
 async def start(daemons: list[Running], config: Path) -> Running:
     log = config.parent / f"daemon-{len(daemons)}.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jobherald",
-            "run",
-            "-c",
-            str(config),
-            stdout=out,
-            stderr=out,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc = await spawn_daemon(config, log)
     running_daemon = Running(proc, log)
     daemons.append(running_daemon)
     return running_daemon
@@ -229,23 +216,11 @@ async def test_systemd_hears_ready_status_watchdog_reloading_and_stopping(
 
     config = configs.write(["a", "b"], daemon={"poll_interval": "200ms", "retries": 0})
     log = config.parent / "notify.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jobherald",
-            "run",
-            "-c",
-            str(config),
-            stdout=out,
-            stderr=out,
-            env={
-                **os.environ,
-                "NOTIFY_SOCKET": address,
-                "WATCHDOG_USEC": "1000000",
-                "JOURNAL_STREAM": "8:1234",
-            },
-        )
+    proc = await spawn_daemon(
+        config,
+        log,
+        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000", "JOURNAL_STREAM": "8:1234"},
+    )
     daemons.append(Running(proc, log))
     try:
         await wait_for(lambda: any("WATCHDOG=1" in m for m in drain()), 20, "a watchdog ping")
