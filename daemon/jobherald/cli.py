@@ -107,10 +107,12 @@ def check_config(ctx: click.Context, config_path: str | None) -> None:
     )
 
 
-async def _rows(cfg: Config) -> list[dict[str, Any]]:
+async def _rows(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every known job as `status --json` shows it, and the deliveries counted by state."""
     from jobherald.store import Store, reasons_of
 
     rows: dict[str, dict[str, Any]] = {}
+    counts: dict[str, int] = {}
     if _database_exists(cfg.database_url):
         store = await Store.open(cfg.database_url)
         try:
@@ -128,6 +130,7 @@ async def _rows(cfg: Config) -> list[dict[str, Any]]:
                     "last_changed_at": _iso(row.last_changed_at),
                     "error": row.error,
                 }
+            counts = await store.delivery_counts()
         finally:
             await store.close()
     for job in cfg.jobs:
@@ -147,7 +150,7 @@ async def _rows(cfg: Config) -> list[dict[str, Any]]:
                 "error": None,
             },
         )
-    return list(rows.values())
+    return list(rows.values()), counts
 
 
 def _database_exists(url: str) -> bool:
@@ -237,7 +240,7 @@ def status(
     if live:
         _watch_status(cfg, every)
         return
-    rows = _run(_rows(cfg))
+    rows, counts = _run(_rows(cfg))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -245,13 +248,11 @@ def status(
         click.echo("no jobs")
         return
     _table(STATUS_HEADERS, _status_rows(rows))
-    if _database_exists(cfg.database_url):
-        counts = _run(_with_store(cfg, lambda store: store.delivery_counts()))
-        if counts.get("pending") or counts.get("abandoned"):
-            click.echo(
-                f"\ndeliveries: {counts.get('pending', 0)} pending, "
-                f"{counts.get('abandoned', 0)} abandoned (see `jobherald deliveries`)"
-            )
+    if counts.get("pending") or counts.get("abandoned"):
+        click.echo(
+            f"\ndeliveries: {counts.get('pending', 0)} pending, "
+            f"{counts.get('abandoned', 0)} abandoned (see `jobherald deliveries`)"
+        )
 
 
 def _watch_status(cfg: Config, every: float) -> None:
@@ -274,11 +275,11 @@ def _watch_status(cfg: Config, every: float) -> None:
         if console.is_terminal:
             with Live(render([]), console=console, auto_refresh=False) as view:
                 while True:
-                    rows = await _rows(cfg)
+                    rows, _ = await _rows(cfg)
                     view.update(render(rows), refresh=True)
                     await asyncio.sleep(every)
         while True:
-            rows = await _rows(cfg)
+            rows, _ = await _rows(cfg)
             changed = [{k: v for k, v in r.items() if k != "last_polled_at"} for r in rows]
             if changed != seen:
                 seen = changed

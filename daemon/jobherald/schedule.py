@@ -148,13 +148,17 @@ class Watcher:
 
     async def start(self) -> None:
         """Register the configured jobs in the store and load what it knows of them."""
+        await self._sync_jobs()
+        known = await self.store.source_health()
+        self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
+
+    async def _sync_jobs(self) -> None:
+        """Register the configured jobs; views already held (newer than the store's) stay."""
         identities = [
             JobIdentity(j.id, j.name, j.source, j.instance_id) for j in self.jobs.values()
         ]
         stored = await self.store.sync_jobs(identities, self.clock())
-        self.views = {job_id: s.view for job_id, s in stored.items() if job_id in self.jobs}
-        known = await self.store.source_health()
-        self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
+        self.views = {job_id: self.views.get(job_id) or stored[job_id] for job_id in self.jobs}
 
     async def reconfigure(self, config: Config) -> tuple[list[WatchedJob], list[str]]:
         """Take a new configuration; return the jobs to (re)schedule and the ids to drop.
@@ -176,11 +180,7 @@ class Watcher:
         }
         self.health = {name: self.health.get(name, SourceHealth()) for name in self.sources}
         self.jobs = {j.id: j for j in config.jobs}
-        identities = [
-            JobIdentity(j.id, j.name, j.source, j.instance_id) for j in self.jobs.values()
-        ]
-        stored = await self.store.sync_jobs(identities, self.clock())
-        self.views = {job_id: self.views.get(job_id) or stored[job_id].view for job_id in self.jobs}
+        await self._sync_jobs()
         removed = [job_id for job_id in old_jobs if job_id not in self.jobs]
         changed = [j for j in self.jobs.values() if old_jobs.get(j.id) != j]
         return changed, removed
@@ -547,9 +547,6 @@ class Schedule:
         if flush is None or flush.next_run_time is None:
             return False
         return bool(flush.next_run_time >= now - timedelta(seconds=4 * FLUSH_EVERY))
-
-    def scheduled(self) -> int:
-        return sum(1 for j in self.scheduler.get_jobs() if not j.id.startswith("jobherald:"))
 
     async def stop(self, timeout: float) -> int:
         """Stop firing, let polls in flight finish (up to ``timeout``); return those cut off."""

@@ -196,6 +196,7 @@ class Daemon:
                 counts.get("delivered", 0),
                 f"; {cut} polls cut off" if cut else "",
             )
+        self.systemd.close()
 
     async def _reload(self, watcher: Watcher, dispatcher: Dispatcher, schedule: Schedule) -> None:
         """Read the config again and apply it; a config that does not validate changes nothing."""
@@ -298,7 +299,7 @@ def _signals(stop: Callable[[], None], reload: Callable[[], None]) -> Iterator[N
             loop.add_signal_handler(sig, handler)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):
-            pass
+            pass  # no signal handlers on this loop (not the main thread): stop() still works
     try:
         yield
     finally:

@@ -136,15 +136,6 @@ deliveries = sa.Table(
 
 
 @dataclass(frozen=True, slots=True)
-class StoredJob:
-    view: JobView
-    name: str
-    source: str
-    configured: bool
-    last_polled_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
 class Target:
     """One place a message goes: a notifier's URL, by key (a hash) and masked for display."""
 
@@ -248,14 +239,19 @@ def migrations_path() -> Path:
 SCHEMA_HEAD = "0003"
 
 
-def head_revision() -> str:
-    """The newest schema revision this version of jobherald knows."""
+def _alembic_config() -> Any:
     from alembic.config import Config as AlembicConfig
-    from alembic.script import ScriptDirectory
 
     config = AlembicConfig()
     config.set_main_option("script_location", str(migrations_path()))
-    head = ScriptDirectory.from_config(config).get_current_head()
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of jobherald knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
 
@@ -329,7 +325,7 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def _stamped(self) -> str | None:
+    async def current_revision(self) -> str | None:
         """The revision in alembic_version, read with plain SQL (no table: None)."""
         async with self.engine.connect() as conn:
             try:
@@ -340,29 +336,21 @@ class Store:
                 return None
 
     async def migrate(self, target: str = "head") -> None:
+        now = await self.current_revision()
         # A database already at the newest revision (the usual case) needs no Alembic at all.
-        if target == "head" and await self._stamped() == SCHEMA_HEAD:
+        if target == "head" and now == SCHEMA_HEAD:
             return
         from alembic import command
-        from alembic.config import Config as AlembicConfig
-        from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
 
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(migrations_path()))
-        head = ScriptDirectory.from_config(config).get_current_head()
-
-        def current(connection: Connection) -> str | None:
-            return MigrationContext.configure(connection).get_current_revision()
+        config = _alembic_config()
+        goal = head_revision() if target == "head" else target
+        if now == goal:
+            return
 
         def upgrade(connection: Connection) -> None:
             config.attributes["connection"] = connection
-            command.upgrade(config, target)
+            command.upgrade(config, goal)
 
-        async with self.engine.connect() as conn:
-            now = await conn.run_sync(current)
-        if now == (head if target == "head" else target):
-            return
         await self._backup_before_migration(now)
         # Tables are rebuilt during migrations: foreign keys are checked after, not during.
         url = self.engine.url
@@ -380,18 +368,7 @@ class Store:
         finally:
             if engine is not self.engine:
                 await engine.dispose()
-        log.info(
-            "database migrated from %s to %s", now or "empty", target if target != "head" else head
-        )
-
-    async def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
-        def current(connection: Connection) -> str | None:
-            return MigrationContext.configure(connection).get_current_revision()
-
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(current)
+        log.info("database migrated from %s to %s", now or "empty", goal)
 
     async def _backup_before_migration(self, revision: str | None) -> None:
         """Copy an existing SQLite database aside, so a failed upgrade loses nothing."""
@@ -409,9 +386,7 @@ class Store:
         await asyncio.to_thread(copy)
         log.info("copied %s to %s before migrating", source, target)
 
-    async def sync_jobs(
-        self, watched: Sequence[JobIdentity], now: datetime
-    ) -> dict[str, StoredJob]:
+    async def sync_jobs(self, watched: Sequence[JobIdentity], now: datetime) -> dict[str, JobView]:
         """Register configured jobs (new ones as pending); return every known job."""
         wanted = {j.id: j for j in watched}
         async with self._writing() as conn:
@@ -446,7 +421,7 @@ class Store:
                 if any(getattr(row, k) != v for k, v in values.items()):
                     await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
             rows = await conn.execute(sa.select(jobs))
-            return {row.id: _stored(row) for row in rows}
+            return {row.id: _view(row) for row in rows}
 
     async def record(
         self,
@@ -478,7 +453,7 @@ class Store:
                     for r in batch:
                         try:
                             async with self.engine.begin() as conn:
-                                ids = await _write_record(conn, r)
+                                (ids,) = await _write_batch(conn, [r])
                         except Exception as exc:
                             if not r.done.done():
                                 r.done.set_exception(exc)
@@ -788,27 +763,6 @@ async def _write_batch(conn: AsyncConnection, batch: Sequence[_Record]) -> list[
     ]
 
 
-async def _write_record(conn: AsyncConnection, r: _Record) -> list[str]:
-    await conn.execute(
-        sa.update(jobs)
-        .where(jobs.c.id == r.job_id)
-        .values(last_polled_at=r.polled_at, **_view_values(r.outcome.job))
-    )
-    if r.outcome.transition is not None:
-        t = r.outcome.transition
-        await conn.execute(
-            sa.insert(transitions).values(
-                job_id=r.job_id,
-                at=t.at,
-                from_state=t.from_state.value if t.from_state else None,
-                to_state=t.to_state.value,
-                progress=t.progress,
-                raw_status=t.raw_status,
-            )
-        )
-    return await _insert_events(conn, r.new_events, r.polled_at, job_id=r.job_id)
-
-
 async def _insert_events(
     conn: AsyncConnection,
     new_events: Sequence[NewEvent],
@@ -848,16 +802,6 @@ async def _insert_events(
                 ],
             )
     return event_ids
-
-
-def _stored(row: sa.Row[Any]) -> StoredJob:
-    return StoredJob(
-        view=_view(row),
-        name=row.name,
-        source=row.source,
-        configured=row.configured,
-        last_polled_at=row.last_polled_at,
-    )
 
 
 def reasons_of(row: sa.Row[Any]) -> list[dict[str, str | None]]:

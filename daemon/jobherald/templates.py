@@ -57,7 +57,9 @@ def _duration_filter(value: Any) -> str:
     return format_duration(float(value)) or "-" if value is not None else "-"
 
 
+@lru_cache(maxsize=256)
 def compile_template(text: str) -> Any:
+    """A compiled template, kept: a notifier's template is compiled once, not per message."""
     try:
         return environment().from_string(text)
     except TemplateError as exc:
