@@ -48,8 +48,11 @@ async def test_repeated_kills_lose_nothing_and_repeat_only_what_was_in_flight(
         proc.send_signal(signal.SIGKILL)
         kills.append(time.monotonic())
         await proc.wait()
+    starts = log.read_text().count("watching ")
     proc = await spawn_daemon(config, log)
     try:
+        # The last daemon must be up (its signal handlers in place) before it is asked to stop.
+        await wait_for(lambda: log.read_text().count("watching ") > starts, 30, "the last start")
 
         def all_delivered() -> bool:
             events, states = sent_events(db)
