@@ -1,4 +1,5 @@
-"""The floor: a bare asyncio + aiohttp loop making the same GETs, one session, 16 connections.
+"""The floor: a bare aiohttp loop making the same GETs, one session, 16 connections
+(on asyncio's own loop or on uvloop).
 
 Prints JSON: requests made after a warm-up pass, and the CPU seconds they took.
 """
@@ -49,8 +50,15 @@ if __name__ == "__main__":
     parser.add_argument("count", type=int)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--cpu", type=int, default=None)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     urls = [f"{args.base}/v2/p/instances/i/assets/jobs/j{i}" for i in range(args.count)]
-    print(json.dumps(asyncio.run(main(urls, args.passes))))
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        print(json.dumps(runner.run(main(urls, args.passes))))

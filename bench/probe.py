@@ -1,8 +1,8 @@
-"""Runs ``jobherald run`` in this process with counters around it, for the benchmarks.
+"""Runs ``jobherald run`` in this process and reads its own counters, for the benchmarks.
 
-Counts polls, schedule lag (when APScheduler meant a poll to run vs when it was
-submitted), rows written, and the CPU time and peak RSS of the steady state (after
-``--warmup`` seconds). Stops on SIGTERM and writes the figures as JSON.
+Polls and schedule lag come from the pool's counters (``Daemon.pool.stats``); rows
+written from a SQLAlchemy cursor hook; CPU time and peak RSS of the steady state
+(after ``--warmup`` seconds) from the kernel. Stops on SIGTERM, writes JSON.
 """
 
 from __future__ import annotations
@@ -13,38 +13,18 @@ import json
 import os
 import resource
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-counters: dict[str, Any] = {"lags": [], "rows": 0}
+rows = [0]
 
 
-def instrument() -> None:
+def count_rows() -> None:
     import sqlalchemy as sa
-    from apscheduler.events import EVENT_JOB_SUBMITTED
-
-    from jobherald import schedule
 
     @sa.event.listens_for(sa.engine.Engine, "after_cursor_execute")
-    def count_rows(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
-            counters["rows"] += max(cursor.rowcount, 0)
-
-    original_start = schedule.Schedule.start
-
-    def start(self: schedule.Schedule) -> None:
-        def on_submit(event: Any) -> None:
-            if event.job_id.startswith("jobherald:"):
-                return
-            now = datetime.now(UTC)
-            for planned in event.scheduled_run_times:
-                counters["lags"].append((now - planned).total_seconds())
-
-        self.scheduler.add_listener(on_submit, EVENT_JOB_SUBMITTED)
-        counters["watcher"] = self.watcher
-        original_start(self)
-
-    schedule.Schedule.start = start  # type: ignore[method-assign]
+            rows[0] += max(cursor.rowcount, 0)
 
 
 def cpu() -> float:
@@ -54,6 +34,7 @@ def cpu() -> float:
 
 async def main(config_path: str, out: str, warmup: float) -> None:
     from jobherald import config
+    from jobherald.schedule.pool import LAG_BOUNDS
     from jobherald.service import Daemon, setup_logging
 
     cfg = config.load(config_path)
@@ -61,25 +42,38 @@ async def main(config_path: str, out: str, warmup: float) -> None:
     daemon = Daemon(cfg)
     task = asyncio.create_task(daemon.run())
     await asyncio.sleep(warmup)
-    watcher = counters["watcher"]
-    start = {"cpu": cpu(), "polls": watcher.polls, "rows": counters["rows"], "t": time.monotonic()}
-    lags_from = len(counters["lags"])
+    assert daemon.pool is not None, "the daemon did not start within the warm-up"
+    stats = daemon.pool.stats
+    start = {"cpu": cpu(), "polls": stats.ended, "rows": rows[0], "t": time.monotonic()}
+    lags_before = list(stats.lag_buckets)
     await daemon.stopping.wait()
-    end = {"cpu": cpu(), "polls": watcher.polls, "rows": counters["rows"], "t": time.monotonic()}
-    lags = sorted(counters["lags"][lags_from:])
+    end = {"cpu": cpu(), "polls": stats.ended, "rows": rows[0], "t": time.monotonic()}
+    lags = [after - before for after, before in zip(stats.lag_buckets, lags_before, strict=True)]
     await task
     with open(out, "w") as handle:
         json.dump(
             {
+                "loop": cfg.event_loop,
                 "seconds": end["t"] - start["t"],
                 "polls": end["polls"] - start["polls"],
                 "cpu": end["cpu"] - start["cpu"],
                 "rows": end["rows"] - start["rows"],
-                "lags": lags,
+                "lag_bounds": [b if b != float("inf") else None for b in LAG_BOUNDS],
+                "lag_buckets": lags,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             },
             handle,
         )
+
+
+def run(coro: Any, event_loop: str) -> None:
+    factory = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coro)
 
 
 if __name__ == "__main__":
@@ -91,5 +85,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    instrument()
-    asyncio.run(main(args.config, args.out, args.warmup))
+    count_rows()
+    from jobherald import config as config_module
+
+    run(
+        main(args.config, args.out, args.warmup),
+        config_module.load(args.config, check_urls=False).event_loop,
+    )

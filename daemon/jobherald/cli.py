@@ -31,23 +31,31 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> None:
     sys.exit(code)
 
 
-def _load(ctx: click.Context, path: str | None) -> Config:
+def _load(ctx: click.Context, path: str | None, *, check_urls: bool = False) -> Config:
+    """The config, or exit 2 with its problems. Notifier URLs are checked (which loads
+    apprise) only by the commands that send or check them."""
     from jobherald import config
     from jobherald.errors import ConfigError
 
     try:
-        return config.load(path or ctx.obj.get("config"))
+        return config.load(path or ctx.obj.get("config"), check_urls=check_urls)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(line, err=True)
         sys.exit(EXIT_USAGE)
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def _run(coro: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
     from jobherald.errors import StoreError
 
+    factory = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coro)
     except StoreError as exc:
         _fail(str(exc))
         raise AssertionError from None  # unreachable
@@ -84,15 +92,17 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.pass_context
 def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
     """Run the daemon in the foreground (logs go to stderr)."""
-    cfg = _load(ctx, config_path)
+    # The daemon refuses a URL apprise cannot use before it starts; one pass loads
+    # apprise only if it has something to send.
+    cfg = _load(ctx, config_path, check_urls=not once)
     from jobherald.service import Daemon, setup_logging
 
     setup_logging(cfg.log_level)
     daemon = Daemon(cfg)
     if once:
-        _run(daemon.run_once())
+        _run(daemon.run_once(), cfg.event_loop)
     else:
-        _run(daemon.run())
+        _run(daemon.run(), cfg.event_loop)
 
 
 @cli.command("check-config")
@@ -100,7 +110,7 @@ def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
 @click.pass_context
 def check_config(ctx: click.Context, config_path: str | None) -> None:
     """Validate the config: exit 0, or 2 with one line per problem."""
-    cfg = _load(ctx, config_path)
+    cfg = _load(ctx, config_path, check_urls=True)
     click.echo(
         f"{cfg.path}: ok ({len(cfg.jobs)} jobs, {len(cfg.sources)} sources, "
         f"{len(cfg.notifiers)} notifiers)"
@@ -350,7 +360,7 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
 @click.pass_context
 def notify_test(ctx: click.Context, config_path: str | None, notifier: str | None) -> None:
     """Send a test message through one notifier, or all; exit 1 if any fails."""
-    cfg = _load(ctx, config_path)
+    cfg = _load(ctx, config_path, check_urls=True)
     names = list(cfg.notifiers)
     if notifier is not None:
         if notifier not in cfg.notifiers:
@@ -618,7 +628,7 @@ def watch(
         handle.flush()
         os.fsync(handle.fileno())
     try:
-        config_module.load(cfg.path, extra=[staging])
+        config_module.load(cfg.path, extra=[staging], check_urls=False)
     except ConfigError as exc:
         staging.unlink(missing_ok=True)
         for line in exc.problems:

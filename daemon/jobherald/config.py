@@ -143,6 +143,7 @@ class DaemonSection(RuleFields):
     shutdown_timeout: Duration = 10.0
     host_concurrency: int = Field(default=8, ge=1, le=1024)
     retries: int = Field(default=2, ge=0, le=10)
+    event_loop: Literal["uvloop", "asyncio"] | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -342,6 +343,7 @@ class Config:
     notifiers: Mapping[str, Notifier]
     jobs: tuple[WatchedJob, ...]
     include: tuple[str, ...] = ()
+    event_loop: str = "asyncio"
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,11 +376,17 @@ def config_path(given: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
-def load(path: str | os.PathLike[str] | None = None, extra: Sequence[Path] = ()) -> Config:
+def load(
+    path: str | os.PathLike[str] | None = None,
+    extra: Sequence[Path] = (),
+    *,
+    check_urls: bool = True,
+) -> Config:
     """Read, expand, validate and resolve the configuration; raise ConfigError.
 
     ``extra`` names drop-in files to read as if an include matched them (to try
-    one before it is put in place).
+    one before it is put in place). ``check_urls`` asks apprise whether it can use
+    every notifier URL (which loads apprise: commands that send nothing skip it).
     """
     main = config_path(path)
     label = str(path) if path else str(main)
@@ -398,7 +406,7 @@ def load(path: str | os.PathLike[str] | None = None, extra: Sequence[Path] = ())
             raise ConfigError(problems)
         parsed_dropin = _validate(DropInFile, extra_raw, extra_label)
         jobs.extend((job, f"{extra_label}: jobs[{i}]") for i, job in enumerate(parsed_dropin.jobs))
-    config = _resolve(main, label, parsed, jobs)
+    config = _resolve(main, label, parsed, jobs, check_urls)
     return replace(config, include=parsed.daemon.include)
 
 
@@ -507,7 +515,11 @@ def _included(base: Path, patterns: Sequence[str], label: str) -> Iterator[Path]
 
 
 def _resolve(
-    main: Path, label: str, parsed: MainFile, jobs: Sequence[tuple[JobSection, str]]
+    main: Path,
+    label: str,
+    parsed: MainFile,
+    jobs: Sequence[tuple[JobSection, str]],
+    check_urls: bool = True,
 ) -> Config:
     problems: list[str] = []
     rules = parsed.daemon.over(Rules())
@@ -517,9 +529,12 @@ def _resolve(
         if (src := _resolve_source(name, section, main.parent, label, rules, problems))
     }
     notifiers = {
-        name: _resolve_notifier(name, section, parsed, f"{label}: notifiers.{name}", problems)
+        name: _resolve_notifier(
+            name, section, parsed, f"{label}: notifiers.{name}", problems, check_urls
+        )
         for name, section in parsed.notifiers.items()
     }
+    event_loop = _event_loop(parsed.daemon.event_loop, label, problems)
     watched = _resolve_jobs(parsed, jobs, sources, problems)
     database_url = _database_url(parsed.daemon.database, main.parent, label, problems)
     if problems:
@@ -533,6 +548,7 @@ def _resolve(
         shutdown_timeout=parsed.daemon.shutdown_timeout,
         host_concurrency=parsed.daemon.host_concurrency,
         retries=parsed.daemon.retries,
+        event_loop=event_loop,
         rules=rules,
         sources=sources,
         notifiers=notifiers,
@@ -540,12 +556,32 @@ def _resolve(
     )
 
 
+def _event_loop(wanted: str | None, label: str, problems: list[str]) -> str:
+    """uvloop when it is installed (or asked for), else asyncio's own loop."""
+    from importlib.util import find_spec
+
+    have_uvloop = find_spec("uvloop") is not None
+    if wanted == "uvloop" and not have_uvloop:
+        problems.append(
+            f"{label}: daemon.event_loop: uvloop is not installed "
+            '(pip install uvloop, or event_loop = "asyncio")'
+        )
+    if wanted is None:
+        return "uvloop" if have_uvloop else "asyncio"
+    return wanted
+
+
 def _resolve_notifier(
-    name: str, section: NotifierSection, parsed: MainFile, where: str, problems: list[str]
+    name: str,
+    section: NotifierSection,
+    parsed: MainFile,
+    where: str,
+    problems: list[str],
+    check_urls: bool = True,
 ) -> Notifier:
     if not _NAME.match(name):
         problems.append(f"{where}: bad name (letters, digits, _.-)")
-    for i, url in enumerate(section.urls):
+    for i, url in enumerate(section.urls if check_urls else ()):
         if (why := _check_apprise_url(url)) is not None:
             problems.append(f"{where}.urls[{i}]: {why}")
     for i, source in enumerate(section.sources or ()):

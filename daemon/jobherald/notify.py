@@ -183,7 +183,16 @@ class _Capture(logging.Handler):
 
 
 _capture = _Capture()
-logging.getLogger("apprise").addHandler(_capture)
+
+
+def _apprise() -> Any:
+    """apprise, imported on first use (with the handler that keeps its reasons)."""
+    import apprise
+
+    logger = logging.getLogger("apprise")
+    if _capture not in logger.handlers:
+        logger.addHandler(_capture)
+    return apprise
 
 
 def url_key(url: str) -> str:
@@ -199,33 +208,46 @@ class Sender:
     """One apprise object per URL, so each URL succeeds or fails on its own."""
 
     def __init__(self, notifiers: Mapping[str, Notifier]) -> None:
-        import apprise
-
         self.notifiers = dict(notifiers)
         self._apprise: dict[tuple[str, str], Any] = {}
         self._targets: dict[str, list[Target]] = {}
-        for name, notifier in notifiers.items():
+        self._unusable: set[tuple[str, str]] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._loaded = False
+
+    def load(self) -> None:
+        """Build one apprise object per URL (apprise is imported here, on first need)."""
+        if self._loaded:
+            return
+        apprise = _apprise()
+        for name, notifier in self.notifiers.items():
             self._targets[name] = []
             for url in notifier.urls:
                 obj = apprise.Apprise()
                 obj.add(url)
                 key = url_key(url)
                 self._apprise[(name, key)] = obj
+                if not len(obj):
+                    self._unusable.add((name, key))
                 masked = next((_masked(server) for server in obj), url.split(":", 1)[0] + "://")
                 self._targets[name].append(Target(name, key, masked))
         # A slow service holds a thread, never the event loop or the other URLs.
         self._pool = ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="send")
+        self._loaded = True
 
     def targets(self, notifier: str) -> list[Target]:
+        self.load()
         return list(self._targets.get(notifier, ()))
 
     def knows(self, notifier: str, target: str) -> bool:
+        self.load()
         if target == "*":
             return notifier in self._targets
         return (notifier, target) in self._apprise
 
     async def send(self, notifier: str, target: str, message: Message) -> tuple[bool, str]:
         """Send to one URL (``*``: every URL of the notifier); say whether it was accepted, and why not."""
+        self.load()
         keys = [t.key for t in self._targets[notifier]] if target == "*" else [target]
         body_format = self.notifiers[notifier].format
         loop = asyncio.get_running_loop()
@@ -235,9 +257,12 @@ class Sender:
                     self._pool, self._send_sync, self._apprise[(notifier, k)], message, body_format
                 )
                 for k in keys
+                if (notifier, k) not in self._unusable
             )
         )
         reasons = [why for ok, why in results if not ok]
+        if any((notifier, k) in self._unusable for k in keys):
+            reasons.append("apprise cannot use this URL (unknown service or missing parts)")
         return not reasons, "; ".join(reasons)
 
     @staticmethod
@@ -260,7 +285,8 @@ class Sender:
 
     def close(self, *, cancel: bool = True) -> None:
         """Stop the send threads; with ``cancel=False`` sends already queued still go out."""
-        self._pool.shutdown(wait=False, cancel_futures=cancel)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=cancel)
 
 
 def compose(notifier: Notifier, kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
@@ -316,6 +342,7 @@ class Dispatcher:
     def reconfigure(self, notifiers: Mapping[str, Notifier]) -> None:
         """Use new notifiers from now on; sends in flight finish on the old ones."""
         old, self.sender = self.sender, Sender(notifiers)
+        self.sender.load()  # the daemon has apprise loaded already: this is quick
         old.close(cancel=False)
         self.wake()
 

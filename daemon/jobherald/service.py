@@ -19,10 +19,14 @@ from jobherald import __version__
 from jobherald.config import Config, systemd_environment
 from jobherald.fetch import Fetcher, RetryPolicy
 from jobherald.notify import Dispatcher
-from jobherald.schedule import Schedule, Watcher
+from jobherald.schedule import Periodic, Pool, Watcher, poll_once
 from jobherald.store import Store
 
 log = logging.getLogger(__name__)
+
+# Poll times of polls that changed nothing are written this often (and at shutdown).
+FLUSH_EVERY = 300.0
+REMIND_EVERY = 60.0
 
 
 _PRIORITIES = {
@@ -116,6 +120,9 @@ class Daemon:
         env = systemd_environment()
         self.systemd = SystemdNotifier(env.notify_socket)
         self.watchdog_usec = env.watchdog_usec
+        # The running parts, for whoever drives the daemon in-process (the benchmarks).
+        self.pool: Pool | None = None
+        self.watcher: Watcher | None = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -149,7 +156,8 @@ class Daemon:
     async def run_once(self) -> dict[str, int]:
         """Poll every active job once, deliver what is due, and return the state counts."""
         async with self._parts() as (_, dispatcher, watcher):
-            await watcher.poll_all([j.id for j in watcher.active()])
+            await poll_once(watcher.poll, [j.id for j in watcher.active()], self.config.concurrency)
+            await watcher.flush()
             await watcher.remind()
             await dispatcher.deliver_due()
             return watcher.counts()
@@ -167,23 +175,44 @@ class Daemon:
         async with self._parts() as (store, dispatcher, watcher):
             if retried := await store.retry_pending_now(self.clock()):
                 log.info("retrying %d undelivered messages from before the restart", retried)
-            schedule = Schedule(watcher)
+            dispatcher.sender.load()
+            pool = Pool(watcher.poll, self.config.concurrency, stuck_after=self._stuck_after())
+            self.pool, self.watcher = pool, watcher
+            periodic = Periodic()
+            periodic.every(FLUSH_EVERY, "writing poll times", watcher.flush)
+            periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
             delivering = asyncio.Event()
             sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
-            schedule.start()
-            heartbeat = asyncio.create_task(self._heartbeat(schedule, watcher), name="heartbeat")
+            pool.start()
+            active = pool.add((j.id, j.poll_interval) for j in watcher.active())
+            periodic.start()
+            log.info(
+                "watching %d jobs (%d already finished) with %d pollers on the %s loop",
+                active,
+                len(watcher.jobs) - active,
+                pool.size,
+                self.config.event_loop,
+            )
+            heartbeat = asyncio.create_task(
+                self._heartbeat(pool, periodic, watcher), name="heartbeat"
+            )
             self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
             with _signals(self.stop, self.reload):
                 while not self.stopping.is_set():
                     await _first(self.stopping, self.reloading)
                     if self.reloading.is_set() and not self.stopping.is_set():
                         self.reloading.clear()
-                        await self._reload(watcher, dispatcher, schedule)
+                        await self._reload(watcher, dispatcher, pool)
             self.systemd.send("STOPPING=1", "STATUS=stopping: finishing polls and deliveries")
             heartbeat.cancel()
             log.info("stopping: finishing polls and deliveries in flight")
             deadline = time.monotonic() + self.config.shutdown_timeout
-            cut = await schedule.stop(self.config.shutdown_timeout)
+            periodic.stop()
+            cut = await pool.stop(self.config.shutdown_timeout)
+            try:
+                await watcher.flush()
+            except Exception:
+                log.exception("writing poll times at shutdown failed")
             delivering.set()
             await self._finish(sender, dispatcher, deadline)
             counts = await store.delivery_counts()
@@ -198,7 +227,15 @@ class Daemon:
             )
         self.systemd.close()
 
-    async def _reload(self, watcher: Watcher, dispatcher: Dispatcher, schedule: Schedule) -> None:
+    def _stuck_after(self) -> float:
+        """How long a poll may take before the pool counts it as hung: every attempt of
+        one poll (and of a credentials fetch before it) timing out, twice over, plus a minute."""
+        timeout = max((s.timeout for s in self.config.sources.values()), default=10.0)
+        policy = RetryPolicy(retries=self.config.retries)
+        attempt = timeout + max(policy.max_backoff, policy.max_retry_after)
+        return 2 * (self.config.retries + 2) * attempt + 60.0
+
+    async def _reload(self, watcher: Watcher, dispatcher: Dispatcher, pool: Pool) -> None:
         """Read the config again and apply it; a config that does not validate changes nothing."""
         from jobherald import config as config_module
         from jobherald.errors import ConfigError
@@ -208,14 +245,14 @@ class Daemon:
         )
         old = self.config
         try:
-            new = await asyncio.to_thread(config_module.load, old.path)
+            new = await asyncio.to_thread(config_module.load, old.path, check_urls=True)
         except ConfigError as exc:
             for line in exc.problems:
                 log.error("reload refused: %s", line)
             log.error("reload refused: still running the previous configuration")
             self.systemd.send("READY=1", f"STATUS=reload refused; {self._status(watcher)}")
             return
-        for key in ("database_url", "concurrency", "host_concurrency", "retries"):
+        for key in ("database_url", "concurrency", "host_concurrency", "retries", "event_loop"):
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: a change of %s takes effect at the next restart", key)
         new = replace(
@@ -224,12 +261,15 @@ class Daemon:
             concurrency=old.concurrency,
             host_concurrency=old.host_concurrency,
             retries=old.retries,
+            event_loop=old.event_loop,
         )
         if new.log_level != old.log_level:
             setup_logging(new.log_level)
         changed, removed = await watcher.reconfigure(new)
         dispatcher.reconfigure(new.notifiers)
-        schedule.apply(changed, removed)
+        pool.remove(removed)
+        pool.remove(j.id for j in changed if watcher.views[j.id].state.terminal)
+        pool.add((j.id, j.poll_interval) for j in changed if not watcher.views[j.id].state.terminal)
         self.config = new
         log.info(
             "reloaded %s: %d jobs, %d new or changed, %d removed",
@@ -257,17 +297,31 @@ class Daemon:
             line += f"; last poll {ago:.0f} s ago"
         return line
 
-    async def _heartbeat(self, schedule: Schedule, watcher: Watcher) -> None:
-        """From the event loop itself: WATCHDOG=1 while the scheduler fires, and STATUS."""
+    async def _heartbeat(self, pool: Pool, periodic: Periodic, watcher: Watcher) -> None:
+        """From the event loop itself: WATCHDOG=1 while the pool polls and the chores run."""
         every = 5.0
         if self.watchdog_usec:
             every = min(every, self.watchdog_usec / 2_000_000)
+        loop = asyncio.get_running_loop()
+        said: str | None = None
         while True:
             await asyncio.sleep(every)
-            if self.watchdog_usec and schedule.alive(self.clock()):
-                self.systemd.send("WATCHDOG=1", f"STATUS={self._status(watcher)}")
+            problem = pool.health(loop.time())
+            if problem is None and not periodic.alive(self.clock()):
+                problem = "the periodic chores have stopped"
+            if problem != said:
+                if problem is not None:
+                    log.error("polling is stuck: %s", problem)
+                elif said is not None:
+                    log.info("polling works again")
+                said = problem
+            status = self._status(watcher)
+            if problem is not None:
+                self.systemd.send(f"STATUS=stuck: {problem}; {status}")
+            elif self.watchdog_usec:
+                self.systemd.send("WATCHDOG=1", f"STATUS={status}")
             else:
-                self.systemd.send(f"STATUS={self._status(watcher)}")
+                self.systemd.send(f"STATUS={status}")
 
     async def _finish(
         self, sender: asyncio.Task[None], dispatcher: Dispatcher, deadline: float

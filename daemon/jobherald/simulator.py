@@ -117,6 +117,9 @@ class Simulator:
         self.signed_requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        # Requests in flight for one job at once (a poller must never overlap its own polls).
+        self.job_in_flight: dict[str, int] = {}
+        self.max_job_in_flight = 0
         self.jobs: dict[str, SimJob] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.request_times: list[float] = []
@@ -160,12 +163,16 @@ class Simulator:
     async def _job(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.path, dict(request.headers)))
         self.request_times.append(time.monotonic())
+        job_id = request.match_info["job_id"]
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        overlap = self.job_in_flight[job_id] = self.job_in_flight.get(job_id, 0) + 1
+        self.max_job_in_flight = max(self.max_job_in_flight, overlap)
         try:
             return await self._answer(request)
         finally:
             self.in_flight -= 1
+            self.job_in_flight[job_id] -= 1
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         headers = {"X-Request-Id": uuid.uuid4().hex}

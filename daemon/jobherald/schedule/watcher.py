@@ -1,19 +1,13 @@
-"""Polling: one poll of one job, and the APScheduler schedule that fires them.
-
-A poll flows as: source fetches a snapshot (or a FetchError) → the pure model
-decides what changed → the store writes it with its events → the dispatcher is
-woken. A job that reached a terminal state leaves the schedule for good.
+"""One poll of one job: the source fetches a snapshot (or a FetchError), the pure model
+decides what changed, the store writes it with its events, the dispatcher is woken.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from jobherald.config import Config, WatchedJob
@@ -26,7 +20,6 @@ from jobherald.model import (
     Outcome,
     SourceHealth,
     State,
-    backoff_interval,
     duration_seconds,
     observe,
     observe_error,
@@ -34,13 +27,11 @@ from jobherald.model import (
     observe_source_ok,
 )
 from jobherald.notify import Dispatcher, advice
+from jobherald.schedule.pool import PollResult
 from jobherald.sources import RomaConnect, make_source
 from jobherald.store import JobIdentity, NewEvent, Store, Target
 
 log = logging.getLogger(__name__)
-
-FLUSH_EVERY = 60.0
-REMIND_EVERY = 60.0
 
 
 def _utcnow() -> datetime:
@@ -112,13 +103,6 @@ def event_payload(
     }
 
 
-@dataclass(frozen=True, slots=True)
-class PollResult:
-    terminal: bool = False
-    failed: bool = False
-    retry_after: float | None = None
-
-
 class Watcher:
     """The watched jobs, their last known views, and how to poll one of them."""
 
@@ -142,7 +126,7 @@ class Watcher:
         self.views: dict[str, JobView] = {}
         self.health: dict[str, SourceHealth] = {}
         self._source_locks = {name: asyncio.Lock() for name in self.sources}
-        self._unflushed: dict[str, datetime] = {}
+        self._polled_at: dict[str, datetime] = {}
         self.polls = 0
         self.last_poll_at: datetime | None = None
 
@@ -241,7 +225,7 @@ class Watcher:
         error: FetchError | None,
     ) -> None:
         if not outcome.changed and outcome.transition is None:
-            self._unflushed[job.id] = now
+            self._polled_at[job.id] = now
             return
         source = self.config.sources[job.source]
         new_events = []
@@ -254,7 +238,7 @@ class Watcher:
             )
             new_events.append(NewEvent(event.kind.value, payload, targets))
         await self.store.record(job.id, outcome, now, new_events)
-        self._unflushed.pop(job.id, None)
+        self._polled_at.pop(job.id, None)
         self.views[job.id] = outcome.job
         if before.error and outcome.job.error is None:
             log.info("polling job %s (%s) works again", job.name, job.id)
@@ -392,172 +376,16 @@ class Watcher:
         return made
 
     async def flush(self) -> None:
-        """Write the poll times of polls that changed nothing, all in one statement."""
-        pending, self._unflushed = self._unflushed, {}
+        """Write the poll times of polls that changed nothing, all in one statement.
+
+        Those times are kept in memory (a poll that changes something writes its time
+        with its change); they reach the database at this flush, every few minutes and
+        at shutdown, so that 10,000 unchanged jobs do not cost 10,000 rows a minute.
+        """
+        pending, self._polled_at = self._polled_at, {}
         try:
             await self.store.touch(pending)
         except Exception:
             for job_id, at in pending.items():
-                self._unflushed.setdefault(job_id, at)
+                self._polled_at.setdefault(job_id, at)
             raise
-
-    async def poll_all(self, job_ids: Sequence[str]) -> None:
-        """Poll the given jobs once each, side by side (the fetcher caps requests in flight)."""
-        results = await asyncio.gather(
-            *(self.poll(job_id) for job_id in job_ids), return_exceptions=True
-        )
-        for job_id, result in zip(job_ids, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("polling job %s failed: %s", job_id, result)
-        await self.flush()
-
-
-class Schedule:
-    """The APScheduler schedule: one interval job per active watched job."""
-
-    def __init__(self, watcher: Watcher) -> None:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        self.watcher = watcher
-        self.scheduler = AsyncIOScheduler(
-            timezone=UTC,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        )
-        self._in_flight: set[asyncio.Task[Any]] = set()
-        self._failures: dict[str, int] = {}
-        self._intervals: dict[str, float] = {}
-
-    def start(self) -> None:
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        active = self.watcher.active()
-        spread_limit = 1.0 + len(active) / 200.0
-        now = self.watcher.clock()
-        for job in active:
-            self.add(
-                job,
-                now + timedelta(seconds=random.uniform(0, min(job.poll_interval, spread_limit))),
-            )
-        self.scheduler.add_job(
-            self._flush, IntervalTrigger(seconds=FLUSH_EVERY), id="jobherald:flush"
-        )
-        self.scheduler.add_job(
-            self._remind, IntervalTrigger(seconds=REMIND_EVERY), id="jobherald:remind"
-        )
-        self.scheduler.start()
-        log.info(
-            "watching %d jobs (%d already finished)",
-            len(active),
-            len(self.watcher.jobs) - len(active),
-        )
-
-    def add(self, job: WatchedJob, first_at: datetime) -> None:
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        jitter = min(job.poll_interval * 0.1, 30.0)
-        self.scheduler.add_job(
-            self._poll,
-            IntervalTrigger(seconds=job.poll_interval, jitter=jitter or None),
-            id=job.id,
-            args=[job.id],
-            next_run_time=first_at,
-            replace_existing=True,
-        )
-
-    async def _poll(self, job_id: str) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._in_flight.add(task)
-        try:
-            result = await self.watcher.poll(job_id)
-            if result.terminal:
-                self._remove(job_id)
-            else:
-                self._pace(job_id, result)
-        except asyncio.CancelledError:
-            log.debug("poll of job %s cut off at shutdown", job_id)
-        except Exception:
-            log.exception("polling job %s failed", job_id)
-        finally:
-            if task is not None:
-                self._in_flight.discard(task)
-
-    def _pace(self, job_id: str, result: PollResult) -> None:
-        """Back a failing job's interval off, and bring it back on the first good poll."""
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        job = self.watcher.jobs[job_id]
-        failures = self._failures.get(job_id, 0) + 1 if result.failed else 0
-        self._failures[job_id] = failures
-        interval = backoff_interval(job.poll_interval, failures)
-        if result.retry_after is not None:
-            interval = max(interval, result.retry_after)
-        if interval == self._intervals.get(job_id, job.poll_interval):
-            return
-        self._intervals[job_id] = interval
-        jitter = min(interval * 0.1, 30.0)
-        from apscheduler.jobstores.base import JobLookupError
-
-        with contextlib.suppress(JobLookupError):
-            self.scheduler.reschedule_job(
-                job_id, trigger=IntervalTrigger(seconds=interval, jitter=jitter or None)
-            )
-        if failures:
-            log.debug("job %s: %d failed polls; next in %.1fs", job.name, failures, interval)
-
-    def _remove(self, job_id: str) -> None:
-        from apscheduler.jobstores.base import JobLookupError
-
-        with contextlib.suppress(JobLookupError):
-            self.scheduler.remove_job(job_id)
-
-    async def _remind(self) -> None:
-        try:
-            await self.watcher.remind()
-        except Exception:
-            log.exception("sending reminders failed; will try again")
-
-    async def _flush(self) -> None:
-        try:
-            await self.watcher.flush()
-        except Exception:
-            log.exception("writing poll times failed; will try again")
-
-    def apply(self, changed: Sequence[WatchedJob], removed: Sequence[str]) -> None:
-        """Schedule new and changed jobs, and unschedule removed ones (after a reload)."""
-        for job_id in removed:
-            self._remove(job_id)
-            self._failures.pop(job_id, None)
-            self._intervals.pop(job_id, None)
-        now = self.watcher.clock()
-        for job in changed:
-            self._failures.pop(job.id, None)
-            self._intervals.pop(job.id, None)
-            if self.watcher.views[job.id].state.terminal:
-                self._remove(job.id)
-            else:
-                spread = min(job.poll_interval, 1.0 + len(changed) / 200.0)
-                self.add(job, now + timedelta(seconds=random.uniform(0, spread)))
-
-    def alive(self, now: datetime) -> bool:
-        """Whether the scheduler still fires: running, and its own flush not overdue."""
-        if not self.scheduler.running:
-            return False
-        flush = self.scheduler.get_job("jobherald:flush")
-        if flush is None or flush.next_run_time is None:
-            return False
-        return bool(flush.next_run_time >= now - timedelta(seconds=4 * FLUSH_EVERY))
-
-    async def stop(self, timeout: float) -> int:
-        """Stop firing, let polls in flight finish (up to ``timeout``); return those cut off."""
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
-        pending = set(self._in_flight)
-        cut = 0
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=timeout)
-            for task in still:
-                task.cancel()
-            cut = len(still)
-        await self._flush()
-        return cut
