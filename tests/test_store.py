@@ -170,3 +170,27 @@ def test_the_schema_head_constant_is_the_newest_migration() -> None:
     from jobherald.store import SCHEMA_HEAD
 
     assert head_revision() == SCHEMA_HEAD
+
+
+async def test_ten_thousand_jobs_are_registered_and_loaded_with_one_read(tmp_path: Path) -> None:
+    store = await Store.open(url(tmp_path / "jh.db"))
+    statements: list[str] = []
+    sa.event.listen(
+        store.engine.sync_engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: statements.append(statement.split()[0].upper()),
+    )
+    watched = [JobIdentity(f"j{i}", f"job {i}", "roma", "i") for i in range(10_000)]
+    views = await store.sync_jobs(watched, NOW)
+    assert len(views) == 10_000 and views["j7"] == JobView("j7")
+    assert statements.count("SELECT") == 1 and statements.count("INSERT") == 1
+    statements.clear()
+    renamed = [JobIdentity("j0", "renamed", "roma", "i"), *watched[1:-1]]  # j9999 left
+    views = await store.sync_jobs(renamed, NOW)
+    assert len(views) == 10_000
+    assert statements == ["BEGIN", "SELECT", "UPDATE"]  # COMMIT is not a cursor statement
+    await store.close()
+    with sqlite3.connect(tmp_path / "jh.db") as conn:
+        assert conn.execute("select name from jobs where id = 'j0'").fetchone() == ("renamed",)
+        assert conn.execute("select configured from jobs where id = 'j9999'").fetchone() == (0,)
+        assert conn.execute("select count(*) from jobs where configured").fetchone() == (9_999,)

@@ -387,10 +387,34 @@ class Store:
         log.info("copied %s to %s before migrating", source, target)
 
     async def sync_jobs(self, watched: Sequence[JobIdentity], now: datetime) -> dict[str, JobView]:
-        """Register configured jobs (new ones as pending); return every known job."""
+        """Register configured jobs (new ones as pending); return every known job.
+
+        One read of the jobs table, one insert of the new jobs and one update of the
+        jobs whose name, source or instance changed (or that left the config).
+        """
         wanted = {j.id: j for j in watched}
         async with self._writing() as conn:
-            existing = {row.id: row for row in await conn.execute(sa.select(jobs))}
+            views: dict[str, JobView] = {}
+            changes: list[dict[str, Any]] = []
+            for row in await conn.execute(sa.select(jobs)):
+                views[row.id] = _view(row)
+                j = wanted.get(row.id)
+                if j is None:
+                    if row.configured:
+                        changes.append(
+                            {"key": row.id, "name": row.name, "source": row.source}
+                            | {"instance_id": row.instance_id, "configured": False}
+                        )
+                elif (row.name, row.source, row.instance_id, row.configured) != (
+                    j.name,
+                    j.source,
+                    j.instance_id,
+                    True,
+                ):
+                    changes.append(
+                        {"key": j.id, "name": j.name, "source": j.source}
+                        | {"instance_id": j.instance_id, "configured": True}
+                    )
             new_rows = [
                 {
                     "id": j.id,
@@ -402,26 +426,15 @@ class Store:
                     "created_at": now,
                 }
                 for j in watched
-                if j.id not in existing
+                if j.id not in views
             ]
             if new_rows:
                 await conn.execute(sa.insert(jobs), new_rows)
-            for job_id, row in existing.items():
-                j = wanted.get(job_id)
-                values: dict[str, Any]
-                if j is None:
-                    values = {"configured": False}
-                else:
-                    values = {
-                        "name": j.name,
-                        "source": j.source,
-                        "instance_id": j.instance_id,
-                        "configured": True,
-                    }
-                if any(getattr(row, k) != v for k, v in values.items()):
-                    await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
-            rows = await conn.execute(sa.select(jobs))
-            return {row.id: _view(row) for row in rows}
+                for new in new_rows:
+                    views[new["id"]] = JobView(id=new["id"])
+            if changes:
+                await conn.execute(_UPDATE_IDENTITY, changes)
+            return views
 
     async def record(
         self,
@@ -723,6 +736,18 @@ _UPDATE_JOB = (
     sa.update(jobs)
     .where(jobs.c.id == sa.bindparam("job_key"))
     .values({c: sa.bindparam(f"v_{c}", type_=jobs.c[c].type) for c in _VIEW_COLUMNS})
+)
+
+
+_UPDATE_IDENTITY = (
+    sa.update(jobs)
+    .where(jobs.c.id == sa.bindparam("key"))
+    .values(
+        name=sa.bindparam("name"),
+        source=sa.bindparam("source"),
+        instance_id=sa.bindparam("instance_id"),
+        configured=sa.bindparam("configured"),
+    )
 )
 
 

@@ -1,0 +1,101 @@
+"""A lean start: each command loads only what it uses; the daemon's loop is chosen by config."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from jobherald.simulator import SimJob, Simulator, running, succeeded
+
+from .conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
+
+HEAVY = ("alembic", "apprise", "apscheduler", "jinja2")
+
+# Runs the command line, then says which of the heavy libraries were imported.
+PROBE = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('LOADED', sorted({m.split('.')[0] for m in sys.modules}"
+    f" & {set(HEAVY)!r}), file=sys.stderr))\n"
+    "from jobherald.cli import main\n"
+    "main()\n"
+)
+
+
+async def loaded(*args: str) -> list[str]:
+    code, _, err = await jobherald_python(*args)
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if line.startswith("LOADED"))
+    return list(json.loads(line.removeprefix("LOADED ").replace("'", '"')))
+
+
+async def jobherald_python(*args: str) -> tuple[int, str, str]:
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        PROBE,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_pass_with_nothing_to_send_loads_no_apprise_alembic_jinja_or_scheduler(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    sim.add(SimJob("a", [running(0.2)]))
+    path = configs.write(["a"], notifiers={"ops": {"urls": ["json://127.0.0.1:9/x"]}})
+    assert await loaded("run", "--once", "-c", str(path)) == ["alembic"]  # creates the schema
+    # On a current schema, a pass that changes nothing worth a message needs none of them.
+    assert await loaded("run", "--once", "-c", str(path)) == []
+    assert await loaded("status", "-c", str(path)) == []
+
+
+async def test_a_pass_with_a_message_to_send_loads_apprise_to_send_it(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    sim.add(SimJob("a", [succeeded()]))
+    path = configs.write(["a"])
+    assert await loaded("run", "--once", "-c", str(path)) == ["alembic", "apprise"]
+    assert receiver.titles() == ["a succeeded"]
+
+
+async def test_check_config_still_asks_apprise_about_every_url(configs: ConfigWriter) -> None:
+    path = configs.write(["a"], notifiers={"ops": {"urls": ["json://h/x", "nosuch://x"]}})
+    code, _, err = await jobherald("check-config", "-c", str(path))
+    assert code == 2
+    assert "notifiers.ops.urls[1]: apprise cannot use this nosuch:// URL" in err
+
+
+async def test_a_url_apprise_cannot_use_fails_its_delivery_in_a_pass_with_the_reason(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    sim.add(SimJob("a", [succeeded()]))
+    path = configs.write(["a"], notifiers={"ops": {"urls": [receiver.url(), "nosuch://x"]}})
+    code, _, err = await jobherald("run", "--once", "-c", str(path))
+    assert code == 0
+    assert receiver.titles() == ["a succeeded"]
+    assert "apprise cannot use this URL" in err
+
+
+async def test_the_daemon_runs_on_uvloop_unless_told_otherwise(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    sim.add(SimJob("a", [running(0.2)]))
+    for wanted, expected in ((None, "uvloop"), ("asyncio", "asyncio")):
+        settings = {"event_loop": wanted} if wanted else {}
+        cfg = configs.load(["a"], daemon=settings)
+        assert cfg.event_loop == expected
+    path = configs.write(["a"], daemon={"event_loop": "uvloop"})
+    log = configs.folder / "daemon.log"
+    proc = await spawn_daemon(path, log)
+    try:
+        await wait_for(lambda: "pollers on the uvloop loop" in log.read_text(), 20, "start line")
+        await wait_for(lambda: sim.polls("a") >= 2, 10, "two polls")
+    finally:
+        proc.terminate()
+        assert await proc.wait() == 0
