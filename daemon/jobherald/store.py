@@ -415,23 +415,24 @@ class Store:
                         {"key": j.id, "name": j.name, "source": j.source}
                         | {"instance_id": j.instance_id, "configured": True}
                     )
-            new_rows = [
-                {
-                    "id": j.id,
-                    "name": j.name,
-                    "source": j.source,
-                    "instance_id": j.instance_id,
-                    "configured": True,
-                    "state": State.PENDING.value,
-                    "created_at": now,
-                }
-                for j in watched
-                if j.id not in views
-            ]
-            if new_rows:
-                await conn.execute(sa.insert(jobs), new_rows)
-                for new in new_rows:
-                    views[new["id"]] = JobView(id=new["id"])
+            new = [j for j in watched if j.id not in views]
+            if new:
+                await conn.execute(
+                    sa.insert(jobs),
+                    [
+                        {
+                            "id": j.id,
+                            "name": j.name,
+                            "source": j.source,
+                            "instance_id": j.instance_id,
+                            "configured": True,
+                            "state": State.PENDING.value,
+                            "created_at": now,
+                        }
+                        for j in new
+                    ],
+                )
+                views.update((j.id, JobView(id=j.id)) for j in new)
             if changes:
                 await conn.execute(_UPDATE_IDENTITY, changes)
             return views
