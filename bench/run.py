@@ -398,11 +398,14 @@ def peer(count: int, rounds: int) -> str:
         timed(mine, **pin)
         theirs = [timed(urlwatch, **pin) for _ in range(rounds)]
         ours = [timed(mine, **pin) for _ in range(rounds)]
+        bare = [PY, str(HERE / "floor.py"), base, str(count), "--passes", "0"]
+        floors = [timed(bare, **pin) for _ in range(rounds)]
     their_wall, their_cpu = (
         statistics.median(w for w, _ in theirs),
         statistics.median(c for _, c in theirs),
     )
     our_wall, our_cpu = statistics.median(w for w, _ in ours), statistics.median(c for _, c in ours)
+    floor_wall = statistics.median(w for w, _ in floors)
     return table(
         f"Against a peer: one fresh-process pass over {count:,} job URLs (median of {rounds})",
         [
@@ -411,6 +414,11 @@ def peer(count: int, rounds: int) -> str:
             (
                 "jobherald is faster by (wall / CPU)",
                 f"{their_wall / our_wall:.1f}x / {their_cpu / our_cpu:.1f}x",
+            ),
+            (
+                "the one-shot floor (a fresh bare aiohttp process, same GETs): wall",
+                f"{floor_wall:.2f} s; jobherald is {our_wall / floor_wall:.1f}x that, "
+                f"urlwatch {their_wall / floor_wall:.1f}x",
             ),
             ("target: at least 5x faster", "met" if their_wall / our_wall >= 5 else "missed"),
         ],

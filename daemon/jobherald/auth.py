@@ -58,6 +58,7 @@ class StaticToken:
         self._file = config.token_file
         self._token = config.token.get_secret_value() if config.token else None
         self._stamp: tuple[int, int] | None = None
+        self._marks: dict[str, str] = {}  # token -> its fingerprint, worked out once
 
     def _current(self) -> str:
         if self._file is None:
@@ -84,11 +85,17 @@ class StaticToken:
     ) -> str | None:
         token = self._current()
         headers["X-Auth-Token"] = token
-        return _fingerprint(token)
+        return self._mark(token)
+
+    def _mark(self, token: str) -> str:
+        mark = self._marks.get(token)
+        if mark is None:
+            self._marks = {token: (mark := _fingerprint(token))}
+        return mark
 
     def invalidate(self, used: str | None) -> bool:
         # Only a token file can change under us; a retry helps if it has.
-        return self._file is not None and _fingerprint(self._current()) != used
+        return self._file is not None and self._mark(self._current()) != used
 
 
 class IamPassword:

@@ -91,6 +91,7 @@ class Fetcher:
         self.policy = policy
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(
@@ -197,6 +198,9 @@ class Fetcher:
     ) -> Response:
         if self._session is None:
             raise RuntimeError("Fetcher used outside its context")
+        limits = self._timeouts.get(timeout)
+        if limits is None:
+            limits = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         async with self._limit:
             try:
                 async with self._session.request(
@@ -204,7 +208,7 @@ class Fetcher:
                     url,
                     headers=headers,
                     json=payload,
-                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    timeout=limits,
                     ssl=verify_tls,
                     allow_redirects=False,
                 ) as response:

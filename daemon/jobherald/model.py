@@ -172,8 +172,33 @@ def _percent(value: float) -> str:
     return f"{value * 100:.0f}%"
 
 
+def _same_answer(job: JobView, snap: Snapshot) -> bool:
+    """Whether this answer says nothing the view does not hold already (the usual poll)."""
+    return (
+        snap.state is job.state
+        and snap.raw_status == job.raw_status
+        and job.error is None
+        and job.error_since is None
+        and not job.not_found
+        and not job.error_notified
+        and job.progress_changed_at is not None
+        and (snap.progress is None or snap.progress == job.progress)
+        and not _progress_worth_keeping(job.recorded_progress, snap.progress)
+        and (snap.type is None or snap.type == job.type)
+        and (snap.archive_id is None or snap.archive_id == job.archive_id)
+        and (not snap.reasons or snap.reasons == job.reasons)
+        and (snap.begin_time is None or snap.begin_time == job.begin_time)
+        and (snap.end_time is None or snap.end_time == job.end_time)
+    )
+
+
 def observe(job: JobView, snap: Snapshot, now: datetime, rules: Rules = Rules()) -> Outcome:
     """Fold one successful poll into a job's stored view, and say what it causes."""
+    if _same_answer(job, snap):
+        # Nothing new: only the running job's timers can have something to say.
+        quiet: list[Event] = []
+        new = _running_rules(job, job, now, rules, quiet) if job.state is State.RUNNING else job
+        return Outcome(job=new, changed=new is not job, events=tuple(quiet))
     progress = snap.progress if snap.progress is not None else job.progress
     progress_moved = job.progress_changed_at is None or progress != job.progress
     new = replace(

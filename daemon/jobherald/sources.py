@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -37,13 +38,22 @@ class RomaConnect:
         self.credentials = make_credentials(
             config.auth, config.project_id, config.timeout, *([clock] if clock else [])
         )
+        self._urls: dict[tuple[str, str], str] = {}
 
     def url_for(self, job: WatchedJob) -> str:
-        c = self.config
-        return (
-            f"{c.endpoint}/v2/{quote(c.project_id, safe='')}/instances/"
-            f"{quote(job.instance_id, safe='')}/assets/jobs/{quote(job.id, safe='')}"
-        )
+        key = (job.instance_id, job.id)
+        url = self._urls.get(key)
+        if url is None:
+            c = self.config
+            url = self._urls[key] = (
+                f"{c.endpoint}/v2/{quote(c.project_id, safe='')}/instances/"
+                f"{quote(job.instance_id, safe='')}/assets/jobs/{quote(job.id, safe='')}"
+            )
+        return url
+
+    def forget(self, job_id: str, instance_id: str) -> None:
+        """Drop what is kept for a job that left the config."""
+        self._urls.pop((instance_id, job_id), None)
 
     async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
         """One job's snapshot; with fresh credentials once more if the service rejected them."""
@@ -74,19 +84,22 @@ def _rejects_credentials(response: Response) -> bool:
 
 
 def parse_response(response: Response) -> Snapshot:
-    request_id = response.headers.get("X-Request-Id")
     if response.status != 200:
-        raise _http_error(response, request_id)
+        raise _http_error(response, response.headers.get("X-Request-Id"))
     try:
         body = json.loads(response.body)
     except (ValueError, UnicodeDecodeError):
         raise FetchError(
-            "body", f"answer is not JSON: {_preview(response.body)}", request_id=request_id
+            "body",
+            f"answer is not JSON: {_preview(response.body)}",
+            request_id=response.headers.get("X-Request-Id"),
         ) from None
     try:
         return parse_job(body)
     except (ValueError, TypeError) as exc:
-        raise FetchError("body", f"unexpected answer: {exc}", request_id=request_id) from None
+        raise FetchError(
+            "body", f"unexpected answer: {exc}", request_id=response.headers.get("X-Request-Id")
+        ) from None
 
 
 def parse_job(body: Any) -> Snapshot:
@@ -158,6 +171,12 @@ def _reasons(value: Any) -> tuple[Reason, ...]:
 def _time(value: Any) -> datetime | None:
     if not value or not isinstance(value, str):
         return None
+    return _parse_time(value)
+
+
+@lru_cache(maxsize=4096)
+def _parse_time(value: str) -> datetime | None:
+    """An ISO 8601 time as aware UTC (a job's begin time is read again at every poll)."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -52,7 +52,7 @@ PollFn = Callable[[str], Awaitable[PollResult]]
 
 # The timer wakes at most once per tick and starts every job due by then: a thousand
 # jobs a second spread evenly cost a hundred wake-ups, not a thousand.
-TICK = 0.01
+TICK = 0.05
 
 
 class PoolStats:

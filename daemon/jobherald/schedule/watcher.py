@@ -166,6 +166,10 @@ class Watcher:
         self.jobs = {j.id: j for j in config.jobs}
         await self._sync_jobs()
         removed = [job_id for job_id in old_jobs if job_id not in self.jobs]
+        for job_id in removed:
+            gone = old_jobs[job_id]
+            if (source := self.sources.get(gone.source)) is not None:
+                source.forget(gone.id, gone.instance_id)
         changed = [j for j in self.jobs.values() if old_jobs.get(j.id) != j]
         return changed, removed
 
