@@ -66,9 +66,10 @@ uninstall:
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "uninstalled; $(CONFDIR) and /var/lib/private/jobherald are kept (remove them by hand)"
 
+# BEFORE=REF also measures the overhead of commit REF, side by side in the same run.
 .PHONY: bench
 bench: $(VENV)/.installed-bench
-	$(BIN)/python bench/run.py all
+	$(BIN)/python bench/run.py all $(if $(BEFORE),--before $(BEFORE))
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,bench]'
