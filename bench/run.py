@@ -2,7 +2,8 @@
 
 Everything runs on 127.0.0.1: a fast fake upstream on one core, the measured client
 on the other. Runs are bounded in time; figures are printed as tables and written to
-bench/RESULTS.md. Usage: python bench/run.py [overhead|latency|peer|startup|all] [--quick]
+bench/RESULTS.md. Usage: python bench/run.py [overhead|profile|latency|peer|startup|all] [--quick]
+[--before REF]
 """
 
 from __future__ import annotations
@@ -103,48 +104,11 @@ def table(title: str, rows: list[tuple[str, str]]) -> str:
     return text
 
 
-def floor(base: str, count: int, passes: int, event_loop: str) -> float:
-    """CPU µs per GET of the bare aiohttp loop."""
+def floor(base: str, count: int, event_loop: str, *mode: str) -> float:
+    """CPU µs per GET of the bare aiohttp loop (bench/floor.py: flat out, or paced)."""
+    command = [DPY, str(HERE / "floor.py"), base, str(count), "--cpu", str(CLIENT_CPU)]
     out = subprocess.run(
-        [
-            DPY,
-            str(HERE / "floor.py"),
-            base,
-            str(count),
-            "--passes",
-            str(passes),
-            "--cpu",
-            str(CLIENT_CPU),
-            "--loop",
-            event_loop,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    figures = json.loads(out)
-    return float(figures["cpu"]) / float(figures["requests"]) * 1e6
-
-
-def paced_floor(base: str, count: int, interval: float, event_loop: str) -> float:
-    """CPU µs per GET of a bare aiohttp loop polling the same URLs on the daemon's schedule."""
-    out = subprocess.run(
-        [
-            DPY,
-            str(HERE / "paced_floor.py"),
-            base,
-            str(count),
-            "--interval",
-            str(interval),
-            "--warmup",
-            str(interval + 2),
-            "--seconds",
-            "15",
-            "--cpu",
-            str(CLIENT_CPU),
-            "--loop",
-            event_loop,
-        ],
+        [*command, "--loop", event_loop, *mode],
         capture_output=True,
         text=True,
         check=True,
@@ -247,8 +211,14 @@ def overhead(
     runs: list[tuple[str, dict[str, Any], float]] = []
     with upstream() as base:
         passes = max(1, min(5, 20_000 // count))
-        floors = {loop: floor(base, count, passes, loop) for loop in ("asyncio", "uvloop")}
-        paced = {loop: paced_floor(base, count, interval, loop) for loop in ("asyncio", "uvloop")}
+        loops = ("asyncio", "uvloop")
+        floors = {loop: floor(base, count, loop, "--passes", str(passes)) for loop in loops}
+        paced = {
+            loop: floor(
+                base, count, loop, "--interval", str(interval), "--warmup", str(interval + 2)
+            )
+            for loop in loops
+        }
         if before is not None:
             figures = probe(base, count, interval, seconds, warmup, "asyncio", code=before)
             runs.append(("before (asyncio)", figures, floors["asyncio"]))
