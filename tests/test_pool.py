@@ -110,3 +110,27 @@ async def test_stopping_lets_polls_in_flight_end() -> None:
     release.set()
     assert await stopping == 0
     assert sorted(ended) == ["a", "b"]
+
+
+async def test_a_job_removed_while_it_waits_for_a_poller_is_not_polled() -> None:
+    polled: list[str] = []
+    release = asyncio.Event()
+
+    async def poll(job_id: str) -> PollResult:
+        polled.append(job_id)
+        await release.wait()
+        return PollResult(terminal=True)
+
+    pool = Pool(poll, 1)
+    pool.start()
+    pool.add([("first", 1.0)], spread=0.0)
+    await wait_for(lambda: polled == ["first"], 5, "the first poll")
+    pool.add([("gone", 1.0), ("kept", 1.0)], spread=0.0)
+    await wait_for(lambda: pool.waiting() == 2, 5, "two jobs in line")
+    pool.remove(["gone"])  # a reload took it out of the config
+    release.set()
+    await wait_for(lambda: polled == ["first", "kept"], 5, "the kept job polled")
+    await asyncio.sleep(0.05)
+    assert polled == ["first", "kept"]
+    assert len(pool.queue) == 0
+    await pool.stop(1.0)

@@ -141,7 +141,7 @@ class Pool:
         """
         batch = list(jobs)
         limit = spread if spread is not None else 1.0 + len(batch) / 200.0
-        now = self.now() if self._loop is not None else 0.0
+        now = asyncio.get_running_loop().time()
         uniform = self._rng.uniform
         for job_id, interval in batch:
             self.queue.add(job_id, interval, now + uniform(0.0, min(interval, limit)))
@@ -210,6 +210,8 @@ class Pool:
         assert task is not None
         while not self._stopping:
             entry = await self._take()
+            if queue.entry(entry.job_id) is not entry:
+                continue  # left the config (a reload) while it waited for a poller
             started = loop.time()
             stats.started += 1
             stats.lag(started - entry.due)
