@@ -197,6 +197,10 @@ class Daemon:
             heartbeat = asyncio.create_task(
                 self._heartbeat(pool, periodic, watcher), name="heartbeat"
             )
+            # What start-up built (modules, config, views) lives as long as the daemon: keep
+            # it out of the garbage collector's scans, which then cover only what polls make.
+            gc.collect()
+            gc.freeze()
             self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
             with _signals(self.stop, self.reload):
                 while not self.stopping.is_set():
