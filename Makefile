@@ -33,7 +33,7 @@ test: lint
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache daemon/*.egg-info
+	rm -rf $(VENV) bench/.venv-daemon build dist .mypy_cache .ruff_cache .pytest_cache daemon/*.egg-info
 
 # Install as a system service (as root): a virtual environment of its own in /opt/jobherald
 # on the system's Python, /usr/local/bin/jobherald, the unit, and an example config that

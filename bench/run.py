@@ -580,6 +580,8 @@ def worktree(ref: str) -> Iterator[Path]:
         check=True,
         capture_output=True,
     )
+    # Run from the source tree (PYTHONPATH), the package's migrations where the wheel puts them.
+    (folder / "daemon" / "jobherald" / "migrations").symlink_to(folder / "migrations")
     try:
         yield folder
     finally:
