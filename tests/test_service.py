@@ -255,3 +255,27 @@ async def test_without_notify_socket_systemd_messages_are_silent(
     await wait_for(lambda: sim.polls("a") >= 2, 20, "polls")
     assert await daemon.stop() == 0
     assert "sd_notify" not in daemon.output()
+
+
+async def test_poll_times_of_unchanged_polls_are_written_at_shutdown_not_per_poll(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    sim.add(SimJob("a", [running(0.3)]))
+    config = configs.write(["a"], daemon={"poll_interval": "200ms"})
+    db = config.parent / "jobherald.db"
+
+    def last_polled() -> str | None:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("select last_polled_at from jobs where id = 'a'").fetchone()
+            return None if row is None else row[0]
+
+    daemon = await start(daemons, config)
+    await wait_for(lambda: sim.polls("a") >= 2, 20, "the first polls")
+    first = last_polled()  # written with the first poll's change (pending -> running)
+    assert first is not None
+    polls = sim.polls("a")
+    await wait_for(lambda: sim.polls("a") >= polls + 5, 20, "five more polls")
+    assert last_polled() == first  # polls that change nothing write no row
+    assert await daemon.stop() == 0
+    final = last_polled()
+    assert final is not None and final > first  # the latest poll time, written at shutdown
