@@ -279,3 +279,13 @@ async def test_poll_times_of_unchanged_polls_are_written_at_shutdown_not_per_pol
     assert await daemon.stop() == 0
     final = last_polled()
     assert final is not None and final > first  # the latest poll time, written at shutdown
+
+
+async def test_a_sigterm_during_start_up_stops_the_daemon_cleanly_once_started(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    sim.add(SimJob("a", [running(0.3)]))
+    daemon = await start(daemons, configs.write(["a"]))
+    await wait_for(lambda: "starting: config" in daemon.output(), 20, "the first log line")
+    assert await daemon.stop() == 0  # before the database is open and the pollers run
+    assert "stopped after" in daemon.output()

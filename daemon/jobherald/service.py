@@ -165,6 +165,12 @@ class Daemon:
 
     async def run(self) -> None:
         """Watch until ``stop()`` (or SIGTERM/SIGINT), then finish what is in flight."""
+        # Signals are heard from the first moment: a SIGTERM during start-up stops the
+        # daemon cleanly as soon as it has started, a SIGHUP reloads it then.
+        with _signals(self.stop, self.reload):
+            await self._watch()
+
+    async def _watch(self) -> None:
         started = time.monotonic()
         log.info(
             "jobherald %s starting: config %s, %d jobs, database %s",
@@ -202,12 +208,11 @@ class Daemon:
             gc.collect()
             gc.freeze()
             self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
-            with _signals(self.stop, self.reload):
-                while not self.stopping.is_set():
-                    await _first(self.stopping, self.reloading)
-                    if self.reloading.is_set() and not self.stopping.is_set():
-                        self.reloading.clear()
-                        await self._reload(watcher, dispatcher, pool)
+            while not self.stopping.is_set():
+                await _first(self.stopping, self.reloading)
+                if self.reloading.is_set() and not self.stopping.is_set():
+                    self.reloading.clear()
+                    await self._reload(watcher, dispatcher, pool)
             self.systemd.send("STOPPING=1", "STATUS=stopping: finishing polls and deliveries")
             heartbeat.cancel()
             log.info("stopping: finishing polls and deliveries in flight")
