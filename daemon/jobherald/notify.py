@@ -219,6 +219,10 @@ class Sender:
         """Build one apprise object per URL (apprise is imported here, on first need)."""
         if self._loaded:
             return
+        if not any(n.urls for n in self.notifiers.values()):
+            self._targets = {name: [] for name in self.notifiers}
+            self._loaded = True
+            return  # nothing to send to: no apprise
         apprise = _apprise()
         for name, notifier in self.notifiers.items():
             self._targets[name] = []
