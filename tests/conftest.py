@@ -62,6 +62,30 @@ async def spawn_daemon(
         )
 
 
+class NotifyListener:
+    """A NOTIFY_SOCKET of our own: what a service tells systemd, message by message."""
+
+    def __init__(self, folder: Path) -> None:
+        import socket
+
+        self.address = str(folder / "notify.sock")
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(self.address)
+        self._socket.setblocking(False)
+        self.heard: list[str] = []
+
+    def drain(self) -> list[str]:
+        """Every message heard so far, the newest last."""
+        while True:
+            try:
+                self.heard.append(self._socket.recv(4096).decode())
+            except BlockingIOError:
+                return self.heard
+
+    def close(self) -> None:
+        self._socket.close()
+
+
 class Receiver(LocalApp):
     """A webhook receiver on 127.0.0.1: what apprise's json:// URLs post to."""
 

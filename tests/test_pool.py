@@ -12,7 +12,7 @@ from jobherald.schedule.pool import PollResult, Pool
 from jobherald.service import Daemon
 from jobherald.simulator import Answer, SimJob, Simulator
 
-from .conftest import ConfigWriter, wait_for
+from .conftest import ConfigWriter, NotifyListener, wait_for
 
 
 async def test_the_pool_caps_requests_and_never_polls_one_job_twice_at_once(
@@ -142,24 +142,11 @@ async def test_a_job_removed_while_it_waits_for_a_poller_is_not_polled() -> None
 async def test_a_stopped_poller_stops_the_watchdog_pings(
     sim: Simulator, configs: ConfigWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import socket
-
     sim.add(SimJob("a", [Answer(status="RUNNING", progress=0.5)]))
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    address = str(tmp_path / "notify.sock")
-    listener.bind(address)
-    listener.setblocking(False)
-    heard: list[str] = []
-
-    def drain() -> list[str]:
-        while True:
-            try:
-                heard.append(listener.recv(4096).decode())
-            except BlockingIOError:
-                return heard
-
+    listener = NotifyListener(tmp_path)
+    drain = listener.drain
     # What systemd sets for a unit with WatchdogSec=0.4s: pings every 0.2 s while healthy.
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
     daemon = Daemon(configs.load(["a"], daemon={"poll_interval": "200ms", "concurrency": 2}))
     running = asyncio.create_task(daemon.run())
@@ -170,7 +157,7 @@ async def test_a_stopped_poller_stops_the_watchdog_pings(
         await wait_for(
             lambda: any("STATUS=stuck: poller 0 has stopped" in m for m in drain()), 10, "stuck"
         )
-        stuck_at = next(i for i, m in enumerate(heard) if "STATUS=stuck" in m)
+        stuck_at = next(i for i, m in enumerate(listener.heard) if "STATUS=stuck" in m)
         await asyncio.sleep(1.0)  # five ping periods
         assert not any("WATCHDOG=1" in m for m in drain()[stuck_at:])
     finally:

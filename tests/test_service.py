@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jobherald.simulator import SimJob, Simulator, failed, http_error, running, succeeded
-from tests.conftest import ConfigWriter, Receiver, spawn_daemon, wait_for
+from tests.conftest import ConfigWriter, NotifyListener, Receiver, spawn_daemon, wait_for
 
 
 class Running:
@@ -197,22 +197,10 @@ async def test_systemd_hears_ready_status_watchdog_reloading_and_stopping(
     daemons: list[Running],
     tmp_path: Path,
 ) -> None:
-    import socket as socket_module
-
     sim.add(SimJob("a", [running(0.3)]))
     sim.add(SimJob("b", [http_error(503)]))
-    listener = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_DGRAM)
-    address = str(tmp_path / "notify.sock")
-    listener.bind(address)
-    listener.setblocking(False)
-    heard: list[str] = []
-
-    def drain() -> list[str]:
-        while True:
-            try:
-                heard.append(listener.recv(4096).decode())
-            except BlockingIOError:
-                return heard
+    listener = NotifyListener(tmp_path)
+    drain, heard, address = listener.drain, listener.heard, listener.address
 
     config = configs.write(["a", "b"], daemon={"poll_interval": "200ms", "retries": 0})
     log = config.parent / "notify.log"
