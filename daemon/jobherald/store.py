@@ -399,21 +399,21 @@ class Store:
             for row in await conn.execute(sa.select(jobs)):
                 views[row.id] = _view(row)
                 j = wanted.get(row.id)
-                if j is None:
-                    if row.configured:
-                        changes.append(
-                            {"key": row.id, "name": row.name, "source": row.source}
-                            | {"instance_id": row.instance_id, "configured": False}
-                        )
-                elif (row.name, row.source, row.instance_id, row.configured) != (
-                    j.name,
-                    j.source,
-                    j.instance_id,
-                    True,
-                ):
+                stored = (row.name, row.source, row.instance_id, bool(row.configured))
+                # A job that left the config keeps its identity and is marked unconfigured.
+                now_is = (
+                    (*stored[:3], False) if j is None else (j.name, j.source, j.instance_id, True)
+                )
+                if now_is != stored:
+                    name, source, instance_id, configured = now_is
                     changes.append(
-                        {"key": j.id, "name": j.name, "source": j.source}
-                        | {"instance_id": j.instance_id, "configured": True}
+                        {
+                            "key": row.id,
+                            "name": name,
+                            "source": source,
+                            "instance_id": instance_id,
+                            "configured": configured,
+                        }
                     )
             new = [j for j in watched if j.id not in views]
             if new:

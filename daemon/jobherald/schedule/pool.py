@@ -59,33 +59,16 @@ TICK = 0.02
 class PoolStats:
     """Counters kept by the pool itself: polls started and ended, and the schedule lag."""
 
-    __slots__ = ("cut", "ended", "lag_buckets", "lag_sum", "started")
+    __slots__ = ("cut", "ended", "lag_buckets", "started")
 
     def __init__(self) -> None:
         self.started = 0
         self.ended = 0
         self.cut = 0
         self.lag_buckets = [0] * len(LAG_BOUNDS)
-        self.lag_sum = 0.0
 
     def lag(self, seconds: float) -> None:
-        if seconds < 0.0:
-            seconds = 0.0
-        self.lag_buckets[bisect.bisect_left(LAG_BOUNDS, seconds)] += 1
-        self.lag_sum += seconds
-
-    def lag_quantile(self, q: float) -> float:
-        """The upper bound of the bucket holding the q-th quantile of the lag."""
-        total = sum(self.lag_buckets)
-        if not total:
-            return 0.0
-        rank = q * total
-        seen = 0
-        for bound, count in zip(LAG_BOUNDS, self.lag_buckets, strict=True):
-            seen += count
-            if seen >= rank:
-                return bound
-        return LAG_BOUNDS[-1]
+        self.lag_buckets[bisect.bisect_left(LAG_BOUNDS, max(seconds, 0.0))] += 1
 
 
 class Pool:

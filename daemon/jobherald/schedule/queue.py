@@ -17,7 +17,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from jobherald.model import backoff_interval
@@ -63,12 +62,6 @@ class DueQueue:
 
     def entry(self, job_id: str) -> Entry | None:
         return self._entries.get(job_id)
-
-    def entries(self) -> Iterator[Entry]:
-        return iter(self._entries.values())
-
-    def busy(self) -> int:
-        return sum(1 for e in self._entries.values() if e.busy)
 
     def add(self, job_id: str, interval: float, first_due: float) -> Entry:
         """Schedule a job (or re-time one already here) with its first poll at ``first_due``."""
