@@ -235,7 +235,10 @@ async def test_status_and_history_json_follow_the_contract(
         "last_polled_at",
         "last_changed_at",
         "error",
+        "owner",
     }
+    # No daemon runs (one pass joins no replicas): nobody polls the unfinished job now.
+    assert imp["owner"] is None and status["odd"]["owner"] is None
     assert (imp["name"], imp["source"], imp["status"], imp["raw_status"], imp["progress"]) == (
         "orders import",
         "roma",
@@ -275,6 +278,7 @@ async def test_human_status_and_history_are_tables(
         "PROGRESS",
         "CHANGED",
         "POLLED",
+        "OWNER",
         "ERROR",
     ]
     assert line.split()[:7] == ["nightly", "export", "a", "roma", "running", "████░░░░░░", "42%"]

@@ -34,6 +34,7 @@ async def test_migrations_build_the_schema_on_an_empty_postgres_database(postgre
         "events",
         "deliveries",
         "source_health",
+        "replicas",
     }
     assert version == head_revision()
 

@@ -9,9 +9,10 @@ import sqlalchemy as sa
 
 from jobherald.errors import StoreError
 from jobherald.model import JobView, Outcome, State, Transition
-from jobherald.store import JobIdentity, NewEvent, Store, Target, head_revision
+from jobherald.store import Claimer, JobIdentity, NewEvent, Store, Target, head_revision
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+ME = Claimer("token-of-this-test", "here")
 
 
 def url(path: Path) -> str:
@@ -34,6 +35,7 @@ async def test_migrations_build_the_schema_on_an_empty_database(tmp_path: Path) 
         "events",
         "deliveries",
         "source_health",
+        "replicas",
     }
     with sqlite3.connect(db) as conn:
         assert conn.execute("select version_num from alembic_version").fetchall() == [
@@ -65,14 +67,18 @@ async def test_an_event_and_its_deliveries_are_written_with_the_transition(tmp_p
     outcome = Outcome(view, True, Transition(NOW, None, State.SUCCEEDED, 1.0, "SUCCEEDED"))
     targets = [Target("ops", "k1", "json://ops"), Target("audit", "k2", "json://audit")]
     event = NewEvent("succeeded", {"event": {"at": NOW.isoformat()}, "job": {"id": "a"}}, targets)
-    (event_id,) = await store.record("a", outcome, NOW, [event])
-    due = await store.due_deliveries(NOW)
+    recorded = await store.record("a", outcome, NOW, [event])
+    assert recorded.written and recorded.view.version == 1
+    (event_id,) = recorded.event_ids
+    due = await store.claim_due(NOW, ME)
     assert [(d.event_id, d.notifier, d.kind) for d in due] == [
         (event_id, "ops", "succeeded"),
         (event_id, "audit", "succeeded"),
     ]
-    await store.mark_delivered(due[0].id, NOW)
-    assert [d.notifier for d in await store.due_deliveries(NOW)] == ["audit"]
+    assert await store.claim_due(NOW, Claimer("another", "there")) == []  # both are held
+    assert await store.mark_delivered(due[0].id, NOW, ME)
+    await store.release_claims(ME.token)
+    assert [d.notifier for d in await store.claim_due(NOW, ME)] == ["audit"]
     assert await store.delivery_counts() == {"delivered": 1, "pending": 1}
     (row,) = await store.status()
     assert (row.state, row.last_polled_at, row.last_changed_at) == ("succeeded", NOW, NOW)
@@ -121,7 +127,7 @@ async def test_an_old_database_with_data_is_upgraded_and_copied_aside_first(tmp_
         0,
         datetime(2026, 1, 1, tzinfo=UTC),
     )
-    (due,) = await store.due_deliveries(NOW)
+    (due,) = await store.claim_due(NOW, ME)
     assert (due.event_id, due.notifier, due.target) == ("e1", "ops", "*")
     await store.close()
     backup = tmp_path / "jh.db.before-0001"

@@ -119,13 +119,18 @@ def check_config(ctx: click.Context, config_path: str | None) -> None:
 
 async def _rows(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Every known job as `status --json` shows it, and the deliveries counted by state."""
+    from jobherald.schedule.replicas import owner
     from jobherald.store import Store, reasons_of
 
     rows: dict[str, dict[str, Any]] = {}
     counts: dict[str, int] = {}
+    live: list[str] = []
+    configured = {j.id for j in cfg.jobs}
     if _database_exists(cfg.database_url):
         store = await Store.open(cfg.database_url)
         try:
+            members, _ = await store.members()
+            live = [m.name for m in members if m.live]
             for row in await store.status():
                 rows[row.id] = {
                     "id": row.id,
@@ -139,6 +144,7 @@ async def _rows(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, int]]:
                     "last_polled_at": _iso(row.last_polled_at),
                     "last_changed_at": _iso(row.last_changed_at),
                     "error": row.error,
+                    "owner": None,
                 }
             counts = await store.delivery_counts()
         finally:
@@ -158,8 +164,13 @@ async def _rows(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, int]]:
                 "last_polled_at": None,
                 "last_changed_at": None,
                 "error": None,
+                "owner": None,
             },
         )
+    for item in rows.values():
+        # The replica polling it now: the same rendezvous hash every replica computes.
+        if item["id"] in configured and item["status"] not in ("succeeded", "failed", "lost"):
+            item["owner"] = owner(item["id"], live)
     return list(rows.values()), counts
 
 
@@ -208,7 +219,17 @@ def _bar(row: dict[str, Any]) -> str:
     return f"{'█' * filled}{'░' * (10 - filled)} {_pct(row['progress'])}"
 
 
-STATUS_HEADERS = ["NAME", "ID", "SOURCE", "STATE", "PROGRESS", "CHANGED", "POLLED", "ERROR"]
+STATUS_HEADERS = [
+    "NAME",
+    "ID",
+    "SOURCE",
+    "STATE",
+    "PROGRESS",
+    "CHANGED",
+    "POLLED",
+    "OWNER",
+    "ERROR",
+]
 
 
 def _status_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -224,6 +245,7 @@ def _status_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             _bar(r),
             _ago(r["last_changed_at"], now),
             _ago(r["last_polled_at"], now),
+            r["owner"] or "-",
             r["error"] or "",
         ]
         for r in rows
@@ -402,6 +424,58 @@ async def _with_store(cfg: Config, work: Callable[[Store], Coroutine[Any, Any, T
         await store.close()
 
 
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def replicas(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+    """The daemons sharing this database: live or not, and how many jobs each polls."""
+    cfg = _load(ctx, config_path)
+
+    async def fetch() -> list[dict[str, Any]]:
+        if not _database_exists(cfg.database_url):
+            return []
+        members, _ = await _with_store(cfg, lambda store: store.members())
+        return [
+            {
+                "name": m.name,
+                "host": m.host,
+                "pid": m.pid,
+                "started_at": _iso(m.started_at),
+                "heartbeat_at": _iso(m.heartbeat_at),
+                "jobs": m.jobs if m.live else 0,
+                "live": m.live,
+            }
+            for m in members
+        ]
+
+    items = _run(fetch())
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no replicas: no daemon has run on this database")
+        return
+    from datetime import UTC
+
+    now = datetime.now(UTC)
+    _table(
+        ["NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "JOBS", "LIVE"],
+        [
+            [
+                i["name"],
+                i["host"],
+                str(i["pid"]),
+                _ago(i["started_at"], now),
+                _ago(i["heartbeat_at"], now),
+                f"{i['jobs']:,}",
+                "yes" if i["live"] else "no",
+            ]
+            for i in items
+        ],
+    )
+
+
 @cli.group(invoke_without_command=True)
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -430,6 +504,7 @@ def deliveries(ctx: click.Context, config_path: str | None, as_json: bool, show_
             "next_attempt_at": _iso(r.next_attempt_at) if r.state == "pending" else None,
             "delivered_at": _iso(r.delivered_at),
             "last_error": r.last_error,
+            "sent_by": r.sent_by,
         }
         for r in rows
     ]

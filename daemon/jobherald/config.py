@@ -144,6 +144,11 @@ class DaemonSection(RuleFields):
     host_concurrency: int = Field(default=8, ge=1, le=1024)
     retries: int = Field(default=2, ge=0, le=10)
     event_loop: Literal["uvloop", "asyncio"] | None = None
+    # Several replicas on one PostgreSQL: this one's name, and how long a silent one keeps its jobs.
+    replica: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+    )
+    lease: Duration = Field(default=15.0, ge=3.0, le=3600.0)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -344,6 +349,8 @@ class Config:
     jobs: tuple[WatchedJob, ...]
     include: tuple[str, ...] = ()
     event_loop: str = "asyncio"
+    replica: str | None = None
+    lease: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,6 +556,8 @@ def _resolve(
         host_concurrency=parsed.daemon.host_concurrency,
         retries=parsed.daemon.retries,
         event_loop=event_loop,
+        replica=parsed.daemon.replica,
+        lease=parsed.daemon.lease,
         rules=rules,
         sources=sources,
         notifiers=notifiers,

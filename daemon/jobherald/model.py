@@ -125,6 +125,8 @@ class JobView:
     stall_notified: bool = False
     overdue_notified: bool = False
     error_notified: bool = False
+    # The stored row's version this view was read or written as (for compare-and-set).
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +342,7 @@ class SourceHealth:
     error: str | None = None
     error_since: datetime | None = None
     error_notified: bool = False
+    version: int = 0
 
 
 def observe_source_error(
@@ -374,7 +377,7 @@ def observe_source_ok(health: SourceHealth) -> tuple[SourceHealth, tuple[Event, 
                 f"polls work again after failing since {_at(health.error_since)}",
             ),
         )
-    return SourceHealth(), events
+    return replace(health, error=None, error_since=None, error_notified=False), events
 
 
 def backoff_interval(base: float, failures: int) -> float:

@@ -9,7 +9,10 @@ import asyncio
 import hashlib
 import logging
 import random
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from typing import Any
 from jobherald.config import Notifier, Source
 from jobherald.errors import FetchError
 from jobherald.model import EventKind, format_duration
-from jobherald.store import Delivery, Store, Target
+from jobherald.store import CLAIM_FOR, Claimer, Delivery, Store, Target
 
 log = logging.getLogger(__name__)
 
@@ -323,17 +326,28 @@ def compose(notifier: Notifier, kind: str, event_id: str, payload: Mapping[str, 
 
 
 class Dispatcher:
-    """Sends due outbox rows and marks each; never raises for one bad delivery."""
+    """Claims due outbox rows, sends them and marks each; never raises for one bad delivery.
+
+    ``claimer`` says who sends now, or None while this process may not send at all
+    (a replica whose lease lapsed); a claim is sent only while it still holds.
+    """
 
     def __init__(
         self,
         store: Store,
         notifiers: Mapping[str, Notifier],
         clock: Callable[[], datetime] = _utcnow,
+        claimer: Callable[[], Claimer | None] | None = None,
     ) -> None:
         self.store = store
         self.sender = Sender(notifiers)
         self.clock = clock
+        if claimer is None:
+            alone = Claimer(uuid.uuid4().hex, socket.gethostname())
+            claimer = lambda: alone  # noqa: E731
+        self.claimer = claimer
+        # The longest wait between passes (replicas shorten it: a dead one's claims expire).
+        self.max_sleep = 60.0
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(SEND_CONCURRENCY)
 
@@ -354,21 +368,31 @@ class Dispatcher:
         """One pass over due deliveries; returns how many were tried."""
         tried = 0
         while True:
-            due = await self.store.due_deliveries(self.clock())
+            claimer = self.claimer()
+            if claimer is None:
+                return tried
+            # A claim is sent only well inside its time: never after another may take it.
+            deadline = time.monotonic() + CLAIM_FOR / 2
+            due = await self.store.claim_due(self.clock(), claimer)
             if not due:
                 return tried
-            await asyncio.gather(*(self._deliver(d) for d in due))
+            await asyncio.gather(*(self._deliver(d, claimer, deadline) for d in due))
             tried += len(due)
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: Delivery, claimer: Claimer, deadline: float) -> None:
         async with self._limit:
+            if self.claimer() != claimer or time.monotonic() > deadline:
+                return  # the claim may be someone else's by now: leave it to them
             job = delivery.payload.get("job") or {}
             subject = (
                 job.get("name") or f"source {(delivery.payload.get('source') or {}).get('name')}"
             )
             if not self.sender.knows(delivery.notifier, delivery.target):
                 await self.store.mark_failed(
-                    delivery.id, f"notifier {delivery.notifier!r} no longer has this URL", None
+                    delivery.id,
+                    f"notifier {delivery.notifier!r} no longer has this URL",
+                    None,
+                    claimer,
                 )
                 log.warning(
                     "dropped %s of %s for notifier %s: it no longer has that URL",
@@ -382,7 +406,7 @@ class Dispatcher:
             ok, error = await self.sender.send(delivery.notifier, delivery.target, message)
             now = self.clock()
             if ok:
-                await self.store.mark_delivered(delivery.id, now)
+                await self.store.mark_delivered(delivery.id, now, claimer)
                 log.info(
                     "delivered %s of %s (%s) to %s",
                     delivery.kind,
@@ -393,7 +417,7 @@ class Dispatcher:
                 return
             retry_at = now + timedelta(seconds=retry_delay(delivery.attempts + 1))
             if (retry_at - delivery.at).total_seconds() > notifier.retry_for:
-                await self.store.mark_failed(delivery.id, error, None)
+                await self.store.mark_failed(delivery.id, error, None, claimer)
                 log.error(
                     "gave up delivering %s of %s to %s after %d attempts: %s",
                     delivery.kind,
@@ -403,7 +427,7 @@ class Dispatcher:
                     error,
                 )
                 return
-            await self.store.mark_failed(delivery.id, error, retry_at)
+            await self.store.mark_failed(delivery.id, error, retry_at, claimer)
             log.warning(
                 "delivering %s of %s to %s failed (%s); retry at %s",
                 delivery.kind,
@@ -424,7 +448,7 @@ class Dispatcher:
                 await _wait(self._wake, stopping, 5.0)
                 continue
             next_at = await self.store.next_delivery_at()
-            timeout = 60.0
+            timeout = self.max_sleep
             if next_at is not None:
                 timeout = max(0.0, min(timeout, (next_at - self.clock()).total_seconds()))
             await _wait(self._wake, stopping, timeout)

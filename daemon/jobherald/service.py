@@ -21,13 +21,16 @@ from jobherald.config import Config, systemd_environment
 from jobherald.fetch import Fetcher, RetryPolicy
 from jobherald.notify import Dispatcher
 from jobherald.schedule import Periodic, Pool, Watcher, poll_once
-from jobherald.store import Store
+from jobherald.schedule.replicas import Replica
+from jobherald.store import DatabaseLock, Store
 
 log = logging.getLogger(__name__)
 
 # Poll times of polls that changed nothing are written this often (and at shutdown).
 FLUSH_EVERY = 300.0
 REMIND_EVERY = 60.0
+# Jobs taken over from a replica that left are first polled within this many seconds.
+TAKEOVER_SPREAD = 0.25
 
 
 _PRIORITIES = {
@@ -124,6 +127,7 @@ class Daemon:
         # The running parts, for whoever drives the daemon in-process (the benchmarks).
         self.pool: Pool | None = None
         self.watcher: Watcher | None = None
+        self.replica: Replica | None = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -138,9 +142,38 @@ class Daemon:
             RetryPolicy(retries=self.config.retries),
         )
 
+    @contextlib.contextmanager
+    def _one_daemon(self, what: str) -> Iterator[None]:
+        """On SQLite, hold the database for this process alone (PostgreSQL is shared)."""
+        url = make_url(self.config.database_url)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            yield
+            return
+        from pathlib import Path
+
+        from jobherald.errors import StoreError
+
+        lock = DatabaseLock(Path(url.database))
+        try:
+            lock.acquire(what)
+        except FileNotFoundError:
+            raise StoreError(
+                f"database folder {Path(url.database).parent} does not exist"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     @contextlib.asynccontextmanager
-    async def _parts(self) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
+    async def _parts(self, what: str) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
         """The store, dispatcher and watcher over one shared HTTP session, closed after use."""
+        with self._one_daemon(what):
+            async with self._open_parts() as parts:
+                yield parts
+
+    @contextlib.asynccontextmanager
+    async def _open_parts(self) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
         store = await Store.open(self.config.database_url)
         try:
             async with self._fetcher() as fetcher:
@@ -156,7 +189,7 @@ class Daemon:
 
     async def run_once(self) -> dict[str, int]:
         """Poll every active job once, deliver what is due, and return the state counts."""
-        async with self._parts() as (_, dispatcher, watcher):
+        async with self._parts("jobherald run --once") as (_, dispatcher, watcher):
             await poll_once(watcher.poll, [j.id for j in watcher.active()], self.config.concurrency)
             await watcher.flush()
             await watcher.remind()
@@ -179,24 +212,29 @@ class Daemon:
             len(self.config.jobs),
             make_url(self.config.database_url).render_as_string(hide_password=True),
         )
-        async with self._parts() as (store, dispatcher, watcher):
+        async with self._parts("the jobherald daemon") as (store, dispatcher, watcher):
             if retried := await store.retry_pending_now(self.clock()):
                 log.info("retrying %d undelivered messages from before the restart", retried)
             dispatcher.sender.load()
             pool = Pool(watcher.poll, self.config.concurrency, stuck_after=self._stuck_after())
-            self.pool, self.watcher = pool, watcher
+            replica = self._replica(store, watcher, dispatcher, pool)
+            self.pool, self.watcher, self.replica = pool, watcher, replica
             periodic = Periodic()
             periodic.every(FLUSH_EVERY, "writing poll times", watcher.flush)
             periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
             delivering = asyncio.Event()
             sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
             pool.start()
-            active = pool.add((j.id, j.poll_interval) for j in watcher.active())
+            await replica.join()
+            membership_ends = asyncio.Event()
+            membership = asyncio.create_task(replica.run(membership_ends), name="membership")
             periodic.start()
+            active = len(watcher.active())
             log.info(
-                "watching %d jobs (%d already finished) with %d pollers on the %s loop",
+                "watching %d jobs (%d already finished%s) with %d pollers on the %s loop",
                 active,
                 len(watcher.jobs) - active,
+                f"; {replica.status(active)}" if store.shared else "",
                 pool.size,
                 self.config.event_loop,
             )
@@ -212,7 +250,7 @@ class Daemon:
                 await _first(self.stopping, self.reloading)
                 if self.reloading.is_set() and not self.stopping.is_set():
                     self.reloading.clear()
-                    await self._reload(watcher, dispatcher, pool)
+                    await self._reload(watcher, dispatcher, pool, replica)
             self.systemd.send("STOPPING=1", "STATUS=stopping: finishing polls and deliveries")
             heartbeat.cancel()
             log.info("stopping: finishing polls and deliveries in flight")
@@ -225,6 +263,10 @@ class Daemon:
                 log.exception("writing poll times at shutdown failed")
             delivering.set()
             await self._finish(sender, dispatcher, deadline)
+            # Only now, with nothing in flight, hand every job and claim to the others.
+            membership_ends.set()
+            await membership
+            await replica.leave()
             counts = await store.delivery_counts()
             log.info(
                 "stopped after %.0fs: %d polls, %s; deliveries pending %d, delivered %d%s",
@@ -237,6 +279,41 @@ class Daemon:
             )
         self.systemd.close()
 
+    def _replica(
+        self, store: Store, watcher: Watcher, dispatcher: Dispatcher, pool: Pool
+    ) -> Replica:
+        """This daemon's place among the replicas (on SQLite: the only one), wired to the
+        pool it starts and stops polls in, and gating the watcher and the dispatcher."""
+        initial = True
+
+        async def start(gained: set[str], first: bool) -> None:
+            nonlocal initial
+            if not initial:
+                await watcher.refresh(gained)  # another replica polled them until now
+            jobs = [watcher.jobs[i] for i in gained if i in watcher.jobs]
+            pool.add(
+                ((j.id, j.poll_interval) for j in jobs if not watcher.views[j.id].state.terminal),
+                spread=None if initial else TAKEOVER_SPREAD,
+            )
+            initial = False
+            dispatcher.wake()
+
+        replica = Replica(
+            store,
+            self.config.replica,
+            self.config.lease,
+            jobs=lambda: [j.id for j in watcher.active()],
+            start=start,
+            stop=pool.remove,
+            polling=lambda: len(pool.queue),
+        )
+        watcher.term = replica.term
+        dispatcher.claimer = replica.claimer
+        if store.shared:
+            # Claims of a replica that died are taken over once its lease ends.
+            dispatcher.max_sleep = min(dispatcher.max_sleep, self.config.lease / 3)
+        return replica
+
     def _stuck_after(self) -> float:
         """How long a poll may take before the pool counts it as hung: every attempt of
         one poll (and of a credentials fetch before it) timing out, twice over, plus a minute."""
@@ -245,7 +322,9 @@ class Daemon:
         attempt = timeout + max(policy.max_backoff, policy.max_retry_after)
         return 2 * (self.config.retries + 2) * attempt + 60.0
 
-    async def _reload(self, watcher: Watcher, dispatcher: Dispatcher, pool: Pool) -> None:
+    async def _reload(
+        self, watcher: Watcher, dispatcher: Dispatcher, pool: Pool, replica: Replica
+    ) -> None:
         """Read the config again and apply it; a config that does not validate changes nothing."""
         from jobherald import config as config_module
         from jobherald.errors import ConfigError
@@ -262,7 +341,15 @@ class Daemon:
             log.error("reload refused: still running the previous configuration")
             self.systemd.send("READY=1", f"STATUS=reload refused; {self._status(watcher)}")
             return
-        for key in ("database_url", "concurrency", "host_concurrency", "retries", "event_loop"):
+        for key in (
+            "database_url",
+            "concurrency",
+            "host_concurrency",
+            "retries",
+            "event_loop",
+            "replica",
+            "lease",
+        ):
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: a change of %s takes effect at the next restart", key)
         new = replace(
@@ -272,6 +359,8 @@ class Daemon:
             host_concurrency=old.host_concurrency,
             retries=old.retries,
             event_loop=old.event_loop,
+            replica=old.replica,
+            lease=old.lease,
         )
         if new.log_level != old.log_level:
             setup_logging(new.log_level)
@@ -279,7 +368,12 @@ class Daemon:
         dispatcher.reconfigure(new.notifiers)
         pool.remove(removed)
         pool.remove(j.id for j in changed if watcher.views[j.id].state.terminal)
-        pool.add((j.id, j.poll_interval) for j in changed if not watcher.views[j.id].state.terminal)
+        await replica.rebalance()  # new jobs to their owners, removed ones dropped
+        pool.add(
+            (j.id, j.poll_interval)
+            for j in changed
+            if j.id in replica.owned and not watcher.views[j.id].state.terminal
+        )
         self.config = new
         log.info(
             "reloaded %s: %d jobs, %d new or changed, %d removed",
@@ -302,6 +396,8 @@ class Daemon:
         if failing:
             parts.append(f"{failing} failing")
         line = f"watching {len(active)} jobs" + (f": {', '.join(parts)}" if parts else "")
+        if self.replica is not None and self.replica.store.shared:
+            line = f"{self.replica.status(len(active))}; {line}"
         if watcher.last_poll_at is not None:
             ago = max(0.0, (self.clock() - watcher.last_poll_at).total_seconds())
             line += f"; last poll {ago:.0f} s ago"

@@ -127,6 +127,8 @@ class Watcher:
         self.health: dict[str, SourceHealth] = {}
         self._source_locks = {name: asyncio.Lock() for name in self.sources}
         self._polled_at: dict[str, datetime] = {}
+        # Under what token this process may poll now (None: not at all); replicas set it.
+        self.term: Callable[[], str | None] = lambda: "alone"
         self.polls = 0
         self.last_poll_at: datetime | None = None
 
@@ -189,36 +191,69 @@ class Watcher:
     async def poll(self, job_id: str) -> PollResult:
         """Poll one job and record what changed and what it causes."""
         job = self.jobs[job_id]
-        before = self.views[job_id]
-        if before.state.terminal:
+        if self.views[job_id].state.terminal:
             return PollResult(terminal=True)
+        term = self.term()
+        if term is None:
+            return PollResult()  # not this process's to poll now (a lapsed replica)
         now = self.clock()
         self.polls += 1
         self.last_poll_at = now
         try:
             snapshot = await self.sources[job.source].poll(self.fetcher, job)
         except FetchError as exc:
-            outcome = observe_error(
-                before,
-                exc.summary,
-                exc.detail,
-                now,
-                job.rules,
-                not_found=exc.not_found,
-                source_wide=exc.source_wide,
-            )
+            if self.term() != term:
+                return PollResult()  # the lease lapsed during the poll: its answer is stale
+
+            def decide_error(before: JobView, failure: FetchError = exc) -> Outcome:
+                return observe_error(
+                    before,
+                    failure.summary,
+                    failure.detail,
+                    now,
+                    job.rules,
+                    not_found=failure.not_found,
+                    source_wide=failure.source_wide,
+                )
+
+            before, outcome = await self._settle(job, decide_error, now, exc)
             if outcome.changed and outcome.job.error != before.error and not exc.source_wide:
                 log.warning("polling job %s (%s) failed: %s", job.name, job.id, exc.detail)
             else:
                 log.debug("polling job %s (%s) still failing: %s", job.name, job.id, exc.detail)
-            await self._record(job, before, outcome, now, exc)
             if exc.source_wide:
                 await self._source_failed(job.source, exc, now)
             return PollResult(outcome.job.state.terminal, True, exc.retry_after)
-        outcome = observe(before, snapshot, now, job.rules)
-        await self._record(job, before, outcome, now, None)
+        if self.term() != term:
+            return PollResult()
+        _, outcome = await self._settle(
+            job, lambda before: observe(before, snapshot, now, job.rules), now, None
+        )
         await self._source_ok(job.source, now)
         return PollResult(outcome.job.state.terminal, False)
+
+    async def _settle(
+        self,
+        job: WatchedJob,
+        decide: Callable[[JobView], Outcome],
+        now: datetime,
+        error: FetchError | None,
+    ) -> tuple[JobView, Outcome]:
+        """Decide from the stored view and write it; if another replica wrote the job
+        meanwhile, decide once more from what it wrote (the same answer then usually
+        changes nothing), and after a second conflict drop this poll's result."""
+        for _ in range(2):
+            before = self.views[job.id]
+            if before.state.terminal:
+                break
+            outcome = decide(before)
+            if await self._record(job, before, outcome, now, error):
+                return before, outcome
+        log.debug(
+            "job %s (%s): written by another replica meanwhile; result dropped", job.name, job.id
+        )
+        view = self.views[job.id]
+        return view, Outcome(view, changed=False)
 
     async def _record(
         self,
@@ -227,10 +262,11 @@ class Watcher:
         outcome: Outcome,
         now: datetime,
         error: FetchError | None,
-    ) -> None:
+    ) -> bool:
+        """Write one poll's outcome; False (and the stored view taken) if the job had moved on."""
         if not outcome.changed and outcome.transition is None:
             self._polled_at[job.id] = now
-            return
+            return True
         source = self.config.sources[job.source]
         new_events = []
         for event in outcome.events:
@@ -241,9 +277,11 @@ class Watcher:
                 event, job, before, outcome.job, now, advice(event.kind, error, source)
             )
             new_events.append(NewEvent(event.kind.value, payload, targets))
-        await self.store.record(job.id, outcome, now, new_events)
+        recorded = await self.store.record(job.id, outcome, now, new_events)
+        self.views[job.id] = recorded.view
+        if not recorded.written:
+            return False
         self._polled_at.pop(job.id, None)
-        self.views[job.id] = outcome.job
         if before.error and outcome.job.error is None:
             log.info("polling job %s (%s) works again", job.name, job.id)
         if (
@@ -262,28 +300,42 @@ class Watcher:
             log.info("job %s (%s): %s: %s", job.name, job.id, event.kind.value, event.detail)
         if new_events:
             self.dispatcher.wake()
+        return True
 
     async def _source_failed(self, name: str, error: FetchError, now: datetime) -> None:
         source = self.config.sources[name]
+
+        def decide(before: SourceHealth) -> tuple[SourceHealth, tuple[Event, ...]]:
+            return observe_source_error(before, error.summary, error.detail, now, source.rules)
+
         async with self._source_locks[name]:
-            before = self.health[name]
-            health, events = observe_source_error(
-                before, error.summary, error.detail, now, source.rules
-            )
-            if health != before:
-                if before.error is None:
-                    log.warning("source %s: credentials fail: %s", name, error.detail)
-                await self._record_source(name, health, events, now, error)
+            was = self.health[name]
+            if await self._settle_source(name, decide, now, error) and was.error is None:
+                log.warning("source %s: credentials fail: %s", name, error.detail)
 
     async def _source_ok(self, name: str, now: datetime) -> None:
         if self.health[name].error is None:
             return
         async with self._source_locks[name]:
-            before = self.health[name]
-            health, events = observe_source_ok(before)
-            if health != before:
+            if await self._settle_source(name, observe_source_ok, now, None):
                 log.info("source %s: credentials work again", name)
-                await self._record_source(name, health, events, now, None)
+
+    async def _settle_source(
+        self,
+        name: str,
+        decide: Callable[[SourceHealth], tuple[SourceHealth, tuple[Event, ...]]],
+        now: datetime,
+        error: FetchError | None,
+    ) -> bool:
+        """As ``_settle`` for a source's health; True if this call wrote a change."""
+        for _ in range(2):
+            before = self.health[name]
+            health, events = decide(before)
+            if health == before:
+                return False
+            if await self._record_source(name, health, events, now, error):
+                return True
+        return False
 
     async def _record_source(
         self,
@@ -292,7 +344,7 @@ class Watcher:
         events: Sequence[Event],
         now: datetime,
         error: FetchError | None,
-    ) -> None:
+    ) -> bool:
         source = self.config.sources[name]
         listeners = sorted({n for j in self.jobs.values() if j.source == name for n in j.notify})
         new_events = [
@@ -317,12 +369,15 @@ class Watcher:
             )
             for event in events
         ]
-        await self.store.record_source(name, health, now, new_events)
-        self.health[name] = health
+        recorded = await self.store.record_source(name, health, now, new_events)
+        self.health[name] = recorded.health
+        if not recorded.written:
+            return False
         for event in events:
             log.info("source %s: %s: %s", name, event.kind.value, event.detail)
         if new_events:
             self.dispatcher.wake()
+        return True
 
     def _targets_for(
         self,
@@ -351,6 +406,18 @@ class Watcher:
 
     async def remind(self) -> int:
         """Say again, to notifiers with a ``reminder``, what is still wrong; return how many."""
+        if not any(n.reminder is not None for n in self.config.notifiers.values()):
+            return 0
+        async with self.store.exclusive("reminders") as ours:
+            if not ours or self.term() is None:
+                return 0  # another replica is reminding right now (or this one may not act)
+            if self.store.shared:
+                # Other replicas poll most jobs: remind from what is stored, not from memory.
+                stored = await self.store.views()
+                self.views.update((i, v) for i, v in stored.items() if i in self.jobs)
+            return await self._remind()
+
+    async def _remind(self) -> int:
         now = self.clock()
         made = 0
         for notifier in self.config.notifiers.values():
@@ -378,6 +445,13 @@ class Watcher:
             log.info("reminded of %d unresolved problems", made)
             self.dispatcher.wake()
         return made
+
+    async def refresh(self, job_ids: Iterable[str]) -> None:
+        """Take the stored views of these jobs (another replica polled them until now)."""
+        stored = await self.store.views(job_ids)
+        for job_id, view in stored.items():
+            if job_id in self.jobs and view.version >= self.views[job_id].version:
+                self.views[job_id] = view
 
     async def flush(self) -> None:
         """Write the poll times of polls that changed nothing, all in one statement.

@@ -1,0 +1,71 @@
+"""Storage: jobs, their transitions, events and their deliveries (the outbox), replicas.
+
+The store knows the database and nothing of HTTP or apprise. Everything a poll
+changes is written in one transaction, the events with their deliveries included,
+so that a crash can neither lose a message nor cause one twice; and it is written
+only from the version the poll read, so that replicas sharing one PostgreSQL
+database write each change once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobherald.store.base import StoreBase, sqlite_engine
+from jobherald.store.jobs import (
+    GROUP_COMMIT,
+    JobIdentity,
+    Jobs,
+    NewEvent,
+    Recorded,
+    RecordedSource,
+    Target,
+    reasons_of,
+    view_of,
+)
+from jobherald.store.lock import DatabaseLock
+from jobherald.store.membership import Joining, Member, Membership
+from jobherald.store.outbox import CLAIM_FOR, Claimer, Delivery, Outbox
+from jobherald.store.schema import (
+    SCHEMA_HEAD,
+    UTCDateTime,
+    head_revision,
+    metadata,
+    migrations_path,
+)
+
+__all__ = [
+    "CLAIM_FOR",
+    "GROUP_COMMIT",
+    "SCHEMA_HEAD",
+    "Claimer",
+    "DatabaseLock",
+    "Delivery",
+    "JobIdentity",
+    "Joining",
+    "Member",
+    "NewEvent",
+    "Recorded",
+    "RecordedSource",
+    "Store",
+    "StoreBase",
+    "Target",
+    "UTCDateTime",
+    "head_revision",
+    "metadata",
+    "migrations_path",
+    "reasons_of",
+    "sqlite_engine",
+    "view_of",
+]
+
+
+class Store(Jobs, Outbox, Membership):
+    """The database, as jobherald uses it."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._queued = []
+        self._committer: asyncio.Task[None] | None = None

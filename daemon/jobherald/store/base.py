@@ -1,0 +1,183 @@
+"""Opening the database: engines, migrations (one process at a time), the time it keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from jobherald.errors import StoreError
+from jobherald.store.schema import SCHEMA_HEAD, UTCDateTime, alembic_config, head_revision
+
+log = logging.getLogger(__name__)
+
+# Held (in a transaction) while the schema is checked and upgraded: replicas that start
+# together on an empty PostgreSQL database migrate it once, one after the other.
+MIGRATION_LOCK = 0x6A6F6268  # "jobh"
+
+S = TypeVar("S", bound="StoreBase")
+
+
+def sqlite_engine(url: str, *, foreign_keys: bool = True) -> AsyncEngine:
+    """An engine for SQLite with WAL, a busy timeout, and transactions that hold DDL too.
+
+    Python's sqlite3 opens a transaction only before data changes, so schema
+    changes would commit one by one; here every transaction starts with our own
+    BEGIN, so a migration is all or nothing even if the process is killed midway.
+    """
+    engine = (
+        create_async_engine(url) if foreign_keys else create_async_engine(url, poolclass=NullPool)
+    )
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        cursor.close()
+
+    def on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    sa_event.listen(engine.sync_engine, "connect", on_connect)
+    sa_event.listen(engine.sync_engine, "begin", on_begin)
+    return engine
+
+
+class StoreBase:
+    """The engine, one writer at a time, and the schema kept at the newest revision."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.shared = engine.url.get_backend_name() == "postgresql"
+        self._one_writer = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. Writers take turns here rather than in SQLite's busy
+        handler, which sleeps and retries: under load that costs far more than a queue."""
+        async with self._one_writer, self.engine.begin() as conn:
+            yield conn
+
+    def db_time(self, plus: float = 0.0) -> sa.ColumnElement[datetime]:
+        """The time now (plus some seconds) by the database's clock on PostgreSQL, so
+        that replicas on hosts whose clocks differ agree on leases; by ours on SQLite."""
+        if self.shared:
+            now: sa.ColumnElement[datetime] = sa.func.timezone(
+                "utc", sa.func.clock_timestamp(), type_=UTCDateTime
+            )
+            if plus:
+                now = now + sa.func.make_interval(0, 0, 0, 0, 0, 0, plus)
+            return sa.type_coerce(now, UTCDateTime)
+        return sa.literal(datetime.now(UTC) + timedelta(seconds=plus), UTCDateTime)
+
+    @classmethod
+    async def open(cls: type[S], url: str, *, migrate: bool = True) -> S:
+        """Connect, and bring the schema to the newest revision."""
+        parsed = make_url(url)
+        is_sqlite = parsed.get_backend_name() == "sqlite"
+        if is_sqlite and parsed.database:
+            folder = Path(parsed.database).parent
+            if not folder.is_dir():
+                raise StoreError(f"database folder {folder} does not exist")
+        engine = sqlite_engine(url) if is_sqlite else create_async_engine(url, pool_pre_ping=True)
+        store = cls(engine)
+        if migrate:
+            try:
+                await store.migrate()
+            except StoreError:
+                await engine.dispose()
+                raise
+            except Exception as exc:
+                await engine.dispose()
+                raise StoreError(
+                    f"cannot open database {parsed.render_as_string()}: {exc}"
+                ) from exc
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def current_revision(self) -> str | None:
+        """The revision in alembic_version, read with plain SQL (no table: None)."""
+        async with self.engine.connect() as conn:
+            try:
+                return (
+                    await conn.exec_driver_sql("SELECT version_num FROM alembic_version")
+                ).scalar()
+            except sa.exc.DBAPIError:
+                return None
+
+    async def migrate(self, target: str = "head") -> None:
+        now = await self.current_revision()
+        # A database already at the newest revision (the usual case) needs no Alembic at all.
+        if target == "head" and now == SCHEMA_HEAD:
+            return
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
+        config = alembic_config()
+        goal = head_revision() if target == "head" else target
+        if now == goal:
+            return
+        done: list[str | None] = []
+
+        def upgrade(connection: Connection) -> None:
+            # Read again under the lock: another process may have migrated meanwhile.
+            current = MigrationContext.configure(connection).get_current_revision()
+            if current == goal:
+                return
+            config.attributes["connection"] = connection
+            command.upgrade(config, goal)
+            done.append(current)
+
+        await self._backup_before_migration(now)
+        # Tables are rebuilt during migrations: foreign keys are checked after, not during.
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite":
+            engine = sqlite_engine(url.render_as_string(hide_password=False), foreign_keys=False)
+        else:
+            engine = self.engine
+        try:
+            async with engine.begin() as conn:
+                if self.shared:
+                    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+                await conn.run_sync(upgrade)
+                if url.get_backend_name() == "sqlite":
+                    broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                    if broken:
+                        raise StoreError(f"migration left {len(broken)} rows without their parent")
+        finally:
+            if engine is not self.engine:
+                await engine.dispose()
+        if done:
+            log.info("database migrated from %s to %s", done[0] or "empty", goal)
+
+    async def _backup_before_migration(self, revision: str | None) -> None:
+        """Copy an existing SQLite database aside, so a failed upgrade loses nothing."""
+        url = self.engine.url
+        if revision is None or url.get_backend_name() != "sqlite" or not url.database:
+            return
+        source = Path(url.database)
+        target = source.with_name(f"{source.name}.before-{revision}")
+        target.unlink(missing_ok=True)
+
+        def copy() -> None:
+            with contextlib.closing(sqlite3.connect(source)) as conn:
+                conn.execute("VACUUM INTO ?", (str(target),))
+
+        await asyncio.to_thread(copy)
+        log.info("copied %s to %s before migrating", source, target)

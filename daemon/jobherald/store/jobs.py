@@ -1,0 +1,470 @@
+"""Jobs, their transitions and the events they cause, written compare-and-set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from jobherald.model import JobView, Outcome, Reason, SourceHealth, State, Transition
+from jobherald.store.base import StoreBase
+from jobherald.store.schema import deliveries, events, jobs, source_health, transitions
+
+# Polls that end together are written in one transaction of at most this many.
+GROUP_COMMIT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One place a message goes: a notifier's URL, by key (a hash) and masked for display."""
+
+    notifier: str
+    key: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    kind: str
+    payload: Mapping[str, Any]
+    targets: Sequence[Target]
+
+
+@dataclass(frozen=True, slots=True)
+class JobIdentity:
+    id: str
+    name: str
+    source: str
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What became of one poll's write: the view now stored, and whether it was ours.
+
+    ``written`` is False when the stored job had moved on from the version the poll
+    started from (another replica wrote it first): nothing was written, and ``view``
+    is what is stored now.
+    """
+
+    view: JobView
+    written: bool
+    event_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedSource:
+    health: SourceHealth
+    written: bool
+    event_ids: tuple[str, ...] = ()
+
+
+def _reasons_json(reasons: Iterable[Reason]) -> str | None:
+    items = [r.as_dict() for r in reasons]
+    return json.dumps(items) if items else None
+
+
+def _reasons_from(text: str | None) -> tuple[Reason, ...]:
+    if not text:
+        return ()
+    return tuple(Reason(**item) for item in json.loads(text))
+
+
+def reasons_of(row: sa.Row[Any]) -> list[dict[str, str | None]]:
+    return [r.as_dict() for r in _reasons_from(row.reasons)]
+
+
+def view_of(row: sa.Row[Any]) -> JobView:
+    return JobView(
+        id=row.id,
+        state=State(row.state),
+        raw_status=row.raw_status,
+        progress=row.progress,
+        type=row.type,
+        archive_id=row.archive_id,
+        reasons=_reasons_from(row.reasons),
+        begin_time=row.begin_time,
+        end_time=row.end_time,
+        last_changed_at=row.last_changed_at,
+        recorded_progress=row.recorded_progress,
+        error=row.error,
+        error_since=row.error_since,
+        not_found=row.not_found,
+        running_since=row.running_since,
+        progress_changed_at=row.progress_changed_at,
+        milestone=row.milestone,
+        stall_notified=row.stall_notified,
+        overdue_notified=row.overdue_notified,
+        error_notified=row.error_notified,
+        version=row.version,
+    )
+
+
+def _view_values(view: JobView) -> dict[str, Any]:
+    return {
+        "state": view.state.value,
+        "raw_status": view.raw_status,
+        "progress": view.progress,
+        "recorded_progress": view.recorded_progress,
+        "type": view.type,
+        "archive_id": view.archive_id,
+        "reasons": _reasons_json(view.reasons),
+        "begin_time": view.begin_time,
+        "end_time": view.end_time,
+        "last_changed_at": view.last_changed_at,
+        "error": view.error,
+        "error_since": view.error_since,
+        "not_found": view.not_found,
+        "running_since": view.running_since,
+        "progress_changed_at": view.progress_changed_at,
+        "milestone": view.milestone,
+        "stall_notified": view.stall_notified,
+        "overdue_notified": view.overdue_notified,
+        "error_notified": view.error_notified,
+    }
+
+
+_VIEW_COLUMNS = (*_view_values(JobView("x")), "last_polled_at", "version")
+_UPDATE_JOB = (
+    sa.update(jobs)
+    .where(jobs.c.id == sa.bindparam("job_key"))
+    .values({c: sa.bindparam(f"v_{c}", type_=jobs.c[c].type) for c in _VIEW_COLUMNS})
+)
+_UPDATE_IDENTITY = (
+    sa.update(jobs)
+    .where(jobs.c.id == sa.bindparam("key"))
+    .values(
+        name=sa.bindparam("name"),
+        source=sa.bindparam("source"),
+        instance_id=sa.bindparam("instance_id"),
+        configured=sa.bindparam("configured"),
+    )
+)
+
+
+@dataclass(slots=True)
+class _Record:
+    job_id: str
+    outcome: Outcome
+    polled_at: datetime
+    new_events: Sequence[NewEvent]
+    done: asyncio.Future[Recorded]
+
+
+class Jobs(StoreBase):
+    """The jobs table and what hangs off it."""
+
+    _queued: list[_Record]
+    _committer: asyncio.Task[None] | None
+
+    async def sync_jobs(self, watched: Sequence[JobIdentity], now: datetime) -> dict[str, JobView]:
+        """Register configured jobs (new ones as pending); return every known job.
+
+        One read of the jobs table, one insert of the new jobs and one update of the
+        jobs whose name, source or instance changed (or that left the config). Two
+        replicas registering the same new job together: the second one's insert
+        skips it (PostgreSQL's ON CONFLICT DO NOTHING).
+        """
+        wanted = {j.id: j for j in watched}
+        async with self._writing() as conn:
+            views: dict[str, JobView] = {}
+            changes: list[dict[str, Any]] = []
+            for row in await conn.execute(sa.select(jobs)):
+                views[row.id] = view_of(row)
+                j = wanted.get(row.id)
+                stored = (row.name, row.source, row.instance_id, bool(row.configured))
+                # A job that left the config keeps its identity and is marked unconfigured.
+                now_is = (
+                    (*stored[:3], False) if j is None else (j.name, j.source, j.instance_id, True)
+                )
+                if now_is != stored:
+                    name, source, instance_id, configured = now_is
+                    changes.append(
+                        {
+                            "key": row.id,
+                            "name": name,
+                            "source": source,
+                            "instance_id": instance_id,
+                            "configured": configured,
+                        }
+                    )
+            new = [j for j in watched if j.id not in views]
+            if new:
+                insert: Any = sa.insert(jobs)
+                if self.shared:
+                    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                    insert = pg_insert(jobs).on_conflict_do_nothing(index_elements=["id"])
+                await conn.execute(
+                    insert,
+                    [
+                        {
+                            "id": j.id,
+                            "name": j.name,
+                            "source": j.source,
+                            "instance_id": j.instance_id,
+                            "configured": True,
+                            "state": State.PENDING.value,
+                            "created_at": now,
+                            "version": 0,
+                        }
+                        for j in new
+                    ],
+                )
+                views.update((j.id, JobView(id=j.id)) for j in new)
+            if changes:
+                await conn.execute(_UPDATE_IDENTITY, changes)
+            return views
+
+    async def views(self, job_ids: Iterable[str] | None = None) -> dict[str, JobView]:
+        """The stored views of these jobs (all of them when None), as they are now."""
+        async with self.engine.connect() as conn:
+            if job_ids is None:
+                return {row.id: view_of(row) for row in await conn.execute(sa.select(jobs))}
+            wanted = list(job_ids)
+            out: dict[str, JobView] = {}
+            for start in range(0, len(wanted), 5000):  # under every backend's parameter limit
+                query = sa.select(jobs).where(jobs.c.id.in_(wanted[start : start + 5000]))
+                out.update((row.id, view_of(row)) for row in await conn.execute(query))
+            return out
+
+    async def record(
+        self,
+        job_id: str,
+        outcome: Outcome,
+        polled_at: datetime,
+        new_events: Sequence[NewEvent] = (),
+    ) -> Recorded:
+        """Write what one poll changed, its transition and its events, in one transaction,
+        if the job is still at the version the poll started from (``outcome.job.version``).
+
+        Polls that finish together are written together (a group commit): each caller
+        waits until its own rows are committed.
+        """
+        done: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
+        self._queued.append(_Record(job_id, outcome, polled_at, new_events, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued())
+        return await done
+
+    async def _commit_queued(self) -> None:
+        while self._queued:
+            async with self._one_writer:
+                batch, self._queued = self._queued[:GROUP_COMMIT], self._queued[GROUP_COMMIT:]
+                try:
+                    async with self.engine.begin() as conn:
+                        results = await self._write_batch(conn, batch)
+                except Exception:
+                    # One bad record must not fail the others: write them one by one.
+                    for r in batch:
+                        try:
+                            async with self.engine.begin() as conn:
+                                (result,) = await self._write_batch(conn, [r])
+                        except Exception as exc:
+                            if not r.done.done():
+                                r.done.set_exception(exc)
+                        else:
+                            if not r.done.done():
+                                r.done.set_result(result)
+                    continue
+            for r, result in zip(batch, results, strict=True):
+                if not r.done.done():
+                    r.done.set_result(result)
+
+    async def _write_batch(self, conn: AsyncConnection, batch: Sequence[_Record]) -> list[Recorded]:
+        """Many polls' changes in few statements: the versions read (and on PostgreSQL
+        locked) in one SELECT, then one UPDATE and one INSERT over the polls that still
+        hold the stored version. The others get the stored view back, and write nothing."""
+        check = sa.select(jobs.c.id, jobs.c.version).where(jobs.c.id.in_([r.job_id for r in batch]))
+        if self.shared:
+            check = check.order_by(jobs.c.id).with_for_update()
+        stored = {row.id: row.version for row in await conn.execute(check)}
+        fresh = [r for r in batch if stored.get(r.job_id) == r.outcome.job.version]
+        stale = {r.job_id for r in batch} - {r.job_id for r in fresh}
+        current: dict[str, JobView] = {}
+        if stale:
+            found = await conn.execute(sa.select(jobs).where(jobs.c.id.in_(stale)))
+            current = {row.id: view_of(row) for row in found}
+        if fresh:
+            await conn.execute(
+                _UPDATE_JOB,
+                [
+                    {
+                        "job_key": r.job_id,
+                        **{f"v_{k}": v for k, v in _view_values(r.outcome.job).items()},
+                        "v_last_polled_at": r.polled_at,
+                        "v_version": r.outcome.job.version + 1,
+                    }
+                    for r in fresh
+                ],
+            )
+            rows = [
+                _transition_row(r.job_id, r.outcome.transition)
+                for r in fresh
+                if r.outcome.transition is not None
+            ]
+            if rows:
+                await conn.execute(sa.insert(transitions), rows)
+        out = []
+        for r in batch:
+            if r.job_id in stale:
+                out.append(Recorded(current.get(r.job_id, r.outcome.job), written=False))
+                continue
+            ids = (
+                await insert_events(conn, r.new_events, r.polled_at, job_id=r.job_id)
+                if r.new_events
+                else []
+            )
+            view = replace(r.outcome.job, version=r.outcome.job.version + 1)
+            out.append(Recorded(view, written=True, event_ids=tuple(ids)))
+        return out
+
+    async def record_events(
+        self,
+        new_events: Sequence[NewEvent],
+        at: datetime,
+        *,
+        job_id: str | None = None,
+        source: str | None = None,
+    ) -> list[str]:
+        """Write events that change no state (reminders), with their deliveries."""
+        async with self._writing() as conn:
+            return await insert_events(conn, new_events, at, job_id=job_id, source=source)
+
+    async def source_health(self) -> dict[str, SourceHealth]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(source_health))
+            return {
+                r.source: SourceHealth(r.error, r.error_since, r.error_notified, r.version)
+                for r in rows
+            }
+
+    async def record_source(
+        self, source: str, health: SourceHealth, at: datetime, new_events: Sequence[NewEvent] = ()
+    ) -> RecordedSource:
+        """Write a source's health and the events it causes, in one transaction, if the
+        stored health is still at ``health.version`` (else: write nothing, return it)."""
+        values = {
+            "error": health.error,
+            "error_since": health.error_since,
+            "error_notified": health.error_notified,
+            "version": health.version + 1,
+        }
+        async with self._writing() as conn:
+            updated = await conn.execute(
+                sa.update(source_health)
+                .where(source_health.c.source == source, source_health.c.version == health.version)
+                .values(**values)
+            )
+            if not updated.rowcount:
+                row = (
+                    await conn.execute(
+                        sa.select(source_health).where(source_health.c.source == source)
+                    )
+                ).first()
+                if row is not None:
+                    stored = SourceHealth(
+                        row.error, row.error_since, row.error_notified, row.version
+                    )
+                    return RecordedSource(stored, written=False)
+                insert: Any = sa.insert(source_health)
+                if self.shared:
+                    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                    insert = pg_insert(source_health).on_conflict_do_nothing()
+                inserted = await conn.execute(insert.values(source=source, **values))
+                if not inserted.rowcount:
+                    return RecordedSource(health, written=False)
+            ids = await insert_events(conn, new_events, at, source=source)
+        return RecordedSource(replace(health, version=health.version + 1), True, tuple(ids))
+
+    async def touch(self, polled: Mapping[str, datetime]) -> None:
+        """Write the last poll time of jobs whose polls changed nothing, in one statement."""
+        if not polled:
+            return
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.id == sa.bindparam("job_id"))
+            .values(last_polled_at=sa.bindparam("polled_at"))
+        )
+        async with self._writing() as conn:
+            await conn.execute(
+                statement, [{"job_id": k, "polled_at": v} for k, v in polled.items()]
+            )
+
+    async def status(self) -> list[sa.Row[Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(jobs).order_by(jobs.c.created_at, jobs.c.id))
+            return list(rows)
+
+    async def job(self, job_id: str) -> sa.Row[Any] | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
+
+    async def history(self, job_id: str) -> list[sa.Row[Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(transitions)
+                .where(transitions.c.job_id == job_id)
+                .order_by(transitions.c.id)
+            )
+            return list(rows)
+
+
+def _transition_row(job_id: str, t: Transition) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "at": t.at,
+        "from_state": t.from_state.value if t.from_state else None,
+        "to_state": t.to_state.value,
+        "progress": t.progress,
+        "raw_status": t.raw_status,
+    }
+
+
+async def insert_events(
+    conn: AsyncConnection,
+    new_events: Sequence[NewEvent],
+    at: datetime,
+    *,
+    job_id: str | None = None,
+    source: str | None = None,
+) -> list[str]:
+    event_ids: list[str] = []
+    for new in new_events:
+        event_id = uuid.uuid4().hex
+        event_ids.append(event_id)
+        await conn.execute(
+            sa.insert(events).values(
+                id=event_id,
+                job_id=job_id,
+                source=source,
+                kind=new.kind,
+                at=at,
+                payload=json.dumps(new.payload, default=str),
+            )
+        )
+        if new.targets:
+            await conn.execute(
+                sa.insert(deliveries),
+                [
+                    {
+                        "event_id": event_id,
+                        "notifier": t.notifier,
+                        "target": t.key,
+                        "url": t.url,
+                        "state": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": at,
+                    }
+                    for t in new.targets
+                ],
+            )
+    return event_ids

@@ -1,0 +1,75 @@
+"""One daemon per SQLite database: a lock the kernel drops when its holder dies."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+from jobherald.errors import StoreError
+
+
+class DatabaseLock:
+    """An exclusive flock(2) on ``<database>.lock``, holding who has it (host, pid).
+
+    flock belongs to the open file: a daemon killed with SIGKILL leaves the file
+    behind but not the lock, so the next start is never refused by a dead one.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self, what: str) -> None:
+        """Hold the lock, or raise StoreError naming whoever holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            who = (
+                f"{holder.get('what', 'jobherald')} on host {holder.get('host', '?')} "
+                f"(pid {holder.get('pid', '?')})"
+                if holder
+                else "another jobherald process"
+            )
+            raise StoreError(
+                f"database {self.path.with_suffix('')} is in use by {who}: "
+                "one daemon per SQLite database (use PostgreSQL for several)"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        _keep_owner(fd, self.path.parent)
+        os.ftruncate(fd, 0)
+        record = {"what": what, "host": socket.gethostname(), "pid": os.getpid()}
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read(fd: int) -> dict[str, object]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _keep_owner(fd: int, folder: Path) -> None:
+    """Run as root beside a service's database, leave the lock file the service's own."""
+    if os.geteuid() != 0:
+        return
+    st = folder.stat()
+    with contextlib.suppress(OSError):
+        os.fchown(fd, st.st_uid, st.st_gid)

@@ -1,0 +1,226 @@
+"""Replicas: who is live (a heartbeat row each), one name each, and cluster-wide locks."""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobherald.store.base import StoreBase
+from jobherald.store.schema import deliveries, replicas
+
+# Joins and clean leaves are announced here (PostgreSQL LISTEN/NOTIFY), so the others
+# rebalance at once instead of at their next heartbeat.
+CHANNEL = "jobherald_replicas"
+# A replica row silent for this long is removed (its claims released) at the next join.
+FORGET_AFTER = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    incarnation: str
+    host: str
+    pid: int
+    started_at: datetime
+    joined_at: datetime
+    heartbeat_at: datetime
+    expires_at: datetime
+    jobs: int
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Joining:
+    """What a process brings to a join."""
+
+    incarnation: str
+    host: str
+    pid: int
+    started_at: datetime
+    lease: float
+    previous: str | None = None  # this process's last incarnation, when it rejoins
+
+
+def _member(row: sa.Row[Any]) -> Member:
+    return Member(
+        name=row.name,
+        incarnation=row.incarnation,
+        host=row.host,
+        pid=row.pid,
+        started_at=row.started_at,
+        joined_at=row.joined_at,
+        heartbeat_at=row.heartbeat_at,
+        expires_at=row.expires_at,
+        jobs=row.jobs,
+        live=bool(row.live),
+    )
+
+
+class Membership(StoreBase):
+    """The replicas table."""
+
+    async def join(
+        self, wanted: str, me: Joining, gone: Callable[[Member], bool] = lambda m: False
+    ) -> str:
+        """Take the first free name among ``wanted``, ``wanted:2``, ``wanted:3``...; return it.
+
+        A name is free when nobody has it, when its replica's lease has lapsed, when
+        it is this process's own earlier incarnation, or when ``gone`` says the
+        process holding it no longer exists. Claims the old holder left are released.
+        """
+        await self._forget_long_silent()
+        for n in range(1, 1000):
+            name = wanted if n == 1 else f"{wanted}:{n}"
+            if await self._take(name, me, gone):
+                return name
+        raise RuntimeError(f"no free replica name from {wanted!r}")
+
+    async def _take(self, name: str, me: Joining, gone: Callable[[Member], bool]) -> bool:
+        now = self.db_time()
+        values = {
+            "incarnation": me.incarnation,
+            "host": me.host,
+            "pid": me.pid,
+            "started_at": me.started_at,
+            "joined_at": now,
+            "heartbeat_at": now,
+            "expires_at": self.db_time(me.lease),
+            "jobs": 0,
+        }
+        async with self._writing() as conn:
+            query = sa.select(replicas, (replicas.c.expires_at > now).label("live")).where(
+                replicas.c.name == name
+            )
+            if self.shared:
+                query = query.with_for_update()
+            row = (await conn.execute(query)).first()
+            if row is None:
+                insert: Any = sa.insert(replicas)
+                if self.shared:
+                    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                    insert = pg_insert(replicas).on_conflict_do_nothing()
+                inserted = await conn.execute(insert.values(name=name, **values))
+                taken = bool(inserted.rowcount)
+            else:
+                held = _member(row)
+                if held.live and held.incarnation != me.previous and not gone(held):
+                    return False
+                await conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.claimed_by == held.incarnation)
+                    .values(claimed_by=None, claimed_until=None)
+                )
+                await conn.execute(
+                    sa.update(replicas)
+                    .where(replicas.c.name == name, replicas.c.incarnation == held.incarnation)
+                    .values(**values)
+                )
+                taken = True
+            if taken:
+                await self._announce(conn, name)
+            return taken
+
+    async def beat(self, name: str, incarnation: str, lease: float, jobs: int) -> bool:
+        """Renew this replica's lease; False when it had lapsed already (or the row is gone)."""
+        now = self.db_time()
+        async with self._writing() as conn:
+            result = await conn.execute(
+                sa.update(replicas)
+                .where(
+                    replicas.c.name == name,
+                    replicas.c.incarnation == incarnation,
+                    replicas.c.expires_at > now,
+                )
+                .values(heartbeat_at=now, expires_at=self.db_time(lease), jobs=jobs)
+            )
+            return bool(result.rowcount)
+
+    async def leave(self, name: str, incarnation: str) -> None:
+        """Remove this replica's row and give back its claims: the others take over at once."""
+        async with self._writing() as conn:
+            await conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.claimed_by == incarnation)
+                .values(claimed_by=None, claimed_until=None)
+            )
+            await conn.execute(
+                sa.delete(replicas).where(
+                    replicas.c.name == name, replicas.c.incarnation == incarnation
+                )
+            )
+            await self._announce(conn, name)
+
+    async def members(self) -> tuple[list[Member], datetime]:
+        """Every replica row, by name, and the database's time now."""
+        now = self.db_time()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(replicas, (replicas.c.expires_at > now).label("live")).order_by(
+                    replicas.c.name
+                )
+            )
+            members = [_member(row) for row in rows]
+            at = (await conn.execute(sa.select(self.db_time()))).scalar_one()
+        return members, at
+
+    async def _forget_long_silent(self) -> None:
+        cutoff = self.db_time(-FORGET_AFTER)
+        async with self._writing() as conn:
+            old = sa.select(replicas.c.incarnation).where(replicas.c.expires_at < cutoff)
+            await conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.claimed_by.in_(old.scalar_subquery()))
+                .values(claimed_by=None, claimed_until=None)
+            )
+            await conn.execute(sa.delete(replicas).where(replicas.c.expires_at < cutoff))
+
+    async def _announce(self, conn: Any, name: str) -> None:
+        if self.shared:
+            await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, name)))
+
+    async def listen(self, heard: Callable[[], None]) -> Callable[[], Any] | None:
+        """Call ``heard`` whenever a replica joins or leaves (PostgreSQL only); returns
+        a coroutine function that stops listening, or None where nothing is heard."""
+        if not self.shared:
+            return None
+        conn = await self.engine.connect()
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+
+        def on_notify(*_args: Any) -> None:
+            heard()
+
+        await driver.add_listener(CHANNEL, on_notify)
+
+        async def stop() -> None:
+            with contextlib.suppress(Exception):
+                await driver.remove_listener(CHANNEL, on_notify)
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+        return stop
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, what: str) -> AsyncIterator[bool]:
+        """Whether this process may do ``what`` now, once in the whole cluster (a
+        PostgreSQL advisory lock held for the block; on SQLite one daemon does it all)."""
+        if not self.shared:
+            yield True
+            return
+        key = zlib.crc32(f"jobherald:{what}".encode())
+        async with self.engine.connect() as conn:
+            got = bool((await conn.execute(sa.select(sa.func.pg_try_advisory_lock(key)))).scalar())
+            await conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    await conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    await conn.commit()

@@ -1,0 +1,166 @@
+"""The tables, the timestamp type every backend shares, and where the migrations live."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timestamps stored as naive UTC, read back as aware UTC, on every backend."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite hands back text from expressions such as min()
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC)
+
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("instance_id", sa.String(128), nullable=False),
+    sa.Column("configured", sa.Boolean, nullable=False, default=True),
+    sa.Column("state", sa.String(16), nullable=False, default="pending"),
+    sa.Column("raw_status", sa.String(64)),
+    sa.Column("progress", sa.Float),
+    sa.Column("recorded_progress", sa.Float),
+    sa.Column("type", sa.String(64)),
+    sa.Column("archive_id", sa.String(256)),
+    sa.Column("reasons", sa.Text),
+    sa.Column("begin_time", UTCDateTime),
+    sa.Column("end_time", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_polled_at", UTCDateTime),
+    sa.Column("last_changed_at", UTCDateTime),
+    sa.Column("error", sa.Text),
+    sa.Column("error_since", UTCDateTime),
+    sa.Column("not_found", sa.Integer, nullable=False, default=0),
+    sa.Column("running_since", UTCDateTime),
+    sa.Column("progress_changed_at", UTCDateTime),
+    sa.Column("milestone", sa.Float, nullable=False, default=0.0),
+    sa.Column("stall_notified", sa.Boolean, nullable=False, default=False),
+    sa.Column("overdue_notified", sa.Boolean, nullable=False, default=False),
+    sa.Column("error_notified", sa.Boolean, nullable=False, default=False),
+    # Raised by every write of the job's state: replicas change a job only from the
+    # version they read (compare-and-set), so one flip is written once.
+    sa.Column("version", sa.Integer, nullable=False, default=0, server_default="0"),
+)
+
+source_health = sa.Table(
+    "source_health",
+    metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("error", sa.Text),
+    sa.Column("error_since", UTCDateTime),
+    sa.Column("error_notified", sa.Boolean, nullable=False, default=False),
+    sa.Column("version", sa.Integer, nullable=False, default=0, server_default="0"),
+)
+
+transitions = sa.Table(
+    "transitions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(128), sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("from_state", sa.String(16)),
+    sa.Column("to_state", sa.String(16), nullable=False),
+    sa.Column("progress", sa.Float),
+    sa.Column("raw_status", sa.String(64)),
+    sa.Index("ix_transitions_job", "job_id", "id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("job_id", sa.String(128), sa.ForeignKey("jobs.id")),
+    sa.Column("source", sa.String(64)),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(32), sa.ForeignKey("events.id"), nullable=False),
+    sa.Column("notifier", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(32), nullable=False, default="*"),
+    sa.Column("url", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False, default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("delivered_at", UTCDateTime),
+    # Who is sending it now: a process's claim token, until when, and that replica's name.
+    sa.Column("claimed_by", sa.String(32)),
+    sa.Column("claimed_at", UTCDateTime),
+    sa.Column("claimed_until", UTCDateTime),
+    sa.Column("sent_by", sa.String(128)),
+    sa.UniqueConstraint(
+        "event_id", "notifier", "target", name="uq_deliveries_event_notifier_target"
+    ),
+    sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
+)
+
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    # A new token on every (re)join: what a replica claims deliveries with.
+    sa.Column("incarnation", sa.String(32), nullable=False),
+    sa.Column("host", sa.String(256), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("joined_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("jobs", sa.Integer, nullable=False, default=0),
+)
+
+
+def migrations_path() -> Path:
+    return Path(str(resources.files("jobherald.migrations")))
+
+
+# The newest revision under migrations/ (a test keeps the two the same).
+SCHEMA_HEAD = "0004"
+
+
+def alembic_config() -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(migrations_path()))
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of jobherald knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
