@@ -105,6 +105,11 @@ class Fetcher:
         )
         return self
 
+    def identify(self, replica: str) -> None:
+        """Name this replica in the User-Agent, so the upstream's logs show who polled."""
+        if self._session is not None:
+            self._session.headers["User-Agent"] = f"{USER_AGENT} (replica {replica})"
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

@@ -166,14 +166,8 @@ class Daemon:
             lock.release()
 
     @contextlib.asynccontextmanager
-    async def _parts(self, what: str) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
+    async def _parts(self) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
         """The store, dispatcher and watcher over one shared HTTP session, closed after use."""
-        with self._one_daemon(what):
-            async with self._open_parts() as parts:
-                yield parts
-
-    @contextlib.asynccontextmanager
-    async def _open_parts(self) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
         store = await Store.open(self.config.database_url)
         try:
             async with self._fetcher() as fetcher:
@@ -189,7 +183,11 @@ class Daemon:
 
     async def run_once(self) -> dict[str, int]:
         """Poll every active job once, deliver what is due, and return the state counts."""
-        async with self._parts("jobherald run --once") as (_, dispatcher, watcher):
+        with self._one_daemon("jobherald run --once"):
+            return await self._run_once()
+
+    async def _run_once(self) -> dict[str, int]:
+        async with self._parts() as (_, dispatcher, watcher):
             await poll_once(watcher.poll, [j.id for j in watcher.active()], self.config.concurrency)
             await watcher.flush()
             await watcher.remind()
@@ -200,7 +198,7 @@ class Daemon:
         """Watch until ``stop()`` (or SIGTERM/SIGINT), then finish what is in flight."""
         # Signals are heard from the first moment: a SIGTERM during start-up stops the
         # daemon cleanly as soon as it has started, a SIGHUP reloads it then.
-        with _signals(self.stop, self.reload):
+        with self._one_daemon("the jobherald daemon"), _signals(self.stop, self.reload):
             await self._watch()
 
     async def _watch(self) -> None:
@@ -212,7 +210,7 @@ class Daemon:
             len(self.config.jobs),
             make_url(self.config.database_url).render_as_string(hide_password=True),
         )
-        async with self._parts("the jobherald daemon") as (store, dispatcher, watcher):
+        async with self._parts() as (store, dispatcher, watcher):
             if retried := await store.retry_pending_now(self.clock()):
                 log.info("retrying %d undelivered messages from before the restart", retried)
             dispatcher.sender.load()
@@ -288,6 +286,8 @@ class Daemon:
 
         async def start(gained: set[str], first: bool) -> None:
             nonlocal initial
+            if store.shared:
+                watcher.fetcher.identify(replica.name)
             if not initial:
                 await watcher.refresh(gained)  # another replica polled them until now
             jobs = [watcher.jobs[i] for i in gained if i in watcher.jobs]

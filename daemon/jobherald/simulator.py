@@ -69,8 +69,14 @@ class SimJob:
     begin_time: datetime = field(default_factory=lambda: datetime.now(UTC) - timedelta(minutes=3))
     duration: timedelta = timedelta(minutes=4, seconds=12)
     polls: int = 0
+    # When set (a time.monotonic() value): the first answer until then, the last one after,
+    # however many pollers ask (the script then follows the clock, not the polls).
+    finish_at: float | None = None
 
     def next_answer(self) -> Answer:
+        if self.finish_at is not None:
+            self.polls += 1
+            return self.script[-1] if time.monotonic() >= self.finish_at else self.script[0]
         answer = self.script[min(self.polls, len(self.script) - 1)]
         self.polls += 1
         return answer
@@ -123,6 +129,7 @@ class Simulator:
         self.jobs: dict[str, SimJob] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.request_times: list[float] = []
+        self.request_wall_times: list[float] = []
         self.app = web.Application()
         self.app.router.add_get(
             "/v2/{project_id}/instances/{instance_id}/assets/jobs/{job_id}", self._job
@@ -163,6 +170,7 @@ class Simulator:
     async def _job(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.path, dict(request.headers)))
         self.request_times.append(time.monotonic())
+        self.request_wall_times.append(time.time())
         job_id = request.match_info["job_id"]
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -1,0 +1,355 @@
+"""Several replicas on one PostgreSQL, as separate processes; and SQLite held by one daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import signal
+import statistics
+import time
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from tests.conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
+
+LEASE = 4.0
+INTERVAL = 2.0
+JOBS = 600
+UA = re.compile(r"\(replica (?P<name>[^)]+)\)")
+
+
+async def fetch(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(query, *args))
+    except asyncpg.UndefinedTableError:
+        return []
+    finally:
+        await conn.close()
+
+
+async def live_replicas(url: str) -> dict[int, asyncpg.Record]:
+    """Live replica rows by pid."""
+    rows = await fetch(url, "select * from replicas where expires_at > now() at time zone 'utc'")
+    return {r["pid"]: r for r in rows}
+
+
+async def wait_until(check: Any, timeout: float, what: str) -> Any:
+    """Wait for an async check to return something true; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def polls_by_job(sim: Simulator) -> dict[str, list[tuple[float, float, str]]]:
+    """Every poll the simulator saw, per job: (monotonic time, wall time, replica name)."""
+    out: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for (path, headers), at, wall in zip(
+        sim.requests, sim.request_times, sim.request_wall_times, strict=True
+    ):
+        match = UA.search(headers.get("User-Agent", ""))
+        out[path.rsplit("/", 1)[1]].append((at, wall, match["name"] if match else "?"))
+    return out
+
+
+async def stop_all(procs: list[asyncio.subprocess.Process]) -> list[int | None]:
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(await asyncio.wait_for(proc.wait(), 20))
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            codes.append(None)
+    return codes
+
+
+@pytest.mark.timeout(240)
+async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
+    postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    ids = [f"j{i:03d}" for i in range(JOBS)]
+    config = configs.write(
+        ids,
+        notifiers={"ops": {"urls": [receiver.url()], "on": ["succeeded", "failed"]}},
+        daemon={
+            "database": postgres,
+            "poll_interval": f"{INTERVAL:g}s",
+            "lease": f"{LEASE:g}s",
+            "shutdown_timeout": "5s",
+        },
+    )
+    logs = [configs.folder / f"replica-{n}.log" for n in range(3)]
+    procs = [await spawn_daemon(config, log) for log in logs]
+    try:
+        live = await wait_until(lambda: _three(postgres), 60, "three live replicas")
+        up = time.monotonic()
+        # Jobs finish from 8 s to 32 s from now, while replicas die, freeze and come back.
+        finish_at = {}
+        for i, job_id in enumerate(ids):
+            finish_at[job_id] = up + 8 + 24 * i / JOBS
+            outcome = failed() if i % 10 == 0 else succeeded()
+            sim.add(SimJob(job_id, [running(0.5), outcome], finish_at=finish_at[job_id]))
+        names = {pid: row["name"] for pid, row in live.items()}
+        killed, stopped, kept = procs[2], procs[1], procs[0]
+        killed_name, stopped_name = names[killed.pid], names[stopped.pid]
+
+        await asyncio.sleep(max(0.0, up + 5 - time.monotonic()))
+        killed.send_signal(signal.SIGKILL)
+        await killed.wait()
+        t_kill = time.monotonic()
+
+        await asyncio.sleep(max(0.0, up + 13 - time.monotonic()))
+        stopped.send_signal(signal.SIGSTOP)
+        t_stop, t_stop_wall = time.monotonic(), time.time()
+        await asyncio.sleep(LEASE + 3)
+        stopped.send_signal(signal.SIGCONT)
+        t_cont = time.monotonic()
+
+        async def rejoined() -> datetime | None:
+            row = (await live_replicas(postgres)).get(stopped.pid)
+            if row is not None and row["joined_at"].timestamp() > t_stop_wall:
+                return row["joined_at"]
+            return None
+
+        joined_at = await wait_until(rejoined, 30, "the stopped replica to rejoin")
+        t_rejoined_wall = joined_at.replace(tzinfo=UTC).timestamp()
+
+        async def all_delivered() -> bool:
+            rows = await fetch(postgres, "select state from deliveries")
+            return len(rows) == JOBS and all(r["state"] == "delivered" for r in rows)
+
+        await wait_until(all_delivered, 90, "every job's message delivered")
+        assert await stop_all([kept, stopped]) == [0, 0]
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = {n: log.read_text() for n, log in enumerate(logs)}
+    assert "Traceback" not in "".join(text.values()), text
+
+    # One terminal transition and one event per job, however many replicas saw it flip.
+    events = await fetch(postgres, "select id, job_id, kind from events")
+    assert Counter(r["job_id"] for r in events) == Counter(ids)
+    ends = await fetch(
+        postgres,
+        "select job_id from transitions where to_state in ('succeeded', 'failed')",
+    )
+    assert Counter(r["job_id"] for r in ends) == Counter(ids)
+
+    # Every event reached the receiver; a repeat only for a send in flight at the kill or stop.
+    received = receiver.event_ids()
+    assert set(received) == {r["id"] for r in events}
+    first_seen: dict[str, float] = {}
+    for event_id, at in zip(received, receiver.received_at, strict=True):
+        first_seen.setdefault(event_id, at)
+    repeats = [e for e, n in Counter(received).items() if n > 1]
+    for event_id in repeats:
+        assert any(0 <= t - first_seen[event_id] < 1.0 for t in (t_kill, t_stop)), event_id
+
+    # No job went unpolled longer than lease + interval (+ the interval's jitter and a
+    # quarter second in which jobs taken over are first polled), and few polls were extra.
+    polls = polls_by_job(sim)
+    settle = up + 2  # the first polls of the share each replica took at start
+    worst_gap, single, total = 0.0, 0, 0
+    for job_id in ids:
+        times = [at for at, _, _ in polls[job_id]]
+        until = next(at for at in times if at >= finish_at[job_id])
+        watched = [at for at in times if settle <= at <= until]
+        gaps = [b - a for a, b in zip(watched, watched[1:], strict=False)]
+        worst_gap = max([worst_gap, *gaps])
+        single += math.ceil((until - times[0]) / INTERVAL) + 1
+        total += len(times)
+    assert worst_gap <= LEASE + INTERVAL * 1.1 + 0.5, worst_gap
+    assert total <= 1.15 * single, (total, single)
+
+    # The frozen replica did nothing from its freeze until it had joined again.
+    acted = [
+        wall
+        for job_polls in polls.values()
+        for _, wall, name in job_polls
+        if name == stopped_name and t_stop_wall < wall < t_rejoined_wall
+    ]
+    assert acted == [], f"{len(acted)} polls by the stopped replica before it rejoined"
+    claimed = await fetch(
+        postgres,
+        "select id from deliveries where sent_by = $1 and claimed_at > to_timestamp($2)"
+        " at time zone 'utc' and claimed_at < $3",
+        stopped_name,
+        t_stop_wall,
+        joined_at,
+    )
+    assert claimed == []
+    assert f"replica {stopped_name}: lease lapsed" in "".join(text.values())
+    assert f"replica {killed_name} went silent" in "".join(text.values())
+
+    def takeover(name: str, since: float) -> list[float]:
+        """For each job the replica polled in the interval before `since`: how long until
+        another replica polled it."""
+        delays = []
+        for job_polls in polls.values():
+            mine = [at for at, _, n in job_polls if n == name and since - INTERVAL <= at < since]
+            later = [at for at, _, n in job_polls if n != name and at >= since]
+            if mine and later:
+                delays.append(later[0] - since)
+        return delays
+
+    after_kill, after_stop = takeover(killed_name, t_kill), takeover(stopped_name, t_stop)
+    assert after_kill and after_stop
+    print(
+        f"\nreplicas: {JOBS} jobs, lease {LEASE:g}s, interval {INTERVAL:g}s; "
+        f"takeover after kill -9: median {statistics.median(after_kill):.2f}s, "
+        f"max {max(after_kill):.2f}s; after SIGSTOP: median {statistics.median(after_stop):.2f}s, "
+        f"max {max(after_stop):.2f}s; resumed {t_cont - t_stop:.1f}s after the stop; "
+        f"polls {total} vs {single} for one replica ({total / single:.3f}x); "
+        f"worst gap {worst_gap:.2f}s; repeats {len(repeats)}"
+    )
+
+
+async def _three(url: str) -> dict[int, asyncpg.Record] | None:
+    live = await live_replicas(url)
+    return live if len(live) == 3 else None
+
+
+@pytest.mark.timeout(120)
+async def test_two_replicas_started_a_second_apart_on_an_empty_database_migrate_it_once(
+    postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    ids = [f"m{i:02d}" for i in range(60)]
+    for job_id in ids:
+        sim.add(SimJob(job_id, [running(0.3)]))
+    config = configs.write(ids, daemon={"database": postgres, "poll_interval": "1s", "lease": "4s"})
+    logs = [configs.folder / "first.log", configs.folder / "second.log"]
+    procs = [await spawn_daemon(config, logs[0])]
+    await asyncio.sleep(1.0)
+    procs.append(await spawn_daemon(config, logs[1]))
+    try:
+        await wait_until(
+            lambda: _live_with_jobs(postgres, 2, len(ids)), 60, "two replicas sharing the jobs"
+        )
+        start = len(sim.requests)
+        began = time.monotonic()
+        await asyncio.sleep(6)
+        rate = (len(sim.requests) - start) / len(ids) / ((time.monotonic() - began) / 1.0)
+        code, out, _ = await jobherald("replicas", "--json", "-c", str(config))
+        assert code == 0
+        listed = json.loads(out)
+        code, status_out, _ = await jobherald("status", "--json", "-c", str(config))
+        owners = Counter(s["owner"] for s in json.loads(status_out))
+        assert await stop_all(procs) == [0, 0]
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = [log.read_text() for log in logs]
+    assert sum(t.count("database migrated from empty") for t in text) == 1, text
+    assert "Traceback" not in "".join(text)
+    assert [set(r) for r in listed] == [
+        {"name", "host", "pid", "started_at", "heartbeat_at", "jobs", "live"}
+    ] * 2
+    assert all(r["live"] for r in listed) and sum(r["jobs"] for r in listed) == len(ids)
+    assert sorted(owners) == sorted(r["name"] for r in listed)
+    assert sum(owners.values()) == len(ids)
+    # Each job polled about once per interval by the two together (jitter aside).
+    assert 0.85 <= rate <= 1.15, rate
+    print(f"\nreplicas: 2 replicas, {len(ids)} jobs: {rate:.3f} polls per job per interval")
+    # A clean stop removes each replica's row: nobody is left to wait out a lease.
+    assert await fetch(postgres, "select name from replicas") == []
+
+
+async def _live_with_jobs(url: str, count: int, jobs: int) -> bool:
+    live = await live_replicas(url)
+    return (
+        len(live) == count
+        and sum(r["jobs"] for r in live.values()) == jobs
+        and all(r["jobs"] for r in live.values())
+    )
+
+
+async def test_one_replica_polls_each_job_once_per_interval(
+    postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    ids = [f"s{i:02d}" for i in range(60)]
+    for job_id in ids:
+        sim.add(SimJob(job_id, [running(0.3)]))
+    config = configs.write(ids, daemon={"database": postgres, "poll_interval": "1s"})
+    log = configs.folder / "one.log"
+    proc = await spawn_daemon(config, log)
+    try:
+        await wait_until(lambda: _live_with_jobs(postgres, 1, len(ids)), 60, "the replica")
+        start, began = len(sim.requests), time.monotonic()
+        await asyncio.sleep(6)
+        rate = (len(sim.requests) - start) / len(ids) / (time.monotonic() - began)
+        code, out, _ = await jobherald("replicas", "-c", str(config))
+        assert code == 0 and " yes" in out and f"{len(ids)}" in out
+        assert await stop_all([proc]) == [0]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert 0.85 <= rate <= 1.15, rate
+    print(f"\nreplicas: 1 replica, {len(ids)} jobs: {rate:.3f} polls per job per interval")
+    text = log.read_text()
+    assert re.search(r"replica \S+ joined \(host \S+, pid \d+, lease 15s\): 1 live", text)
+    assert re.search(r"replica \S+ left: its \d+ jobs go to the others", text)
+
+
+async def test_a_second_daemon_on_a_held_sqlite_database_is_refused_until_the_holder_dies(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    sim.add(SimJob("a", [running(0.1)]))
+    config = configs.write(["a"])
+    log = configs.folder / "daemon.log"
+    holder = await spawn_daemon(config, log)
+    try:
+        await wait_for(lambda: "watching 1 jobs" in log.read_text(), 30, "the daemon")
+        for args in (["run"], ["run", "--once"]):
+            code, out, err = await jobherald(*args, "-c", str(config))
+            assert code == 1, (args, err)
+            assert err.count("\n") == 1, err
+            assert f"(pid {holder.pid})" in err and "on host " in err, err
+            assert "in use by the jobherald daemon" in err
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+        # The kernel dropped the dead daemon's lock: the next one starts at once.
+        code, _, err = await jobherald("run", "--once", "-c", str(config))
+        assert code == 0, err
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+    assert (configs.folder / "jobherald.db.lock").exists()
+
+
+def test_the_lock_file_is_beside_the_database(tmp_path: Path) -> None:
+    from jobherald.store import DatabaseLock
+
+    lock = DatabaseLock(tmp_path / "jh.db")
+    lock.acquire("a test")
+    try:
+        other = DatabaseLock(tmp_path / "jh.db")
+        with pytest.raises(Exception, match=r"jh\.db is in use by a test on host \S+ \(pid \d+\)"):
+            other.acquire("another")
+    finally:
+        lock.release()
+    again = DatabaseLock(tmp_path / "jh.db")
+    again.acquire("after release")
+    again.release()
