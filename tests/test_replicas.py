@@ -69,7 +69,7 @@ async def stop_all(procs: list[asyncio.subprocess.Process]) -> list[int | None]:
     for proc in procs:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-    codes = []
+    codes: list[int | None] = []
     for proc in procs:
         try:
             codes.append(await asyncio.wait_for(proc.wait(), 20))
@@ -95,6 +95,16 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
             "shutdown_timeout": "5s",
         },
     )
+    jobs = [
+        sim.add(
+            SimJob(
+                job_id,
+                [running(0.5), failed() if i % 10 == 0 else succeeded()],
+                finish_at=math.inf,
+            )
+        )
+        for i, job_id in enumerate(ids)
+    ]
     logs = [configs.folder / f"replica-{n}.log" for n in range(3)]
     procs = [await spawn_daemon(config, log) for log in logs]
     try:
@@ -102,10 +112,8 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
         up = time.monotonic()
         # Jobs finish from 8 s to 32 s from now, while replicas die, freeze and come back.
         finish_at = {}
-        for i, job_id in enumerate(ids):
-            finish_at[job_id] = up + 8 + 24 * i / JOBS
-            outcome = failed() if i % 10 == 0 else succeeded()
-            sim.add(SimJob(job_id, [running(0.5), outcome], finish_at=finish_at[job_id]))
+        for i, job in enumerate(jobs):
+            job.finish_at = finish_at[job.id] = up + 8 + 24 * i / JOBS
         names = {pid: row["name"] for pid, row in live.items()}
         killed, stopped, kept = procs[2], procs[1], procs[0]
         killed_name, stopped_name = names[killed.pid], names[stopped.pid]
@@ -124,9 +132,10 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
 
         async def rejoined() -> datetime | None:
             row = (await live_replicas(postgres)).get(stopped.pid)
-            if row is not None and row["joined_at"].timestamp() > t_stop_wall:
-                return row["joined_at"]
-            return None
+            if row is None:
+                return None
+            at: datetime = row["joined_at"]  # naive UTC, as stored
+            return at if at.replace(tzinfo=UTC).timestamp() > t_stop_wall else None
 
         joined_at = await wait_until(rejoined, 30, "the stopped replica to rejoin")
         t_rejoined_wall = joined_at.replace(tzinfo=UTC).timestamp()

@@ -87,6 +87,7 @@ class Replica:
     ) -> None:
         self.store = store
         self.wanted = wanted or socket.gethostname()
+        self._configured = wanted is not None
         self.name = self.wanted
         self.lease = lease
         self._jobs = jobs
@@ -133,8 +134,15 @@ class Replica:
         token = uuid.uuid4().hex
         started = time.monotonic()
         me = Joining(
-            token, socket.gethostname(), os.getpid(), self.started_at, self.lease, self._previous
+            token,
+            socket.gethostname(),
+            os.getpid(),
+            self.started_at,
+            self.lease,
+            self._previous,
+            self.name if self._previous else None,
         )
+        rejoining = self._previous is not None
         self.name = await self.store.join(self.wanted, me, gone=_pid_gone)
         members, now = await self.store.members()
         self._previous = token
@@ -147,17 +155,22 @@ class Replica:
                 log.warning("replica %s: cannot listen for joins and leaves: %s", self.name, exc)
         live = [m.name for m in members if m.live]
         log.info(
-            "replica %s joined (host %s, pid %d, lease %gs): %d live%s",
+            "replica %s %s (host %s, pid %d, lease %gs): %d live%s",
             self.name,
+            "rejoined" if rejoining else "joined",
             me.host,
             me.pid,
             self.lease,
             len(live),
             f" ({', '.join(live)})" if len(live) > 1 else "",
         )
-        if self.name != self.wanted:
-            log.warning(
-                "replica name %s is held by a live replica: this one is %s", self.wanted, self.name
+        if self.name != self.wanted and not rejoining:
+            # Expected for the default (the host name) with several replicas on one host.
+            log.log(
+                logging.WARNING if self._configured else logging.INFO,
+                "replica name %s is held by a live replica: this one is %s",
+                self.wanted,
+                self.name,
             )
         await self._adopt(members, now, first=True)
 
@@ -273,8 +286,11 @@ class Replica:
             if self.token is None:
                 return
             live = self.live
-            mine = {job_id for job_id in self._jobs() if owner(job_id, live) == self.name}
-            gained, lost = mine - self.owned, self.owned - mine
+            active = set(self._jobs())
+            mine = {job_id for job_id in active if owner(job_id, live) == self.name}
+            gained, lost = mine - self.owned, (self.owned - mine) & active
+            if finished := self.owned - active - mine:
+                self._stop(finished)  # finished or removed: nobody polls them any more
             self.owned = mine
             if lost:
                 self._stop(lost)

@@ -45,6 +45,7 @@ class Joining:
     started_at: datetime
     lease: float
     previous: str | None = None  # this process's last incarnation, when it rejoins
+    previous_name: str | None = None
 
 
 def _member(row: sa.Row[Any]) -> Member:
@@ -75,8 +76,10 @@ class Membership(StoreBase):
         process holding it no longer exists. Claims the old holder left are released.
         """
         await self._forget_long_silent()
-        for n in range(1, 1000):
-            name = wanted if n == 1 else f"{wanted}:{n}"
+        names = [wanted, *(f"{wanted}:{n}" for n in range(2, 1000))]
+        if me.previous_name is not None:  # a replica rejoining keeps its name if it can
+            names.insert(0, me.previous_name)
+        for name in names:
             if await self._take(name, me, gone):
                 return name
         raise RuntimeError(f"no free replica name from {wanted!r}")
@@ -93,7 +96,7 @@ class Membership(StoreBase):
             "expires_at": self.db_time(me.lease),
             "jobs": 0,
         }
-        async with self._writing() as conn:
+        async with self.engine.begin() as conn:  # not behind the poll writers' queue
             query = sa.select(replicas, (replicas.c.expires_at > now).label("live")).where(
                 replicas.c.name == name
             )
@@ -130,7 +133,7 @@ class Membership(StoreBase):
     async def beat(self, name: str, incarnation: str, lease: float, jobs: int) -> bool:
         """Renew this replica's lease; False when it had lapsed already (or the row is gone)."""
         now = self.db_time()
-        async with self._writing() as conn:
+        async with self.engine.begin() as conn:  # not behind the poll writers' queue
             result = await conn.execute(
                 sa.update(replicas)
                 .where(
@@ -144,7 +147,7 @@ class Membership(StoreBase):
 
     async def leave(self, name: str, incarnation: str) -> None:
         """Remove this replica's row and give back its claims: the others take over at once."""
-        async with self._writing() as conn:
+        async with self.engine.begin() as conn:  # not behind the poll writers' queue
             await conn.execute(
                 sa.update(deliveries)
                 .where(deliveries.c.claimed_by == incarnation)
@@ -172,7 +175,7 @@ class Membership(StoreBase):
 
     async def _forget_long_silent(self) -> None:
         cutoff = self.db_time(-FORGET_AFTER)
-        async with self._writing() as conn:
+        async with self.engine.begin() as conn:  # not behind the poll writers' queue
             old = sa.select(replicas.c.incarnation).where(replicas.c.expires_at < cutoff)
             await conn.execute(
                 sa.update(deliveries)
