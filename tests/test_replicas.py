@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import re
@@ -182,7 +183,7 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
         times = [at for at, _, _ in polls[job_id]]
         until = next(at for at in times if at >= finish_at[job_id])
         watched = [at for at in times if settle <= at <= until]
-        gaps = [b - a for a, b in zip(watched, watched[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(watched)]
         worst_gap = max([worst_gap, *gaps])
         single += math.ceil((until - times[0]) / INTERVAL) + 1
         total += len(times)
@@ -331,7 +332,7 @@ async def test_a_second_daemon_on_a_held_sqlite_database_is_refused_until_the_ho
     try:
         await wait_for(lambda: "watching 1 jobs" in log.read_text(), 30, "the daemon")
         for args in (["run"], ["run", "--once"]):
-            code, out, err = await jobherald(*args, "-c", str(config))
+            code, _, err = await jobherald(*args, "-c", str(config))
             assert code == 1, (args, err)
             assert err.count("\n") == 1, err
             assert f"(pid {holder.pid})" in err and "on host " in err, err
