@@ -11,6 +11,7 @@ import signal
 import statistics
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,18 @@ from typing import Any
 import asyncpg
 import pytest
 
+from jobherald.model import Outcome, State, Transition
+from jobherald.schedule.replicas import owner
 from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
-from tests.conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
+from jobherald.store import Claimer, JobIdentity, Joining, NewEvent, Store, Target
+from tests.conftest import (
+    ConfigWriter,
+    NotifyListener,
+    Receiver,
+    jobherald,
+    spawn_daemon,
+    wait_for,
+)
 
 LEASE = 4.0
 INTERVAL = 2.0
@@ -302,16 +313,23 @@ async def test_one_replica_polls_each_job_once_per_interval(
         sim.add(SimJob(job_id, [running(0.3)]))
     config = configs.write(ids, daemon={"database": postgres, "poll_interval": "1s"})
     log = configs.folder / "one.log"
-    proc = await spawn_daemon(config, log)
+    listener = NotifyListener(configs.folder)
+    proc = await spawn_daemon(config, log, env={"NOTIFY_SOCKET": listener.address})
     try:
         await wait_until(lambda: _live_with_jobs(postgres, 1, len(ids)), 60, "the replica")
         start, began = len(sim.requests), time.monotonic()
         await asyncio.sleep(6)
         rate = (len(sim.requests) - start) / len(ids) / (time.monotonic() - began)
+        # What `systemctl status` shows: this replica's share.
+        said = "\n".join(listener.drain())
+        assert re.search(
+            rf"STATUS=replica \S+, 1 of 1 live, polling {len(ids)} of {len(ids)} jobs", said
+        )
         code, out, _ = await jobherald("replicas", "-c", str(config))
         assert code == 0 and " yes" in out and f"{len(ids)}" in out
         assert await stop_all([proc]) == [0]
     finally:
+        listener.close()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
@@ -363,3 +381,120 @@ def test_the_lock_file_is_beside_the_database(tmp_path: Path) -> None:
     again = DatabaseLock(tmp_path / "jh.db")
     again.acquire("after release")
     again.release()
+
+
+# -- the parts, in one process ---------------------------------------------------------
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+async def _stores(postgres: str, n: int) -> list[Store]:
+    url = postgres.replace("postgresql://", "postgresql+asyncpg://")
+    return [await Store.open(url) for _ in range(n)]
+
+
+async def test_two_replicas_recording_the_same_flip_write_one_transition_and_one_event(
+    postgres: str,
+) -> None:
+    a, b = await _stores(postgres, 2)
+    try:
+        await a.sync_jobs([JobIdentity("j", "J", "roma", "i")], NOW)
+        await b.sync_jobs([JobIdentity("j", "J", "roma", "i")], NOW)
+        before = (await b.views(["j"]))["j"]
+        done = replace(before, state=State.SUCCEEDED, raw_status="SUCCEEDED", progress=1.0)
+        outcome = Outcome(done, True, Transition(NOW, State.PENDING, State.SUCCEEDED, 1.0, "x"))
+        event = NewEvent("succeeded", {"job": {"id": "j"}}, [Target("ops", "k", "json://x")])
+        results = await asyncio.gather(
+            a.record("j", outcome, NOW, [event]), b.record("j", outcome, NOW, [event])
+        )
+        assert sorted(r.written for r in results) == [False, True]
+        (loser,) = [r for r in results if not r.written]
+        # The loser gets what the winner wrote, and wrote nothing itself.
+        assert (loser.view.state, loser.view.version, loser.event_ids) == (State.SUCCEEDED, 1, ())
+        counts = await fetch(
+            postgres,
+            "select (select count(*) from transitions) t, (select count(*) from events) e,"
+            " (select count(*) from deliveries) d",
+        )
+        assert tuple(counts[0]) == (1, 1, 1)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_each_delivery_is_claimed_once_and_a_lapsed_replicas_claims_are_taken_over(
+    postgres: str,
+) -> None:
+    a, b = await _stores(postgres, 2)
+    try:
+        await a.sync_jobs([JobIdentity("j", "J", "roma", "i")], NOW)
+        started = datetime.now(UTC)
+        # Replica a's lease is one second; b's is long.
+        await a.join("a", Joining("token-a", "host-a", 1, started, 1.0))
+        await b.join("b", Joining("token-b", "host-b", 2, started, 60.0))
+        targets = [Target("ops", f"k{i}", f"json://x/{i}") for i in range(50)]
+        await a.record_events([NewEvent("succeeded", {"job": {"id": "j"}}, targets)], NOW)
+        by_a, by_b = Claimer("token-a", "a"), Claimer("token-b", "b")
+        got_a, got_b = await asyncio.gather(
+            a.claim_due(NOW, by_a, limit=30), b.claim_due(NOW, by_b, limit=30)
+        )
+        ids_a, ids_b = {d.id for d in got_a}, {d.id for d in got_b}
+        assert not ids_a & ids_b and len(ids_a | ids_b) == 50
+        assert await b.claim_due(NOW, by_b) == []  # a's claims hold while a is live
+        await asyncio.sleep(1.2)  # a's lease runs out: it stopped heart-beating
+        taken = {d.id for d in await b.claim_due(NOW, by_b)}
+        assert taken == ids_a
+        # a, resumed, cannot mark what b now holds; b can.
+        some = next(iter(ids_a))
+        assert not await a.mark_delivered(some, NOW, by_a)
+        assert await b.mark_delivered(some, NOW, by_b)
+        members, _ = await b.members()
+        assert [(m.name, m.live) for m in members] == [("a", False), ("b", True)]
+        # A clean leave gives back what is claimed and not sent.
+        await b.leave("b", "token-b")
+        assert len(await a.claim_due(NOW, Claimer("token-c", "c"))) == 49
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_name_is_taken_once_while_its_replica_is_live(postgres: str) -> None:
+    (store,) = await _stores(postgres, 1)
+    try:
+        started = datetime.now(UTC)
+        names = await asyncio.gather(
+            *(store.join("node", Joining(f"t{i}", "h", 100 + i, started, 60.0)) for i in range(3))
+        )
+        assert sorted(names) == ["node", "node:2", "node:3"]
+        # A rejoining replica keeps its own name.
+        (first,) = [i for i, n in enumerate(names) if n == "node:2"]
+        again = Joining("t9", "h", 100 + first, started, 60.0, f"t{first}", "node:2")
+        assert await store.join("node", again) == "node:2"
+    finally:
+        await store.close()
+
+
+async def test_cluster_wide_work_runs_on_one_replica_at_a_time(postgres: str) -> None:
+    a, b = await _stores(postgres, 2)
+    try:
+        async with a.exclusive("reminders") as first:
+            async with b.exclusive("reminders") as second:
+                assert (first, second) == (True, False)
+            async with b.exclusive("retention") as other:
+                assert other
+        async with b.exclusive("reminders") as after:
+            assert after
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_ownership_is_even_and_moves_only_the_jobs_of_a_replica_that_left() -> None:
+    jobs = [f"job-{i}" for i in range(9_000)]
+    three = {job: owner(job, ["a", "b", "c"]) for job in jobs}
+    shares = Counter(three.values())
+    assert all(2_700 <= n <= 3_300 for n in shares.values()), shares
+    two = {job: owner(job, ["a", "b"]) for job in jobs}
+    moved = [job for job in jobs if three[job] != two[job]]
+    assert all(three[job] == "c" for job in moved) and len(moved) == shares["c"]
+    assert owner("x", []) is None
