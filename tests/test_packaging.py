@@ -54,6 +54,15 @@ def test_the_wheel_contains_the_migrations(wheel: Path) -> None:
         "jobherald/py.typed",
     } <= names
     assert not any(n.startswith(("tests/", "migrations/")) for n in names)
+    # Every module of the package is in the wheel (a new sub-package must be listed).
+    package = Path(__file__).parent.parent / "daemon" / "jobherald"
+    modules = {f"jobherald/{p.relative_to(package)}" for p in package.rglob("*.py")}
+    assert modules <= names, sorted(modules - names)
+    migrations = Path(__file__).parent.parent / "migrations"
+    revisions = {
+        f"jobherald/migrations/{p.relative_to(migrations)}" for p in migrations.rglob("*.py")
+    }
+    assert revisions <= names, sorted(revisions - names)
 
 
 @pytest.mark.timeout(300)

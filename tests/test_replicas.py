@@ -220,6 +220,10 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
     assert claimed == []
     assert f"replica {stopped_name}: lease lapsed" in "".join(text.values())
     assert f"replica {killed_name} went silent" in "".join(text.values())
+    assert re.search(
+        rf"took over \d+ jobs \(\d+ from {re.escape(killed_name)}", "".join(text.values())
+    )
+    assert f"replica {stopped_name} rejoined" in text[1]
 
     def takeover(name: str, since: float) -> list[float]:
         """For each job the replica polled in the interval before `since`: how long until

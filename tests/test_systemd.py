@@ -176,7 +176,10 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
 
     config = CONFIG.format(url=sim.url, hook=receiver.url())
     await systemd.run("sh", "-c", "cat > /etc/jobherald/config.toml", stdin=config.encode())
-    await systemd.run("systemctl", "start", "jobherald")
+    code, out = await systemd.run("systemctl", "start", "jobherald", check=False)
+    if code != 0:
+        _, journal = await systemd.run("journalctl", "-u", "jobherald", "--no-pager", "-o", "cat")
+        raise AssertionError(f"the service did not start: {journal[-3000:]}")
     state = await systemd.show("jobherald")
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
     assert state["StatusText"].startswith("watching 1 jobs"), state
