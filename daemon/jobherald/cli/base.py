@@ -1,0 +1,140 @@
+"""The command line's shared parts: the group, config loading, running a coroutine, tables.
+
+Heavy imports happen inside the commands, so each command loads only what it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from jobherald.config import Config
+    from jobherald.store import Store
+
+T = TypeVar("T")
+
+
+EXIT_USAGE = 2
+
+
+EXIT_FAILURE = 1
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> None:
+    click.echo(f"jobherald: {message}", err=True)
+    sys.exit(code)
+
+
+def load_config(ctx: click.Context, path: str | None, *, check_urls: bool = False) -> Config:
+    """The config, or exit 2 with its problems. Notifier URLs are checked (which loads
+    apprise) only by the commands that send or check them."""
+    from jobherald import config
+    from jobherald.errors import ConfigError
+
+    try:
+        return config.load(path or ctx.obj.get("config"), check_urls=check_urls)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def run_async(coro: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
+    from jobherald.errors import StoreError
+
+    factory = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coro)
+    except StoreError as exc:
+        fail(str(exc))
+        raise AssertionError from None  # unreachable
+
+
+config_option = click.option(
+    "--config",
+    "-c",
+    "config_path",
+    metavar="PATH",
+    help="Config file (default: $JOBHERALD_CONFIG, else /etc/jobherald/config.toml).",
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@config_option
+@click.version_option(package_name="jobherald")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Watch long-running cloud jobs and tell people when they finish or fail."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config_path
+
+
+def database_exists(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return True
+    return bool(parsed.database) and Path(str(parsed.database)).exists()
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    # On a terminal, fit its width; into a pipe or file, one line per row.
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
+    console.print(table)
+
+
+def ago(value: str | None, now: datetime) -> str:
+    if value is None:
+        return "-"
+    seconds = (now - datetime.fromisoformat(value.replace("Z", "+00:00"))).total_seconds()
+    from jobherald.model import format_duration
+
+    return f"{format_duration(max(seconds, 0))} ago"
+
+
+async def with_store(cfg: Config, work: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
+    from jobherald.store import Store as OpenStore
+
+    store = await OpenStore.open(cfg.database_url)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def where(url: str) -> str:
+    """A database URL to show: its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    cli(prog_name="jobherald")

@@ -1,0 +1,152 @@
+"""Commands that run or check the daemon: run, check-config, notify-test, db, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from jobherald.cli.base import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    cli,
+    config_option,
+    database_exists,
+    fail,
+    load_config,
+    run_async,
+    where,
+    with_store,
+)
+
+if TYPE_CHECKING:
+    from jobherald.store import Store
+
+
+@cli.command()
+@config_option
+@click.option("--once", is_flag=True, help="Poll every unfinished job once, notify, and exit.")
+@click.pass_context
+def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
+    """Run the daemon in the foreground (logs go to stderr)."""
+    # The daemon refuses a URL apprise cannot use before it starts; one pass loads
+    # apprise only if it has something to send.
+    cfg = load_config(ctx, config_path, check_urls=not once)
+    from jobherald.service import Daemon, setup_logging
+
+    setup_logging(cfg.log_level)
+    daemon = Daemon(cfg)
+    if once:
+        run_async(daemon.run_once(), cfg.event_loop)
+    else:
+        run_async(daemon.run(), cfg.event_loop)
+
+
+@cli.command("check-config")
+@config_option
+@click.pass_context
+def check_config(ctx: click.Context, config_path: str | None) -> None:
+    """Validate the config: exit 0, or 2 with one line per problem."""
+    cfg = load_config(ctx, config_path, check_urls=True)
+    click.echo(
+        f"{cfg.path}: ok ({len(cfg.jobs)} jobs, {len(cfg.sources)} sources, "
+        f"{len(cfg.notifiers)} notifiers)"
+    )
+
+
+@cli.command("notify-test")
+@config_option
+@click.argument("notifier", required=False)
+@click.pass_context
+def notify_test(ctx: click.Context, config_path: str | None, notifier: str | None) -> None:
+    """Send a test message through one notifier, or all; exit 1 if any fails."""
+    cfg = load_config(ctx, config_path, check_urls=True)
+    names = list(cfg.notifiers)
+    if notifier is not None:
+        if notifier not in cfg.notifiers:
+            known = ", ".join(names) or "none defined"
+            fail(f"unknown notifier {notifier!r} (known: {known})", EXIT_USAGE)
+        names = [notifier]
+    if not names:
+        fail("no notifiers in the config", EXIT_USAGE)
+    from jobherald.notify import Message, Sender
+
+    sender = Sender(cfg.notifiers)
+    pairs = [(name, target) for name in names for target in sender.targets(name)]
+
+    async def send_all() -> list[tuple[bool, str]]:
+        message = Message(
+            "jobherald test message",
+            "This is a test message from jobherald: this notifier works.",
+            "info",
+        )
+        return list(await asyncio.gather(*(sender.send(n, t.key, message) for n, t in pairs)))
+
+    try:
+        results = run_async(send_all())
+    finally:
+        sender.close()
+    for (name, target), (ok, why) in zip(pairs, results, strict=True):
+        click.echo(f"{name} {target.url}: {'sent' if ok else 'FAILED: ' + why}")
+    if not all(ok for ok, _ in results):
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.group()
+def db() -> None:
+    """The database schema: which revision it is at, and bringing it up to date."""
+
+
+@db.command("current")
+@config_option
+@click.pass_context
+def db_current(ctx: click.Context, config_path: str | None) -> None:
+    """Print the database's schema revision and whether it is the newest."""
+    from jobherald.store import Store, head_revision
+
+    cfg = load_config(ctx, config_path)
+    if not database_exists(cfg.database_url):
+        click.echo(f"no database yet at {where(cfg.database_url)}")
+        return
+
+    async def current() -> str | None:
+        store = await Store.open(cfg.database_url, migrate=False)
+        try:
+            return await store.current_revision()
+        finally:
+            await store.close()
+
+    revision, head = run_async(current()), head_revision()
+    if revision == head:
+        click.echo(f"{revision} (newest)")
+    else:
+        click.echo(f"{revision or 'empty'} (newest is {head}: run `jobherald db upgrade`)")
+
+
+@db.command("upgrade")
+@config_option
+@click.pass_context
+def db_upgrade(ctx: click.Context, config_path: str | None) -> None:
+    """Bring the database to the newest schema (an SQLite file is copied aside first)."""
+    from jobherald.service import setup_logging
+    from jobherald.store import head_revision
+
+    cfg = load_config(ctx, config_path)
+    setup_logging("info")
+
+    async def nothing(_store: Store) -> None:
+        return None
+
+    run_async(with_store(cfg, nothing))
+    click.echo(f"database at {head_revision()} (newest): {where(cfg.database_url)}")
+
+
+@cli.command()
+@click.option("--speed", type=float, default=1.0, help="Faster (2) or slower (0.5) jobs.")
+def demo(speed: float) -> None:
+    """A self-contained show: simulated ROMA Connect jobs, notifications in the terminal."""
+    from jobherald.demo import run_demo
+
+    sys.exit(asyncio.run(run_demo(speed)))

@@ -1,0 +1,138 @@
+"""Registering jobs from the command line: watch and forget (drop-in files)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from jobherald.cli.base import (
+    EXIT_USAGE,
+    cli,
+    config_option,
+    fail,
+    load_config,
+)
+
+if TYPE_CHECKING:
+    from jobherald.config import Config
+
+
+def _dropin_folder(cfg: Config) -> tuple[Path, str]:
+    if not cfg.include:
+        fail(
+            f"{cfg.path}: daemon.include is empty: there is no folder for drop-in files", EXIT_USAGE
+        )
+    pattern = cfg.include[0]
+    full = Path(pattern) if Path(pattern).is_absolute() else cfg.path.parent / pattern
+    if any(ch in str(full.parent) for ch in "*?["):
+        fail(
+            f"{cfg.path}: daemon.include[0]: {pattern!r} has no plain folder to write into",
+            EXIT_USAGE,
+        )
+    return full.parent, full.name
+
+
+def _reload_service() -> None:
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["systemctl", "reload", "jobherald.service"],  # noqa: S607 (found on PATH, as a person would)
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        fail("cannot reload: systemctl is not here (send SIGHUP to the daemon instead)")
+        return
+    if done.returncode != 0:
+        fail(f"cannot reload jobherald.service: {done.stderr.strip() or done.returncode}")
+    click.echo("reloaded jobherald.service")
+
+
+@cli.command()
+@config_option
+@click.argument("job_id")
+@click.option("--source", "-s", required=True, help="The source the job belongs to.")
+@click.option("--name", "-n", help="A name for messages and status (default: the id).")
+@click.option("--instance-id", help="The ROMA Connect instance, when not the source's.")
+@click.option("--reload", "reload_service", is_flag=True, help="Reload the running service after.")
+@click.pass_context
+def watch(
+    ctx: click.Context,
+    config_path: str | None,
+    job_id: str,
+    source: str,
+    name: str | None,
+    instance_id: str | None,
+    reload_service: bool,
+) -> None:
+    """Start watching a job: write a drop-in file for it (checked before it is put in place)."""
+    import fnmatch
+    import os
+
+    from jobherald import config as config_module
+    from jobherald.errors import ConfigError
+
+    cfg = load_config(ctx, config_path)
+    existing = next((j for j in cfg.jobs if j.id == job_id), None)
+    if existing is not None:
+        fail(f"job {job_id} is already watched ({existing.origin})", EXIT_USAGE)
+    folder, pattern = _dropin_folder(cfg)
+    target = folder / f"{job_id}.toml"
+    if not fnmatch.fnmatchcase(target.name, pattern):
+        fail(f"{target.name} would not match daemon.include[0] ({cfg.include[0]})", EXIT_USAGE)
+    lines = ["[[jobs]]", f"id = {json.dumps(job_id)}", f"source = {json.dumps(source)}"]
+    if name:
+        lines.append(f"name = {json.dumps(name)}")
+    if instance_id:
+        lines.append(f"instance_id = {json.dumps(instance_id)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".{job_id}.toml.new"
+    with staging.open("w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        config_module.load(cfg.path, extra=[staging], check_urls=False)
+    except ConfigError as exc:
+        staging.unlink(missing_ok=True)
+        for line in exc.problems:
+            click.echo(line.replace(staging.name, target.name), err=True)
+        sys.exit(EXIT_USAGE)
+    os.replace(staging, target)
+    click.echo(f"watching {job_id}{f' ({name})' if name else ''} from {source}: wrote {target}")
+    if reload_service:
+        _reload_service()
+
+
+@cli.command()
+@config_option
+@click.argument("job_id")
+@click.option("--reload", "reload_service", is_flag=True, help="Reload the running service after.")
+@click.pass_context
+def forget(ctx: click.Context, config_path: str | None, job_id: str, reload_service: bool) -> None:
+    """Stop watching a job by removing its drop-in file (its history is kept)."""
+    import tomllib
+
+    cfg = load_config(ctx, config_path)
+    job = next((j for j in cfg.jobs if j.id == job_id), None)
+    if job is None:
+        fail(f"no job {job_id!r} in the config", EXIT_USAGE)
+        return
+    label = job.origin.rsplit(": jobs[", 1)[0]
+    path = Path(label) if Path(label).is_absolute() else cfg.path.parent / label
+    if path.resolve() == cfg.path.resolve():
+        fail(f"job {job_id} is in {cfg.path} itself: remove its [[jobs]] table there", EXIT_USAGE)
+    with path.open("rb") as handle:
+        others = [j for j in tomllib.load(handle).get("jobs", []) if j.get("id") != job_id]
+    if others:
+        fail(f"{path} holds other jobs too: remove the table of {job_id} by hand", EXIT_USAGE)
+    path.unlink()
+    click.echo(f"forgot {job_id}: removed {path} (its history is kept)")
+    if reload_service:
+        _reload_service()
