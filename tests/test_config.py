@@ -142,6 +142,14 @@ source = "roma-prd"
             "daemon.concurrency: Input should be greater than or equal to 1",
         ),
         (
+            '[daemon]\nlease = "1s"\n',
+            "daemon.lease: Input should be greater than or equal to 3",
+        ),
+        (
+            '[daemon]\nreplica = "node a"\n',
+            "daemon.replica: bad replica name 'node a': up to 100 letters, digits and ._:@- (starting with a letter or digit)",
+        ),
+        (
             '[daemon]\nlog_level = "loud"\n',
             "daemon.log_level: Input should be 'debug', 'info', 'warning' or 'error'",
         ),

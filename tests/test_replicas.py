@@ -131,6 +131,7 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
         killed_name, stopped_name = names[killed.pid], names[stopped.pid]
 
         await asyncio.sleep(max(0.0, up + 5 - time.monotonic()))
+        steady = sum(1 for at in sim.request_times if up + 1 <= at < up + 5)
         killed.send_signal(signal.SIGKILL)
         await killed.wait()
         t_kill = time.monotonic()
@@ -244,7 +245,8 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
         f"max {max(after_kill):.2f}s; after SIGSTOP: median {statistics.median(after_stop):.2f}s, "
         f"max {max(after_stop):.2f}s; resumed {t_cont - t_stop:.1f}s after the stop; "
         f"polls {total} vs {single} for one replica ({total / single:.3f}x); "
-        f"worst gap {worst_gap:.2f}s; repeats {len(repeats)}"
+        f"worst gap {worst_gap:.2f}s; repeats {len(repeats)}; "
+        f"steady: {steady / JOBS / (4 / INTERVAL):.3f} polls per job per interval"
     )
 
 
@@ -278,7 +280,12 @@ async def test_two_replicas_started_a_second_apart_on_an_empty_database_migrate_
         listed = json.loads(out)
         code, status_out, _ = await jobherald("status", "--json", "-c", str(config))
         owners = Counter(s["owner"] for s in json.loads(status_out))
-        assert await stop_all(procs) == [0, 0]
+        # A clean stop hands the jobs over at once, not after the lease.
+        leaving = next(r["name"] for r in listed if r["pid"] == procs[0].pid)
+        t_term = time.monotonic()
+        assert await stop_all(procs[:1]) == [0]
+        await asyncio.sleep(2.0)
+        assert await stop_all(procs[1:]) == [0]
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -295,7 +302,16 @@ async def test_two_replicas_started_a_second_apart_on_an_empty_database_migrate_
     assert sum(owners.values()) == len(ids)
     # Each job polled about once per interval by the two together (jitter aside).
     assert 0.85 <= rate <= 1.15, rate
-    print(f"\nreplicas: 2 replicas, {len(ids)} jobs: {rate:.3f} polls per job per interval")
+    handed = []
+    for job_polls in polls_by_job(sim).values():
+        if any(n == leaving and t_term - 1.0 <= at < t_term for at, _, n in job_polls):
+            handed.append(next(at for at, _, n in job_polls if n != leaving and at >= t_term))
+    assert handed and max(handed) - t_term < 4.0
+    print(
+        f"\nreplicas: 2 replicas, {len(ids)} jobs: {rate:.3f} polls per job per interval; "
+        f"after a clean stop the other polled its {len(handed)} jobs within "
+        f"{max(handed) - t_term:.2f}s"
+    )
     # A clean stop removes each replica's row: nobody is left to wait out a lease.
     assert await fetch(postgres, "select name from replicas") == []
 

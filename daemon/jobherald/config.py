@@ -145,10 +145,18 @@ class DaemonSection(RuleFields):
     retries: int = Field(default=2, ge=0, le=10)
     event_loop: Literal["uvloop", "asyncio"] | None = None
     # Several replicas on one PostgreSQL: this one's name, and how long a silent one keeps its jobs.
-    replica: str | None = Field(
-        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
-    )
+    replica: str | None = None
     lease: Duration = Field(default=15.0, ge=3.0, le=3600.0)
+
+    @field_validator("replica")
+    @classmethod
+    def _replica_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}", value):
+            raise ValueError(
+                f"bad replica name {value!r}: up to 100 letters, digits and ._:@- "
+                "(starting with a letter or digit)"
+            )
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

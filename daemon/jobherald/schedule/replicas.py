@@ -148,11 +148,7 @@ class Replica:
         self._previous = token
         self._valid_until = started + self.lease - min(MARGIN, self.lease / 10)
         self.token = token
-        if self._unlisten is None:
-            try:
-                self._unlisten = await self.store.listen(self._heard.set)
-            except Exception as exc:  # heard at the next heartbeat instead
-                log.warning("replica %s: cannot listen for joins and leaves: %s", self.name, exc)
+        await self._listen()
         live = [m.name for m in members if m.live]
         log.info(
             "replica %s %s (host %s, pid %d, lease %gs): %d live%s",
@@ -174,13 +170,27 @@ class Replica:
             )
         await self._adopt(members, now, first=True)
 
-    async def leave(self) -> None:
-        """Hand every job over now: remove this replica's row (its claims released)."""
+    async def _listen(self, again: bool = False) -> None:
+        """Hear joins and leaves as they happen (else: at the next heartbeat)."""
+        if again:
+            await self._stop_listening()
+        if self._unlisten is not None:
+            return
+        try:
+            self._unlisten = await self.store.listen(self._heard.set)
+        except Exception as exc:
+            log.warning("replica %s: cannot listen for joins and leaves: %s", self.name, exc)
+
+    async def _stop_listening(self) -> None:
         if self._unlisten is not None:
             stop, self._unlisten = self._unlisten, None
             result = stop()
             if asyncio.iscoroutine(result):
                 await result
+
+    async def leave(self) -> None:
+        """Hand every job over now: remove this replica's row (its claims released)."""
+        await self._stop_listening()
         token, self.token = self.token, None
         if token is None:
             return
@@ -229,6 +239,7 @@ class Replica:
             if self._failing is not None:
                 log.info("replica %s: heartbeats work again", self.name)
                 self._failing = None
+                await self._listen(again=True)  # the old listening connection may be gone
             if now >= next_beat:
                 next_beat = now + beat_every
 
