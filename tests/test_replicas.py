@@ -518,3 +518,92 @@ def test_ownership_is_even_and_moves_only_the_jobs_of_a_replica_that_left() -> N
     moved = [job for job in jobs if three[job] != two[job]]
     assert all(three[job] == "c" for job in moved) and len(moved) == shares["c"]
     assert owner("x", []) is None
+
+
+class Proxy:
+    """A TCP proxy to PostgreSQL that the test can cut (every connection dropped, new ones
+    refused) and mend: a replica losing its database, with nothing else changed."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+        self.open = True
+        self._links: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._links |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        self.open = False
+        for writer in self._links:
+            writer.transport.abort()
+        self._links.clear()
+
+    def mend(self) -> None:
+        self.open = True
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_replica_that_loses_its_database_stops_polling_until_it_has_rejoined(
+    postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    ids = [f"c{i:02d}" for i in range(20)]
+    for job_id in ids:
+        sim.add(SimJob(job_id, [running(0.3)]))
+    base, name = postgres.rsplit("/", 1)
+    proxy = Proxy(int(base.rsplit(":", 1)[1]))
+    await proxy.start()
+    through = f"postgresql://jobherald@127.0.0.1:{proxy.port}/{name}"
+    config = configs.write(ids, daemon={"database": through, "poll_interval": "1s", "lease": "3s"})
+    log = configs.folder / "cut.log"
+    proc = await spawn_daemon(config, log)
+    try:
+        await wait_until(lambda: _live_with_jobs(postgres, 1, len(ids)), 60, "the replica")
+        proxy.cut()
+        t_cut = time.monotonic()
+        await wait_for(lambda: "lease lapsed" in log.read_text(), 15, "the lease to lapse")
+        t_lapsed = time.monotonic()
+        await asyncio.sleep(3.0)
+        quiet = [at for at in sim.request_times if t_lapsed < at]
+        proxy.mend()
+        await wait_for(lambda: " rejoined " in log.read_text(), 30, "the replica to rejoin")
+        resumed = len(sim.requests)
+        await wait_for(lambda: len(sim.requests) > resumed + len(ids), 15, "polls again")
+        assert await stop_all([proc]) == [0]
+    finally:
+        await proxy.stop()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = log.read_text()
+    # Its lease ended by its own clock within `lease` of the cut, and then nothing was polled.
+    assert t_lapsed - t_cut < 3.0 + 1.0
+    assert quiet == [], f"{len(quiet)} polls while the lease was gone"
+    assert "heartbeat failed" in text and "heartbeats work again" in text
+    assert "Traceback" not in text, text

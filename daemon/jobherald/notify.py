@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
+
 from jobherald.config import Notifier, Source
 from jobherald.errors import FetchError
 from jobherald.model import EventKind, format_duration
@@ -439,15 +441,26 @@ class Dispatcher:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until ``stopping`` is set, sleeping until the next due row or a wake-up."""
+        failing: str | None = None
         while not stopping.is_set():
             self._wake.clear()
             try:
                 await self.deliver_due()
-            except Exception:
-                log.exception("delivery pass failed; trying again shortly")
+                next_at = await self.store.next_delivery_at()
+            except Exception as exc:
+                # The database away (a restart, a network cut): one line per outage.
+                text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                if isinstance(exc, OSError | sa_exc.DBAPIError | sa_exc.InterfaceError):
+                    if failing is None:  # once per outage
+                        log.error("delivery pass failed (%s); trying again shortly", text)
+                else:
+                    log.exception("delivery pass failed; trying again shortly")
+                failing = text
                 await _wait(self._wake, stopping, 5.0)
                 continue
-            next_at = await self.store.next_delivery_at()
+            if failing is not None:
+                log.info("delivery passes work again")
+                failing = None
             timeout = self.max_sleep
             if next_at is not None:
                 timeout = max(0.0, min(timeout, (next_at - self.clock()).total_seconds()))

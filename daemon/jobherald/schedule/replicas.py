@@ -231,7 +231,7 @@ class Replica:
                     await self._adopt(*await self.store.members())
             except Exception as exc:
                 text = f"{type(exc).__name__}: {exc}"[:300]
-                if text != self._failing:
+                if self._failing is None:  # once per outage
                     log.warning("replica %s: heartbeat failed: %s", self.name, text)
                     self._failing = text
                 next_beat = time.monotonic() + RETRY_EVERY
