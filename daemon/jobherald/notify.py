@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 
+from jobherald.aio import first_of
 from jobherald.config import Notifier, Source
 from jobherald.errors import FetchError
 from jobherald.model import EventKind, format_duration
@@ -456,7 +457,7 @@ class Dispatcher:
                 else:
                     log.exception("delivery pass failed; trying again shortly")
                 failing = text
-                await _wait(self._wake, stopping, 5.0)
+                await first_of(self._wake, stopping, timeout=5.0)
                 continue
             if failing is not None:
                 log.info("delivery passes work again")
@@ -464,13 +465,4 @@ class Dispatcher:
             timeout = self.max_sleep
             if next_at is not None:
                 timeout = max(0.0, min(timeout, (next_at - self.clock()).total_seconds()))
-            await _wait(self._wake, stopping, timeout)
-
-
-async def _wait(wake: asyncio.Event, stopping: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+            await first_of(self._wake, stopping, timeout=timeout)

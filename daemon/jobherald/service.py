@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy.engine import make_url
 
 from jobherald import __version__
+from jobherald.aio import first_of
 from jobherald.config import Config, systemd_environment
 from jobherald.fetch import Fetcher, RetryPolicy
 from jobherald.notify import Dispatcher
@@ -245,7 +246,7 @@ class Daemon:
             gc.freeze()
             self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
             while not self.stopping.is_set():
-                await _first(self.stopping, self.reloading)
+                await first_of(self.stopping, self.reloading)
                 if self.reloading.is_set() and not self.stopping.is_set():
                     self.reloading.clear()
                     await self._reload(watcher, dispatcher, pool, replica)
@@ -439,15 +440,6 @@ class Daemon:
         except TimeoutError:
             sender.cancel()
             log.warning("shutdown bound reached; undelivered messages are sent at next start")
-
-
-async def _first(*events: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
+from jobherald.aio import first_of
 from jobherald.store import Claimer, Joining, Member, Store
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ class Replica:
                 wait = min(wait, self._next_expiry - now)
             if self.token is not None:
                 wait = min(wait, self._valid_until - now)
-            await _either(self._heard, stopping, max(0.0, wait))
+            await first_of(self._heard, stopping, timeout=max(0.0, wait))
             if stopping.is_set():
                 return
             now = time.monotonic()
@@ -310,27 +311,11 @@ class Replica:
             if first or not before:
                 return
             if gained:
-                sources = Counter(owner(job_id, before) for job_id in gained)
-                log.info(
-                    "replica %s took over %d jobs (%s)",
-                    self.name,
-                    len(gained),
-                    ", ".join(f"{n} from {name}" for name, n in sorted(sources.items(), key=str)),
-                )
+                _moved(self.name, "took over", "from", Counter(owner(j, before) for j in gained))
             if lost:
-                targets = Counter(owner(job_id, live) for job_id in lost)
-                log.info(
-                    "replica %s handed over %d jobs (%s)",
-                    self.name,
-                    len(lost),
-                    ", ".join(f"{n} to {name}" for name, n in sorted(targets.items(), key=str)),
-                )
+                _moved(self.name, "handed over", "to", Counter(owner(j, live) for j in lost))
 
 
-async def _either(heard: asyncio.Event, stopping: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(heard.wait()), asyncio.ensure_future(stopping.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+def _moved(name: str, what: str, way: str, others: Counter[str | None]) -> None:
+    parts = ", ".join(f"{n} {way} {other}" for other, n in sorted(others.items(), key=str))
+    log.info("replica %s %s %d jobs (%s)", name, what, others.total(), parts)
