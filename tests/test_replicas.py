@@ -77,6 +77,14 @@ def polls_by_job(sim: Simulator) -> dict[str, list[tuple[float, float, str]]]:
     return out
 
 
+def running_jobs(sim: Simulator, prefix: str, count: int) -> list[str]:
+    """Jobs that run on and on; their ids."""
+    ids = [f"{prefix}{i:02d}" for i in range(count)]
+    for job_id in ids:
+        sim.add(SimJob(job_id, [running(0.3)]))
+    return ids
+
+
 async def stop_all(procs: list[asyncio.subprocess.Process]) -> list[int | None]:
     for proc in procs:
         if proc.returncode is None:
@@ -259,9 +267,7 @@ async def _three(url: str) -> dict[int, asyncpg.Record] | None:
 async def test_two_replicas_started_a_second_apart_on_an_empty_database_migrate_it_once(
     postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
 ) -> None:
-    ids = [f"m{i:02d}" for i in range(60)]
-    for job_id in ids:
-        sim.add(SimJob(job_id, [running(0.3)]))
+    ids = running_jobs(sim, "m", 60)
     config = configs.write(ids, daemon={"database": postgres, "poll_interval": "1s", "lease": "4s"})
     logs = [configs.folder / "first.log", configs.folder / "second.log"]
     procs = [await spawn_daemon(config, logs[0])]
@@ -328,9 +334,7 @@ async def _live_with_jobs(url: str, count: int, jobs: int) -> bool:
 async def test_one_replica_polls_each_job_once_per_interval(
     postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
 ) -> None:
-    ids = [f"s{i:02d}" for i in range(60)]
-    for job_id in ids:
-        sim.add(SimJob(job_id, [running(0.3)]))
+    ids = running_jobs(sim, "s", 60)
     config = configs.write(ids, daemon={"database": postgres, "poll_interval": "1s"})
     log = configs.folder / "one.log"
     listener = NotifyListener(configs.folder)
@@ -573,9 +577,7 @@ class Proxy:
 async def test_a_replica_that_loses_its_database_stops_polling_until_it_has_rejoined(
     postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
 ) -> None:
-    ids = [f"c{i:02d}" for i in range(20)]
-    for job_id in ids:
-        sim.add(SimJob(job_id, [running(0.3)]))
+    ids = running_jobs(sim, "c", 20)
     base, name = postgres.rsplit("/", 1)
     proxy = Proxy(int(base.rsplit(":", 1)[1]))
     await proxy.start()
