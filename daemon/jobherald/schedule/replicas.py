@@ -53,22 +53,6 @@ def owner(job_id: str, names: Sequence[str]) -> str | None:
     return best
 
 
-def _pid_gone(member: Member) -> bool:
-    """Whether a replica row of this host names a process that no longer exists (a
-    replica killed and restarted before its lease ran out takes its old name back).
-    A row naming this very pid is not taken as ours: in containers, replicas on hosts
-    of one name can all be pid 1 (this process's own rows are known by their token)."""
-    if member.host != socket.gethostname() or member.pid == os.getpid():
-        return False
-    try:
-        os.kill(member.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class Replica:
     """This process among the replicas: joining, heart-beating, and the jobs it polls.
 
@@ -146,7 +130,7 @@ class Replica:
             self.name if self._previous else None,
         )
         rejoining = self._previous is not None
-        self.name = await self.store.join(self.wanted, me, gone=_pid_gone)
+        self.name = await self.store.join(self.wanted, me)
         self._previous = token  # should what follows fail, the next try takes this row back
         members, now = await self.store.members()
         self._valid_until = started + self.lease - min(MARGIN, self.lease / 10)

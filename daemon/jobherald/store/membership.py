@@ -66,25 +66,24 @@ def _member(row: sa.Row[Any]) -> Member:
 class Membership(StoreBase):
     """The replicas table."""
 
-    async def join(
-        self, wanted: str, me: Joining, gone: Callable[[Member], bool] = lambda m: False
-    ) -> str:
+    async def join(self, wanted: str, me: Joining) -> str:
         """Take the first free name among ``wanted``, ``wanted:2``, ``wanted:3``...; return it.
 
-        A name is free when nobody has it, when its replica's lease has lapsed, when
-        it is this process's own earlier incarnation, or when ``gone`` says the
-        process holding it no longer exists. Claims the old holder left are released.
+        A name is free when nobody has it, when its replica's lease has lapsed, or when
+        it is this process's own earlier incarnation (a rejoin). Claims the old holder
+        left are released. (A process of the same host and a dead pid is not taken for
+        gone: in containers, the pid may be another namespace's.)
         """
         await self._forget_long_silent()
         names = [wanted, *(f"{wanted}:{n}" for n in range(2, 1000))]
         if me.previous_name is not None:  # a replica rejoining keeps its name if it can
             names.insert(0, me.previous_name)
         for name in names:
-            if await self._take(name, me, gone):
+            if await self._take(name, me):
                 return name
         raise RuntimeError(f"no free replica name from {wanted!r}")
 
-    async def _take(self, name: str, me: Joining, gone: Callable[[Member], bool]) -> bool:
+    async def _take(self, name: str, me: Joining) -> bool:
         now = self.db_time()
         values = {
             "incarnation": me.incarnation,
@@ -113,7 +112,7 @@ class Membership(StoreBase):
                 taken = bool(inserted.rowcount)
             else:
                 held = _member(row)
-                if held.live and held.incarnation != me.previous and not gone(held):
+                if held.live and held.incarnation != me.previous:
                     return False
                 await conn.execute(
                     sa.update(deliveries)
