@@ -129,6 +129,10 @@ def lag_quantile(figures: dict[str, Any], q: float) -> float:
     return 0.0
 
 
+def _knows_event_loop(code: Path) -> bool:
+    return "event_loop" in (code / "daemon" / "jobherald" / "config.py").read_text()
+
+
 def probe(
     base: str,
     count: int,
@@ -148,7 +152,8 @@ def probe(
             [f"j{i}" for i in range(count)],
             f"{interval}s",
             "json://127.0.0.1:9/x",
-            event_loop if code is None else None,
+            # An older tree is given the loop too when it knows the key (else its default).
+            event_loop if code is None or _knows_event_loop(code) else None,
         )
         stats = folder / "stats.json"
         env = dict(os.environ)
