@@ -116,6 +116,28 @@ async def test_a_kill_before_delivery_loses_nothing_and_repeats_nothing(
     assert (sim.polls("a"), sim.polls("b")) == polls
 
 
+async def test_a_kill_during_a_send_leaves_no_claim_behind_for_the_next_daemon(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    sim.add(SimJob("a", [succeeded()]))
+    config = configs.write(["a"], daemon={"poll_interval": "200ms"})
+    db = configs.folder / "jobherald.db"
+    receiver.delay = 5  # the first daemon's send hangs: its delivery stays claimed
+    first = await start(daemons, config)
+    await wait_for(lambda: len(receiver.attempts) == 1, 20, "the first send")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(
+            "select count(*) from deliveries where claimed_by is not null"
+        ).fetchone() == (1,)
+    assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+    receiver.delay = 0
+    second = await start(daemons, config)
+    # Sent by the next daemon as soon as it starts, not after the dead one's lease or claim.
+    await wait_for(lambda: delivery_states(db) == ["delivered"], 10, "the delivery")
+    assert await second.stop() == 0
+    assert receiver.titles() == ["a succeeded"]
+
+
 async def test_a_kill_after_delivery_sends_nothing_again(
     sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: list[Running]
 ) -> None:

@@ -171,6 +171,10 @@ class Daemon:
         """The store, dispatcher and watcher over one shared HTTP session, closed after use."""
         store = await Store.open(self.config.database_url)
         try:
+            if not store.shared:
+                # This process holds the SQLite database alone: a daemon killed before it
+                # left claims and a heartbeat row behind, which must not wait out a lease.
+                await store.forget_holders()
             async with self._fetcher() as fetcher:
                 dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
                 try:

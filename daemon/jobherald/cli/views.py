@@ -285,7 +285,7 @@ def replicas(ctx: click.Context, config_path: str | None, as_json: bool) -> None
         click.echo(json.dumps(items, indent=2))
         return
     if not items:
-        click.echo("no replicas: no daemon has run on this database")
+        click.echo("no replicas: no daemon is running on this database")
         return
     from datetime import UTC
 

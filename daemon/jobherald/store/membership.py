@@ -129,6 +129,20 @@ class Membership(StoreBase):
                 await self._announce(conn, name)
             return taken
 
+    async def forget_holders(self) -> None:
+        """Whoever held this database before is gone (SQLite, whose lock this process
+        holds): release every claim and mark every replica row silent."""
+        now = self.db_time()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.claimed_by.is_not(None))
+                .values(claimed_by=None, claimed_until=None)
+            )
+            await conn.execute(
+                sa.update(replicas).where(replicas.c.expires_at > now).values(expires_at=now)
+            )
+
     async def beat(self, name: str, incarnation: str, lease: float, jobs: int) -> bool:
         """Renew this replica's lease; False when it had lapsed already (or the row is gone)."""
         now = self.db_time()
