@@ -161,6 +161,8 @@ class Daemon:
             raise StoreError(
                 f"database folder {Path(url.database).parent} does not exist"
             ) from None
+        except OSError as exc:
+            raise StoreError(f"cannot lock {lock.path}: {exc.strerror or exc}") from None
         try:
             yield
         finally:
@@ -242,7 +244,7 @@ class Daemon:
                 self.config.event_loop,
             )
             heartbeat = asyncio.create_task(
-                self._heartbeat(pool, periodic, watcher), name="heartbeat"
+                self._heartbeat(pool, periodic, watcher, membership), name="heartbeat"
             )
             # What start-up built (modules, config, views) lives as long as the daemon: keep
             # it out of the garbage collector's scans, which then cover only what polls make.
@@ -401,14 +403,16 @@ class Daemon:
         if failing:
             parts.append(f"{failing} failing")
         line = f"watching {len(active)} jobs" + (f": {', '.join(parts)}" if parts else "")
-        if self.replica is not None and self.replica.store.shared:
+        if self.replica is not None and (self.replica.store.shared or not self.replica.valid()):
             line = f"{self.replica.status(len(active))}; {line}"
         if watcher.last_poll_at is not None:
             ago = max(0.0, (self.clock() - watcher.last_poll_at).total_seconds())
             line += f"; last poll {ago:.0f} s ago"
         return line
 
-    async def _heartbeat(self, pool: Pool, periodic: Periodic, watcher: Watcher) -> None:
+    async def _heartbeat(
+        self, pool: Pool, periodic: Periodic, watcher: Watcher, membership: asyncio.Task[None]
+    ) -> None:
         """From the event loop itself: WATCHDOG=1 while the pool polls and the chores run."""
         every = 5.0
         if self.watchdog_usec:
@@ -420,6 +424,8 @@ class Daemon:
             problem = pool.health(loop.time())
             if problem is None and not periodic.alive(self.clock()):
                 problem = "the periodic chores have stopped"
+            if problem is None and membership.done():
+                problem = "the replica's heartbeats have stopped"
             if problem != said:
                 if problem is not None:
                     log.error("polling is stuck: %s", problem)
