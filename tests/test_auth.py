@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from jobherald.auth import sign
 from jobherald.config import AkSkAuth, AuthConfig, PasswordAuth, Source, TokenAuth, WatchedJob
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher
 from jobherald.simulator import SimJob, Simulator, running
 from jobherald.sources import RomaConnect
+from jobherald.sources.huawei_auth import sign
 from tests.conftest import Clock
 from tests.fakes import FakeIam, sdk_signature_check
 

@@ -21,8 +21,8 @@ from jobherald.model import (
     observe_error,
     observe_source_error,
     observe_source_ok,
-    state_from_status,
 )
+from jobherald.sources.roma import state_from_status
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -44,7 +44,7 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
         ("INIT", State.UNKNOWN),
     ],
 )
-def test_status_words_map_to_canonical_states(raw: str, state: State) -> None:
+def test_roma_status_words_map_to_canonical_states(raw: str, state: State) -> None:
     assert state_from_status(raw) is state
 
 
@@ -292,3 +292,17 @@ def test_a_failing_job_backs_off_to_ten_intervals_or_ten_minutes(
     base: float, failures: int, expected: float
 ) -> None:
     assert backoff_interval(base, failures) == expected
+
+
+def test_the_model_knows_no_vendor_and_imports_nothing_of_jobherald() -> None:
+    import ast
+    from pathlib import Path
+
+    from jobherald import model
+
+    source = Path(model.__file__).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m.startswith("jobherald")], imported
+    assert not any(word in source.lower() for word in ("roma", "huawei", "apig"))

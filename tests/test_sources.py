@@ -11,7 +11,7 @@ from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher
 from jobherald.model import Reason, Snapshot, State
 from jobherald.simulator import Answer, SimJob, Simulator, failed, http_error, running, succeeded
-from jobherald.sources import RomaConnect, parse_job
+from jobherald.sources.roma import RomaConnect, parse_job
 
 REASONS = [
     {

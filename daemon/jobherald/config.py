@@ -300,6 +300,7 @@ class Source:
     timeout: float
     verify_tls: bool
     rules: Rules = field(default_factory=Rules)
+    type: str = "roma-connect"
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,22 +52,8 @@ class Event:
     detail: str
 
 
-# ROMA Connect editions disagree on the words; compare case-insensitively.
-_STATUS_WORDS: dict[str, State] = {
-    "running": State.RUNNING,
-    "succeeded": State.SUCCEEDED,
-    "success": State.SUCCEEDED,
-    "finished": State.SUCCEEDED,
-    "failed": State.FAILED,
-}
-
 # A progress change is kept in the history when it moves at least this much.
 PROGRESS_STEP = 0.1
-
-
-def state_from_status(raw: str) -> State:
-    """Map an upstream status word to a canonical state (``unknown`` if new to us)."""
-    return _STATUS_WORDS.get(raw.strip().lower(), State.UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)

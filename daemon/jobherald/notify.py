@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exc as sa_exc
 
@@ -26,6 +26,9 @@ from jobherald.config import Notifier, Source
 from jobherald.errors import FetchError
 from jobherald.model import EventKind, format_duration
 from jobherald.store import CLAIM_FOR, Claimer, Delivery, Store, Target
+
+if TYPE_CHECKING:
+    from jobherald.sources.base import Advice
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,11 @@ def notify_type(kind: str) -> str:
     return _NOTIFY_TYPES.get(kind, "info")
 
 
-def advice(kind: EventKind, error: FetchError | None, source: Source) -> str | None:
-    """What a person can do about an event, or None when nothing is needed."""
+def advice(kind: EventKind, error: FetchError | None, source: Source, words: Advice) -> str | None:
+    """What a person can do about an event, or None when nothing is needed; ``words``
+    are the source type's own (its console, its API, what to check)."""
     if kind is EventKind.STALLED:
-        return "Look at the job in the ROMA Connect console; jobherald keeps watching it."
+        return f"Look at the job in {words.console}; jobherald keeps watching it."
     if kind is EventKind.LOST:
         return (
             "The job may have been deleted, or its id or instance_id is wrong. "
@@ -69,11 +73,11 @@ def advice(kind: EventKind, error: FetchError | None, source: Source) -> str | N
     if error.kind in ("timeout", "connection"):
         return f"Check that {source.endpoint} is reachable from this machine."
     if error.kind == "body":
-        return f"{source.endpoint} does not answer like ROMA Connect's job API: check endpoint."
+        return f"{source.endpoint} does not answer like {words.api}: check endpoint."
     if error.status == 403:
-        return "Check that the account may read this instance's asset jobs."
+        return words.forbidden
     if error.status in (400, 404):
-        return "Check the job's id and instance_id."
+        return words.not_found
     return "The service is failing; jobherald keeps trying, less often while it fails."
 
 

@@ -28,7 +28,7 @@ from jobherald.model import (
 )
 from jobherald.notify import Dispatcher, advice
 from jobherald.schedule.pool import PollResult
-from jobherald.sources import RomaConnect, make_source
+from jobherald.sources import JobSource, make_source
 from jobherald.store import JobIdentity, NewEvent, Store, Target
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Watcher:
         self.fetcher = fetcher
         self.dispatcher = dispatcher
         self.clock = clock
-        self.sources: dict[str, RomaConnect] = {
+        self.sources: dict[str, JobSource] = {
             name: make_source(src, clock) for name, src in config.sources.items()
         }
         self.jobs: dict[str, WatchedJob] = {j.id: j for j in config.jobs}
@@ -171,7 +171,7 @@ class Watcher:
         for job_id in removed:
             gone = old_jobs[job_id]
             if (source := self.sources.get(gone.source)) is not None:
-                source.forget(gone.id, gone.instance_id)
+                source.forget(gone)
         changed = [j for j in self.jobs.values() if old_jobs.get(j.id) != j]
         return changed, removed
 
@@ -274,7 +274,12 @@ class Watcher:
             if not targets:
                 continue  # nobody listens: the transition and the log line are the record
             payload = event_payload(
-                event, job, before, outcome.job, now, advice(event.kind, error, source)
+                event,
+                job,
+                before,
+                outcome.job,
+                now,
+                advice(event.kind, error, source, self.sources[job.source].advice),
             )
             new_events.append(NewEvent(event.kind.value, payload, targets))
         recorded = await self.store.record(job.id, outcome, now, new_events)
@@ -355,7 +360,7 @@ class Watcher:
                         "kind": event.kind.value,
                         "at": now.isoformat(),
                         "detail": event.detail,
-                        "advice": advice(event.kind, error, source),
+                        "advice": advice(event.kind, error, source, self.sources[name].advice),
                     },
                     "source": {
                         "name": name,

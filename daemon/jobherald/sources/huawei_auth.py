@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -21,7 +22,8 @@ from yarl import URL
 
 from jobherald.config import AkSkAuth, AuthConfig, PasswordAuth, TokenAuth, read_secret
 from jobherald.errors import FetchError
-from jobherald.fetch import Fetcher
+from jobherald.fetch import Fetcher, Response
+from jobherald.sources.base import BODY_PREVIEW
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +184,6 @@ class IamPassword:
             raise error from None
         token = response.headers.get("X-Subject-Token")
         if response.status not in (200, 201) or not token:
-            from jobherald.sources import error_fields
-
             code, message = error_fields(response.body)
             error = FetchError(
                 "auth",
@@ -310,3 +310,40 @@ def make_credentials(
     if isinstance(config, PasswordAuth):
         return IamPassword(config, timeout=timeout, clock=clock)
     return AkSkSigner(config, project_id, clock)
+
+
+# Answers of Huawei Cloud's API gateway that say the credentials are bad (not that they
+# lack a permission); each service adds its own.
+GATEWAY_AUTH_CODES = frozenset({"APIG.1002"})
+
+
+def rejects_credentials(response: Response, codes: frozenset[str] = GATEWAY_AUTH_CODES) -> bool:
+    """Whether an answer says the credentials were refused (so fresh ones may help)."""
+    if response.status == 401:
+        return True
+    if response.status == 403:
+        code, _ = error_fields(response.body)
+        return code in codes
+    return False
+
+
+def error_fields(body: bytes) -> tuple[str | None, str | None]:
+    """``error_code`` and ``error_msg`` of Huawei Cloud's error shape, or of the gateway's
+    and IAM's ``{"error": {...}}``."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(data, Mapping):
+        return None, None
+    nested = data.get("error")
+    if isinstance(nested, Mapping):
+        data = nested
+    code = data.get("error_code", data.get("code"))
+    if isinstance(code, int):  # IAM repeats the HTTP status as its "code"
+        code = None
+    message = data.get("error_msg", data.get("message"))
+    return (
+        str(code) if code is not None else None,
+        str(message)[:BODY_PREVIEW] if message else None,
+    )

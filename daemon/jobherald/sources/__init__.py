@@ -1,0 +1,27 @@
+"""Job sources, one module per type, and the registry the rest of jobherald goes through.
+
+- ``base``: what a source is (the ``JobSource`` protocol) and shared HTTP/JSON helpers.
+- ``huawei_auth``: Huawei Cloud credentials (token, IAM password, AK/SK) and error shape.
+- ``roma``: ROMA Connect asset jobs (``type = "roma-connect"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from jobherald.config import Source
+from jobherald.sources.base import Advice, JobSource, SourceFactory
+from jobherald.sources.roma import RomaConnect
+
+# Every source type by its config name.
+SOURCE_TYPES: dict[str, SourceFactory] = {
+    "roma-connect": RomaConnect,
+}
+
+
+def make_source(config: Source, clock: Callable[[], datetime] | None = None) -> JobSource:
+    return SOURCE_TYPES[config.type](config, clock)
+
+
+__all__ = ["SOURCE_TYPES", "Advice", "JobSource", "RomaConnect", "make_source"]

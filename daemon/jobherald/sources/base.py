@@ -1,0 +1,132 @@
+"""What every source type is, and the HTTP-and-JSON helpers they share.
+
+A source knows HTTP and its upstream's JSON; it never touches the database or
+notifications. ``poll`` returns a vendor-neutral Snapshot or raises a FetchError,
+and ``advice`` says what a person can do when polling it fails.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, Protocol
+
+from jobherald.config import Source, WatchedJob
+from jobherald.errors import FetchError
+from jobherald.fetch import Fetcher, Response
+from jobherald.model import Snapshot
+
+BODY_PREVIEW = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Advice:
+    """The words a source type gives to people when its jobs need attention."""
+
+    # Where a person looks at a job: "the ROMA Connect console".
+    console: str
+    # What the endpoint should answer like: "ROMA Connect's job API".
+    api: str
+    # What to check after a 403, and after a 400 or 404.
+    forbidden: str
+    not_found: str
+
+
+class JobSource(Protocol):
+    """One configured source: polls its jobs."""
+
+    config: Source
+    advice: Advice
+
+    async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot: ...
+
+    def forget(self, job: WatchedJob) -> None:
+        """Drop what is kept for a job that left the config."""
+
+
+SourceFactory = Callable[[Source, Callable[[], datetime] | None], JobSource]
+
+
+def json_body(response: Response) -> Any:
+    """The JSON of a 200 answer; FetchError (kind ``body``) if it is not JSON."""
+    try:
+        return json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        raise FetchError(
+            "body",
+            f"answer is not JSON: {preview(response.body)}",
+            request_id=request_id(response),
+        ) from None
+
+
+def request_id(response: Response) -> str | None:
+    return response.headers.get("X-Request-Id") or response.headers.get("X-Openstack-Request-Id")
+
+
+def http_error(
+    response: Response,
+    code: str | None,
+    message: str | None,
+    *,
+    not_found: bool,
+    source_wide: bool,
+) -> FetchError:
+    """A FetchError for an answer that is not a 200."""
+    status = response.status
+    return FetchError(
+        "http",
+        message or STATUS_TEXT.get(status, "unexpected answer"),
+        status=status,
+        error_code=code,
+        request_id=request_id(response),
+        retryable=status == 429 or status >= 500,
+        source_wide=source_wide,
+        not_found=not_found,
+        retry_after=response.retry_after,
+    )
+
+
+STATUS_TEXT = {
+    400: "bad request",
+    401: "not authenticated",
+    403: "forbidden",
+    404: "no such job",
+    409: "conflict",
+    429: "too many requests",
+    500: "server error",
+    502: "bad gateway",
+    503: "service unavailable",
+    504: "gateway timeout",
+}
+
+
+def text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def time_of(value: Any) -> datetime | None:
+    if not value or not isinstance(value, str):
+        return None
+    return parse_time(value)
+
+
+@lru_cache(maxsize=4096)
+def parse_time(value: str) -> datetime | None:
+    """An ISO 8601 time as aware UTC (a job's begin time is read again at every poll)."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def preview(body: bytes) -> str:
+    shown = body[:BODY_PREVIEW].decode("utf-8", errors="replace")
+    return repr(shown) if shown else "(empty)"

@@ -1,0 +1,175 @@
+"""Huawei Cloud ROMA Connect asset jobs: the URL, the status words, the error codes, advice.
+
+``GET {endpoint}/v2/{project_id}/instances/{instance_id}/assets/jobs/{job_id}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from jobherald.config import Source, WatchedJob
+from jobherald.errors import FetchError
+from jobherald.fetch import Fetcher, Response
+from jobherald.model import Reason, Snapshot, State
+from jobherald.sources.base import Advice, http_error, json_body, request_id, text, time_of
+from jobherald.sources.huawei_auth import (
+    GATEWAY_AUTH_CODES,
+    error_fields,
+    make_credentials,
+    rejects_credentials,
+)
+
+# Answers that say the credentials are bad (not that they lack a permission).
+AUTH_CODES = GATEWAY_AUTH_CODES | {"ROMA.1000", "ROMA.1002"}
+# Answers that say the job does not exist.
+NOT_FOUND_CODES = frozenset({"ROMA.00110006"})
+
+# ROMA Connect editions disagree on the words; compare case-insensitively.
+STATUS_WORDS: dict[str, State] = {
+    "running": State.RUNNING,
+    "succeeded": State.SUCCEEDED,
+    "success": State.SUCCEEDED,
+    "finished": State.SUCCEEDED,
+    "failed": State.FAILED,
+}
+
+ADVICE = Advice(
+    console="the ROMA Connect console",
+    api="ROMA Connect's job API",
+    forbidden="Check that the account may read this instance's asset jobs.",
+    not_found="Check the job's id and instance_id.",
+)
+
+
+def state_from_status(raw: str) -> State:
+    """Map a status word to a canonical state (``unknown`` if new to us)."""
+    return STATUS_WORDS.get(raw.strip().lower(), State.UNKNOWN)
+
+
+class RomaConnect:
+    """Huawei Cloud ROMA Connect asset jobs (``check_asset_job_status``)."""
+
+    advice = ADVICE
+
+    def __init__(self, config: Source, clock: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self.credentials = make_credentials(
+            config.auth, config.project_id, config.timeout, *([clock] if clock else [])
+        )
+        self._urls: dict[tuple[str, str], str] = {}
+
+    def url_for(self, job: WatchedJob) -> str:
+        key = (job.instance_id, job.id)
+        url = self._urls.get(key)
+        if url is None:
+            c = self.config
+            url = self._urls[key] = (
+                f"{c.endpoint}/v2/{quote(c.project_id, safe='')}/instances/"
+                f"{quote(job.instance_id, safe='')}/assets/jobs/{quote(job.id, safe='')}"
+            )
+        return url
+
+    def forget(self, job: WatchedJob) -> None:
+        """Drop what is kept for a job that left the config."""
+        self._urls.pop((job.instance_id, job.id), None)
+
+    async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
+        """One job's snapshot; with fresh credentials once more if the service rejected them."""
+        url = self.url_for(job)
+        for attempt in range(2):
+            headers: dict[str, str] = {}
+            used = await self.credentials.apply(fetcher, "GET", url, headers)
+            response = await fetcher.get(
+                url, headers=headers, timeout=self.config.timeout, verify_tls=self.config.verify_tls
+            )
+            if (
+                attempt == 0
+                and rejects_credentials(response, AUTH_CODES)
+                and self.credentials.invalidate(used)
+            ):
+                continue
+            return parse_response(response)
+        raise AssertionError("unreachable")
+
+
+def parse_response(response: Response) -> Snapshot:
+    if response.status != 200:
+        code, message = error_fields(response.body)
+        raise http_error(
+            response,
+            code,
+            message,
+            not_found=response.status == 404 or code in NOT_FOUND_CODES,
+            source_wide=rejects_credentials(response, AUTH_CODES),
+        )
+    body = json_body(response)
+    try:
+        return parse_job(body)
+    except (ValueError, TypeError) as exc:
+        raise FetchError(
+            "body", f"unexpected answer: {exc}", request_id=request_id(response)
+        ) from None
+
+
+def parse_job(body: Any) -> Snapshot:
+    """Read a 200 body of "Obtaining Job Progress" into a Snapshot; ValueError if it is not one."""
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object, got {type(body).__name__}")
+    raw_status = body.get("status")
+    if not isinstance(raw_status, str) or not raw_status.strip():
+        raise ValueError("no 'status' field")
+    reasons_raw = body.get("reasons")
+    if reasons_raw is None:
+        reasons_raw = body.get("reason")
+    return Snapshot(
+        state=state_from_status(raw_status),
+        raw_status=raw_status.strip(),
+        progress=_progress(body.get("progress_percent")),
+        type=text(body.get("type")),
+        archive_id=text(body.get("archive_id")),
+        reasons=_reasons(reasons_raw),
+        begin_time=time_of(body.get("begin_time")),
+        end_time=time_of(body.get("end_time")),
+    )
+
+
+def _progress(value: Any) -> float | None:
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"progress_percent {value!r} is not a number") from None
+    if math.isnan(number) or number < 0:
+        raise ValueError(f"progress_percent {value!r} is out of range")
+    if number > 1.0:
+        # Some answers give a percentage (35 for 35 %); the schema says 0..1.
+        number = number / 100.0 if number <= 100.0 else 1.0
+    return number
+
+
+def _reasons(value: Any) -> tuple[Reason, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("'reasons' is not a list")
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            out.append(Reason(None, None, None, item))
+        elif isinstance(item, dict):
+            out.append(
+                Reason(
+                    resource_type=text(item.get("resource_type")),
+                    resource_name=text(item.get("resource_name")),
+                    error_code=text(item.get("error_code")),
+                    error_msg=text(item.get("error_msg")),
+                )
+            )
+    return tuple(out)
