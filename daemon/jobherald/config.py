@@ -204,16 +204,31 @@ AuthSection = Annotated[
 ]
 
 
-class RomaConnectSource(RuleFields):
-    type: Literal["roma-connect"]
+class HuaweiSource(RuleFields):
+    """What every Huawei Cloud source has: an endpoint, a project, and one of three auths."""
+
     endpoint: Endpoint
     project_id: str = Field(min_length=1)
-    instance_id: str | None = None
     token: SecretStr | None = None
     token_file: Path | None = None
     auth: AuthSection | None = None
     timeout: Duration = 10.0
     verify_tls: bool = True
+
+
+class RomaConnectSource(HuaweiSource):
+    type: Literal["roma-connect"]
+    instance_id: str | None = None
+
+
+class HuaweiJobSource(HuaweiSource):
+    """Huawei Cloud's shared job API (ECS, EVS, IMS, BMS, VPC...)."""
+
+    type: Literal["huawei-job"]
+
+
+SourceSection = Annotated[RomaConnectSource | HuaweiJobSource, Field(discriminator="type")]
+SOURCE_TYPES = ("roma-connect", "huawei-job")
 
 
 class NotifierSection(_Model):
@@ -246,7 +261,7 @@ class JobSection(RuleFields):
 
 class MainFile(_Model):
     daemon: DaemonSection = DaemonSection()
-    sources: dict[str, RomaConnectSource] = {}
+    sources: dict[str, SourceSection] = {}
     notifiers: dict[str, NotifierSection] = {}
     jobs: tuple[JobSection, ...] = ()
 
@@ -493,22 +508,29 @@ def _describe(err: Any, label: str) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     # A tagged union puts the tag in the path: sources.s.auth.password.user → sources.s.auth.user
     loc = [
-        p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "auth" and p in AUTH_METHODS)
+        p
+        for i, p in enumerate(loc)
+        if not (i > 0 and loc[i - 1] == "auth" and p in AUTH_METHODS)
+        and not (i == 2 and loc[0] == "sources" and p in SOURCE_TYPES)
     ]
     kind = err["type"]
+    is_source = len(loc) == 2 and loc[0] == "sources"
     if kind == "extra_forbidden":
         message = "unknown key"
     elif kind == "missing":
         message = "required key is missing"
     elif kind == "too_short":
         message = "must not be empty"
+    elif kind == "union_tag_invalid" and is_source:
+        message = f"unknown source type (known: {', '.join(SOURCE_TYPES)})"
+        loc = [*loc, "type"]
+    elif kind == "union_tag_not_found" and is_source:
+        message = f"required key 'type' is missing ({', '.join(SOURCE_TYPES)})"
     elif kind == "union_tag_invalid":
         message = f"unknown method (known: {', '.join(AUTH_METHODS)})"
         loc = [*loc, "method"]
     elif kind == "union_tag_not_found":
         message = f"required key 'method' is missing ({', '.join(AUTH_METHODS)})"
-    elif kind == "literal_error" and loc and loc[-1] == "type":
-        message = "unknown source type (known: roma-connect)"
     else:
         message = str(err["msg"]).removeprefix("Value error, ")
         if kind == "literal_error" and loc and loc[-2:-1] == ["on"]:
@@ -671,7 +693,7 @@ class _Secrets:
 
 
 def _resolve_auth(
-    section: RomaConnectSource, where: str, base: Path, problems: list[str]
+    section: HuaweiSource, where: str, base: Path, problems: list[str]
 ) -> AuthConfig | None:
     auth = section.auth
     if auth is not None and (section.token is not None or section.token_file is not None):
@@ -708,7 +730,7 @@ def _resolve_auth(
 
 def _resolve_source(
     name: str,
-    section: RomaConnectSource,
+    section: RomaConnectSource | HuaweiJobSource,
     base: Path,
     label: str,
     rules: Rules,
@@ -724,11 +746,12 @@ def _resolve_source(
         name=name,
         endpoint=section.endpoint,
         project_id=section.project_id,
-        instance_id=section.instance_id,
+        instance_id=section.instance_id if isinstance(section, RomaConnectSource) else None,
         auth=auth,
         timeout=section.timeout,
         verify_tls=section.verify_tls,
         rules=section.over(rules),
+        type=section.type,
     )
 
 
@@ -757,8 +780,18 @@ def _resolve_jobs(
                 problems.append(
                     f"{where}.notify[{i}]: unknown notifier {notifier!r} (known: {known_notifiers})"
                 )
-        instance_id = job.instance_id or parsed.sources[job.source].instance_id
-        if not instance_id:
+        section = parsed.sources[job.source]
+        if not isinstance(section, RomaConnectSource):
+            if job.instance_id is not None:
+                problems.append(
+                    f"{where}.instance_id: only for roma-connect sources "
+                    f"({job.source!r} is {section.type})"
+                )
+                continue
+            instance_id = ""
+        else:
+            instance_id = job.instance_id or section.instance_id or ""
+        if not instance_id and isinstance(section, RomaConnectSource):
             problems.append(
                 f"{where}.instance_id: required, as source {job.source!r} sets no instance_id"
             )

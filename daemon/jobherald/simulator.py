@@ -69,6 +69,8 @@ class SimJob:
     begin_time: datetime = field(default_factory=lambda: datetime.now(UTC) - timedelta(minutes=3))
     duration: timedelta = timedelta(minutes=4, seconds=12)
     polls: int = 0
+    # For Huawei Cloud's job API (GET /v1/{project}/jobs/{id}): how many sub jobs it has.
+    sub_jobs_total: int | None = None
     # When set (a time.monotonic() value): the first answer until then, the last one after,
     # however many pollers ask (the script then follows the clock, not the polls).
     finish_at: float | None = None
@@ -98,6 +100,44 @@ class SimJob:
             body["archive_id"] = self.archive_id
         if word == "failed":
             body[answer.reasons_key] = self.reasons
+        return body
+
+    def huawei_body(self, answer: Answer) -> dict[str, Any]:
+        """The answer in the shape of Huawei Cloud's ShowJob (ECS, EVS, IMS...)."""
+        assert answer.status is not None
+        word = {"succeeded": "SUCCESS", "success": "SUCCESS", "failed": "FAIL"}.get(
+            answer.status.lower(), answer.status.upper()
+        )
+        body: dict[str, Any] = {
+            "job_id": self.id,
+            "job_type": self.type,
+            "status": word,
+            "begin_time": _iso(self.begin_time),
+        }
+        if word in ("SUCCESS", "FAIL"):
+            body["end_time"] = _iso(self.begin_time + self.duration)
+        if self.sub_jobs_total is None:
+            return body
+        total = self.sub_jobs_total
+        done = total if word in ("SUCCESS", "FAIL") else round((answer.progress or 0) * total)
+        subs = []
+        for i in range(total):
+            sub: dict[str, Any] = {
+                "job_id": f"{self.id}-{i}",
+                "job_type": "createSingleServer",
+                "status": "SUCCESS" if i < done else "RUNNING",
+                "entities": {"server_id": f"server-{i}"},
+                "begin_time": _iso(self.begin_time),
+            }
+            if word == "FAIL" and i == total - 1:
+                reason = self.reasons[0] if self.reasons else {}
+                sub.update(
+                    status="FAIL",
+                    error_code=reason.get("error_code", "Ecs.0000"),
+                    fail_reason=reason.get("error_msg", "request error"),
+                )
+            subs.append(sub)
+        body["entities"] = {"sub_jobs_total": total, "sub_jobs": subs}
         return body
 
 
@@ -134,6 +174,8 @@ class Simulator:
         self.app.router.add_get(
             "/v2/{project_id}/instances/{instance_id}/assets/jobs/{job_id}", self._job
         )
+        # Huawei Cloud's shared job API, served from the same jobs in its own shape.
+        self.app.router.add_get("/v1/{project_id}/jobs/{job_id}", self._job)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -188,7 +230,8 @@ class Simulator:
             return _error(401, "APIG.1002", "Incorrect token or token resolution failed", headers)
         if request.match_info["project_id"] != self.project_id:
             return _error(403, "ROMA.00000101", "No permission for this project", headers)
-        if request.match_info["instance_id"] not in self.instances:
+        huawei = "instance_id" not in request.match_info
+        if not huawei and request.match_info["instance_id"] not in self.instances:
             return _error(500, "ROMA.00110002", "The instance does not exist.", headers)
         job = self.jobs.get(request.match_info["job_id"])
         if job is None:
@@ -208,7 +251,9 @@ class Simulator:
             return web.json_response(answer.json_body, status=answer.http_status, headers=headers)
         if answer.http_status != 200:
             return _error(answer.http_status, answer.error_code, answer.error_msg, headers)
-        return web.json_response(job.body(answer), headers=headers)
+        return web.json_response(
+            job.huawei_body(answer) if huawei else job.body(answer), headers=headers
+        )
 
 
 def _error(

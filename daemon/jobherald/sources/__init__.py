@@ -3,6 +3,7 @@
 - ``base``: what a source is (the ``JobSource`` protocol) and shared HTTP/JSON helpers.
 - ``huawei_auth``: Huawei Cloud credentials (token, IAM password, AK/SK) and error shape.
 - ``roma``: ROMA Connect asset jobs (``type = "roma-connect"``).
+- ``huawei_job``: Huawei Cloud's shared job API (``type = "huawei-job"``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from datetime import datetime
 
 from jobherald.config import Source
 from jobherald.sources.base import Advice, JobSource, SourceFactory
+from jobherald.sources.huawei_job import HuaweiJob
 from jobherald.sources.roma import RomaConnect
 
 # Every source type by its config name.
 SOURCE_TYPES: dict[str, SourceFactory] = {
     "roma-connect": RomaConnect,
+    "huawei-job": HuaweiJob,
 }
 
 
@@ -24,4 +27,4 @@ def make_source(config: Source, clock: Callable[[], datetime] | None = None) -> 
     return SOURCE_TYPES[config.type](config, clock)
 
 
-__all__ = ["SOURCE_TYPES", "Advice", "JobSource", "RomaConnect", "make_source"]
+__all__ = ["SOURCE_TYPES", "Advice", "HuaweiJob", "JobSource", "RomaConnect", "make_source"]

@@ -20,7 +20,14 @@ from urllib.parse import quote, unquote
 
 from yarl import URL
 
-from jobherald.config import AkSkAuth, AuthConfig, PasswordAuth, TokenAuth, read_secret
+from jobherald.config import (
+    AkSkAuth,
+    AuthConfig,
+    PasswordAuth,
+    Source,
+    TokenAuth,
+    read_secret,
+)
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher, Response
 from jobherald.sources.base import BODY_PREVIEW
@@ -325,6 +332,26 @@ def rejects_credentials(response: Response, codes: frozenset[str] = GATEWAY_AUTH
         code, _ = error_fields(response.body)
         return code in codes
     return False
+
+
+async def get_with_credentials(
+    fetcher: Fetcher,
+    credentials: Credentials,
+    url: str,
+    source: Source,
+    codes: frozenset[str] = GATEWAY_AUTH_CODES,
+) -> Response:
+    """GET ``url`` with these credentials; once more with fresh ones if they were refused."""
+    for attempt in range(2):
+        headers: dict[str, str] = {}
+        used = await credentials.apply(fetcher, "GET", url, headers)
+        response = await fetcher.get(
+            url, headers=headers, timeout=source.timeout, verify_tls=source.verify_tls
+        )
+        if attempt == 0 and rejects_credentials(response, codes) and credentials.invalidate(used):
+            continue
+        return response
+    raise AssertionError("unreachable")
 
 
 def error_fields(body: bytes) -> tuple[str | None, str | None]:

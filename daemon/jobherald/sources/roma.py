@@ -19,6 +19,7 @@ from jobherald.sources.base import Advice, http_error, json_body, request_id, te
 from jobherald.sources.huawei_auth import (
     GATEWAY_AUTH_CODES,
     error_fields,
+    get_with_credentials,
     make_credentials,
     rejects_credentials,
 )
@@ -80,20 +81,10 @@ class RomaConnect:
     async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
         """One job's snapshot; with fresh credentials once more if the service rejected them."""
         url = self.url_for(job)
-        for attempt in range(2):
-            headers: dict[str, str] = {}
-            used = await self.credentials.apply(fetcher, "GET", url, headers)
-            response = await fetcher.get(
-                url, headers=headers, timeout=self.config.timeout, verify_tls=self.config.verify_tls
-            )
-            if (
-                attempt == 0
-                and rejects_credentials(response, AUTH_CODES)
-                and self.credentials.invalidate(used)
-            ):
-                continue
-            return parse_response(response)
-        raise AssertionError("unreachable")
+        response = await get_with_credentials(
+            fetcher, self.credentials, url, self.config, AUTH_CODES
+        )
+        return parse_response(response)
 
 
 def parse_response(response: Response) -> Snapshot:
