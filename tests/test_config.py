@@ -119,7 +119,7 @@ source = "roma-prd"
         ),
         (
             '[sources.s]\ntype = "gitlab"\nendpoint = "https://e"\nproject_id = "p"\ntoken = "t"\n',
-            "sources.s.type: unknown source type (known: roma-connect)",
+            "sources.s.type: unknown source type (known: roma-connect, huawei-job)",
         ),
         (
             '[sources.s]\ntype = "roma-connect"\nproject_id = "p"\ntoken = "t"\n',
@@ -374,12 +374,13 @@ async def test_check_config_accepts_a_good_file_and_reads_the_environment_path(
 
 
 def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ROMA_TOKEN", "IAM_PASSWORD", "ROMA_AK", "ROMA_SK"):
+    for name in ("ROMA_TOKEN", "IAM_PASSWORD", "ROMA_AK", "ROMA_SK", "IAM_TOKEN"):
         monkeypatch.setenv(name, "example")
     example = Path(__file__).parent.parent / "config.example.toml"
     cfg = config.load(example)
     assert cfg.jobs
     assert {s.auth.method for s in cfg.sources.values()} == {"token", "password", "aksk"}
+    assert {s.type for s in cfg.sources.values()} == {"roma-connect", "huawei-job"}
 
 
 def test_watch_rules_inherit_from_daemon_to_source_to_job(tmp_path: Path) -> None:

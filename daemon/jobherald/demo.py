@@ -30,7 +30,8 @@ def _register_plugin() -> None:
         return True
 
 
-def demo_jobs() -> list[tuple[str, SimJob]]:
+def demo_jobs() -> list[tuple[str, SimJob, str]]:
+    """(name, simulated job, source) of each demo job."""
     now = datetime.now(UTC)
     export_steps: list[Answer] = [running(p / 10) for p in range(1, 9)] + [succeeded()]
     import_steps: list[Answer] = [
@@ -42,6 +43,7 @@ def demo_jobs() -> list[tuple[str, SimJob]]:
     ]
     slow_steps: list[Answer] = [running(p / 40, "Running") for p in range(0, 40, 2)]
     slow_steps.append(succeeded("Success"))
+    servers_steps: list[Answer] = [running(p / 4) for p in range(0, 4)] + [succeeded()]
     return [
         (
             "nightly export",
@@ -52,6 +54,7 @@ def demo_jobs() -> list[tuple[str, SimJob]]:
                 archive_id="ff8080814dbd65d7014dbe0d84db0014",
                 begin_time=now - timedelta(minutes=12),
             ),
+            "demo",
         ),
         (
             "orders import",
@@ -76,6 +79,7 @@ def demo_jobs() -> list[tuple[str, SimJob]]:
                 begin_time=now - timedelta(minutes=2),
                 duration=timedelta(minutes=2, seconds=40),
             ),
+            "demo",
         ),
         (
             "full backup",
@@ -87,12 +91,25 @@ def demo_jobs() -> list[tuple[str, SimJob]]:
                 begin_time=now - timedelta(hours=1),
                 duration=timedelta(hours=1, minutes=3),
             ),
+            "demo",
+        ),
+        (
+            "web servers (ECS)",
+            SimJob(
+                id="ff808082739334d80173943ec9b42130",
+                script=servers_steps,
+                type="createServers",
+                sub_jobs_total=4,
+                begin_time=now - timedelta(minutes=1),
+                duration=timedelta(minutes=1, seconds=30),
+            ),
+            "ecs",
         ),
     ]
 
 
 def _write_config(
-    folder: Path, url: str, sim: Simulator, jobs: list[tuple[str, SimJob]], interval: float
+    folder: Path, url: str, sim: Simulator, jobs: list[tuple[str, SimJob, str]], interval: float
 ) -> Path:
     lines = [
         "[daemon]",
@@ -108,13 +125,19 @@ def _write_config(
         f'instance_id = "{next(iter(sim.instances))}"',
         f'token = "{sim.token}"',
         "",
+        "[sources.ecs]",
+        'type = "huawei-job"',
+        f'endpoint = "{url}"',
+        f'project_id = "{sim.project_id}"',
+        f'token = "{sim.token}"',
+        "",
         "[notifiers.terminal]",
         f'urls = ["{DEMO_SCHEME}://terminal"]',
         'on = ["succeeded", "failed"]',
         "",
     ]
-    for name, job in jobs:
-        lines += ["[[jobs]]", f'id = "{job.id}"', 'source = "demo"', f'name = "{name}"', ""]
+    for name, job, source in jobs:
+        lines += ["[[jobs]]", f'id = "{job.id}"', f'source = "{source}"', f'name = "{name}"', ""]
     path = folder / "config.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -124,7 +147,10 @@ def _view(rows: list[dict[str, Any]]) -> Any:
     from rich.progress_bar import ProgressBar
     from rich.table import Table
 
-    table = Table(title="jobherald demo: watching simulated ROMA Connect jobs", expand=False)
+    table = Table(
+        title="jobherald demo: simulated ROMA Connect jobs and a Huawei Cloud ECS job",
+        expand=False,
+    )
     for column in ("job", "state", "progress", "", "status", "last error"):
         table.add_column(column)
     styles = {"succeeded": "green", "failed": "red", "running": "cyan", "unknown": "yellow"}
@@ -183,14 +209,16 @@ async def run_demo(speed: float = 1.0) -> int:
     interval = max(0.2, 1.0 / max(speed, 0.01))
     sim = Simulator()
     jobs = demo_jobs()
-    for _, job in jobs:
+    for _, job, _ in jobs:
         sim.add(job)
     url = await sim.start()
     received = 0
     with tempfile.TemporaryDirectory(prefix="jobherald-demo-") as folder:
         cfg = config_module.load(_write_config(Path(folder), url, sim, jobs, interval))
         setup_logging(cfg.log_level)
-        console.print(f"simulated ROMA Connect at {url}; database {cfg.database_url}")
+        console.print(
+            f"simulated ROMA Connect and Huawei Cloud job API at {url}; database {cfg.database_url}"
+        )
         daemon = Daemon(cfg)
         task = asyncio.create_task(daemon.run())
         started = time.monotonic()

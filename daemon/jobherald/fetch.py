@@ -92,6 +92,8 @@ class Fetcher:
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        # Whether requests may go out now (a replica whose lease lapsed says no).
+        self.may_send: Callable[[], bool] = lambda: True
 
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(
@@ -207,6 +209,9 @@ class Fetcher:
         if limits is None:
             limits = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         async with self._limit:
+            if not self.may_send():
+                # Waited for a slot while this replica's lease lapsed: do not send at all.
+                raise FetchError("connection", "not sent: this replica may not poll now")
             try:
                 async with self._session.request(
                     method,

@@ -315,6 +315,7 @@ class Daemon:
             polling=lambda: len(pool.queue),
         )
         watcher.term = replica.term
+        watcher.fetcher.may_send = replica.valid
         dispatcher.claimer = replica.claimer
         if store.shared:
             # Claims of a replica that died are taken over once its lease ends.
