@@ -236,6 +236,7 @@ async def test_status_and_history_json_follow_the_contract(
         "last_changed_at",
         "error",
         "owner",
+        "link",
     }
     # No daemon runs (one pass joins no replicas): nobody polls the unfinished job now.
     assert imp["owner"] is None and status["odd"]["owner"] is None

@@ -84,6 +84,8 @@ class Snapshot:
     reasons: tuple[Reason, ...] = ()
     begin_time: datetime | None = None
     end_time: datetime | None = None
+    # A page about the job, for people (the upstream's own link to it).
+    link: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,7 @@ class JobView:
     stall_notified: bool = False
     overdue_notified: bool = False
     error_notified: bool = False
+    link: str | None = None
     # The stored row's version this view was read or written as (for compare-and-set).
     version: int = 0
 
@@ -177,6 +180,7 @@ def _same_answer(job: JobView, snap: Snapshot) -> bool:
         and (not snap.reasons or snap.reasons == job.reasons)
         and (snap.begin_time is None or snap.begin_time == job.begin_time)
         and (snap.end_time is None or snap.end_time == job.end_time)
+        and (snap.link is None or snap.link == job.link)
     )
 
 
@@ -199,6 +203,7 @@ def observe(job: JobView, snap: Snapshot, now: datetime, rules: Rules = Rules())
         reasons=snap.reasons or job.reasons,
         begin_time=snap.begin_time or job.begin_time,
         end_time=snap.end_time or job.end_time,
+        link=snap.link or job.link,
         error=None,
         error_since=None,
         not_found=0,

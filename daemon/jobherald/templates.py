@@ -34,6 +34,7 @@ JOB_FIELDS = (
     "end_time",
     "duration",
     "error",
+    "link",
 )
 
 
@@ -121,6 +122,7 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
         "end_time": "2026-01-01T00:04:12+00:00",
         "duration": 252.0,
         "error": None,
+        "link": "https://console.example.com/jobs/ff8080814dbd65d7014dbe0d84db0013",
     }
     failed = {
         **job,

@@ -99,6 +99,7 @@ def event_payload(
             "end_time": _iso(after.end_time),
             "duration": duration_seconds(after),
             "error": after.error,
+            "link": after.link,
         },
     }
 

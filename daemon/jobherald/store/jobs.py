@@ -103,6 +103,7 @@ def view_of(row: sa.Row[Any]) -> JobView:
         stall_notified=row.stall_notified,
         overdue_notified=row.overdue_notified,
         error_notified=row.error_notified,
+        link=row.link,
         version=row.version,
     )
 
@@ -128,6 +129,7 @@ def _view_values(view: JobView) -> dict[str, Any]:
         "stall_notified": view.stall_notified,
         "overdue_notified": view.overdue_notified,
         "error_notified": view.error_notified,
+        "link": view.link,
     }
 
 

@@ -62,6 +62,7 @@ jobs = sa.Table(
     sa.Column("stall_notified", sa.Boolean, nullable=False, default=False),
     sa.Column("overdue_notified", sa.Boolean, nullable=False, default=False),
     sa.Column("error_notified", sa.Boolean, nullable=False, default=False),
+    sa.Column("link", sa.Text),
     # Raised by every write of the job's state: replicas change a job only from the
     # version they read (compare-and-set), so one flip is written once.
     sa.Column("version", sa.Integer, nullable=False, default=0, server_default="0"),
@@ -146,7 +147,7 @@ def migrations_path() -> Path:
 
 
 # The newest revision under migrations/ (a test keeps the two the same).
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 
 def alembic_config() -> Any:
