@@ -119,7 +119,7 @@ source = "roma-prd"
         ),
         (
             '[sources.s]\ntype = "gitlab"\nendpoint = "https://e"\nproject_id = "p"\ntoken = "t"\n',
-            "sources.s.type: unknown source type (known: roma-connect, huawei-job)",
+            "sources.s.type: unknown source type (known: roma-connect, huawei-job, http-json)",
         ),
         (
             '[sources.s]\ntype = "roma-connect"\nproject_id = "p"\ntoken = "t"\n',

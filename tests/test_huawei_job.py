@@ -203,11 +203,11 @@ def test_source_types_are_the_same_in_the_config_and_the_registry() -> None:
     [
         (
             '[sources.s]\ntype = "gitlab"\nendpoint = "https://e"\n',
-            "sources.s.type: unknown source type (known: roma-connect, huawei-job)",
+            "sources.s.type: unknown source type (known: roma-connect, huawei-job, http-json)",
         ),
         (
             '[sources.s]\nendpoint = "https://e"\n',
-            "sources.s: required key 'type' is missing (roma-connect, huawei-job)",
+            "sources.s: required key 'type' is missing (roma-connect, huawei-job, http-json)",
         ),
         (
             '[sources.s]\ntype = "huawei-job"\nendpoint = "https://e"\nproject_id = "p"\n'

@@ -12,11 +12,13 @@ import glob
 import logging
 import os
 import re
+import string
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -204,6 +206,26 @@ AuthSection = Annotated[
 ]
 
 
+class BearerAuthSection(_Model):
+    method: Literal["bearer"]
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
+class BasicAuthSection(_Model):
+    method: Literal["basic"]
+    user: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+
+HttpAuthSection = Annotated[
+    BearerAuthSection | BasicAuthSection | PasswordAuthSection | AkSkAuthSection,
+    Field(discriminator="method"),
+]
+HTTP_AUTH_METHODS = ("bearer", "basic", "password", "aksk")
+
+
 class HuaweiSource(RuleFields):
     """What every Huawei Cloud source has: an endpoint, a project, and one of three auths."""
 
@@ -227,8 +249,35 @@ class HuaweiJobSource(HuaweiSource):
     type: Literal["huawei-job"]
 
 
-SourceSection = Annotated[RomaConnectSource | HuaweiJobSource, Field(discriminator="type")]
-SOURCE_TYPES = ("roma-connect", "huawei-job")
+class HttpJsonSource(RuleFields):
+    """Any job API that answers JSON: where to ask, and JMESPath expressions to read it."""
+
+    type: Literal["http-json"]
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    headers: dict[str, str] = {}
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    auth: HttpAuthSection | None = None
+    status: str
+    succeeded: tuple[str, ...] = Field(min_length=1)
+    failed: tuple[str, ...] = Field(min_length=1)
+    running: tuple[str, ...] = ()
+    progress: str | None = None
+    progress_scale: float = Field(default=1.0, gt=0)
+    reasons: str | None = None
+    begin_time: str | None = None
+    end_time: str | None = None
+    link: str | None = None
+    not_found: tuple[int, ...] = (404,)
+    timeout: Duration = 10.0
+    verify_tls: bool = True
+
+
+SourceSection = Annotated[
+    RomaConnectSource | HuaweiJobSource | HttpJsonSource, Field(discriminator="type")
+]
+SOURCE_TYPES = ("roma-connect", "huawei-job", "http-json")
 
 
 class NotifierSection(_Model):
@@ -250,6 +299,7 @@ class JobSection(RuleFields):
     instance_id: str | None = None
     notify: tuple[str, ...] | None = None
     poll_interval: Duration | None = None
+    params: dict[str, str] | None = None
 
     @field_validator("id")
     @classmethod
@@ -272,11 +322,29 @@ class DropInFile(_Model):
 
 @dataclass(frozen=True, slots=True)
 class TokenAuth:
-    """A fixed IAM token, inline or from a file re-read whenever it changes."""
+    """A fixed token, inline or from a file re-read whenever it changes: an IAM token
+    (sent as X-Auth-Token), or for http-json sources a bearer token."""
 
     token: SecretStr | None
     token_file: Path | None
     method: str = "token"
+    bearer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """HTTP basic authentication."""
+
+    user: str
+    password: SecretStr
+    method: str = "basic"
+
+
+@dataclass(frozen=True, slots=True)
+class NoAuth:
+    """No credentials at all (an open API, or one reached through a local proxy)."""
+
+    method: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +370,29 @@ class AkSkAuth:
     method: str = "aksk"
 
 
-AuthConfig = TokenAuth | PasswordAuth | AkSkAuth
+AuthConfig = TokenAuth | PasswordAuth | AkSkAuth | BasicAuth | NoAuth
+
+
+@dataclass(frozen=True, slots=True)
+class HttpJsonSettings:
+    """An http-json source's request and how to read its answer (JMESPath texts, each
+    compiled once at load to check it, and again by the source)."""
+
+    url: str
+    method: str
+    headers: tuple[tuple[str, str], ...]
+    placeholders: frozenset[str]
+    status: str
+    succeeded: tuple[str, ...]
+    failed: tuple[str, ...]
+    running: tuple[str, ...]
+    progress: str | None
+    progress_scale: float
+    reasons: str | None
+    begin_time: str | None
+    end_time: str | None
+    link: str | None
+    not_found: frozenset[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +406,8 @@ class Source:
     verify_tls: bool
     rules: Rules = field(default_factory=Rules)
     type: str = "roma-connect"
+    # What a type needs beyond the common keys (http-json: its HttpJsonSettings).
+    settings: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +447,8 @@ class WatchedJob:
     poll_interval: float
     origin: str
     rules: Rules = field(default_factory=Rules)
+    # Values for an http-json source's url placeholders, beside {job_id}.
+    params: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,10 +601,13 @@ def _validate(model: type[M], raw: dict[str, Any], label: str) -> M:
 def _describe(err: Any, label: str) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     # A tagged union puts the tag in the path: sources.s.auth.password.user → sources.s.auth.user
+    methods: tuple[str, ...] = AUTH_METHODS
+    if len(loc) > 2 and loc[0] == "sources" and loc[2] == "http-json":
+        methods = HTTP_AUTH_METHODS
     loc = [
         p
         for i, p in enumerate(loc)
-        if not (i > 0 and loc[i - 1] == "auth" and p in AUTH_METHODS)
+        if not (i > 0 and loc[i - 1] == "auth" and p in (*AUTH_METHODS, *HTTP_AUTH_METHODS))
         and not (i == 2 and loc[0] == "sources" and p in SOURCE_TYPES)
     ]
     kind = err["type"]
@@ -527,10 +624,10 @@ def _describe(err: Any, label: str) -> str:
     elif kind == "union_tag_not_found" and is_source:
         message = f"required key 'type' is missing ({', '.join(SOURCE_TYPES)})"
     elif kind == "union_tag_invalid":
-        message = f"unknown method (known: {', '.join(AUTH_METHODS)})"
+        message = f"unknown method (known: {', '.join(methods)})"
         loc = [*loc, "method"]
     elif kind == "union_tag_not_found":
-        message = f"required key 'method' is missing ({', '.join(AUTH_METHODS)})"
+        message = f"required key 'method' is missing ({', '.join(methods)})"
     else:
         message = str(err["msg"]).removeprefix("Value error, ")
         if kind == "literal_error" and loc and loc[-2:-1] == ["on"]:
@@ -693,22 +790,28 @@ class _Secrets:
 
 
 def _resolve_auth(
-    section: HuaweiSource, where: str, base: Path, problems: list[str]
+    section: HuaweiSource | HttpJsonSource, where: str, base: Path, problems: list[str]
 ) -> AuthConfig | None:
     auth = section.auth
     if auth is not None and (section.token is not None or section.token_file is not None):
         problems.append(f"{where}: give token/token_file or an [auth] table, not both")
         return None
+    bearer = isinstance(section, HttpJsonSource)
     if auth is None:
+        if bearer and section.token is None and section.token_file is None:
+            return NoAuth()
         auth = TokenAuthSection(method="token", token=section.token, token_file=section.token_file)
         secrets = _Secrets(where, base, problems)
     else:
         secrets = _Secrets(f"{where}.auth", base, problems)
-    if isinstance(auth, TokenAuthSection):
+    if isinstance(auth, TokenAuthSection | BearerAuthSection):
         if secrets.get("token", auth.token, auth.token_file) is None:
             return None
         token_file = secrets.path(auth.token_file) if auth.token_file else None
-        return TokenAuth(auth.token, token_file)
+        return TokenAuth(auth.token, token_file, "bearer" if bearer else "token", bearer)
+    if isinstance(auth, BasicAuthSection):
+        basic = secrets.get("password", auth.password, auth.password_file)
+        return None if basic is None else BasicAuth(auth.user, basic)
     if isinstance(auth, PasswordAuthSection):
         password = secrets.get("password", auth.password, auth.password_file)
         if (auth.project is None) == (auth.project_id is None):
@@ -728,9 +831,84 @@ def _resolve_auth(
     return AkSkAuth(auth.ak, sk, security_token)
 
 
+def _http_json_settings(
+    section: HttpJsonSource, where: str, problems: list[str]
+) -> HttpJsonSettings | None:
+    """Check an http-json source's url, expressions and word lists; one line per problem."""
+    before = len(problems)
+    if not re.match(r"^https?://[^/\s{}]+", section.url):
+        problems.append(f"{where}.url: {section.url!r} must start with https:// or http://host")
+    placeholders = _placeholders(section.url, f"{where}.url", problems)
+    _check_expressions(section, where, problems)
+    _check_words(section, where, problems)
+    for i, status in enumerate(section.not_found):
+        if not 400 <= status <= 599:
+            problems.append(f"{where}.not_found[{i}]: {status} is not an HTTP error status")
+    if len(problems) > before:
+        return None
+    return HttpJsonSettings(
+        url=section.url,
+        method=section.method,
+        headers=tuple(section.headers.items()),
+        placeholders=frozenset(placeholders),
+        status=section.status,
+        succeeded=section.succeeded,
+        failed=section.failed,
+        running=section.running,
+        progress=section.progress,
+        progress_scale=section.progress_scale,
+        reasons=section.reasons,
+        begin_time=section.begin_time,
+        end_time=section.end_time,
+        link=section.link,
+        not_found=frozenset(section.not_found),
+    )
+
+
+def _placeholders(url: str, where: str, problems: list[str]) -> set[str]:
+    found: set[str] = set()
+    try:
+        for _, name, spec, conversion in string.Formatter().parse(url):
+            if name is None:
+                continue
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or spec or conversion:
+                problems.append(f"{where}: bad placeholder {{{name}}}: use {{name}}")
+            found.add(name)
+    except ValueError as exc:
+        problems.append(f"{where}: {exc} (write {{{{ and }}}} for literal braces)")
+    return found
+
+
+def _check_expressions(section: HttpJsonSource, where: str, problems: list[str]) -> None:
+    import jmespath
+    from jmespath.exceptions import JMESPathError
+
+    for key in ("status", "progress", "reasons", "begin_time", "end_time", "link"):
+        expression = getattr(section, key)
+        if expression is None:
+            continue
+        try:
+            jmespath.compile(expression)
+        except JMESPathError as exc:
+            detail = getattr(exc, "msg", None) or str(exc).splitlines()[0]
+            problems.append(f"{where}.{key}: bad JMESPath {expression!r}: {detail}")
+
+
+def _check_words(section: HttpJsonSource, where: str, problems: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for key in ("succeeded", "failed", "running"):
+        for i, word in enumerate(getattr(section, key)):
+            folded = word.strip().lower()
+            if not folded:
+                problems.append(f"{where}.{key}[{i}]: empty word")
+            elif folded in seen and seen[folded] != key:
+                problems.append(f"{where}.{key}[{i}]: {word!r} is also in {seen[folded]}")
+            seen.setdefault(folded, key)
+
+
 def _resolve_source(
     name: str,
-    section: RomaConnectSource | HuaweiJobSource,
+    section: RomaConnectSource | HuaweiJobSource | HttpJsonSource,
     base: Path,
     label: str,
     rules: Rules,
@@ -740,6 +918,23 @@ def _resolve_source(
     if not _NAME.match(name):
         problems.append(f"{where}: bad name (letters, digits, _.-)")
     auth = _resolve_auth(section, where, base, problems)
+    if isinstance(section, HttpJsonSource):
+        settings = _http_json_settings(section, where, problems)
+        if auth is None or settings is None:
+            return None
+        parts = urlsplit(settings.url)
+        return Source(
+            name=name,
+            endpoint=f"{parts.scheme}://{parts.netloc}",
+            project_id="",
+            instance_id=None,
+            auth=auth,
+            timeout=section.timeout,
+            verify_tls=section.verify_tls,
+            rules=section.over(rules),
+            type=section.type,
+            settings=settings,
+        )
     if auth is None:
         return None
     return Source(
@@ -781,6 +976,22 @@ def _resolve_jobs(
                     f"{where}.notify[{i}]: unknown notifier {notifier!r} (known: {known_notifiers})"
                 )
         section = parsed.sources[job.source]
+        params = tuple(sorted((job.params or {}).items()))
+        if job.params is not None and not isinstance(section, HttpJsonSource):
+            problems.append(
+                f"{where}.params: only for http-json sources ({job.source!r} is {section.type})"
+            )
+            continue
+        source_settings = getattr(sources.get(job.source), "settings", None)
+        if isinstance(source_settings, HttpJsonSettings):
+            missing = sorted(source_settings.placeholders - {"job_id"} - dict(params).keys())
+            if missing:
+                names = ", ".join(f"{{{m}}}" for m in missing)
+                problems.append(
+                    f"{where}.params: source {job.source!r} has {names} in its url: "
+                    f"give {', '.join(missing)} in this job's params"
+                )
+                continue
         if not isinstance(section, RomaConnectSource):
             if job.instance_id is not None:
                 problems.append(
@@ -809,6 +1020,7 @@ def _resolve_jobs(
                 poll_interval=job.poll_interval or parsed.daemon.poll_interval,
                 origin=where,
                 rules=job.over(source.rules),
+                params=params,
             )
         )
     return watched

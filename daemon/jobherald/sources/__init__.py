@@ -4,6 +4,7 @@
 - ``huawei_auth``: Huawei Cloud credentials (token, IAM password, AK/SK) and error shape.
 - ``roma``: ROMA Connect asset jobs (``type = "roma-connect"``).
 - ``huawei_job``: Huawei Cloud's shared job API (``type = "huawei-job"``).
+- ``http_json``: any JSON job API, read with JMESPath (``type = "http-json"``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime
 
 from jobherald.config import Source
 from jobherald.sources.base import Advice, JobSource, SourceFactory
+from jobherald.sources.http_json import HttpJson
 from jobherald.sources.huawei_job import HuaweiJob
 from jobherald.sources.roma import RomaConnect
 
@@ -20,6 +22,7 @@ from jobherald.sources.roma import RomaConnect
 SOURCE_TYPES: dict[str, SourceFactory] = {
     "roma-connect": RomaConnect,
     "huawei-job": HuaweiJob,
+    "http-json": HttpJson,
 }
 
 
@@ -27,4 +30,12 @@ def make_source(config: Source, clock: Callable[[], datetime] | None = None) -> 
     return SOURCE_TYPES[config.type](config, clock)
 
 
-__all__ = ["SOURCE_TYPES", "Advice", "HuaweiJob", "JobSource", "RomaConnect", "make_source"]
+__all__ = [
+    "SOURCE_TYPES",
+    "Advice",
+    "HttpJson",
+    "HuaweiJob",
+    "JobSource",
+    "RomaConnect",
+    "make_source",
+]

@@ -64,6 +64,10 @@ class StaticToken:
     method = "token"
 
     def __init__(self, config: TokenAuth) -> None:
+        # An IAM token goes in X-Auth-Token; an http-json source's token is a bearer token.
+        self._header, self._prefix = (
+            ("Authorization", "Bearer ") if config.bearer else ("X-Auth-Token", "")
+        )
         self._file = config.token_file
         self._token = config.token.get_secret_value() if config.token else None
         self._stamp: tuple[int, int] | None = None
@@ -93,7 +97,7 @@ class StaticToken:
         self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str]
     ) -> str | None:
         token = self._current()
-        headers["X-Auth-Token"] = token
+        headers[self._header] = self._prefix + token
         return self._mark(token)
 
     def _mark(self, token: str) -> str:
@@ -316,7 +320,9 @@ def make_credentials(
         return StaticToken(config)
     if isinstance(config, PasswordAuth):
         return IamPassword(config, timeout=timeout, clock=clock)
-    return AkSkSigner(config, project_id, clock)
+    if isinstance(config, AkSkAuth):
+        return AkSkSigner(config, project_id, clock)
+    raise TypeError(f"{config.method} is not a Huawei Cloud credential")
 
 
 # Answers of Huawei Cloud's API gateway that say the credentials are bad (not that they
