@@ -1,0 +1,439 @@
+"""Reading the files: TOML, drop-ins, ${VAR}, validation, one line per problem."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    ValidationError,
+)
+
+from jobherald.config.model import (
+    Config,
+    HttpJsonSettings,
+    Notifier,
+    Source,
+    WatchedJob,
+)
+from jobherald.config.sections import (
+    _NAME,
+    _VAR,
+    AUTH_METHODS,
+    DEFAULT_CONFIG_PATH,
+    EVENTS,
+    HTTP_AUTH_METHODS,
+    SOURCE_TYPES,
+    DropInFile,
+    HttpJsonSource,
+    JobSection,
+    M,
+    MainFile,
+    NotifierSection,
+    RomaConnectSource,
+)
+from jobherald.config.sources import (
+    _resolve_source,
+)
+from jobherald.errors import ConfigError
+from jobherald.model import Rules
+
+
+def config_path(given: str | os.PathLike[str] | None) -> Path:
+    """The config file: the one given, else ``$JOBHERALD_CONFIG``, else the system one."""
+    if given:
+        return Path(given)
+    env = os.environ.get("JOBHERALD_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    extra: Sequence[Path] = (),
+    *,
+    check_urls: bool = True,
+) -> Config:
+    """Read, expand, validate and resolve the configuration; raise ConfigError.
+
+    ``extra`` names drop-in files to read as if an include matched them (to try
+    one before it is put in place). ``check_urls`` asks apprise whether it can use
+    every notifier URL (which loads apprise: commands that send nothing skip it).
+    """
+    main = config_path(path)
+    label = str(path) if path else str(main)
+    raw = _read_toml(main, label)
+    problems: list[str] = []
+    raw = _expand(raw, label, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    parsed = _validate(MainFile, raw, label)
+    jobs: list[tuple[JobSection, str]] = [
+        (job, f"{label}: jobs[{i}]") for i, job in enumerate(parsed.jobs)
+    ]
+    for dropin in [*_included(main.parent, parsed.daemon.include, label), *extra]:
+        extra_label = _display(dropin, main.parent)
+        extra_raw = _expand(_read_toml(dropin, extra_label), extra_label, "", problems)
+        if problems:
+            raise ConfigError(problems)
+        parsed_dropin = _validate(DropInFile, extra_raw, extra_label)
+        jobs.extend((job, f"{extra_label}: jobs[{i}]") for i, job in enumerate(parsed_dropin.jobs))
+    config = _resolve(main, label, parsed, jobs, check_urls)
+    return replace(config, include=parsed.daemon.include)
+
+
+def _display(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _read_toml(path: Path, label: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{label}: file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{label}: is a folder, not a file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{label}: permission denied"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{label}: not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{label}: not valid UTF-8"]) from None
+
+
+def _expand(value: Any, label: str, where: str, problems: list[str]) -> Any:
+    """Replace ``${VAR}`` from the environment in every string (``$$`` is a dollar)."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return "$"
+            if name not in os.environ:
+                problems.append(f"{label}: {where}: environment variable {name} is not set")
+                return ""
+            return os.environ[name]
+
+        return _VAR.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            k: _expand(v, label, f"{where}.{k}" if where else k, problems) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand(v, label, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _key_path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _validate(model: type[M], raw: dict[str, Any], label: str) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, label) for err in exc.errors()]) from None
+
+
+def _describe(err: Any, label: str) -> str:
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    # A tagged union puts the tag in the path: sources.s.auth.password.user → sources.s.auth.user
+    methods: tuple[str, ...] = AUTH_METHODS
+    if len(loc) > 2 and loc[0] == "sources" and loc[2] == "http-json":
+        methods = HTTP_AUTH_METHODS
+    loc = [
+        p
+        for i, p in enumerate(loc)
+        if not (i > 0 and loc[i - 1] == "auth" and p in (*AUTH_METHODS, *HTTP_AUTH_METHODS))
+        and not (i == 2 and loc[0] == "sources" and p in SOURCE_TYPES)
+    ]
+    kind = err["type"]
+    is_source = len(loc) == 2 and loc[0] == "sources"
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "too_short":
+        message = "must not be empty"
+    elif kind == "union_tag_invalid" and is_source:
+        message = f"unknown source type (known: {', '.join(SOURCE_TYPES)})"
+        loc = [*loc, "type"]
+    elif kind == "union_tag_not_found" and is_source:
+        message = f"required key 'type' is missing ({', '.join(SOURCE_TYPES)})"
+    elif kind == "union_tag_invalid":
+        message = f"unknown method (known: {', '.join(methods)})"
+        loc = [*loc, "method"]
+    elif kind == "union_tag_not_found":
+        message = f"required key 'method' is missing ({', '.join(methods)})"
+    else:
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if kind == "literal_error" and loc and loc[-2:-1] == ["on"]:
+            message = f"unknown event (known: {', '.join(EVENTS)})"
+    return f"{label}: {_key_path(loc)}: {message}"
+
+
+def _included(base: Path, patterns: Sequence[str], label: str) -> Iterator[Path]:
+    seen: set[Path] = set()
+    for i, pattern in enumerate(patterns):
+        full = pattern if os.path.isabs(pattern) else str(base / pattern)
+        for match in sorted(glob.glob(full)):
+            path = Path(match)
+            if path in seen or not path.is_file():
+                continue
+            seen.add(path)
+            yield path
+        if not any(ch in pattern for ch in "*?[") and not Path(full).exists():
+            raise ConfigError([f"{label}: daemon.include[{i}]: file not found: {pattern}"])
+
+
+def _resolve(
+    main: Path,
+    label: str,
+    parsed: MainFile,
+    jobs: Sequence[tuple[JobSection, str]],
+    check_urls: bool = True,
+) -> Config:
+    problems: list[str] = []
+    rules = parsed.daemon.over(Rules())
+    sources = {
+        name: src
+        for name, section in parsed.sources.items()
+        if (src := _resolve_source(name, section, main.parent, label, rules, problems))
+    }
+    notifiers = {
+        name: _resolve_notifier(
+            name, section, parsed, f"{label}: notifiers.{name}", problems, check_urls
+        )
+        for name, section in parsed.notifiers.items()
+    }
+    event_loop = _event_loop(parsed.daemon.event_loop, label, problems)
+    watched = _resolve_jobs(parsed, jobs, sources, problems)
+    database_url = _database_url(parsed.daemon.database, main.parent, label, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        path=main,
+        database_url=database_url,
+        poll_interval=parsed.daemon.poll_interval,
+        concurrency=parsed.daemon.concurrency,
+        log_level=parsed.daemon.log_level,
+        shutdown_timeout=parsed.daemon.shutdown_timeout,
+        host_concurrency=parsed.daemon.host_concurrency,
+        retries=parsed.daemon.retries,
+        event_loop=event_loop,
+        replica=parsed.daemon.replica,
+        lease=parsed.daemon.lease,
+        rules=rules,
+        sources=sources,
+        notifiers=notifiers,
+        jobs=tuple(watched),
+    )
+
+
+def _event_loop(wanted: str | None, label: str, problems: list[str]) -> str:
+    """uvloop when it is installed (or asked for), else asyncio's own loop."""
+    from importlib.util import find_spec
+
+    have_uvloop = find_spec("uvloop") is not None
+    if wanted == "uvloop" and not have_uvloop:
+        problems.append(
+            f"{label}: daemon.event_loop: uvloop is not installed "
+            '(pip install uvloop, or event_loop = "asyncio")'
+        )
+    if wanted is None:
+        return "uvloop" if have_uvloop else "asyncio"
+    return wanted
+
+
+def _resolve_notifier(
+    name: str,
+    section: NotifierSection,
+    parsed: MainFile,
+    where: str,
+    problems: list[str],
+    check_urls: bool = True,
+) -> Notifier:
+    if not _NAME.match(name):
+        problems.append(f"{where}: bad name (letters, digits, _.-)")
+    for i, url in enumerate(section.urls if check_urls else ()):
+        if (why := _check_apprise_url(url)) is not None:
+            problems.append(f"{where}.urls[{i}]: {why}")
+    for i, source in enumerate(section.sources or ()):
+        if source not in parsed.sources:
+            known = ", ".join(sorted(parsed.sources)) or "none defined"
+            problems.append(f"{where}.sources[{i}]: unknown source {source!r} (known: {known})")
+    for key in ("title", "body"):
+        text = getattr(section, key)
+        if text is None:
+            continue
+        from jobherald import templates  # Jinja2 only when a notifier has templates
+
+        if (why := templates.check(text)) is not None:
+            problems.append(f"{where}.{key}: {why}")
+    return Notifier(
+        name=name,
+        urls=section.urls,
+        on=section.on,
+        jobs=section.jobs,
+        sources=section.sources,
+        title=section.title,
+        body=section.body,
+        format=section.format,
+        retry_for=section.retry_for,
+        reminder=section.reminder,
+    )
+
+
+def _resolve_jobs(
+    parsed: MainFile,
+    jobs: Sequence[tuple[JobSection, str]],
+    sources: Mapping[str, Source],
+    problems: list[str],
+) -> list[WatchedJob]:
+    seen: dict[str, str] = {}
+    watched: list[WatchedJob] = []
+    known_sources = ", ".join(sorted(parsed.sources)) or "none defined"
+    known_notifiers = ", ".join(sorted(parsed.notifiers)) or "none defined"
+    for job, where in jobs:
+        if job.id in seen:
+            problems.append(f"{where}.id: duplicate job id {job.id!r} (first in {seen[job.id]})")
+            continue
+        seen[job.id] = where
+        if job.source not in parsed.sources:
+            problems.append(
+                f"{where}.source: unknown source {job.source!r} (known: {known_sources})"
+            )
+            continue
+        for i, notifier in enumerate(job.notify or ()):
+            if notifier not in parsed.notifiers:
+                problems.append(
+                    f"{where}.notify[{i}]: unknown notifier {notifier!r} (known: {known_notifiers})"
+                )
+        section = parsed.sources[job.source]
+        params = tuple(sorted((job.params or {}).items()))
+        if job.params is not None and not isinstance(section, HttpJsonSource):
+            problems.append(
+                f"{where}.params: only for http-json sources ({job.source!r} is {section.type})"
+            )
+            continue
+        source_settings = getattr(sources.get(job.source), "settings", None)
+        if isinstance(source_settings, HttpJsonSettings):
+            missing = sorted(source_settings.placeholders - {"job_id"} - dict(params).keys())
+            if missing:
+                names = ", ".join(f"{{{m}}}" for m in missing)
+                problems.append(
+                    f"{where}.params: source {job.source!r} has {names} in its url: "
+                    f"give {', '.join(missing)} in this job's params"
+                )
+                continue
+        if not isinstance(section, RomaConnectSource):
+            if job.instance_id is not None:
+                problems.append(
+                    f"{where}.instance_id: only for roma-connect sources "
+                    f"({job.source!r} is {section.type})"
+                )
+                continue
+            instance_id = ""
+        else:
+            instance_id = job.instance_id or section.instance_id or ""
+        if not instance_id and isinstance(section, RomaConnectSource):
+            problems.append(
+                f"{where}.instance_id: required, as source {job.source!r} sets no instance_id"
+            )
+            continue
+        source = sources.get(job.source)
+        if source is None:
+            continue
+        watched.append(
+            WatchedJob(
+                id=job.id,
+                name=job.name or job.id,
+                source=job.source,
+                instance_id=instance_id,
+                notify=job.notify if job.notify is not None else tuple(parsed.notifiers),
+                poll_interval=job.poll_interval or parsed.daemon.poll_interval,
+                origin=where,
+                rules=job.over(source.rules),
+                params=params,
+            )
+        )
+    return watched
+
+
+SERVICE_CONFIG_DIR = Path("/etc/jobherald")
+SERVICE_STATE_DIR = Path("/var/lib/jobherald")
+
+
+def _state_folder(config_dir: Path) -> Path:
+    """Where a relative SQLite path lives: systemd's StateDirectory for the service, the
+    same folder for commands run by hand on the service's config, else the config's folder."""
+    state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_dir:
+        return Path(state_dir)
+    if config_dir.resolve() == SERVICE_CONFIG_DIR:
+        return SERVICE_STATE_DIR
+    return config_dir
+
+
+def _database_url(url: str, config_dir: Path, label: str, problems: list[str]) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        problems.append(f"{label}: daemon.database: not a database URL: {url!r}")
+        return url
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            problems.append(f"{label}: daemon.database: give a file, e.g. sqlite:///jobherald.db")
+            return url
+        path = Path(database)
+        if not path.is_absolute():
+            path = _state_folder(config_dir) / path
+        return str(parsed.set(drivername="sqlite+aiosqlite", database=str(path)))
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername=f"postgresql+{driver or 'asyncpg'}").render_as_string(
+            hide_password=False
+        )
+    problems.append(
+        f"{label}: daemon.database: unsupported database {backend!r} (sqlite, postgresql)"
+    )
+    return url
+
+
+def _check_apprise_url(url: str) -> str | None:
+    """None when apprise can use the URL, else why not (never echoing the URL: it may hold a password)."""
+    import apprise
+
+    scheme = url.split("://", 1)[0] if "://" in url else None
+    if scheme is None:
+        return "not an apprise URL (expected scheme://...)"
+    apprise_logger = logging.getLogger("apprise")
+    level = apprise_logger.level
+    apprise_logger.setLevel(logging.CRITICAL)
+    try:
+        plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
+    finally:
+        apprise_logger.setLevel(level)
+    if plugin is None:
+        return f"apprise cannot use this {scheme}:// URL (unknown service or missing parts)"
+    return None

@@ -1,0 +1,189 @@
+"""The configuration as the daemon uses it: frozen, resolved, secrets wrapped."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    SecretStr,
+)
+
+from jobherald.model import Rules
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAuth:
+    """A fixed token, inline or from a file re-read whenever it changes: an IAM token
+    (sent as X-Auth-Token), or for http-json sources a bearer token."""
+
+    token: SecretStr | None
+    token_file: Path | None
+    method: str = "token"
+    bearer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """HTTP basic authentication."""
+
+    user: str
+    password: SecretStr
+    method: str = "basic"
+
+
+@dataclass(frozen=True, slots=True)
+class NoAuth:
+    """No credentials at all (an open API, or one reached through a local proxy)."""
+
+    method: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordAuth:
+    """An IAM token fetched with a password, and fetched again before it expires."""
+
+    iam_endpoint: str
+    user: str
+    password: SecretStr
+    domain: str
+    project: str | None
+    project_id: str | None
+    method: str = "password"
+
+
+@dataclass(frozen=True, slots=True)
+class AkSkAuth:
+    """Every request signed with an access key and secret key (SDK-HMAC-SHA256)."""
+
+    ak: str
+    sk: SecretStr
+    security_token: SecretStr | None
+    method: str = "aksk"
+
+
+AuthConfig = TokenAuth | PasswordAuth | AkSkAuth | BasicAuth | NoAuth
+
+
+@dataclass(frozen=True, slots=True)
+class HttpJsonSettings:
+    """An http-json source's request and how to read its answer (JMESPath texts, each
+    compiled once at load to check it, and again by the source)."""
+
+    url: str
+    method: str
+    headers: tuple[tuple[str, str], ...]
+    placeholders: frozenset[str]
+    status: str
+    succeeded: tuple[str, ...]
+    failed: tuple[str, ...]
+    running: tuple[str, ...]
+    progress: str | None
+    progress_scale: float
+    reasons: str | None
+    begin_time: str | None
+    end_time: str | None
+    link: str | None
+    not_found: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    name: str
+    endpoint: str
+    project_id: str
+    instance_id: str | None
+    auth: AuthConfig
+    timeout: float
+    verify_tls: bool
+    rules: Rules = field(default_factory=Rules)
+    type: str = "roma-connect"
+    # What a type needs beyond the common keys (http-json: its HttpJsonSettings).
+    settings: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notifier:
+    name: str
+    urls: tuple[str, ...] = field(repr=False)
+    on: tuple[str, ...]
+    jobs: tuple[str, ...] | None = None
+    sources: tuple[str, ...] | None = None
+    title: str | None = None
+    body: str | None = None
+    format: str = "text"
+    retry_for: float = 86400.0
+    reminder: float | None = None
+
+    def hears(self, kind: str, job_id: str, job_name: str, source: str) -> bool:
+        """Whether this notifier wants this event about this job."""
+        if kind not in self.on:
+            return False
+        if self.sources is not None and source not in self.sources:
+            return False
+        if self.jobs is not None:
+            return any(
+                fnmatch.fnmatchcase(job_name, p) or fnmatch.fnmatchcase(job_id, p)
+                for p in self.jobs
+            )
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedJob:
+    id: str
+    name: str
+    source: str
+    instance_id: str
+    notify: tuple[str, ...]
+    poll_interval: float
+    origin: str
+    rules: Rules = field(default_factory=Rules)
+    # Values for an http-json source's url placeholders, beside {job_id}.
+    params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    database_url: str
+    poll_interval: float
+    concurrency: int
+    log_level: str
+    shutdown_timeout: float
+    host_concurrency: int
+    retries: int
+    rules: Rules
+    sources: Mapping[str, Source]
+    notifiers: Mapping[str, Notifier]
+    jobs: tuple[WatchedJob, ...]
+    include: tuple[str, ...] = ()
+    event_loop: str = "asyncio"
+    replica: str | None = None
+    lease: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class SystemdEnvironment:
+    """What systemd tells a service through its environment."""
+
+    notify_socket: str | None
+    watchdog_usec: int | None
+    journal_stream: str | None
+
+
+def systemd_environment() -> SystemdEnvironment:
+    watchdog = os.environ.get("WATCHDOG_USEC")
+    watchdog_pid = os.environ.get("WATCHDOG_PID")
+    usec = int(watchdog) if watchdog and watchdog.isdigit() else None
+    if watchdog_pid and watchdog_pid.isdigit() and int(watchdog_pid) != os.getpid():
+        usec = None
+    return SystemdEnvironment(
+        notify_socket=os.environ.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=usec,
+        journal_stream=os.environ.get("JOURNAL_STREAM") or None,
+    )

@@ -1,0 +1,304 @@
+"""The TOML file's shape: pydantic models of every table, and durations."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
+
+from jobherald.model import Rules
+
+DEFAULT_CONFIG_PATH = Path("/etc/jobherald/config.toml")
+Event = Literal[
+    "succeeded", "failed", "started", "progress", "stalled", "lost", "error", "recovered"
+]
+EVENTS: tuple[Event, ...] = (
+    "succeeded",
+    "failed",
+    "started",
+    "progress",
+    "stalled",
+    "lost",
+    "error",
+    "recovered",
+)
+# What a notifier hears when its `on` is not given: the outcomes, and what needs a person.
+DEFAULT_EVENTS: tuple[Event, ...] = ("succeeded", "failed", "stalled", "lost", "error", "recovered")
+AUTH_METHODS = ("token", "password", "aksk")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number, or from text such as ``500ms``, ``30s``, ``5m``, ``1h30m``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, got a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(
+                    f"bad duration {value!r}: use seconds or a text like 500ms, 30s, 5m, 1h"
+                ) from None
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError(f"expected a duration, got {type(value).__name__}")
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be more than zero")
+    return seconds
+
+
+def parse_duration_or_off(value: object) -> float:
+    """Like parse_duration, but 0 (or "0", "off") turns the rule off: 0.0."""
+    if value in (0, "0", "off") and not isinstance(value, bool):
+        return 0.0
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+DurationOrOff = Annotated[float, BeforeValidator(parse_duration_or_off)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+M = TypeVar("M", bound=_Model)
+
+
+class RuleFields(_Model):
+    """Watch rules: in [daemon] as defaults, overridable per source and per job."""
+
+    error_after: Duration | None = None
+    stall_after: DurationOrOff | None = None
+    lost_after: int | None = Field(default=None, ge=1, le=1000)
+    max_duration: DurationOrOff | None = None
+    progress_steps: tuple[float, ...] | None = None
+
+    @field_validator("progress_steps")
+    @classmethod
+    def _steps(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is None:
+            return None
+        for step in value:
+            if not 0.0 < step < 1.0:
+                raise ValueError(f"progress step {step!r} must be between 0 and 1 (0.5 is 50 %)")
+        return tuple(sorted(set(value)))
+
+    def over(self, base: Rules) -> Rules:
+        return Rules(
+            error_after=self.error_after if self.error_after is not None else base.error_after,
+            stall_after=base.stall_after
+            if self.stall_after is None
+            else (self.stall_after or None),
+            lost_after=self.lost_after if self.lost_after is not None else base.lost_after,
+            max_duration=(
+                base.max_duration if self.max_duration is None else (self.max_duration or None)
+            ),
+            progress_steps=(
+                self.progress_steps if self.progress_steps is not None else base.progress_steps
+            ),
+        )
+
+
+class DaemonSection(RuleFields):
+    database: str = "sqlite:///jobherald.db"
+    poll_interval: Duration = 30.0
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    include: tuple[str, ...] = ()
+    shutdown_timeout: Duration = 10.0
+    host_concurrency: int = Field(default=8, ge=1, le=1024)
+    retries: int = Field(default=2, ge=0, le=10)
+    event_loop: Literal["uvloop", "asyncio"] | None = None
+    # Several replicas on one PostgreSQL: this one's name, and how long a silent one keeps its jobs.
+    replica: str | None = None
+    lease: Duration = Field(default=15.0, ge=3.0, le=3600.0)
+
+    @field_validator("replica")
+    @classmethod
+    def _replica_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}", value):
+            raise ValueError(
+                f"bad replica name {value!r}: up to 100 letters, digits and ._:@- "
+                "(starting with a letter or digit)"
+            )
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+def _check_endpoint(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"endpoint {value!r} must start with https:// or http://")
+    return value.rstrip("/")
+
+
+Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+
+
+class TokenAuthSection(_Model):
+    method: Literal["token"]
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
+class PasswordAuthSection(_Model):
+    method: Literal["password"]
+    iam_endpoint: Endpoint
+    user: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    domain: str = Field(min_length=1)
+    project: str | None = None
+    project_id: str | None = None
+
+
+class AkSkAuthSection(_Model):
+    method: Literal["aksk"]
+    ak: str = Field(min_length=1)
+    sk: SecretStr | None = None
+    sk_file: Path | None = None
+    security_token: SecretStr | None = None
+    security_token_file: Path | None = None
+
+
+AuthSection = Annotated[
+    TokenAuthSection | PasswordAuthSection | AkSkAuthSection, Field(discriminator="method")
+]
+
+
+class BearerAuthSection(_Model):
+    method: Literal["bearer"]
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
+class BasicAuthSection(_Model):
+    method: Literal["basic"]
+    user: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+
+HttpAuthSection = Annotated[
+    BearerAuthSection | BasicAuthSection | PasswordAuthSection | AkSkAuthSection,
+    Field(discriminator="method"),
+]
+HTTP_AUTH_METHODS = ("bearer", "basic", "password", "aksk")
+
+
+class HuaweiSource(RuleFields):
+    """What every Huawei Cloud source has: an endpoint, a project, and one of three auths."""
+
+    endpoint: Endpoint
+    project_id: str = Field(min_length=1)
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    auth: AuthSection | None = None
+    timeout: Duration = 10.0
+    verify_tls: bool = True
+
+
+class RomaConnectSource(HuaweiSource):
+    type: Literal["roma-connect"]
+    instance_id: str | None = None
+
+
+class HuaweiJobSource(HuaweiSource):
+    """Huawei Cloud's shared job API (ECS, EVS, IMS, BMS, VPC...)."""
+
+    type: Literal["huawei-job"]
+
+
+class HttpJsonSource(RuleFields):
+    """Any job API that answers JSON: where to ask, and JMESPath expressions to read it."""
+
+    type: Literal["http-json"]
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    headers: dict[str, str] = {}
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    auth: HttpAuthSection | None = None
+    status: str
+    succeeded: tuple[str, ...] = Field(min_length=1)
+    failed: tuple[str, ...] = Field(min_length=1)
+    running: tuple[str, ...] = ()
+    progress: str | None = None
+    progress_scale: float = Field(default=1.0, gt=0)
+    reasons: str | None = None
+    begin_time: str | None = None
+    end_time: str | None = None
+    link: str | None = None
+    not_found: tuple[int, ...] = (404,)
+    timeout: Duration = 10.0
+    verify_tls: bool = True
+
+
+SourceSection = Annotated[
+    RomaConnectSource | HuaweiJobSource | HttpJsonSource, Field(discriminator="type")
+]
+SOURCE_TYPES = ("roma-connect", "huawei-job", "http-json")
+
+
+class NotifierSection(_Model):
+    urls: tuple[str, ...] = Field(min_length=1)
+    on: tuple[Event, ...] = DEFAULT_EVENTS
+    jobs: tuple[str, ...] | None = None
+    sources: tuple[str, ...] | None = None
+    title: str | None = None
+    body: str | None = None
+    format: Literal["text", "markdown", "html"] = "text"
+    retry_for: Duration = 86400.0
+    reminder: Duration | None = None
+
+
+class JobSection(RuleFields):
+    id: str
+    source: str
+    name: str | None = None
+    instance_id: str | None = None
+    notify: tuple[str, ...] | None = None
+    poll_interval: Duration | None = None
+    params: dict[str, str] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _JOB_ID.match(value):
+            raise ValueError(f"bad job id {value!r}: letters, digits and _.:- only")
+        return value
+
+
+class MainFile(_Model):
+    daemon: DaemonSection = DaemonSection()
+    sources: dict[str, SourceSection] = {}
+    notifiers: dict[str, NotifierSection] = {}
+    jobs: tuple[JobSection, ...] = ()
+
+
+class DropInFile(_Model):
+    jobs: tuple[JobSection, ...] = ()
