@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 from jobherald.simulator import SimJob, Simulator, running, succeeded
@@ -99,3 +100,24 @@ async def test_the_daemon_runs_on_uvloop_unless_told_otherwise(
     finally:
         proc.terminate()
         assert await proc.wait() == 0
+
+
+def test_every_module_imports_on_its_own_with_no_import_cycle() -> None:
+    """Each module imported first, in a fresh set of jobherald modules: a cycle between two
+    of them fails whichever is imported first."""
+    script = (
+        "import importlib, pkgutil, sys\n"
+        "import jobherald\n"
+        "names = [m.name for m in pkgutil.walk_packages(jobherald.__path__, 'jobherald.')\n"
+        "         if '.migrations' not in m.name and m.name != 'jobherald.__main__']\n"
+        "for name in names:\n"
+        "    for loaded in [k for k in sys.modules if k.startswith('jobherald.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 30
