@@ -2,6 +2,7 @@
 
 - ``base``: what a source is (the ``JobSource`` protocol) and shared HTTP/JSON helpers.
 - ``huawei_auth``: Huawei Cloud credentials (token, IAM password, AK/SK) and error shape.
+- ``huawei``: what Huawei Cloud's job APIs share (credentials, a refused-credentials retry).
 - ``roma``: ROMA Connect asset jobs (``type = "roma-connect"``).
 - ``huawei_job``: Huawei Cloud's shared job API (``type = "huawei-job"``).
 - ``http_json``: any JSON job API, read with JMESPath (``type = "http-json"``).

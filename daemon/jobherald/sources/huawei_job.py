@@ -6,23 +6,13 @@ the official SDK's model (``huaweicloudsdkecs``: ShowJobResponse, JobEntities, S
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from jobherald.config import Source, WatchedJob
-from jobherald.errors import FetchError
-from jobherald.fetch import Fetcher, Response
+from jobherald.config import WatchedJob
 from jobherald.model import Reason, Snapshot, State
-from jobherald.sources.base import Advice, http_error, json_body, request_id, text, time_of
-from jobherald.sources.huawei_auth import (
-    GATEWAY_AUTH_CODES,
-    error_fields,
-    get_with_credentials,
-    make_credentials,
-    rejects_credentials,
-)
+from jobherald.sources.base import Advice, text, time_of
+from jobherald.sources.huawei import HuaweiApi
 
 STATUS_WORDS: dict[str, State] = {
     "SUCCESS": State.SUCCEEDED,
@@ -40,55 +30,17 @@ ADVICE = Advice(
 )
 
 
-class HuaweiJob:
+class HuaweiJob(HuaweiApi):
     """A job of Huawei Cloud's shared job API (``type = "huawei-job"``)."""
 
     advice = ADVICE
 
-    def __init__(self, config: Source, clock: Callable[[], datetime] | None = None) -> None:
-        self.config = config
-        self.credentials = make_credentials(
-            config.auth, config.project_id, config.timeout, *([clock] if clock else [])
-        )
-        self._urls: dict[str, str] = {}
+    def make_url(self, job: WatchedJob) -> str:
+        c = self.config
+        return f"{c.endpoint}/v1/{quote(c.project_id, safe='')}/jobs/{quote(job.id, safe='')}"
 
-    def url_for(self, job: WatchedJob) -> str:
-        url = self._urls.get(job.id)
-        if url is None:
-            c = self.config
-            url = self._urls[job.id] = (
-                f"{c.endpoint}/v1/{quote(c.project_id, safe='')}/jobs/{quote(job.id, safe='')}"
-            )
-        return url
-
-    def forget(self, job: WatchedJob) -> None:
-        self._urls.pop(job.id, None)
-
-    async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
-        url = self.url_for(job)
-        response = await get_with_credentials(
-            fetcher, self.credentials, url, self.config, GATEWAY_AUTH_CODES
-        )
-        return parse_response(response)
-
-
-def parse_response(response: Response) -> Snapshot:
-    if response.status != 200:
-        code, message = error_fields(response.body)
-        raise http_error(
-            response,
-            code,
-            message,
-            not_found=response.status == 404,
-            source_wide=rejects_credentials(response),
-        )
-    body = json_body(response)
-    try:
+    def parse(self, body: Any) -> Snapshot:
         return parse_job(body)
-    except (ValueError, TypeError) as exc:
-        raise FetchError(
-            "body", f"unexpected answer: {exc}", request_id=request_id(response)
-        ) from None
 
 
 def parse_job(body: Any) -> Snapshot:

@@ -6,23 +6,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from jobherald.config import Source, WatchedJob
-from jobherald.errors import FetchError
-from jobherald.fetch import Fetcher, Response
+from jobherald.config import WatchedJob
 from jobherald.model import Reason, Snapshot, State
-from jobherald.sources.base import Advice, http_error, json_body, request_id, text, time_of
-from jobherald.sources.huawei_auth import (
-    GATEWAY_AUTH_CODES,
-    error_fields,
-    get_with_credentials,
-    make_credentials,
-    rejects_credentials,
-)
+from jobherald.sources.base import Advice, text, time_of
+from jobherald.sources.huawei import HuaweiApi
+from jobherald.sources.huawei_auth import GATEWAY_AUTH_CODES
 
 # Answers that say the credentials are bad (not that they lack a permission).
 AUTH_CODES = GATEWAY_AUTH_CODES | {"ROMA.1000", "ROMA.1002"}
@@ -51,59 +42,22 @@ def state_from_status(raw: str) -> State:
     return STATUS_WORDS.get(raw.strip().lower(), State.UNKNOWN)
 
 
-class RomaConnect:
+class RomaConnect(HuaweiApi):
     """Huawei Cloud ROMA Connect asset jobs (``check_asset_job_status``)."""
 
     advice = ADVICE
+    auth_codes = AUTH_CODES
+    not_found_codes = NOT_FOUND_CODES
 
-    def __init__(self, config: Source, clock: Callable[[], datetime] | None = None) -> None:
-        self.config = config
-        self.credentials = make_credentials(
-            config.auth, config.project_id, config.timeout, *([clock] if clock else [])
+    def make_url(self, job: WatchedJob) -> str:
+        c = self.config
+        return (
+            f"{c.endpoint}/v2/{quote(c.project_id, safe='')}/instances/"
+            f"{quote(job.instance_id, safe='')}/assets/jobs/{quote(job.id, safe='')}"
         )
-        self._urls: dict[tuple[str, str], str] = {}
 
-    def url_for(self, job: WatchedJob) -> str:
-        key = (job.instance_id, job.id)
-        url = self._urls.get(key)
-        if url is None:
-            c = self.config
-            url = self._urls[key] = (
-                f"{c.endpoint}/v2/{quote(c.project_id, safe='')}/instances/"
-                f"{quote(job.instance_id, safe='')}/assets/jobs/{quote(job.id, safe='')}"
-            )
-        return url
-
-    def forget(self, job: WatchedJob) -> None:
-        """Drop what is kept for a job that left the config."""
-        self._urls.pop((job.instance_id, job.id), None)
-
-    async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
-        """One job's snapshot; with fresh credentials once more if the service rejected them."""
-        url = self.url_for(job)
-        response = await get_with_credentials(
-            fetcher, self.credentials, url, self.config, AUTH_CODES
-        )
-        return parse_response(response)
-
-
-def parse_response(response: Response) -> Snapshot:
-    if response.status != 200:
-        code, message = error_fields(response.body)
-        raise http_error(
-            response,
-            code,
-            message,
-            not_found=response.status == 404 or code in NOT_FOUND_CODES,
-            source_wide=rejects_credentials(response, AUTH_CODES),
-        )
-    body = json_body(response)
-    try:
+    def parse(self, body: Any) -> Snapshot:
         return parse_job(body)
-    except (ValueError, TypeError) as exc:
-        raise FetchError(
-            "body", f"unexpected answer: {exc}", request_id=request_id(response)
-        ) from None
 
 
 def parse_job(body: Any) -> Snapshot:

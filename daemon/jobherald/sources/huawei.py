@@ -1,0 +1,79 @@
+"""What the Huawei Cloud source types share: credentials, one GET retried once with fresh
+credentials when they were refused, and the error shape of Huawei Cloud's APIs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from jobherald.config import Source, WatchedJob
+from jobherald.errors import FetchError
+from jobherald.fetch import Fetcher, Response
+from jobherald.model import Snapshot
+from jobherald.sources.base import http_error, json_body, request_id
+from jobherald.sources.huawei_auth import (
+    GATEWAY_AUTH_CODES,
+    error_fields,
+    get_with_credentials,
+    make_credentials,
+    rejects_credentials,
+)
+
+
+class HuaweiApi:
+    """A job API of Huawei Cloud; a type says where a job is and how to read its answer."""
+
+    # Codes meaning "bad credentials", and codes meaning "no such job" (beside a 404).
+    auth_codes: frozenset[str] = GATEWAY_AUTH_CODES
+    not_found_codes: frozenset[str] = frozenset()
+
+    def __init__(self, config: Source, clock: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self.credentials = make_credentials(
+            config.auth, config.project_id, config.timeout, *([clock] if clock else [])
+        )
+        self._urls: dict[tuple[str, str], str] = {}
+
+    def url_for(self, job: WatchedJob) -> str:
+        key = (job.instance_id, job.id)
+        url = self._urls.get(key)
+        if url is None:
+            url = self._urls[key] = self.make_url(job)
+        return url
+
+    def make_url(self, job: WatchedJob) -> str:
+        raise NotImplementedError
+
+    def parse(self, body: Any) -> Snapshot:
+        """A 200 answer's JSON as a Snapshot; ValueError or TypeError if it is not one."""
+        raise NotImplementedError
+
+    def forget(self, job: WatchedJob) -> None:
+        """Drop what is kept for a job that left the config."""
+        self._urls.pop((job.instance_id, job.id), None)
+
+    async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
+        """One job's snapshot; with fresh credentials once more if the service rejected them."""
+        response = await get_with_credentials(
+            fetcher, self.credentials, self.url_for(job), self.config, self.auth_codes
+        )
+        return self.read(response)
+
+    def read(self, response: Response) -> Snapshot:
+        if response.status != 200:
+            code, message = error_fields(response.body)
+            raise http_error(
+                response,
+                code,
+                message,
+                not_found=response.status == 404 or code in self.not_found_codes,
+                source_wide=rejects_credentials(response, self.auth_codes),
+            )
+        body = json_body(response)
+        try:
+            return self.parse(body)
+        except (ValueError, TypeError) as exc:
+            raise FetchError(
+                "body", f"unexpected answer: {exc}", request_id=request_id(response)
+            ) from None
