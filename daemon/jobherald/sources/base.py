@@ -103,6 +103,16 @@ STATUS_TEXT = {
 }
 
 
+def status_of(body: Any) -> tuple[dict[str, Any], str]:
+    """A JSON object and its non-empty ``status`` text; ValueError if the answer has none."""
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object, got {type(body).__name__}")
+    raw_status = body.get("status")
+    if not isinstance(raw_status, str) or not raw_status.strip():
+        raise ValueError("no 'status' field")
+    return body, raw_status
+
+
 def text(value: Any) -> str | None:
     if value is None or value == "":
         return None

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from jobherald.config import WatchedJob
 from jobherald.model import Reason, Snapshot, State
-from jobherald.sources.base import Advice, text, time_of
+from jobherald.sources.base import Advice, status_of, text, time_of
 from jobherald.sources.huawei import HuaweiApi
 
 STATUS_WORDS: dict[str, State] = {
@@ -45,11 +45,7 @@ class HuaweiJob(HuaweiApi):
 
 def parse_job(body: Any) -> Snapshot:
     """Read a ShowJob answer into a Snapshot; ValueError if it is not one."""
-    if not isinstance(body, dict):
-        raise ValueError(f"expected a JSON object, got {type(body).__name__}")
-    raw_status = body.get("status")
-    if not isinstance(raw_status, str) or not raw_status.strip():
-        raise ValueError("no 'status' field")
+    body, raw_status = status_of(body)
     word = raw_status.strip().upper()
     entities = body.get("entities")
     if not isinstance(entities, dict):

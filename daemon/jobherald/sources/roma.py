@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from jobherald.config import WatchedJob
 from jobherald.model import Reason, Snapshot, State
-from jobherald.sources.base import Advice, text, time_of
+from jobherald.sources.base import Advice, status_of, text, time_of
 from jobherald.sources.huawei import HuaweiApi
 from jobherald.sources.huawei_auth import GATEWAY_AUTH_CODES
 
@@ -62,11 +62,7 @@ class RomaConnect(HuaweiApi):
 
 def parse_job(body: Any) -> Snapshot:
     """Read a 200 body of "Obtaining Job Progress" into a Snapshot; ValueError if it is not one."""
-    if not isinstance(body, dict):
-        raise ValueError(f"expected a JSON object, got {type(body).__name__}")
-    raw_status = body.get("status")
-    if not isinstance(raw_status, str) or not raw_status.strip():
-        raise ValueError("no 'status' field")
+    body, raw_status = status_of(body)
     reasons_raw = body.get("reasons")
     if reasons_raw is None:
         reasons_raw = body.get("reason")
