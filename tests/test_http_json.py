@@ -16,6 +16,7 @@ from aiohttp import web
 from jobherald import config as config_module
 from jobherald.errors import ConfigError
 from jobherald.service import Daemon
+from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
 from tests.conftest import Clock, LocalApp, Receiver, jobherald
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
@@ -165,17 +166,31 @@ def pointed(block: str, base: str, tokens: Path) -> str:
 
 async def test_the_examples_watch_real_shapes_and_tell_each_finish_once(
     fakes: Fakes,
+    sim: Simulator,
     receiver: Receiver,
     tmp_path: Path,
     clock: Clock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """All three source types in one config: ROMA Connect and Huawei Cloud's job API on
+    the simulator, and the three http-json examples on their fakes."""
     monkeypatch.setenv("GITHUB_TOKEN", "gh-token")
+    sim.add(SimJob("exp", [running(0.5), succeeded()], archive_id="arch-1"))
+    sim.add(SimJob("vm", [running(0.5), failed()], type="createServers", sub_jobs_total=2))
     text = '[daemon]\ndatabase = "sqlite:///jobherald.db"\nlost_after = 1\n\n'
+    text += (
+        f'[sources.roma]\ntype = "roma-connect"\nendpoint = "{sim.url}"\n'
+        f'project_id = "{sim.project_id}"\ninstance_id = "{next(iter(sim.instances))}"\n'
+        f'token = "{sim.token}"\n\n'
+        f'[sources.ecs]\ntype = "huawei-job"\nendpoint = "{sim.url}"\n'
+        f'project_id = "{sim.project_id}"\ntoken = "{sim.token}"\n\n'
+    )
     for name in ("github", "gcp-ops", "k8s"):
         text += pointed(example(name), fakes.base_url, tmp_path) + "\n"
     text += f'[notifiers.ops]\nurls = ["{receiver.url()}"]\non = ["succeeded", "failed", "lost"]\n'
     jobs = [
+        ("exp", "roma", None),
+        ("vm", "ecs", None),
         ("101", "github", None),
         ("102", "github", None),
         ("999", "github", None),
@@ -206,6 +221,8 @@ async def test_the_examples_watch_real_shapes_and_tell_each_finish_once(
     code, out, _ = await jobherald("status", "--json", "-c", str(path))
     status = {s["id"]: s for s in json.loads(out)}
     assert {k: (s["status"], s["raw_status"]) for k, s in status.items()} == {
+        "exp": ("succeeded", "SUCCEEDED"),
+        "vm": ("failed", "FAIL"),
         "101": ("succeeded", "success"),
         "102": ("failed", "failure"),
         "999": ("lost", None),
@@ -229,10 +246,12 @@ async def test_the_examples_watch_real_shapes_and_tell_each_finish_once(
         "101 succeeded",
         "102 failed",
         "999 lost",
+        "exp succeeded",
         "nightly-etl succeeded",
         "op-a succeeded",
         "op-b failed",
         "reindex failed",
+        "vm failed",
     ]
     reindex = next(m for m in receiver.messages if m["title"] == "reindex failed")
     assert "Job has reached the specified backoff limit" in reindex["message"]
