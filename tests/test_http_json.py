@@ -364,3 +364,61 @@ def test_a_placeholder_the_job_cannot_fill_and_params_elsewhere_are_refused(
         "give namespace in this job's params",
         f"{path}: jobs[1].params: only for http-json sources ('r' is roma-connect)",
     ]
+
+
+async def test_watch_gives_an_http_json_job_its_params(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[daemon]\ninclude = ["jobs.d/*.toml"]\n\n'
+        '[sources.k8s]\ntype = "http-json"\n'
+        'url = "https://k.example.com/apis/batch/v1/namespaces/{namespace}/jobs/{job_id}"\n'
+        'status = "s"\nsucceeded = ["Complete"]\nfailed = ["Failed"]\n',
+        encoding="utf-8",
+    )
+    code, _, err = await jobherald("watch", "etl", "--source", "k8s", "-c", str(path))
+    assert (code, err) == (
+        2,
+        "jobs.d/etl.toml: jobs[0].params: source 'k8s' has {namespace} in its url: "
+        "give namespace in this job's params\n",
+    )
+    assert not (tmp_path / "jobs.d" / "etl.toml").exists()
+    code, _, err = await jobherald(
+        "watch", "etl", "--source", "k8s", "--param", "namespace=batché", "-c", str(path)
+    )
+    assert code == 0, err
+    cfg = config_module.load(path)
+    (job,) = cfg.jobs
+    assert job.params == (("namespace", "batché"),)
+    code, _, err = await jobherald("watch", "x", "-s", "k8s", "--param", "oops", "-c", str(path))
+    assert (code, err) == (2, "jobherald: --param 'oops': give KEY=VALUE\n")
+
+
+async def test_the_simulator_serves_the_github_example_too(
+    sim: Simulator,
+    receiver: Receiver,
+    tmp_path: Path,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", sim.token)
+    sim.add(SimJob("7001", [running(0.3), succeeded()]))
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[daemon]\ndatabase = "sqlite:///jobherald.db"\n\n'
+        + pointed(example("github"), sim.url, tmp_path)
+        + f'\n[notifiers.ops]\nurls = ["{receiver.url()}"]\n\n'
+        '[[jobs]]\nid = "7001"\nsource = "github"\nname = "release build"\n',
+        encoding="utf-8",
+    )
+    cfg = config_module.load(path)
+    for _ in range(2):
+        await Daemon(cfg, clock).run_once()
+        clock.advance(60)
+    assert receiver.titles() == ["release build succeeded"]
+    code, out, _ = await jobherald("status", "--json", "-c", str(path))
+    (row,) = json.loads(out)
+    assert (code, row["status"], row["link"]) == (
+        0,
+        "succeeded",
+        "https://github.com/acme/app/actions/runs/7001",
+    )

@@ -176,6 +176,8 @@ class Simulator:
         )
         # Huawei Cloud's shared job API, served from the same jobs in its own shape.
         self.app.router.add_get("/v1/{project_id}/jobs/{job_id}", self._job)
+        # A GitHub Actions run (for http-json sources), from the same jobs again.
+        self.app.router.add_get("/repos/{owner}/{repo}/actions/runs/{job_id}", self._job)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -226,6 +228,8 @@ class Simulator:
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         headers = {"X-Request-Id": uuid.uuid4().hex}
+        if "repo" in request.match_info:
+            return self._github(request, headers)
         if not self._authorised(request):
             return _error(401, "APIG.1002", "Incorrect token or token resolution failed", headers)
         if request.match_info["project_id"] != self.project_id:
@@ -253,6 +257,33 @@ class Simulator:
             return _error(answer.http_status, answer.error_code, answer.error_msg, headers)
         return web.json_response(
             job.huawei_body(answer) if huawei else job.body(answer), headers=headers
+        )
+
+    def _github(self, request: web.Request, headers: dict[str, str]) -> web.Response:
+        """The job as a GitHub Actions workflow run (bearer token: the simulator's token)."""
+        if request.headers.get("Authorization") not in {f"Bearer {t}" for t in self.tokens}:
+            return web.json_response({"message": "Bad credentials"}, status=401, headers=headers)
+        job = self.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return web.json_response({"message": "Not Found"}, status=404, headers=headers)
+        answer = job.next_answer()
+        word = (answer.status or "").lower()
+        status, conclusion = {
+            "succeeded": ("completed", "success"),
+            "success": ("completed", "success"),
+            "failed": ("completed", "failure"),
+        }.get(word, ("in_progress", None))
+        owner, repo = request.match_info["owner"], request.match_info["repo"]
+        return web.json_response(
+            {
+                "id": job.id,
+                "status": status,
+                "conclusion": conclusion,
+                "run_started_at": _iso(job.begin_time),
+                "updated_at": _iso(job.begin_time + job.duration),
+                "html_url": f"https://github.com/{owner}/{repo}/actions/runs/{job.id}",
+            },
+            headers=headers,
         )
 
 

@@ -59,7 +59,14 @@ def _reload_service() -> None:
 @click.argument("job_id")
 @click.option("--source", "-s", required=True, help="The source the job belongs to.")
 @click.option("--name", "-n", help="A name for messages and status (default: the id).")
-@click.option("--instance-id", help="The ROMA Connect instance, when not the source's.")
+@click.option("--instance-id", help="roma-connect: the instance, when not the source's.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="http-json: a value for a {KEY} in the source's url (repeatable).",
+)
 @click.option("--reload", "reload_service", is_flag=True, help="Reload the running service after.")
 @click.pass_context
 def watch(
@@ -69,6 +76,7 @@ def watch(
     source: str,
     name: str | None,
     instance_id: str | None,
+    params: tuple[str, ...],
     reload_service: bool,
 ) -> None:
     """Start watching a job: write a drop-in file for it (checked before it is put in place)."""
@@ -91,6 +99,16 @@ def watch(
         lines.append(f"name = {json.dumps(name)}")
     if instance_id:
         lines.append(f"instance_id = {json.dumps(instance_id)}")
+    pairs = []
+    for param in params:
+        key, sep, value = param.partition("=")
+        if not sep or not key:
+            fail(f"--param {param!r}: give KEY=VALUE", EXIT_USAGE)
+        pairs.append(
+            f"{json.dumps(key, ensure_ascii=False)} = {json.dumps(value, ensure_ascii=False)}"
+        )
+    if pairs:
+        lines.append(f"params = {{ {', '.join(pairs)} }}")
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".{job_id}.toml.new"
     with staging.open("w", encoding="utf-8") as handle:
