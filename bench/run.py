@@ -561,10 +561,9 @@ def daemon_venv() -> str:
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([PY, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", str(HERE.parent)], check=True
-        )
-    # The dependencies stay; jobherald itself is this tree's, every run.
+    # Dependencies added since the venv was made are installed (the others stay) ...
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(HERE.parent)], check=True)
+    # ... and jobherald itself is this tree's, every run.
     subprocess.run(
         [
             str(python),
