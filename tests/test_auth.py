@@ -178,17 +178,37 @@ async def test_a_wrong_secret_key_is_rejected(sim: Simulator, fetcher: Fetcher) 
 
 
 @pytest.mark.parametrize(
-    ("url", "headers"),
+    ("method", "url", "headers", "body"),
     [
-        ("https://roma.cn-north-4.myhuaweicloud.com/v2/p1/instances/i1/assets/jobs/j1", {}),
-        ("http://127.0.0.1:8443/v2/p 1/jobs/a%2Fb?b=2&a=1&c=x y", {"X-Project-Id": "p1"}),
         (
+            "GET",
+            "https://roma.cn-north-4.myhuaweicloud.com/v2/p1/instances/i1/assets/jobs/j1",
+            {},
+            b"",
+        ),
+        (
+            "GET",
+            "http://127.0.0.1:8443/v2/p 1/jobs/a%2Fb?b=2&a=1&c=x y",
+            {"X-Project-Id": "p1"},
+            b"",
+        ),
+        (
+            "GET",
             "https://example.com/v2/x/",
             {"X-Security-Token": "st", "Content-Type": "application/json"},
+            b"",
+        ),
+        (
+            "POST",
+            "https://roma.cn-north-4.myhuaweicloud.com/v2/p1/instances/i1/assets/export",
+            {"Content-Type": "application/json;charset=utf8"},
+            b'{"apps": [{"id": "a1"}], "tasks": []}',
         ),
     ],
 )
-def test_signatures_match_the_sdk_signer(url: str, headers: dict[str, str]) -> None:
+def test_signatures_match_the_sdk_signer(
+    method: str, url: str, headers: dict[str, str], body: bytes
+) -> None:
     from urllib.parse import parse_qsl, urlsplit
 
     from huaweicloudsdkcore.auth.credentials import BasicCredentials
@@ -196,16 +216,16 @@ def test_signatures_match_the_sdk_signer(url: str, headers: dict[str, str]) -> N
     from huaweicloudsdkcore.signer.signer import Signer
 
     now = datetime(2026, 11, 28, 12, 34, 56, tzinfo=UTC)
-    ours = sign("AK1", "SK1", "GET", url, headers, b"", now)
+    ours = sign("AK1", "SK1", method, url, headers, body, now)
     parts = urlsplit(url)
     request = SdkRequest(
-        method="GET",
+        method=method,
         schema=parts.scheme,
         host=parts.netloc,
         resource_path=parts.path,
         query_params=parse_qsl(parts.query),
         header_params={**headers, "X-Sdk-Date": ours["X-Sdk-Date"]},
-        body=b"",
+        body=body,
     )
     theirs = Signer(BasicCredentials("AK1", "SK1")).sign(request)
     assert ours["X-Sdk-Date"] == "20261128T123456Z"

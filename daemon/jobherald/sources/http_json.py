@@ -43,7 +43,7 @@ class BasicCredentials:
         self._header = "Basic " + base64.b64encode(pair).decode()
 
     async def apply(
-        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str]
+        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str], body: bytes = b""
     ) -> str | None:
         headers["Authorization"] = self._header
         return None
@@ -56,7 +56,7 @@ class NoCredentials:
     method = "none"
 
     async def apply(
-        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str]
+        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str], body: bytes = b""
     ) -> str | None:
         return None
 

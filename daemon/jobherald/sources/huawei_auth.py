@@ -50,9 +50,10 @@ class Credentials(Protocol):
     method: str
 
     async def apply(
-        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str]
+        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str], body: bytes = b""
     ) -> str | None:
-        """Add the credential headers; return a marker of what was used (for ``invalidate``)."""
+        """Add the credential headers (a signature covers ``body``, the exact bytes sent);
+        return a marker of what was used (for ``invalidate``)."""
 
     def invalidate(self, used: str | None) -> bool:
         """The service rejected ``used``: forget it, and say whether a retry can help."""
@@ -94,7 +95,7 @@ class StaticToken:
         return self._token
 
     async def apply(
-        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str]
+        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str], body: bytes = b""
     ) -> str | None:
         token = self._current()
         headers[self._header] = self._prefix + token
@@ -140,7 +141,7 @@ class IamPassword:
         return self._token
 
     async def apply(
-        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str]
+        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str], body: bytes = b""
     ) -> str | None:
         token = self._fresh()
         if token is None:
@@ -241,7 +242,7 @@ class AkSkSigner:
         self.clock = clock
 
     async def apply(
-        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str]
+        self, fetcher: Fetcher, method: str, url: str, headers: dict[str, str], body: bytes = b""
     ) -> str | None:
         headers["X-Project-Id"] = self.project_id
         if self.config.security_token is not None:
@@ -253,7 +254,7 @@ class AkSkSigner:
                 method,
                 url,
                 headers,
-                b"",
+                body,
                 self.clock(),
             )
         )
