@@ -152,17 +152,8 @@ class Daemon:
             return
         from pathlib import Path
 
-        from jobherald.errors import StoreError
-
         lock = DatabaseLock(Path(url.database))
-        try:
-            lock.acquire(what)
-        except FileNotFoundError:
-            raise StoreError(
-                f"database folder {Path(url.database).parent} does not exist"
-            ) from None
-        except OSError as exc:
-            raise StoreError(f"cannot lock {lock.path}: {exc.strerror or exc}") from None
+        lock.acquire(what)
         try:
             yield
         finally:

@@ -23,7 +23,12 @@ from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher, Response
 from jobherald.model import Reason, Snapshot, State
 from jobherald.sources.base import Advice, http_error, json_body, request_id, text, time_of
-from jobherald.sources.huawei_auth import Credentials, StaticToken, make_credentials
+from jobherald.sources.huawei_auth import (
+    Credentials,
+    StaticToken,
+    make_credentials,
+    send_with_credentials,
+)
 
 ADVICE = Advice(
     console="the service's own page for the job",
@@ -87,6 +92,7 @@ class HttpJson:
         self.settings = settings
         self.reader = Reader(settings)
         self.credentials = _credentials(config, clock)
+        self._headers = dict(settings.headers)
         self._urls: dict[str, str] = {}
 
     def url_for(self, job: WatchedJob) -> str:
@@ -101,30 +107,20 @@ class HttpJson:
         self._urls.pop(job.id, None)
 
     async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
-        url = self.url_for(job)
-        settings = self.settings
-        for attempt in range(2):
-            headers = dict(settings.headers)
-            used = await self.credentials.apply(fetcher, settings.method, url, headers)
-            if settings.method == "POST":
-                response = await fetcher.post_json(
-                    url,
-                    {},
-                    timeout=self.config.timeout,
-                    headers=headers,
-                    verify_tls=self.config.verify_tls,
-                )
-            else:
-                response = await fetcher.get(
-                    url,
-                    headers=headers,
-                    timeout=self.config.timeout,
-                    verify_tls=self.config.verify_tls,
-                )
-            if attempt == 0 and response.status == 401 and self.credentials.invalidate(used):
-                continue
-            return self.reader.snapshot(response)
-        raise AssertionError("unreachable")
+        response = await send_with_credentials(
+            fetcher,
+            self.credentials,
+            self.url_for(job),
+            self.config,
+            _refused,
+            method=self.settings.method,
+            headers=self._headers,
+        )
+        return self.reader.snapshot(response)
+
+
+def _refused(response: Response) -> bool:
+    return response.status == 401
 
 
 class Reader:

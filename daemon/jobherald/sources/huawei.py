@@ -3,6 +3,7 @@ credentials when they were refused, and the error shape of Huawei Cloud's APIs."
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -15,13 +16,13 @@ from jobherald.sources.base import http_error, json_body, request_id
 from jobherald.sources.huawei_auth import (
     GATEWAY_AUTH_CODES,
     error_fields,
-    get_with_credentials,
     make_credentials,
     rejects_credentials,
+    send_with_credentials,
 )
 
 
-class HuaweiApi:
+class HuaweiApi(ABC):
     """A job API of Huawei Cloud; a type says where a job is and how to read its answer."""
 
     # Codes meaning "bad credentials", and codes meaning "no such job" (beside a 404).
@@ -42,12 +43,13 @@ class HuaweiApi:
             url = self._urls[key] = self.make_url(job)
         return url
 
+    @abstractmethod
     def make_url(self, job: WatchedJob) -> str:
-        raise NotImplementedError
+        """Where the job is asked about."""
 
+    @abstractmethod
     def parse(self, body: Any) -> Snapshot:
         """A 200 answer's JSON as a Snapshot; ValueError or TypeError if it is not one."""
-        raise NotImplementedError
 
     def forget(self, job: WatchedJob) -> None:
         """Drop what is kept for a job that left the config."""
@@ -55,10 +57,13 @@ class HuaweiApi:
 
     async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
         """One job's snapshot; with fresh credentials once more if the service rejected them."""
-        response = await get_with_credentials(
-            fetcher, self.credentials, self.url_for(job), self.config, self.auth_codes
+        response = await send_with_credentials(
+            fetcher, self.credentials, self.url_for(job), self.config, self._refused
         )
         return self.read(response)
+
+    def _refused(self, response: Response) -> bool:
+        return rejects_credentials(response, self.auth_codes)
 
     def read(self, response: Response) -> Snapshot:
         if response.status != 200:

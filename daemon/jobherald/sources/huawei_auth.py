@@ -341,21 +341,31 @@ def rejects_credentials(response: Response, codes: frozenset[str] = GATEWAY_AUTH
     return False
 
 
-async def get_with_credentials(
+async def send_with_credentials(
     fetcher: Fetcher,
     credentials: Credentials,
     url: str,
     source: Source,
-    codes: frozenset[str] = GATEWAY_AUTH_CODES,
+    refused: Callable[[Response], bool],
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """GET ``url`` with these credentials; once more with fresh ones if they were refused."""
+    """Send a request (a GET, or a POST of ``{}``) with these credentials; once more with
+    fresh ones if ``refused`` says the service refused them."""
     for attempt in range(2):
-        headers: dict[str, str] = {}
-        used = await credentials.apply(fetcher, "GET", url, headers)
-        response = await fetcher.get(
-            url, headers=headers, timeout=source.timeout, verify_tls=source.verify_tls
-        )
-        if attempt == 0 and rejects_credentials(response, codes) and credentials.invalidate(used):
+        sent = dict(headers or {})
+        if method == "POST":
+            used = await credentials.apply(fetcher, method, url, sent, b"{}")
+            response = await fetcher.post_json(
+                url, {}, timeout=source.timeout, headers=sent, verify_tls=source.verify_tls
+            )
+        else:
+            used = await credentials.apply(fetcher, method, url, sent)
+            response = await fetcher.get(
+                url, headers=sent, timeout=source.timeout, verify_tls=source.verify_tls
+            )
+        if attempt == 0 and refused(response) and credentials.invalidate(used):
             continue
         return response
     raise AssertionError("unreachable")

@@ -25,7 +25,12 @@ class DatabaseLock:
 
     def acquire(self, what: str) -> None:
         """Hold the lock, or raise StoreError naming whoever holds it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except FileNotFoundError:
+            raise StoreError(f"database folder {self.path.parent} does not exist") from None
+        except OSError as exc:
+            raise StoreError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
