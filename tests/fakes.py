@@ -90,7 +90,7 @@ def sdk_signature_check(keys: dict[str, str]):  # type: ignore[no-untyped-def]
     from huaweicloudsdkcore.sdk_request import SdkRequest
     from huaweicloudsdkcore.signer.signer import Signer
 
-    def verify(request: web.Request) -> bool:
+    def verify(request: web.Request, body: bytes) -> bool:
         authorization = request.headers["Authorization"]
         fields = dict(
             part.strip().split("=", 1) for part in authorization.split(" ", 1)[1].split(",")
@@ -107,7 +107,7 @@ def sdk_signature_check(keys: dict[str, str]):  # type: ignore[no-untyped-def]
             resource_path=request.raw_path.split("?", 1)[0],
             query_params=sorted(request.query.items()),
             header_params=headers,
-            body=b"",
+            body=body,
         )
         expected = Signer(BasicCredentials(fields["Access"], sk)).sign(sdk_request)
         return bool(expected.header_params["Authorization"] == authorization)

@@ -9,6 +9,7 @@ asks for no more than ``max_retry_after``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"jobherald/{__version__}"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+JSON_TYPE = "application/json;charset=utf8"
+# Files are read in pieces of this size; a refusal's body is read up to this limit.
+STREAM_CHUNK = 256 * 1024
+ERROR_BODY_LIMIT = 64 * 1024
+# Downloads in flight at once (beside the polls, which they never hold up).
+DOWNLOADS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,7 @@ class Fetcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._limit = asyncio.Semaphore(concurrency)
+        self._downloads = asyncio.Semaphore(DOWNLOADS)
         self._concurrency = concurrency
         self._host_concurrency = host_concurrency
         self.policy = policy
@@ -126,11 +134,9 @@ class Fetcher:
         self, url: str, *, headers: dict[str, str], timeout: float, verify_tls: bool = True
     ) -> Response:
         """GET ``url``, retrying what can mend; transport failures become a FetchError."""
-
-        async def call() -> Response:
-            return await self._once("GET", url, headers, None, timeout, verify_tls)
-
-        return await self._retrying(call)
+        return await self.request(
+            "GET", url, headers=headers, timeout=timeout, verify_tls=verify_tls
+        )
 
     async def post_json(
         self,
@@ -141,12 +147,77 @@ class Fetcher:
         headers: dict[str, str] | None = None,
         verify_tls: bool = True,
     ) -> Response:
-        all_headers = {"Content-Type": "application/json;charset=utf8", **(headers or {})}
+        all_headers = {"Content-Type": JSON_TYPE, **(headers or {})}
+        return await self.request(
+            "POST",
+            url,
+            headers=all_headers,
+            body=json.dumps(payload).encode(),
+            timeout=timeout,
+            verify_tls=verify_tls,
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        timeout: float,
+        body: bytes | None = None,
+        verify_tls: bool = True,
+        retry: bool = True,
+    ) -> Response:
+        """Send one request (``body``: the exact bytes, as signed); with ``retry``, again
+        while it fails in a way that can mend. A request that starts something upstream
+        (a job) is sent with ``retry=False``: a timeout must not start it twice."""
 
         async def call() -> Response:
-            return await self._once("POST", url, all_headers, payload, timeout, verify_tls)
+            return await self._once(method, url, headers, body, timeout, verify_tls)
 
+        if not retry:
+            return await call()
         return await self._retrying(call)
+
+    async def stream(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str],
+        timeout: float,
+        sink: Callable[[bytes], Awaitable[None]],
+        verify_tls: bool = True,
+    ) -> Response:
+        """GET a file: a 200 answer's body goes to ``sink`` piece by piece as it arrives
+        (the Response then holds no body); any other answer is read whole, up to 64 KB.
+
+        ``timeout`` bounds connecting and each wait for more bytes, not the whole
+        transfer. Downloads take their own slots, never the polls'.
+        """
+        if self._session is None:
+            raise RuntimeError("Fetcher used outside its context")
+        limits = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        async with self._downloads:
+            if not self.may_send():
+                raise FetchError("connection", "not sent: this replica may not act now")
+            try:
+                async with self._session.get(
+                    url,
+                    headers={"Accept": "application/zip, application/octet-stream, */*", **headers},
+                    timeout=limits,
+                    ssl=verify_tls,
+                    allow_redirects=False,
+                ) as response:
+                    if response.status != 200:
+                        body = await response.content.read(ERROR_BODY_LIMIT)
+                        return Response(response.status, response.headers, body)
+                    async for chunk in response.content.iter_chunked(STREAM_CHUNK):
+                        await sink(chunk)
+                    return Response(response.status, response.headers, b"")
+            except TimeoutError:
+                raise FetchError("timeout", f"no data for {timeout:g}s", retryable=True) from None
+            except aiohttp.ClientError as exc:
+                raise FetchError("connection", _describe(exc), retryable=True) from None
 
     async def _retrying(self, call: Callable[[], Awaitable[Response]]) -> Response:
         policy = self.policy
@@ -199,7 +270,7 @@ class Fetcher:
         method: str,
         url: str,
         headers: dict[str, str],
-        payload: dict[str, Any] | None,
+        body: bytes | None,
         timeout: float,
         verify_tls: bool,
     ) -> Response:
@@ -217,7 +288,7 @@ class Fetcher:
                     method,
                     url,
                     headers=headers,
-                    json=payload,
+                    data=body,
                     timeout=limits,
                     ssl=verify_tls,
                     allow_redirects=False,

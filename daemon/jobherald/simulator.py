@@ -1,8 +1,11 @@
-"""A ROMA Connect simulator: an aiohttp app answering "Obtaining Job Progress".
+"""A ROMA Connect simulator: an aiohttp app answering "Obtaining Job Progress", and the
+calls that start asset jobs (export, import, delete) and download an export's archive.
 
 It serves the demo and the tests. Each job plays a script of answers, one per
 poll, repeating the last one; an answer can be a status, an error in one of the
-shapes the real service uses, a body that is not JSON, or a slow answer.
+shapes the real service uses, a body that is not JSON, or a slow answer. A job
+started through the API runs for ``run_for`` seconds, then succeeds; an export's
+archive can be downloaded once, after which the job reads Finished.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from typing import Any
 from aiohttp import web
 
 NOT_FOUND = ("ROMA.00110006", "The resource does not exist.")
+# The simulator's answer to a second export (or import) while one of the user's runs.
+BUSY = ("ROMA.00110040", "An asset job of this user is running: one at a time.")
+BAD_REQUEST = "ROMA.00110001"
 
 
 @dataclass
@@ -74,6 +80,8 @@ class SimJob:
     # When set (a time.monotonic() value): the first answer until then, the last one after,
     # however many pollers ask (the script then follows the clock, not the polls).
     finish_at: float | None = None
+    # An export whose archive was downloaded: it reads Finished, without its archive_id.
+    downloaded: bool = False
 
     def next_answer(self) -> Answer:
         if self.finish_at is not None:
@@ -96,7 +104,9 @@ class SimJob:
         word = answer.status.lower()
         if word in ("succeeded", "success", "finished", "failed"):
             body["end_time"] = _iso(self.begin_time + self.duration)
-        if word in ("succeeded", "success") and self.archive_id:
+        if word in ("succeeded", "success") and self.downloaded:
+            body["status"] = "Finished"
+        elif word in ("succeeded", "success") and self.archive_id:
             body["archive_id"] = self.archive_id
         if word == "failed":
             body[answer.reasons_key] = self.reasons
@@ -159,7 +169,7 @@ class Simulator:
         self.token = token
         self.tokens = {token}
         # When set, requests signed with AK/SK are accepted if this says the signature is good.
-        self.verify_signature: Callable[[web.Request], bool] | None = None
+        self.verify_signature: Callable[[web.Request, bytes], bool] | None = None
         self.signed_requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -178,6 +188,23 @@ class Simulator:
         self.app.router.add_get("/v1/{project_id}/jobs/{job_id}", self._job)
         # A GitHub Actions run (for http-json sources), from the same jobs again.
         self.app.router.add_get("/repos/{owner}/{repo}/actions/runs/{job_id}", self._job)
+        assets = "/v2/{project_id}/instances/{instance_id}/assets"
+        self.app.router.add_post(f"{assets}/export", self._export)
+        self.app.router.add_post(f"{assets}/import", self._import)
+        self.app.router.add_post(f"{assets}/delete", self._delete)
+        self.app.router.add_get(f"{assets}/archives/{{archive_id}}", self._archive)
+        # Export archives by id (made when an export is started, or given by a test); each
+        # can be downloaded once, whole: a download cut off midway leaves it downloadable.
+        self.archives: dict[str, bytes] = {}
+        self.downloaded: list[str] = []
+        self.download_attempts: list[str] = []
+        self.archive_chunk = 64 * 1024
+        self.archive_chunk_delay = 0.0
+        # Jobs started through the API: how long they run, and what each call asked for.
+        self.run_for = 1.0
+        self.started: list[dict[str, Any]] = []
+        self.uploads: dict[str, bytes] = {}
+        self._running: dict[tuple[str, str], SimJob] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -205,10 +232,150 @@ class Simulator:
             await self._runner.cleanup()
             self._runner = None
 
-    def _authorised(self, request: web.Request) -> bool:
+    def archive_for(self, job: SimJob) -> bytes:
+        """The archive of an export job (made up once, from its id, if not given)."""
+        assert job.archive_id is not None
+        if job.archive_id not in self.archives:
+            self.archives[job.archive_id] = make_archive({"job": job.id}, 2048)
+        return self.archives[job.archive_id]
+
+    def _user(self, request: web.Request) -> str:
+        """Whose call it is: the token, or the access key of a signed request."""
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("SDK-HMAC-SHA256 "):
+            return auth.split("Access=", 1)[-1].split(",", 1)[0]
+        return request.headers.get("X-Auth-Token", "")
+
+    def _refusal(
+        self, request: web.Request, headers: dict[str, str], body: bytes = b""
+    ) -> web.Response | None:
+        """The answer to a call with bad credentials, project or instance; None if fine."""
+        if not self._authorised(request, body):
+            return _error(401, "APIG.1002", "Incorrect token or token resolution failed", headers)
+        if request.match_info["project_id"] != self.project_id:
+            return _error(403, "ROMA.00000101", "No permission for this project", headers)
+        if request.match_info["instance_id"] not in self.instances:
+            return _error(500, "ROMA.00110002", "The instance does not exist.", headers)
+        return None
+
+    def _start(
+        self, request: web.Request, kind: str, asked: dict[str, Any], archive: bool
+    ) -> SimJob | web.Response:
+        """A new job of this kind, or ROMA's refusal when one of the user's is running."""
+        headers = {"X-Request-Id": uuid.uuid4().hex}
+        key = (self._user(request), kind)
+        running_job = self._running.get(key)
+        if (
+            kind != "deleteAsset"
+            and running_job is not None
+            and running_job.finish_at is not None
+            and time.monotonic() < running_job.finish_at
+        ):
+            return _error(400, *BUSY, headers)
+        job_id = uuid.uuid4().hex
+        job = SimJob(
+            job_id,
+            [running(0.4), succeeded()],
+            type=kind,
+            archive_id=uuid.uuid4().hex if archive else None,
+            begin_time=datetime.now(UTC),
+            duration=timedelta(seconds=self.run_for),
+            finish_at=time.monotonic() + self.run_for,
+        )
+        if archive:
+            self.archives[job.archive_id or ""] = make_archive(asked, 4096)
+        self.add(job)
+        self._running[key] = job
+        self.started.append({"kind": kind, "job_id": job_id, **asked})
+        return job
+
+    async def _export(self, request: web.Request) -> web.Response:
+        return await self._start_with_ids(request, "exportAsset", archive=True)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        return await self._start_with_ids(request, "deleteAsset", archive=False)
+
+    async def _start_with_ids(self, request: web.Request, kind: str, archive: bool) -> web.Response:
+        self.requests.append((request.path, dict(request.headers)))
+        headers = {"X-Request-Id": uuid.uuid4().hex}
+        body = await request.read()
+        refusal = self._refusal(request, headers, body)
+        if refusal is not None:
+            return refusal
+        asked = _asset_ids(body, headers)
+        if isinstance(asked, web.Response):
+            return asked
+        job = self._start(request, kind, asked, archive)
+        if isinstance(job, web.Response):
+            return job
+        return web.json_response({"job_id": job.id}, headers=headers)
+
+    async def _import(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, dict(request.headers)))
+        headers = {"X-Request-Id": uuid.uuid4().hex}
+        body = await request.read()
+        refusal = self._refusal(request, headers, body)
+        if refusal is not None:
+            return refusal
+        if request.query.get("type", "AddNew") not in ("AddNew", "Merge"):
+            return _error(400, BAD_REQUEST, "type must be AddNew or Merge.", headers)
+        if not request.content_type.startswith("multipart/"):
+            return _error(400, BAD_REQUEST, "Expected a multipart upload.", headers)
+        name, data = _upload(request.headers["Content-Type"], body)
+        if not data or not _is_zip(data):
+            return _error(
+                400, BAD_REQUEST, "ImportAssetRequestBody is not an asset package.", headers
+            )
+        asked = {
+            "file": name,
+            "type": request.query.get("type", "AddNew"),
+            "prefix": request.query.get("prefix"),
+            "datasource_overwrite": request.query.get("datasource_overwrite", "false"),
+        }
+        job = self._start(request, "importAsset", asked, archive=False)
+        if isinstance(job, web.Response):
+            return job
+        self.uploads[job.id] = data
+        return web.json_response({"job_id": job.id}, headers=headers)
+
+    async def _archive(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.path, dict(request.headers)))
+        headers = {"X-Request-Id": uuid.uuid4().hex}
+        refusal = self._refusal(request, headers)
+        if refusal is not None:
+            return refusal
+        archive_id = request.match_info["archive_id"]
+        self.download_attempts.append(archive_id)
+        job = next((j for j in self.jobs.values() if j.archive_id == archive_id), None)
+        if job is not None and job.archive_id not in self.archives:
+            self.archive_for(job)
+        data = self.archives.get(archive_id)
+        if data is None or archive_id in self.downloaded:
+            return _error(404, *NOT_FOUND, headers)
+        response = web.StreamResponse(
+            headers={
+                **headers,
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="{archive_id}.zip"',
+            }
+        )
+        response.content_length = len(data)
+        await response.prepare(request)
+        for start in range(0, len(data), self.archive_chunk):
+            if self.archive_chunk_delay:
+                await asyncio.sleep(self.archive_chunk_delay)
+            await response.write(data[start : start + self.archive_chunk])
+        await response.write_eof()
+        # Sent whole: it cannot be downloaded again, and its job reads Finished.
+        self.downloaded.append(archive_id)
+        if job is not None:
+            job.downloaded = True
+        return response
+
+    def _authorised(self, request: web.Request, body: bytes = b"") -> bool:
         if request.headers.get("Authorization", "").startswith("SDK-HMAC-SHA256 "):
             self.signed_requests += 1
-            return self.verify_signature is not None and self.verify_signature(request)
+            return self.verify_signature is not None and self.verify_signature(request, body)
         return request.headers.get("X-Auth-Token") in self.tokens
 
     async def _job(self, request: web.Request) -> web.StreamResponse:
@@ -285,6 +452,58 @@ class Simulator:
             },
             headers=headers,
         )
+
+
+def _asset_ids(raw: bytes, headers: dict[str, str]) -> dict[str, Any] | web.Response:
+    """The application and task ids of an export or delete call, or ROMA's refusal."""
+    try:
+        body = json.loads(raw)
+        apps = [str(a["id"]) for a in body.get("apps") or []]
+        tasks = [str(t["id"]) for t in body.get("tasks") or []]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return _error(400, BAD_REQUEST, "The request body is not valid.", headers)
+    if not apps and not tasks:
+        return _error(400, BAD_REQUEST, "No application or task given.", headers)
+    if len(apps) + len(tasks) > 100:
+        return _error(400, BAD_REQUEST, "At most 100 applications and tasks.", headers)
+    return {"apps": apps, "tasks": tasks}
+
+
+def _upload(content_type: str, raw: bytes) -> tuple[str | None, bytes]:
+    """The file name and bytes of a multipart body's ImportAssetRequestBody part."""
+    from email import policy
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
+    if not message.is_multipart():
+        return None, b""
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "ImportAssetRequestBody":
+            payload = part.get_payload(decode=True)
+            return part.get_filename(), payload if isinstance(payload, bytes) else b""
+    return None, b""
+
+
+def make_archive(contents: dict[str, Any], size: int) -> bytes:
+    """A zip like an asset package: a manifest of what it holds, and some bulk."""
+    import io
+    import os
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", json.dumps(contents, sort_keys=True))
+        archive.writestr("assets.bin", os.urandom(size))
+    return buffer.getvalue()
+
+
+def _is_zip(data: bytes) -> bool:
+    import io
+    import zipfile
+
+    return zipfile.is_zipfile(io.BytesIO(data))
 
 
 def _error(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,8 @@ def _dropin_folder(cfg: Config) -> tuple[Path, str]:
     return full.parent, full.name
 
 
-def _reload_service() -> None:
+def reload_the_service(*, quiet_stdout: bool = False) -> None:
+    """`systemctl reload jobherald.service` (its word on stderr with ``quiet_stdout``)."""
     import subprocess
 
     try:
@@ -51,7 +53,74 @@ def _reload_service() -> None:
         return
     if done.returncode != 0:
         fail(f"cannot reload jobherald.service: {done.stderr.strip() or done.returncode}")
-    click.echo("reloaded jobherald.service")
+    click.echo("reloaded jobherald.service", err=quiet_stdout)
+
+
+def dropin_lines(
+    job_id: str,
+    source: str,
+    name: str | None = None,
+    instance_id: str | None = None,
+    params: Sequence[str] = (),
+) -> list[str]:
+    """The TOML of one job's drop-in file (exit 2 for a bad ``--param``)."""
+    lines = ["[[jobs]]", f"id = {json.dumps(job_id)}", f"source = {json.dumps(source)}"]
+    if name:
+        lines.append(f"name = {json.dumps(name, ensure_ascii=False)}")
+    if instance_id:
+        lines.append(f"instance_id = {json.dumps(instance_id)}")
+    pairs = []
+    for param in params:
+        key, sep, value = param.partition("=")
+        if not sep or not key:
+            fail(f"--param {param!r}: give KEY=VALUE", EXIT_USAGE)
+        pairs.append(
+            f"{json.dumps(key, ensure_ascii=False)} = {json.dumps(value, ensure_ascii=False)}"
+        )
+    if pairs:
+        lines.append(f"params = {{ {', '.join(pairs)} }}")
+    return lines
+
+
+def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool = False) -> Path:
+    """Write a job's drop-in file: staged beside its place, checked with the whole config,
+    then renamed into place (exit 2, and nothing written, if the config refuses it).
+    With ``check_only``, check and remove the staged file (before a job is started)."""
+    import fnmatch
+    import os
+
+    from jobherald import config as config_module
+    from jobherald.errors import ConfigError
+
+    existing = next((j for j in cfg.jobs if j.id == job_id), None)
+    if existing is not None:
+        fail(f"job {job_id} is already watched ({existing.origin})", EXIT_USAGE)
+    folder, pattern = _dropin_folder(cfg)
+    target = folder / f"{job_id}.toml"
+    if not fnmatch.fnmatchcase(target.name, pattern):
+        fail(f"{target.name} would not match daemon.include[0] ({cfg.include[0]})", EXIT_USAGE)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = folder / f".{job_id}.toml.new"
+        with staging.open("w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        fail(f"cannot write a drop-in file in {folder}: {exc.strerror}")
+        raise AssertionError from None  # unreachable
+    try:
+        config_module.load(cfg.path, extra=[staging], check_urls=False)
+    except ConfigError as exc:
+        staging.unlink(missing_ok=True)
+        for line in exc.problems:
+            click.echo(line.replace(staging.name, target.name), err=True)
+        sys.exit(EXIT_USAGE)
+    if check_only:
+        staging.unlink(missing_ok=True)
+        return target
+    os.replace(staging, target)
+    return target
 
 
 @cli.command()
@@ -80,52 +149,11 @@ def watch(
     reload_service: bool,
 ) -> None:
     """Start watching a job: write a drop-in file for it (checked before it is put in place)."""
-    import fnmatch
-    import os
-
-    from jobherald import config as config_module
-    from jobherald.errors import ConfigError
-
     cfg = load_config(ctx, config_path)
-    existing = next((j for j in cfg.jobs if j.id == job_id), None)
-    if existing is not None:
-        fail(f"job {job_id} is already watched ({existing.origin})", EXIT_USAGE)
-    folder, pattern = _dropin_folder(cfg)
-    target = folder / f"{job_id}.toml"
-    if not fnmatch.fnmatchcase(target.name, pattern):
-        fail(f"{target.name} would not match daemon.include[0] ({cfg.include[0]})", EXIT_USAGE)
-    lines = ["[[jobs]]", f"id = {json.dumps(job_id)}", f"source = {json.dumps(source)}"]
-    if name:
-        lines.append(f"name = {json.dumps(name)}")
-    if instance_id:
-        lines.append(f"instance_id = {json.dumps(instance_id)}")
-    pairs = []
-    for param in params:
-        key, sep, value = param.partition("=")
-        if not sep or not key:
-            fail(f"--param {param!r}: give KEY=VALUE", EXIT_USAGE)
-        pairs.append(
-            f"{json.dumps(key, ensure_ascii=False)} = {json.dumps(value, ensure_ascii=False)}"
-        )
-    if pairs:
-        lines.append(f"params = {{ {', '.join(pairs)} }}")
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".{job_id}.toml.new"
-    with staging.open("w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        config_module.load(cfg.path, extra=[staging], check_urls=False)
-    except ConfigError as exc:
-        staging.unlink(missing_ok=True)
-        for line in exc.problems:
-            click.echo(line.replace(staging.name, target.name), err=True)
-        sys.exit(EXIT_USAGE)
-    os.replace(staging, target)
+    target = register(cfg, job_id, dropin_lines(job_id, source, name, instance_id, params))
     click.echo(f"watching {job_id}{f' ({name})' if name else ''} from {source}: wrote {target}")
     if reload_service:
-        _reload_service()
+        reload_the_service()
 
 
 @cli.command()
@@ -153,4 +181,4 @@ def forget(ctx: click.Context, config_path: str | None, job_id: str, reload_serv
     path.unlink()
     click.echo(f"forgot {job_id}: removed {path} (its history is kept)")
     if reload_service:
-        _reload_service()
+        reload_the_service()

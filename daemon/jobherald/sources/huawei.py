@@ -58,11 +58,11 @@ class HuaweiApi(ABC):
     async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:
         """One job's snapshot; with fresh credentials once more if the service rejected them."""
         response = await send_with_credentials(
-            fetcher, self.credentials, self.url_for(job), self.config, self._refused
+            fetcher, self.credentials, self.url_for(job), self.config, self.refused
         )
         return self.read(response)
 
-    def _refused(self, response: Response) -> bool:
+    def refused(self, response: Response) -> bool:
         return rejects_credentials(response, self.auth_codes)
 
     def read(self, response: Response) -> Snapshot:

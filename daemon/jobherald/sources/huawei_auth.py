@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
@@ -29,7 +29,7 @@ from jobherald.config import (
     read_secret,
 )
 from jobherald.errors import FetchError
-from jobherald.fetch import Fetcher, Response
+from jobherald.fetch import JSON_TYPE, Fetcher, Response
 from jobherald.sources.base import BODY_PREVIEW
 
 log = logging.getLogger(__name__)
@@ -350,20 +350,34 @@ async def send_with_credentials(
     *,
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    retry: bool = True,
+    sink: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> Response:
-    """Send a request (a GET, or a POST of ``{}``) with these credentials; once more with
-    fresh ones if ``refused`` says the service refused them."""
+    """Send a request with these credentials (a POST without ``body`` sends ``{}``); once
+    more with fresh ones if ``refused`` says the service refused them. With ``sink``, a GET
+    whose 200 body is streamed there (a file)."""
+    if method == "POST" and body is None:
+        body = b"{}"
+    base = dict(headers or {})
+    if body is not None:
+        base.setdefault("Content-Type", JSON_TYPE)
     for attempt in range(2):
-        sent = dict(headers or {})
-        if method == "POST":
-            used = await credentials.apply(fetcher, method, url, sent, b"{}")
-            response = await fetcher.post_json(
-                url, {}, timeout=source.timeout, headers=sent, verify_tls=source.verify_tls
+        sent = dict(base)
+        used = await credentials.apply(fetcher, method, url, sent, body or b"")
+        if sink is not None:
+            response = await fetcher.stream(
+                url, headers=sent, timeout=source.timeout, sink=sink, verify_tls=source.verify_tls
             )
         else:
-            used = await credentials.apply(fetcher, method, url, sent)
-            response = await fetcher.get(
-                url, headers=sent, timeout=source.timeout, verify_tls=source.verify_tls
+            response = await fetcher.request(
+                method,
+                url,
+                headers=sent,
+                body=body,
+                timeout=source.timeout,
+                verify_tls=source.verify_tls,
+                retry=retry,
             )
         if attempt == 0 and refused(response) and credentials.invalidate(used):
             continue
