@@ -33,6 +33,7 @@ class EventKind(enum.StrEnum):
     LOST = "lost"
     ERROR = "error"
     RECOVERED = "recovered"
+    ARCHIVED = "archived"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,14 +32,19 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
     sys.exit(code)
 
 
-def load_config(ctx: click.Context, path: str | None, *, check_urls: bool = False) -> Config:
+def load_config(
+    ctx: click.Context, path: str | None, *, check_urls: bool = False, check_dirs: bool = False
+) -> Config:
     """The config, or exit 2 with its problems. Notifier URLs are checked (which loads
-    apprise) only by the commands that send or check them."""
+    apprise) only by the commands that send or check them; archive folders only by those
+    that run or check the daemon."""
     from jobherald import config
     from jobherald.errors import ConfigError
 
     try:
-        return config.load(path or ctx.obj.get("config"), check_urls=check_urls)
+        return config.load(
+            path or ctx.obj.get("config"), check_urls=check_urls, check_dirs=check_dirs
+        )
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(line, err=True)

@@ -33,7 +33,7 @@ def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
     """Run the daemon in the foreground (logs go to stderr)."""
     # The daemon refuses a URL apprise cannot use before it starts; one pass loads
     # apprise only if it has something to send.
-    cfg = load_config(ctx, config_path, check_urls=not once)
+    cfg = load_config(ctx, config_path, check_urls=not once, check_dirs=True)
     from jobherald.service import Daemon, setup_logging
 
     setup_logging(cfg.log_level)
@@ -49,7 +49,7 @@ def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
 @click.pass_context
 def check_config(ctx: click.Context, config_path: str | None) -> None:
     """Validate the config: exit 0, or 2 with one line per problem."""
-    cfg = load_config(ctx, config_path, check_urls=True)
+    cfg = load_config(ctx, config_path, check_urls=True, check_dirs=True)
     click.echo(
         f"{cfg.path}: ok ({len(cfg.jobs)} jobs, {len(cfg.sources)} sources, "
         f"{len(cfg.notifiers)} notifiers)"

@@ -59,12 +59,15 @@ def load(
     extra: Sequence[Path] = (),
     *,
     check_urls: bool = True,
+    check_dirs: bool | None = None,
 ) -> Config:
     """Read, expand, validate and resolve the configuration; raise ConfigError.
 
     ``extra`` names drop-in files to read as if an include matched them (to try
     one before it is put in place). ``check_urls`` asks apprise whether it can use
     every notifier URL (which loads apprise: commands that send nothing skip it).
+    ``check_dirs`` (by default as ``check_urls``) checks that the daemon can write
+    every ``archive_dir``: the commands that run or check the daemon ask for it.
     """
     main = config_path(path)
     label = str(path) if path else str(main)
@@ -85,7 +88,27 @@ def load(
         parsed_dropin = _validate(DropInFile, extra_raw, extra_label)
         jobs.extend((job, f"{extra_label}: jobs[{i}]") for i, job in enumerate(parsed_dropin.jobs))
     config = _resolve(main, label, parsed, jobs, check_urls)
+    if check_urls if check_dirs is None else check_dirs:
+        _check_archive_dirs(config, main, label)
     return replace(config, include=parsed.daemon.include)
+
+
+def _check_archive_dirs(config: Config, main: Path, label: str) -> None:
+    """Every ``archive_dir`` writable here, and by the installed service when this is its config."""
+    from jobherald.config.paths import sandbox_problem, writable_problem
+
+    service = main.resolve() == DEFAULT_CONFIG_PATH.resolve()
+    problems = []
+    for name, source in config.sources.items():
+        if source.archive_dir is None:
+            continue
+        problem = writable_problem(source.archive_dir)
+        if problem is None and service:
+            problem = sandbox_problem(source.archive_dir)
+        if problem is not None:
+            problems.append(f"{label}: sources.{name}.archive_dir: {problem}")
+    if problems:
+        raise ConfigError(problems)
 
 
 def _display(path: Path, base: Path) -> str:

@@ -104,6 +104,8 @@ class Source:
     type: str = "roma-connect"
     # What a type needs beyond the common keys (http-json: its HttpJsonSettings).
     settings: Any = None
+    # roma-connect: where export archives are kept (None: they are left to the user).
+    archive_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

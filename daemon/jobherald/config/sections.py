@@ -20,7 +20,15 @@ from jobherald.model import Rules
 
 DEFAULT_CONFIG_PATH = Path("/etc/jobherald/config.toml")
 Event = Literal[
-    "succeeded", "failed", "started", "progress", "stalled", "lost", "error", "recovered"
+    "succeeded",
+    "failed",
+    "started",
+    "progress",
+    "stalled",
+    "lost",
+    "error",
+    "recovered",
+    "archived",
 ]
 EVENTS: tuple[Event, ...] = (
     "succeeded",
@@ -31,9 +39,18 @@ EVENTS: tuple[Event, ...] = (
     "lost",
     "error",
     "recovered",
+    "archived",
 )
 # What a notifier hears when its `on` is not given: the outcomes, and what needs a person.
-DEFAULT_EVENTS: tuple[Event, ...] = ("succeeded", "failed", "stalled", "lost", "error", "recovered")
+DEFAULT_EVENTS: tuple[Event, ...] = (
+    "succeeded",
+    "failed",
+    "stalled",
+    "lost",
+    "error",
+    "recovered",
+    "archived",
+)
 AUTH_METHODS = ("token", "password", "aksk")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -225,6 +242,8 @@ class HuaweiSource(RuleFields):
 class RomaConnectSource(HuaweiSource):
     type: Literal["roma-connect"]
     instance_id: str | None = None
+    # Where the archives of this source's export jobs are kept (none: not downloaded).
+    archive_dir: Path | None = None
 
 
 class HuaweiJobSource(HuaweiSource):

@@ -223,6 +223,11 @@ def _resolve_source(
             type=section.type,
             settings=settings,
         )
+    archive_dir = None
+    if isinstance(section, RomaConnectSource) and section.archive_dir is not None:
+        archive_dir = section.archive_dir
+        if not archive_dir.is_absolute():
+            problems.append(f"{where}.archive_dir: {str(archive_dir)!r} must be an absolute path")
     if auth is None:
         return None
     return Source(
@@ -235,4 +240,5 @@ def _resolve_source(
         verify_tls=section.verify_tls,
         rules=section.over(rules),
         type=section.type,
+        archive_dir=archive_dir,
     )

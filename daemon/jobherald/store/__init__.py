@@ -1,4 +1,5 @@
-"""Storage: jobs, their transitions, events and their deliveries (the outbox), replicas.
+"""Storage: jobs, their transitions, events and their deliveries (the outbox), export
+archives to keep, replicas.
 
 The store knows the database and nothing of HTTP or apprise. Everything a poll
 changes is written in one transaction, the events with their deliveries included,
@@ -13,15 +14,15 @@ import asyncio
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobherald.store.archives import ArchiveClaim, Archives, Kept
 from jobherald.store.base import StoreBase, sqlite_engine
+from jobherald.store.events import NewEvent, Target
 from jobherald.store.jobs import (
     GROUP_COMMIT,
     JobIdentity,
     Jobs,
-    NewEvent,
     Recorded,
     RecordedSource,
-    Target,
     reasons_of,
     view_of,
 )
@@ -40,11 +41,13 @@ __all__ = [
     "CLAIM_FOR",
     "GROUP_COMMIT",
     "SCHEMA_HEAD",
+    "ArchiveClaim",
     "Claimer",
     "DatabaseLock",
     "Delivery",
     "JobIdentity",
     "Joining",
+    "Kept",
     "Member",
     "NewEvent",
     "Recorded",
@@ -62,7 +65,7 @@ __all__ = [
 ]
 
 
-class Store(Jobs, Outbox, Membership):
+class Store(Jobs, Outbox, Archives, Membership):
     """The database, as jobherald uses it."""
 
     def __init__(self, engine: AsyncEngine) -> None:

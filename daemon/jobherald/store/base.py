@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from jobherald.errors import StoreError
-from jobherald.store.schema import SCHEMA_HEAD, UTCDateTime, alembic_config, head_revision
+from jobherald.store.schema import (
+    SCHEMA_HEAD,
+    UTCDateTime,
+    alembic_config,
+    head_revision,
+    replicas,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,17 @@ class StoreBase:
                 now = now + sa.func.make_interval(0, 0, 0, 0, 0, 0, plus)
             return sa.type_coerce(now, UTCDateTime)
         return sa.literal(datetime.now(UTC) + timedelta(seconds=plus), UTCDateTime)
+
+    def unheld(self, table: sa.Table) -> sa.ColumnElement[bool]:
+        """A row of a claimable table (deliveries, archives) that nobody holds: never
+        claimed, its claim expired, or claimed by a replica whose lease has lapsed."""
+        now = self.db_time()
+        lapsed = sa.select(replicas.c.incarnation).where(replicas.c.expires_at <= now)
+        return sa.or_(
+            table.c.claimed_by.is_(None),
+            table.c.claimed_until < now,
+            table.c.claimed_by.in_(lapsed.scalar_subquery()),
+        )
 
     @classmethod
     async def open(cls: type[S], url: str, *, migrate: bool = True) -> S:

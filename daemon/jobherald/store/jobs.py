@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -14,27 +13,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobherald.model import JobView, Outcome, Reason, SourceHealth, State, Transition
+from jobherald.store.archives import insert_archive
 from jobherald.store.base import StoreBase
-from jobherald.store.schema import deliveries, events, jobs, source_health, transitions
+from jobherald.store.events import NewEvent, insert_events
+from jobherald.store.schema import jobs, source_health, transitions
 
 # Polls that end together are written in one transaction of at most this many.
 GROUP_COMMIT = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One place a message goes: a notifier's URL, by key (a hash) and masked for display."""
-
-    notifier: str
-    key: str
-    url: str
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    kind: str
-    payload: Mapping[str, Any]
-    targets: Sequence[Target]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +143,8 @@ class _Record:
     polled_at: datetime
     new_events: Sequence[NewEvent]
     done: asyncio.Future[Recorded]
+    # An export's archive to keep: (archive_id, source), noted with the job's success.
+    archive: tuple[str, str] | None = None
 
 
 class Jobs(StoreBase):
@@ -243,15 +230,17 @@ class Jobs(StoreBase):
         outcome: Outcome,
         polled_at: datetime,
         new_events: Sequence[NewEvent] = (),
+        archive: tuple[str, str] | None = None,
     ) -> Recorded:
         """Write what one poll changed, its transition and its events, in one transaction,
         if the job is still at the version the poll started from (``outcome.job.version``).
+        ``archive`` (archive id, source) notes an export's archive to download.
 
         Polls that finish together are written together (a group commit): each caller
         waits until its own rows are committed.
         """
         done: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Record(job_id, outcome, polled_at, new_events, done))
+        self._queued.append(_Record(job_id, outcome, polled_at, new_events, done, archive))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_queued())
         return await done
@@ -314,6 +303,12 @@ class Jobs(StoreBase):
             ]
             if rows:
                 await conn.execute(sa.insert(transitions), rows)
+            for r in fresh:
+                if r.archive is not None:
+                    archive_id, source = r.archive
+                    await insert_archive(
+                        conn, self.shared, r.job_id, archive_id, source, r.polled_at
+                    )
         out = []
         for r in batch:
             if r.job_id in stale:
@@ -429,44 +424,3 @@ def _transition_row(job_id: str, t: Transition) -> dict[str, Any]:
         "progress": t.progress,
         "raw_status": t.raw_status,
     }
-
-
-async def insert_events(
-    conn: AsyncConnection,
-    new_events: Sequence[NewEvent],
-    at: datetime,
-    *,
-    job_id: str | None = None,
-    source: str | None = None,
-) -> list[str]:
-    event_ids: list[str] = []
-    for new in new_events:
-        event_id = uuid.uuid4().hex
-        event_ids.append(event_id)
-        await conn.execute(
-            sa.insert(events).values(
-                id=event_id,
-                job_id=job_id,
-                source=source,
-                kind=new.kind,
-                at=at,
-                payload=json.dumps(new.payload, default=str),
-            )
-        )
-        if new.targets:
-            await conn.execute(
-                sa.insert(deliveries),
-                [
-                    {
-                        "event_id": event_id,
-                        "notifier": t.notifier,
-                        "target": t.key,
-                        "url": t.url,
-                        "state": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": at,
-                    }
-                    for t in new.targets
-                ],
-            )
-    return event_ids

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobherald.store.base import StoreBase
-from jobherald.store.schema import deliveries, replicas
+from jobherald.store.schema import archives, deliveries, replicas
 
 # Joins and clean leaves are announced here (PostgreSQL LISTEN/NOTIFY), so the others
 # rebalance at once instead of at their next heartbeat.
@@ -134,11 +134,12 @@ class Membership(StoreBase):
         holds): release every claim and mark every replica row silent."""
         now = self.db_time()
         async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.claimed_by.is_not(None))
-                .values(claimed_by=None, claimed_until=None)
-            )
+            for table in (deliveries, archives):
+                await conn.execute(
+                    sa.update(table)
+                    .where(table.c.claimed_by.is_not(None))
+                    .values(claimed_by=None, claimed_until=None)
+                )
             await conn.execute(
                 sa.update(replicas).where(replicas.c.expires_at > now).values(expires_at=now)
             )
@@ -161,11 +162,12 @@ class Membership(StoreBase):
     async def leave(self, name: str, incarnation: str) -> None:
         """Remove this replica's row and give back its claims: the others take over at once."""
         async with self.engine.begin() as conn:  # not behind the poll writers' queue
-            await conn.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.claimed_by == incarnation)
-                .values(claimed_by=None, claimed_until=None)
-            )
+            for table in (deliveries, archives):
+                await conn.execute(
+                    sa.update(table)
+                    .where(table.c.claimed_by == incarnation)
+                    .values(claimed_by=None, claimed_until=None)
+                )
             await conn.execute(
                 sa.delete(replicas).where(
                     replicas.c.name == name, replicas.c.incarnation == incarnation
@@ -190,11 +192,12 @@ class Membership(StoreBase):
         cutoff = self.db_time(-FORGET_AFTER)
         async with self.engine.begin() as conn:  # not behind the poll writers' queue
             old = sa.select(replicas.c.incarnation).where(replicas.c.expires_at < cutoff)
-            await conn.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.claimed_by.in_(old.scalar_subquery()))
-                .values(claimed_by=None, claimed_until=None)
-            )
+            for table in (deliveries, archives):
+                await conn.execute(
+                    sa.update(table)
+                    .where(table.c.claimed_by.in_(old.scalar_subquery()))
+                    .values(claimed_by=None, claimed_until=None)
+                )
             await conn.execute(sa.delete(replicas).where(replicas.c.expires_at < cutoff))
 
     async def _announce(self, conn: Any, name: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobherald.store.base import StoreBase
-from jobherald.store.schema import deliveries, events, replicas
+from jobherald.store.schema import deliveries, events
 
 # The longest a claim holds while its sender lives: a send takes seconds, and a claim
 # whose replica stopped heart-beating is taken over at once, without waiting for this.
@@ -41,17 +41,6 @@ class Delivery:
 class Outbox(StoreBase):
     """Deliveries: claimed, sent, marked; listed, retried and dropped by hand."""
 
-    def _takeable(self) -> sa.ColumnElement[bool]:
-        """A pending delivery nobody holds: never claimed, claim expired, or claimed by a
-        replica whose lease has lapsed."""
-        now = self.db_time()
-        lapsed = sa.select(replicas.c.incarnation).where(replicas.c.expires_at <= now)
-        return sa.or_(
-            deliveries.c.claimed_by.is_(None),
-            deliveries.c.claimed_until < now,
-            deliveries.c.claimed_by.in_(lapsed.scalar_subquery()),
-        )
-
     async def claim_due(self, now: datetime, claimer: Claimer, limit: int = 100) -> list[Delivery]:
         """Claim up to ``limit`` due deliveries for this sender and return them.
 
@@ -61,7 +50,7 @@ class Outbox(StoreBase):
         due = (
             sa.select(deliveries.c.id)
             .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
-            .where(self._takeable())
+            .where(self.unheld(deliveries))
             .order_by(deliveries.c.id)
             .limit(limit)
         )
@@ -135,7 +124,7 @@ class Outbox(StoreBase):
     async def next_delivery_at(self) -> datetime | None:
         """When the next delivery nobody holds falls due."""
         query = sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
-            deliveries.c.state == "pending", self._takeable()
+            deliveries.c.state == "pending", self.unheld(deliveries)
         )
         async with self.engine.connect() as conn:
             value = (await conn.execute(query)).scalar()

@@ -142,12 +142,40 @@ replicas = sa.Table(
 )
 
 
+archives = sa.Table(
+    "archives",
+    metadata,
+    sa.Column("job_id", sa.String(128), sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("archive_id", sa.Text, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    # pending (to download), kept (on disk), failed (given up), skipped (not kept here).
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("error_since", UTCDateTime),
+    sa.Column(
+        "error_notified", sa.Boolean, nullable=False, default=False, server_default=sa.false()
+    ),
+    sa.Column("path", sa.Text),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("done_at", UTCDateTime),
+    # Who is downloading it now (a claim, as for deliveries), and which replica kept it.
+    sa.Column("claimed_by", sa.String(32)),
+    sa.Column("claimed_until", UTCDateTime),
+    sa.Column("kept_by", sa.String(128)),
+    sa.Index("ix_archives_due", "state", "next_attempt_at"),
+)
+
+
 def migrations_path() -> Path:
     return Path(str(resources.files("jobherald.migrations")))
 
 
 # The newest revision under migrations/ (a test keeps the two the same).
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 def alembic_config() -> Any:

@@ -1,0 +1,109 @@
+"""Whether the daemon can write a folder it is told to keep files in (``archive_dir``).
+
+Checked by ``check-config``, at start and at reload. Under systemd, the unit's sandbox
+decides what the service may write, not the permissions a person sees: when the
+config is the service's own and the unit is installed, its ``ProtectSystem``,
+``StateDirectory`` and ``ReadWritePaths`` are read with ``systemctl show``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+UNIT = "jobherald.service"
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why this process cannot create files in ``folder`` (made when missing), or None."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == folder:
+            return f"{folder} is not writable here (user {_user()})"
+        return f"{folder} does not exist and {existing} is not writable here (user {_user()})"
+    return None
+
+
+def sandbox_problem(folder: Path) -> str | None:
+    """Why the installed service's sandbox keeps it from writing ``folder``, or None
+    (also when there is no installed unit to ask, or this runs inside the service)."""
+    systemctl = shutil.which("systemctl")
+    if os.environ.get("INVOCATION_ID") or systemctl is None:
+        return None
+    try:
+        shown = subprocess.run(  # noqa: S603 (fixed arguments)
+            [
+                systemctl,
+                "show",
+                UNIT,
+                "--property=LoadState,ProtectSystem,ProtectHome,StateDirectory,ReadWritePaths",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if shown.returncode != 0:
+        return None  # no systemd running here
+    props = dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
+    if props.get("LoadState") != "loaded":
+        return None
+    return unit_problem(
+        folder,
+        protect_system=props.get("ProtectSystem", "no"),
+        protect_home=props.get("ProtectHome", "no"),
+        state_directories=props.get("StateDirectory", "").split(),
+        read_write_paths=props.get("ReadWritePaths", "").split(),
+    )
+
+
+def unit_problem(
+    folder: Path,
+    *,
+    protect_system: str,
+    protect_home: str,
+    state_directories: list[str],
+    read_write_paths: list[str],
+) -> str | None:
+    """Why a unit with these settings cannot write ``folder``, or None."""
+    allowed = [Path("/var/lib") / d for d in state_directories]
+    allowed += [Path(p.lstrip("-+")) for p in read_write_paths]
+    if any(_within(folder, a) for a in allowed):
+        return None
+    read_only: list[Path] = []
+    if protect_system == "strict":
+        read_only = [Path("/")]
+    elif protect_system in ("yes", "full"):
+        read_only = [Path("/usr"), Path("/boot"), Path("/efi")]
+        if protect_system == "full":
+            read_only.append(Path("/etc"))
+    if protect_home in ("yes", "read-only", "tmpfs"):
+        read_only += [Path("/home"), Path("/root"), Path("/run/user")]
+    if not any(_within(folder, r) for r in read_only):
+        return None
+    state = f"/var/lib/{state_directories[0]}" if state_directories else "/var/lib/jobherald"
+    return (
+        f"{folder} is read-only for {UNIT} (ProtectSystem={protect_system}): use a folder "
+        f"under {state}, or add ReadWritePaths={folder} with `systemctl edit jobherald`"
+    )
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
