@@ -162,6 +162,7 @@ class ConfigWriter:
         *,
         notifiers: dict[str, dict[str, Any]] | None = None,
         daemon: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
     ) -> Path:
         sim_url = self.sim.url if self.sim else "http://127.0.0.1:9"
         project = self.sim.project_id if self.sim else "p"
@@ -189,6 +190,7 @@ class ConfigWriter:
             timeout = "2s"
             """
         )
+        text += "".join(f"{k} = {json.dumps(v)}\n" for k, v in (source or {}).items())
         for name, options in notifiers.items():
             text += f"\n[notifiers.{name}]\n"
             for key, value in options.items():

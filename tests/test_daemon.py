@@ -237,7 +237,14 @@ async def test_status_and_history_json_follow_the_contract(
         "error",
         "owner",
         "link",
+        "archive_state",
+        "archive_path",
+        "archive_size",
+        "archive_sha256",
+        "archive_error",
     }
+    # A source without archive_dir keeps no archives.
+    assert (imp["archive_state"], imp["archive_path"]) == (None, None)
     # No daemon runs (one pass joins no replicas): nobody polls the unfinished job now.
     assert imp["owner"] is None and status["odd"]["owner"] is None
     assert (imp["name"], imp["source"], imp["status"], imp["raw_status"], imp["progress"]) == (

@@ -33,6 +33,7 @@ async def test_migrations_build_the_schema_on_an_empty_postgres_database(postgre
         "transitions",
         "events",
         "deliveries",
+        "archives",
         "source_health",
         "replicas",
     }

@@ -42,6 +42,7 @@ _NOTIFY_TYPES = {
     "stalled": "warning",
     "lost": "warning",
     "error": "warning",
+    "archived": "success",
 }
 
 
@@ -113,8 +114,12 @@ def render(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
     duration = format_duration(job.get("duration"))
     if duration:
         lines.append(f"duration: {duration}")
-    if job.get("archive_id") and kind == "succeeded":
+    if job.get("archive_id") and kind in ("succeeded", "archived"):
         lines.append(f"archive_id: {job['archive_id']}")
+    if kind == "archived" and job.get("archive_path"):
+        lines.append(f"archive: {job['archive_path']}")
+        lines.append(f"size: {_size(job.get('archive_size'))}")
+        lines.append(f"sha256: {job.get('archive_sha256')}")
     if kind == "error" and job.get("error"):
         lines.append(f"error: {job['error']}")
     reasons = job.get("reasons") or []
@@ -132,8 +137,10 @@ def render(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
 
 def _headline(kind: str, name: str, event: Mapping[str, Any]) -> str:
     detail = event.get("detail")
-    if kind in ("succeeded", "failed", "started") or not detail:
+    if kind in ("succeeded", "failed", "started", "archived") or not detail:
         return f"Job {name} {kind}."
+    if kind == "error" and event.get("about") == "archive":
+        return f"Keeping the archive of job {name} fails: {detail}."
     if kind == "error":
         return f"Polling job {name} fails: {detail}."
     if kind == "recovered":
@@ -159,6 +166,17 @@ def _render_source(
         lines += ["", str(event["advice"])]
     lines += ["", f"event {event_id}"]
     return Message(f"source {name} {kind}", "\n".join(lines), notify_type(kind))
+
+
+def _size(value: Any) -> str:
+    if not isinstance(value, int):
+        return "unknown"
+    size = float(value)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{value} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({value} bytes)"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def _reason_line(reason: Mapping[str, Any]) -> str:

@@ -22,6 +22,7 @@ from jobherald.config import Config, systemd_environment
 from jobherald.fetch import Fetcher, RetryPolicy
 from jobherald.notify import Dispatcher
 from jobherald.schedule import Periodic, Pool, Watcher, poll_once
+from jobherald.schedule.archiver import Archiver
 from jobherald.schedule.replicas import Replica
 from jobherald.store import DatabaseLock, Store
 
@@ -189,6 +190,8 @@ class Daemon:
             await poll_once(watcher.poll, [j.id for j in watcher.active()], self.config.concurrency)
             await watcher.flush()
             await watcher.remind()
+            # Archives of exports that succeeded now (or whose download is due again).
+            await Archiver(watcher, dispatcher.claimer, self.clock).keep_due()
             await dispatcher.deliver_due()
             return watcher.counts()
 
@@ -220,6 +223,11 @@ class Daemon:
             periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
             delivering = asyncio.Event()
             sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
+            archiver = Archiver(watcher, replica.claimer, self.clock)
+            archiver.max_sleep = dispatcher.max_sleep
+            watcher.on_archive = archiver.wake
+            archiving = asyncio.Event()
+            keeper = asyncio.create_task(archiver.run(archiving), name="archiver")
             pool.start()
             await replica.join()
             membership_ends = asyncio.Event()
@@ -257,6 +265,8 @@ class Daemon:
                 await watcher.flush()
             except Exception:
                 log.exception("writing poll times at shutdown failed")
+            archiving.set()
+            await self._finish_archives(keeper, deadline)
             delivering.set()
             await self._finish(sender, dispatcher, deadline)
             # Only now, with nothing in flight, hand every job and claim to the others.
@@ -431,6 +441,16 @@ class Daemon:
                 self.systemd.send("WATCHDOG=1", f"STATUS={status}")
             else:
                 self.systemd.send(f"STATUS={status}")
+
+    async def _finish_archives(self, keeper: asyncio.Task[None], deadline: float) -> None:
+        """Let downloads in flight end within the bound; one cut off is done at next start."""
+        try:
+            await asyncio.wait_for(asyncio.shield(keeper), max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            log.warning("shutdown bound reached; an archive download resumes at next start")
 
     async def _finish(
         self, sender: asyncio.Task[None], dispatcher: Dispatcher, deadline: float

@@ -200,6 +200,8 @@ class Simulator:
         self.download_attempts: list[str] = []
         self.archive_chunk = 64 * 1024
         self.archive_chunk_delay = 0.0
+        # The next this many downloads are answered 503 (a service having a bad moment).
+        self.archive_errors = 0
         # Jobs started through the API: how long they run, and what each call asked for.
         self.run_for = 1.0
         self.started: list[dict[str, Any]] = []
@@ -352,6 +354,9 @@ class Simulator:
         data = self.archives.get(archive_id)
         if data is None or archive_id in self.downloaded:
             return _error(404, *NOT_FOUND, headers)
+        if self.archive_errors > 0:
+            self.archive_errors -= 1
+            return _error(503, "APIG.0201", "Backend unavailable", headers)
         response = web.StreamResponse(
             headers={
                 **headers,

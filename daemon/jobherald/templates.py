@@ -2,7 +2,8 @@
 
 A template sees ``event`` (kind, id, at, detail, advice) and ``job`` (id, name,
 source, type, state, previous_state, raw_status, progress, archive_id, reasons,
-begin_time, end_time, duration, error); for an event about a whole source,
+begin_time, end_time, duration, error, link, and for a kept export archive_path,
+archive_size, archive_sha256); for an event about a whole source,
 ``job`` names the source and ``source`` holds its name, endpoint, auth and error.
 Unknown names are errors, so a typo is found by ``check-config``, not at 3 a.m.
 """
@@ -35,6 +36,9 @@ JOB_FIELDS = (
     "duration",
     "error",
     "link",
+    "archive_path",
+    "archive_size",
+    "archive_sha256",
 )
 
 
@@ -123,6 +127,15 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
         "duration": 252.0,
         "error": None,
         "link": "https://console.example.com/jobs/ff8080814dbd65d7014dbe0d84db0013",
+        "archive_path": None,
+        "archive_size": None,
+        "archive_sha256": None,
+    }
+    archived = {
+        **job,
+        "archive_path": "/var/lib/jobherald/archives/nightly export-ff80.zip",
+        "archive_size": 48213,
+        "archive_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     }
     failed = {
         **job,
@@ -158,6 +171,7 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
     return [
         ("succeeded", {"event": {**event, "kind": "succeeded"}, "job": job}),
         ("failed", {"event": {**event, "kind": "failed"}, "job": failed}),
+        ("archived", {"event": {**event, "kind": "archived"}, "job": archived}),
         ("error", {"event": {**event, "kind": "error"}, "job": pending}),
         ("error", {"event": {**event, "kind": "error"}, "job": None, "source": source}),
     ]

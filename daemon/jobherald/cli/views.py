@@ -57,7 +57,11 @@ async def _rows(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, int]]:
                     "last_changed_at": iso(row.last_changed_at),
                     "error": row.error,
                     "owner": None,
+                    **_archive_fields(None),
                 }
+            for job_id, archive in (await store.archive_rows()).items():
+                if job_id in rows:
+                    rows[job_id].update(_archive_fields(archive))
             counts = await store.delivery_counts()
         finally:
             await store.close()
@@ -78,6 +82,7 @@ async def _rows(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, int]]:
                 "last_changed_at": None,
                 "error": None,
                 "owner": None,
+                **_archive_fields(None),
             },
         )
     for item in rows.values():
@@ -85,6 +90,21 @@ async def _rows(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, int]]:
         if item["id"] in configured and item["status"] not in ("succeeded", "failed", "lost"):
             item["owner"] = owner(item["id"], live)
     return list(rows.values()), counts
+
+
+def _archive_fields(row: Any) -> dict[str, Any]:
+    """An export's archive as `status --json` shows it: where it is kept, or why not."""
+    if row is None:
+        return dict.fromkeys(
+            ("archive_state", "archive_path", "archive_size", "archive_sha256", "archive_error")
+        )
+    return {
+        "archive_state": row.state,
+        "archive_path": row.path,
+        "archive_size": row.size,
+        "archive_sha256": row.sha256,
+        "archive_error": row.last_error if row.state != "kept" else None,
+    }
 
 
 def _pct(value: float | None) -> str:
@@ -122,15 +142,24 @@ def _status_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             r["name"],
             r["id"],
             r["source"],
-            r["status"] if r["status"] != "unknown" else f"unknown ({r['raw_status']})",
+            _state(r),
             _bar(r),
             ago(r["last_changed_at"], now),
             ago(r["last_polled_at"], now),
             r["owner"] or "-",
-            r["error"] or "",
+            r["error"] or r["archive_error"] or "",
         ]
         for r in rows
     ]
+
+
+def _state(row: dict[str, Any]) -> str:
+    if row["status"] == "unknown":
+        return f"unknown ({row['raw_status']})"
+    archive = row["archive_state"]
+    if archive is None:
+        return str(row["status"])
+    return f"{row['status']}, archive {archive}"
 
 
 @cli.command()
@@ -222,7 +251,7 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
         try:
             if await store.job(job_id) is None:
                 return None
-            return [
+            items: list[dict[str, Any]] = [
                 {
                     "at": iso(t.at),
                     "from": t.from_state,
@@ -232,6 +261,24 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
                 }
                 for t in await store.history(job_id)
             ]
+            archive = (await store.archive_rows([job_id])).get(job_id)
+            if archive is not None and archive.state in ("kept", "failed"):
+                # The archive kept (or given up): an entry of its own, the state unchanged.
+                items.append(
+                    {
+                        "at": iso(archive.done_at),
+                        "from": "succeeded",
+                        "to": "succeeded",
+                        "progress": None,
+                        "raw_status": None,
+                        "event": "archived" if archive.state == "kept" else "archive failed",
+                        "archive_path": archive.path,
+                        "archive_size": archive.size,
+                        "archive_sha256": archive.sha256,
+                        "archive_error": archive.last_error if archive.state != "kept" else None,
+                    }
+                )
+            return items
         finally:
             await store.close()
 
@@ -253,8 +300,17 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
         [
             [i["at"] or "", i["from"] or "-", i["to"], _pct(i["progress"]), i["raw_status"] or ""]
             for i in items
+            if "event" not in i
         ],
     )
+    for i in items:
+        if i.get("event") == "archived":
+            click.echo(
+                f"\narchived {i['at']}: {i['archive_path']} "
+                f"({i['archive_size']} bytes, sha256 {i['archive_sha256']})"
+            )
+        elif "event" in i:
+            click.echo(f"\narchive given up {i['at']}: {i['archive_error']}")
 
 
 @cli.command()

@@ -29,7 +29,7 @@ from jobherald.model import (
 from jobherald.notify import Dispatcher, advice
 from jobherald.schedule.pool import PollResult
 from jobherald.sources import JobSource, make_source
-from jobherald.store import JobIdentity, NewEvent, Store, Target
+from jobherald.store import JobIdentity, Kept, NewEvent, Store, Target
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,20 @@ def event_payload(
     after: JobView,
     at: datetime,
     advice: str | None,
+    archive: Kept | None = None,
+    about: str | None = None,
 ) -> dict[str, Any]:
-    """Everything a message about this event may show, frozen at the time it happened."""
+    """Everything a message about this event may show, frozen at the time it happened.
+
+    ``archive`` is the job's kept export archive; ``about`` says what an event is about
+    when it is not the job's polling (``archive``: keeping its archive)."""
     return {
         "event": {
             "kind": event.kind.value,
             "at": at.isoformat(),
             "detail": event.detail,
             "advice": advice,
+            **({"about": about} if about else {}),
         },
         "job": {
             "id": job.id,
@@ -100,6 +106,9 @@ def event_payload(
             "duration": duration_seconds(after),
             "error": after.error,
             "link": after.link,
+            "archive_path": archive.path if archive else None,
+            "archive_size": archive.size if archive else None,
+            "archive_sha256": archive.sha256 if archive else None,
         },
     }
 
@@ -132,6 +141,8 @@ class Watcher:
         self.term: Callable[[], str | None] = lambda: "alone"
         self.polls = 0
         self.last_poll_at: datetime | None = None
+        # Told when a poll noted an export's archive to keep (the archiver wakes).
+        self.on_archive: Callable[[], None] | None = None
 
     async def start(self) -> None:
         """Register the configured jobs in the store and load what it knows of them."""
@@ -271,7 +282,7 @@ class Watcher:
         source = self.config.sources[job.source]
         new_events = []
         for event in outcome.events:
-            targets = self._targets_for(job.notify, event.kind.value, job.id, job.name, job.source)
+            targets = self.targets_for(job.notify, event.kind.value, job.id, job.name, job.source)
             if not targets:
                 continue  # nobody listens: the transition and the log line are the record
             payload = event_payload(
@@ -283,7 +294,15 @@ class Watcher:
                 advice(event.kind, error, source, self.sources[job.source].advice),
             )
             new_events.append(NewEvent(event.kind.value, payload, targets))
-        recorded = await self.store.record(job.id, outcome, now, new_events)
+        archive = None
+        if (
+            source.archive_dir is not None
+            and outcome.job.state is State.SUCCEEDED
+            and before.state is not State.SUCCEEDED
+            and outcome.job.archive_id
+        ):
+            archive = (outcome.job.archive_id, job.source)  # kept by the archiver
+        recorded = await self.store.record(job.id, outcome, now, new_events, archive)
         self.views[job.id] = recorded.view
         if not recorded.written:
             return False
@@ -306,6 +325,8 @@ class Watcher:
             log.info("job %s (%s): %s: %s", job.name, job.id, event.kind.value, event.detail)
         if new_events:
             self.dispatcher.wake()
+        if archive is not None and self.on_archive is not None:
+            self.on_archive()
         return True
 
     async def _source_failed(self, name: str, error: FetchError, now: datetime) -> None:
@@ -371,7 +392,7 @@ class Watcher:
                         "error_since": _iso(health.error_since),
                     },
                 },
-                targets=self._targets_for(listeners, event.kind.value, None, None, name),
+                targets=self.targets_for(listeners, event.kind.value, None, None, name),
             )
             for event in events
         ]
@@ -385,7 +406,7 @@ class Watcher:
             self.dispatcher.wake()
         return True
 
-    def _targets_for(
+    def targets_for(
         self,
         names: Iterable[str],
         kind: str,

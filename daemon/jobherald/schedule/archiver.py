@@ -1,0 +1,385 @@
+"""Keeping export archives: each downloaded once, whole or not at all, into ``archive_dir``.
+
+An archive to keep is noted in the database with its job's success. The archiver
+claims it (one downloader across replicas), streams it to a hidden ``.part`` file in
+the same folder, fsyncs it, checks it is a whole zip, renames it into place as
+``<name or id>-<archive_id>.zip`` and records path, size and sha256 together with
+the ``archived`` event. ROMA Connect lets an archive be downloaded once, so a file
+that is already whole on disk (from a run killed after the transfer) is taken as it
+is, never fetched again. A failed download is retried with backoff (from the job's
+poll interval, doubling up to 15 minutes) and, after the job's ``error_after``, raises
+one ``error`` event; "no such archive" three times in a row gives it up. It runs beside the polls and never
+holds them up: its own task, its own request slots, its disk work in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import zipfile
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from sqlalchemy import exc as sa_exc
+
+from jobherald.aio import first_of
+from jobherald.config import Source, WatchedJob
+from jobherald.errors import FetchError
+from jobherald.model import Event, EventKind, JobView, format_duration
+from jobherald.store import ArchiveClaim, Claimer, Kept, NewEvent
+
+if TYPE_CHECKING:
+    from jobherald.schedule.watcher import Watcher
+
+log = logging.getLogger(__name__)
+
+# Archives downloaded at once (each also takes one of the fetcher's download slots).
+AT_ONCE = 2
+# A failed download is tried again after the job's poll interval (at least RETRY_FIRST),
+# then twice as long each time, up to RETRY_MAX.
+RETRY_FIRST = 1.0
+RETRY_MAX = 900.0
+# "No such archive" this many times in a row: it was downloaded elsewhere, or expired.
+GONE_AFTER = 3
+
+
+class ArchiveProblem(Exception):
+    """A download that arrived but is not a whole archive."""
+
+
+def archive_file_name(name: str, archive_id: str) -> str:
+    """``<name>-<archive_id>.zip`` with anything a path cannot hold replaced by ``_``."""
+
+    def clean(text: str) -> str:
+        kept = "".join(ch if ch.isalnum() or ch in " ._,+@=()-" else "_" for ch in text)
+        return kept.strip(" .")[:120] or "_"
+
+    return f"{clean(name)}-{clean(archive_id)}.zip"
+
+
+def retry_delay(attempts: int, first: float) -> float:
+    """Seconds before the next try after ``attempts`` failures: ``first``, then doubling,
+    capped, jittered."""
+    base = min(max(first, RETRY_FIRST) * 2 ** min(max(attempts - 1, 0), 20), RETRY_MAX)
+    return float(base * random.uniform(0.8, 1.2))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Archiver:
+    """Downloads the archives due, one claim at a time per archive; ``run`` until stopped."""
+
+    def __init__(
+        self,
+        watcher: Watcher,
+        claimer: Callable[[], Claimer | None],
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.watcher = watcher
+        self.store = watcher.store
+        self.claimer = claimer
+        self.clock = clock
+        # The longest wait between passes (replicas shorten it: a dead one's claims lapse).
+        self.max_sleep = 60.0
+        self.kept = 0
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def keep_due(self) -> int:
+        """Download every archive due now; return how many were tried."""
+        tried = 0
+        while True:
+            claimer = self.claimer()
+            if claimer is None:
+                return tried  # this replica may not act now
+            claims = await self.store.claim_archives(self.clock(), claimer, AT_ONCE)
+            if not claims:
+                return tried
+            await asyncio.gather(*(self._keep(claim, claimer) for claim in claims))
+            tried += len(claims)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Keep archives until ``stopping`` is set; a failing pass is tried again shortly."""
+        failing: str | None = None
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                await self.keep_due()
+                next_at = await self.store.next_archive_at()
+            except Exception as exc:
+                text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                if isinstance(exc, OSError | sa_exc.DBAPIError | sa_exc.InterfaceError):
+                    if failing is None:  # once per outage
+                        log.error("archive pass failed (%s); trying again shortly", text)
+                else:
+                    log.exception("archive pass failed; trying again shortly")
+                failing = text
+                await first_of(self._wake, stopping, timeout=5.0)
+                continue
+            if failing is not None:
+                log.info("archive passes work again")
+                failing = None
+            timeout = self.max_sleep
+            if next_at is not None:
+                timeout = max(0.0, min(timeout, (next_at - self.clock()).total_seconds()))
+            await first_of(self._wake, stopping, timeout=timeout)
+
+    async def _job(self, claim: ArchiveClaim) -> tuple[WatchedJob, JobView]:
+        """The job an archive belongs to, also when it has left the config since."""
+        job = self.watcher.jobs.get(claim.job_id)
+        view = self.watcher.views.get(claim.job_id)
+        if job is None or view is None:
+            row = await self.store.job(claim.job_id)
+            config = self.watcher.config
+            job = job or WatchedJob(
+                id=claim.job_id,
+                name=row.name if row is not None else claim.job_id,
+                source=claim.source,
+                instance_id=row.instance_id if row is not None else "",
+                notify=tuple(config.notifiers),
+                poll_interval=config.poll_interval,
+                origin="(no longer in the config)",
+            )
+            view = view or (await self.store.views([claim.job_id])).get(
+                claim.job_id, JobView(claim.job_id)
+            )
+        return job, view
+
+    async def _keep(self, claim: ArchiveClaim, claimer: Claimer) -> None:
+        source = self.watcher.config.sources.get(claim.source)
+        job, view = await self._job(claim)
+        if source is None or source.archive_dir is None:
+            why = f"source {claim.source} no longer has archive_dir: the archive is left to you"
+            await self.store.archive_skipped(claim.job_id, claimer, why, self.clock())
+            log.warning("job %s (%s): %s", job.name, job.id, why)
+            return
+        final = source.archive_dir / archive_file_name(job.name, claim.archive_id)
+        try:
+            kept = await self._obtain(source, job, claim, final)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.store.release_archive(claim.job_id, claimer))
+            raise
+        except (FetchError, ArchiveProblem, OSError) as exc:
+            await self._failed(claim, claimer, source, job, view, exc)
+            return
+        await self._kept(claim, claimer, job, view, kept)
+
+    async def _obtain(
+        self, source: Source, job: WatchedJob, claim: ArchiveClaim, final: Path
+    ) -> Kept:
+        """The archive whole at ``final``: found there, found whole in a ``.part`` file left
+        by a run that stopped before renaming it, or downloaded now."""
+        folder = final.parent
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        found = await asyncio.to_thread(_whole_zip, final)
+        if found is not None:
+            log.info("job %s (%s): archive %s is already whole at %s", job.name, job.id,
+                     claim.archive_id, final)  # fmt: skip
+            return found
+        partial = folder / f".{final.name}.part"
+        found = await asyncio.to_thread(_whole_zip, partial)
+        if found is not None:
+            log.info("job %s (%s): archive %s was downloaded whole before a stop: keeping it",
+                     job.name, job.id, claim.archive_id)  # fmt: skip
+            await asyncio.to_thread(_put_in_place, partial, final)
+            return replace(found, path=str(final))
+        await asyncio.to_thread(partial.unlink, True)
+        return await self._download(source, job, claim, partial, final)
+
+    async def _download(
+        self, source: Source, job: WatchedJob, claim: ArchiveClaim, partial: Path, final: Path
+    ) -> Kept:
+        from jobherald.sources.roma import RomaConnect
+        from jobherald.sources.roma_assets import RomaAssets
+
+        roma = self.watcher.sources.get(source.name)
+        if not isinstance(roma, RomaConnect):
+            raise ArchiveProblem(f"source {source.name} is not a roma-connect source")
+        digest = hashlib.sha256()
+        size = 0
+        handle: IO[bytes] = await asyncio.to_thread(_open_new, partial)
+
+        async def sink(chunk: bytes) -> None:
+            nonlocal size
+            digest.update(chunk)
+            size += len(chunk)
+            await asyncio.to_thread(handle.write, chunk)
+
+        try:
+            log.info("job %s (%s): downloading archive %s", job.name, job.id, claim.archive_id)
+            response = await RomaAssets(roma).download(
+                self.watcher.fetcher, job.instance_id, claim.archive_id, sink
+            )
+            await asyncio.to_thread(_close_synced, handle)
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) != size:
+                raise ArchiveProblem(f"the download ended after {size} of {length} bytes")
+            if size == 0:
+                raise ArchiveProblem("the download is empty")
+            problem = await asyncio.to_thread(_zip_problem, partial)
+            if problem is not None:
+                raise ArchiveProblem(f"the download is not a whole zip archive: {problem}")
+            await asyncio.to_thread(_put_in_place, partial, final)
+        except BaseException:
+            handle.close()
+            await asyncio.shield(asyncio.to_thread(partial.unlink, True))
+            raise
+        return Kept(str(final), size, digest.hexdigest())
+
+    async def _kept(
+        self, claim: ArchiveClaim, claimer: Claimer, job: WatchedJob, view: JobView, kept: Kept
+    ) -> None:
+        now = self.clock()
+        event = Event(EventKind.ARCHIVED, f"archive {claim.archive_id} kept at {kept.path}")
+        new_events = self._events(job, view, event, now, kept=kept)
+        if await self.store.archive_kept(claim.job_id, kept, now, claimer.name, new_events):
+            self.kept += 1
+            log.info(
+                "job %s (%s): archived: %s (%d bytes, sha256 %s)",
+                job.name,
+                job.id,
+                kept.path,
+                kept.size,
+                kept.sha256,
+            )
+            if new_events:
+                self.watcher.dispatcher.wake()
+
+    async def _failed(
+        self,
+        claim: ArchiveClaim,
+        claimer: Claimer,
+        source: Source,
+        job: WatchedJob,
+        view: JobView,
+        exc: Exception,
+    ) -> None:
+        now = self.clock()
+        attempts = claim.attempts + 1
+        if isinstance(exc, FetchError):
+            what = exc.detail
+        elif isinstance(exc, OSError):
+            what = (
+                f"{exc.strerror or type(exc).__name__}{f': {exc.filename}' if exc.filename else ''}"
+            )
+        else:
+            what = str(exc)
+        gone = isinstance(exc, FetchError) and exc.not_found
+        give_up = gone and attempts >= GONE_AFTER
+        error_since = claim.error_since or now
+        detail = f"cannot download archive {claim.archive_id}: {what}"
+        if gone:
+            detail += (
+                " (an export's archive can be downloaded once: it may have been taken already)"
+            )
+        events: list[NewEvent] = []
+        notified = claim.error_notified
+        failing_for = (now - error_since).total_seconds()
+        if not notified and (give_up or failing_for >= job.rules.error_after):
+            notified = True
+            text = f"{detail}; tried {attempts} times over {format_duration(failing_for)}"
+            if give_up:
+                text += "; given up"
+            events = self._events(
+                job, replace(view, error=detail), Event(EventKind.ERROR, text), now, about=True
+            )
+        delay = retry_delay(attempts, job.poll_interval)
+        retry_at = None if give_up else now + timedelta(seconds=delay)
+        await self.store.archive_failed(
+            claim.job_id, claimer, detail, retry_at, error_since, notified, events, now
+        )
+        if retry_at is None:
+            log.error("job %s (%s): %s; given up", job.name, job.id, detail)
+        else:
+            log.warning(
+                "job %s (%s): %s; trying again at %s",
+                job.name,
+                job.id,
+                detail,
+                retry_at.isoformat(timespec="seconds"),
+            )
+        if events:
+            self.watcher.dispatcher.wake()
+
+    def _events(
+        self,
+        job: WatchedJob,
+        view: JobView,
+        event: Event,
+        now: datetime,
+        *,
+        kept: Kept | None = None,
+        about: bool = False,
+    ) -> list[NewEvent]:
+        from jobherald.schedule.watcher import event_payload
+
+        targets = self.watcher.targets_for(
+            job.notify, event.kind.value, job.id, job.name, job.source
+        )
+        if not targets:
+            return []
+        advice = (
+            f"Check that {job.source}'s archive_dir is writable and that the archive "
+            "still exists in ROMA Connect; jobherald keeps trying."
+            if about
+            else None
+        )
+        payload = event_payload(
+            event, job, view, view, now, advice, archive=kept, about="archive" if about else None
+        )
+        return [NewEvent(event.kind.value, payload, targets)]
+
+
+def _open_new(path: Path) -> IO[bytes]:
+    return path.open("wb")
+
+
+def _close_synced(handle: IO[bytes]) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+def _zip_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole zip (every member read and checked), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    except (OSError, RuntimeError) as exc:  # RuntimeError: an encrypted member
+        return str(exc) or type(exc).__name__
+    return None if broken is None else f"{broken} does not match its checksum"
+
+
+def _whole_zip(path: Path) -> Kept | None:
+    """Size and sha256 of a whole zip at ``path``; None if it is missing or not whole."""
+    if not path.is_file() or path.stat().st_size == 0 or _zip_problem(path) is not None:
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return Kept(str(path), path.stat().st_size, digest.hexdigest())
+
+
+def _put_in_place(partial: Path, final: Path) -> None:
+    """Rename a whole file into place, and make the rename itself durable."""
+    with partial.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, final)
+    folder = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

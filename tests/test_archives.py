@@ -1,0 +1,342 @@
+"""Export archives kept in archive_dir: started from the command line, downloaded once,
+whole or not at all, across kill -9; retried, given up, announced; checked by check-config."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from jobherald.config.paths import unit_problem
+from jobherald.schedule.archiver import archive_file_name
+from jobherald.simulator import SimJob, Simulator, make_archive, running, succeeded
+from tests.conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
+
+
+class Daemons:
+    """`jobherald run` processes of one test, each killed at the end if still running."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.log = config.parent / "daemon.log"
+
+    async def start(self) -> asyncio.subprocess.Process:
+        starts = self.output().count("watching ")
+        proc = await spawn_daemon(self.config, self.log)
+        self.procs.append(proc)
+        await wait_for(lambda: self.output().count("watching ") > starts, 30, "the daemon's start")
+        return proc
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    async def stop(self, proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> int:
+        proc.send_signal(sig)
+        return await asyncio.wait_for(proc.wait(), 20)
+
+    async def close(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+@pytest.fixture
+async def archive_dir(tmp_path: Path) -> Path:
+    return tmp_path / "archives"
+
+
+def write_config(configs: ConfigWriter, archive_dir: Path | None, **daemon: str) -> Path:
+    source = {"archive_dir": str(archive_dir)} if archive_dir else {}
+    settings = {"include": ["jobs.d/*.toml"], "poll_interval": "300ms", **daemon}
+    return configs.write([], daemon=settings, source=source)
+
+
+@pytest.fixture
+async def daemons(configs: ConfigWriter) -> AsyncIterator[Daemons]:
+    d = Daemons(configs.folder / "config.toml")
+    yield d
+    await d.close()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def archived(receiver: Receiver) -> list[dict[str, str]]:
+    return [m for m in receiver.messages if m["title"].endswith(" archived")]
+
+
+async def status_of(config: Path, job_id: str) -> dict[str, object]:
+    code, out, err = await jobherald("status", "--json", "-c", str(config))
+    assert code == 0, err
+    return next(j for j in json.loads(out) if j["id"] == job_id)
+
+
+async def test_an_export_started_here_is_watched_and_its_archive_kept_once(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    archive_dir: Path,
+    daemons: Daemons,
+) -> None:
+    sim.run_for = 1.0
+    config = write_config(configs, archive_dir)
+    daemon = await daemons.start()
+    code, out, err = await jobherald(
+        "roma", "export", "-c", str(config), "-s", "roma", "--app", "crm", "--name", "nightly"
+    )
+    assert code == 0, err
+    job_id = out.strip()
+    daemon.send_signal(signal.SIGHUP)  # what --reload has systemd do
+    await wait_for(lambda: len(archived(receiver)) == 1, 30, "the archived message")
+    archive_id = sim.jobs[job_id].archive_id
+    assert archive_id is not None
+    data = sim.archives[archive_id]
+    kept = archive_dir / f"nightly-{archive_id}.zip"
+    assert sorted(p.name for p in archive_dir.iterdir()) == [kept.name]
+    assert kept.read_bytes() == data
+    assert sim.downloaded == [archive_id]
+    assert receiver.titles() == ["nightly archived", "nightly succeeded"]
+    (message,) = archived(receiver)
+    assert f"archive: {kept}" in message["message"]
+    assert f"sha256: {sha256(data)}" in message["message"]
+    assert (
+        f"size: {len(data)} bytes" in message["message"]
+        or f"({len(data)} bytes)" in message["message"]
+    )
+
+    row = await status_of(config, job_id)
+    assert row["status"] == "succeeded"
+    assert (row["archive_state"], row["archive_path"]) == ("kept", str(kept))
+    assert (row["archive_size"], row["archive_sha256"]) == (len(data), sha256(data))
+    code, out, err = await jobherald("history", job_id, "--json", "-c", str(config))
+    last = json.loads(out)[-1]
+    assert (last["event"], last["archive_path"], last["archive_sha256"]) == (
+        "archived",
+        str(kept),
+        sha256(data),
+    )
+    code, out, _ = await jobherald("history", job_id, "-c", str(config))
+    assert "archived " in out and str(kept) in out
+
+    # A restart neither downloads nor announces it again.
+    assert await daemons.stop(daemon) == 0
+    await daemons.start()
+    await asyncio.sleep(1.5)
+    assert sim.download_attempts == [archive_id]
+    assert len(archived(receiver)) == 1
+    assert "Traceback" not in daemons.output()
+    assert sim.token not in daemons.output()
+
+
+async def test_kill_9_during_the_download_ends_with_one_whole_archive_and_one_message(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    archive_dir: Path,
+    daemons: Daemons,
+) -> None:
+    data = make_archive({"apps": ["big"]}, 3_000_000)
+    sim.archives["arch-big"] = data
+    sim.archive_chunk_delay = 0.05  # about 2.5 s for the whole archive
+    sim.add(SimJob("exp1", [running(0.5), succeeded()], archive_id="arch-big"))
+    write_config(configs, archive_dir)
+    (configs.folder / "jobs.d").mkdir()
+    (configs.folder / "jobs.d" / "exp1.toml").write_text(
+        '[[jobs]]\nid = "exp1"\nsource = "roma"\nname = "big export"\n'
+    )
+    first = await daemons.start()
+    partial = archive_dir / ".big export-arch-big.zip.part"
+
+    await wait_for(
+        lambda: partial.exists() and partial.stat().st_size > 200_000, 30, "a download under way"
+    )
+    assert await daemons.stop(first, signal.SIGKILL) == -signal.SIGKILL
+    assert not (archive_dir / "big export-arch-big.zip").exists()
+    assert 0 < partial.stat().st_size < len(data)
+    assert sim.downloaded == [] and archived(receiver) == []
+
+    sim.archive_chunk_delay = 0.0
+    await daemons.start()
+    await wait_for(lambda: len(archived(receiver)) == 1, 30, "the archived message")
+    kept = archive_dir / "big export-arch-big.zip"
+    assert sorted(p.name for p in archive_dir.iterdir()) == [kept.name], "no part file is left"
+    assert kept.read_bytes() == data
+    assert sim.downloaded == ["arch-big"]
+    assert sim.download_attempts == ["arch-big", "arch-big"]
+    await asyncio.sleep(1.0)
+    assert receiver.titles() == ["big export archived", "big export succeeded"]
+
+
+async def test_a_whole_download_left_before_its_rename_is_kept_without_a_second_download(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    archive_dir: Path,
+    daemons: Daemons,
+) -> None:
+    # The transfer finished (ROMA Connect counts the archive as downloaded) and the daemon
+    # died before renaming the file: the next start must keep that file, not fetch again.
+    data = make_archive({"apps": ["x"]}, 10_000)
+    sim.archives["arch-x"] = data
+    sim.downloaded.append("arch-x")
+    sim.add(SimJob("exp2", [succeeded()], archive_id="arch-x"))
+    config = write_config(configs, archive_dir)
+    (configs.folder / "jobs.d").mkdir()
+    (configs.folder / "jobs.d" / "exp2.toml").write_text('[[jobs]]\nid = "exp2"\nsource = "roma"\n')
+    archive_dir.mkdir()
+    (archive_dir / ".exp2-arch-x.zip.part").write_bytes(data)
+    await daemons.start()
+    await wait_for(lambda: len(archived(receiver)) == 1, 30, "the archived message")
+    assert sorted(p.name for p in archive_dir.iterdir()) == ["exp2-arch-x.zip"]
+    assert sim.download_attempts == []
+    row = await status_of(config, "exp2")
+    assert row["archive_sha256"] == sha256(data)
+
+
+async def test_a_failing_download_is_retried_and_raises_one_error_after_error_after(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    archive_dir: Path,
+    daemons: Daemons,
+) -> None:
+    sim.archive_errors = 4
+    sim.add(SimJob("exp3", [running(0.5), succeeded()], archive_id="arch-3"))
+    write_config(configs, archive_dir, error_after="2s", poll_interval="500ms")
+    (configs.folder / "jobs.d").mkdir()
+    (configs.folder / "jobs.d" / "exp3.toml").write_text('[[jobs]]\nid = "exp3"\nsource = "roma"\n')
+    await daemons.start()
+    await wait_for(lambda: len(archived(receiver)) == 1, 40, "the archived message")
+    assert receiver.titles() == ["exp3 archived", "exp3 error", "exp3 succeeded"]
+    error = next(m for m in receiver.messages if m["title"] == "exp3 error")
+    assert error["message"].startswith(
+        "Keeping the archive of job exp3 fails: cannot download archive arch-3: HTTP 503 APIG.0201"
+    )
+    assert len(sim.download_attempts) == 5
+    assert (archive_dir / "exp3-arch-3.zip").read_bytes() == sim.archives["arch-3"]
+    output = daemons.output()
+    assert output.count("cannot download archive arch-3") == 4
+    assert "Traceback" not in output
+
+
+async def test_an_archive_taken_elsewhere_is_given_up_with_one_error(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    archive_dir: Path,
+    daemons: Daemons,
+) -> None:
+    sim.archives["arch-4"] = make_archive({}, 100)
+    sim.downloaded.append("arch-4")  # someone downloaded it with the console
+    sim.add(SimJob("exp4", [succeeded()], archive_id="arch-4"))
+    config = write_config(configs, archive_dir, poll_interval="200ms")
+    (configs.folder / "jobs.d").mkdir()
+    (configs.folder / "jobs.d" / "exp4.toml").write_text('[[jobs]]\nid = "exp4"\nsource = "roma"\n')
+    await daemons.start()
+    await wait_for(lambda: "exp4 error" in receiver.titles(), 30, "the error message")
+    error = next(m for m in receiver.messages if m["title"] == "exp4 error")
+    assert "HTTP 404 ROMA.00110006" in error["message"]
+    assert "can be downloaded once" in error["message"] and "given up" in error["message"]
+    assert len(sim.download_attempts) == 3
+    row = await status_of(config, "exp4")
+    assert row["archive_state"] == "failed" and "HTTP 404" in str(row["archive_error"])
+    assert not any(archive_dir.iterdir())
+    await asyncio.sleep(1.0)
+    assert len(sim.download_attempts) == 3, "given up: not tried again"
+
+
+async def test_without_archive_dir_nothing_is_downloaded(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: Daemons
+) -> None:
+    sim.add(SimJob("exp5", [running(0.5), succeeded()], archive_id="arch-5"))
+    config = write_config(configs, None)
+    (configs.folder / "jobs.d").mkdir()
+    (configs.folder / "jobs.d" / "exp5.toml").write_text('[[jobs]]\nid = "exp5"\nsource = "roma"\n')
+    await daemons.start()
+    await wait_for(lambda: receiver.titles() == ["exp5 succeeded"], 30, "the success")
+    await asyncio.sleep(0.5)
+    assert sim.download_attempts == []
+    row = await status_of(config, "exp5")
+    assert (row["archive_id"], row["archive_state"]) == ("arch-5", None)
+    assert "archive_id: arch-5" in receiver.messages[0]["message"]
+
+
+async def test_run_once_keeps_the_archive_of_an_export_that_just_succeeded(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, archive_dir: Path
+) -> None:
+    sim.add(SimJob("exp6", [succeeded()], archive_id="arch-6"))
+    config = configs.write(["exp6"], source={"archive_dir": str(archive_dir)})
+    code, _, err = await jobherald("run", "--once", "-c", str(config))
+    assert code == 0, err
+    assert (archive_dir / "exp6-arch-6.zip").read_bytes() == sim.archives["arch-6"]
+    assert receiver.titles() == ["exp6 archived", "exp6 succeeded"]
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("archives", "sources.roma.archive_dir: 'archives' must be an absolute path"),
+        ("{file}/archives", "sources.roma.archive_dir: {file} is not a folder"),
+    ],
+)
+async def test_check_config_refuses_an_archive_dir_it_cannot_use(
+    configs: ConfigWriter, tmp_path: Path, value: str, says: str
+) -> None:
+    file = tmp_path / "plain-file"
+    file.write_text("x")
+    config = configs.write([], source={"archive_dir": value.format(file=file)})
+    code, out, err = await jobherald("check-config", "-c", str(config))
+    assert (code, out) == (2, "")
+    assert err == f"{config}: {says.format(file=file)}\n"
+    code, _, err = await jobherald("run", "--once", "-c", str(config))
+    assert code == 2 and says.format(file=file) in err
+
+
+async def test_check_config_accepts_a_folder_it_will_make(
+    configs: ConfigWriter, tmp_path: Path
+) -> None:
+    config = configs.write([], source={"archive_dir": str(tmp_path / "a" / "b")})
+    code, out, err = await jobherald("check-config", "-c", str(config))
+    assert code == 0, err
+    assert out.endswith(": ok (0 jobs, 1 sources, 1 notifiers)\n")
+    assert not (tmp_path / "a").exists(), "checking makes nothing"
+
+
+def test_the_units_sandbox_decides_what_the_service_can_write() -> None:
+    unit = {
+        "protect_system": "strict",
+        "protect_home": "yes",
+        "state_directories": ["jobherald"],
+        "read_write_paths": ["-/srv/exports"],
+    }
+    assert unit_problem(Path("/var/lib/jobherald/archives"), **unit) is None  # type: ignore[arg-type]
+    assert unit_problem(Path("/srv/exports/roma"), **unit) is None  # type: ignore[arg-type]
+    problem = unit_problem(Path("/srv/backups"), **unit)  # type: ignore[arg-type]
+    assert problem == (
+        "/srv/backups is read-only for jobherald.service (ProtectSystem=strict): use a folder "
+        "under /var/lib/jobherald, or add ReadWritePaths=/srv/backups with "
+        "`systemctl edit jobherald`"
+    )
+    assert unit_problem(Path("/home/ops/x"), **{**unit, "protect_system": "no"}) is not None  # type: ignore[arg-type]
+    assert unit_problem(Path("/srv/x"), **{**unit, "protect_system": "full"}) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "archive_id", "file"),
+    [
+        ("nightly export", "ab12", "nightly export-ab12.zip"),
+        ("../../etc/passwd", "x/y", "_.._etc_passwd-x_y.zip"),
+        (".hidden", "a", "hidden-a.zip"),
+        ("export of 2 apps, 1 task", "f00", "export of 2 apps, 1 task-f00.zip"),
+    ],
+)
+def test_archive_file_names_stay_inside_the_folder(name: str, archive_id: str, file: str) -> None:
+    assert archive_file_name(name, archive_id) == file
