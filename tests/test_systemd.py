@@ -9,6 +9,7 @@ A machine where systemd cannot boot makes this test fail, saying why: it never p
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import shutil
@@ -148,6 +149,7 @@ endpoint = "{url}"
 project_id = "sim-project"
 instance_id = "sim-instance"
 token = "sim-token"
+archive_dir = "{archive_dir}"
 
 [notifiers.ops]
 urls = ["{hook}"]
@@ -174,8 +176,22 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     level = float(re.findall(r"Overall exposure level for jobherald.service: ([0-9.]+)", out)[0])
     assert level <= 1.5, out[-1500:]
 
-    config = CONFIG.format(url=sim.url, hook=receiver.url())
+    # A folder the unit's sandbox keeps read-only is refused, with what to do instead.
+    config = CONFIG.format(url=sim.url, hook=receiver.url(), archive_dir="/srv/roma-archives")
     await systemd.run("sh", "-c", "cat > /etc/jobherald/config.toml", stdin=config.encode())
+    code, out = await systemd.run("jobherald", "check-config", check=False)
+    assert (code, out) == (
+        2,
+        "/etc/jobherald/config.toml: sources.roma.archive_dir: /srv/roma-archives is read-only "
+        "for jobherald.service (ProtectSystem=strict): use a folder under /var/lib/jobherald, "
+        "or add ReadWritePaths=/srv/roma-archives with `systemctl edit jobherald`\n",
+    )
+    config = CONFIG.format(
+        url=sim.url, hook=receiver.url(), archive_dir="/var/lib/jobherald/archives"
+    )
+    await systemd.run("sh", "-c", "cat > /etc/jobherald/config.toml", stdin=config.encode())
+    code, out = await systemd.run("jobherald", "check-config", check=False)
+    assert code == 0, out
     code, out = await systemd.run("systemctl", "start", "jobherald", check=False)
     if code != 0:
         _, journal = await systemd.run("journalctl", "-u", "jobherald", "--no-pager", "-o", "cat")
@@ -185,7 +201,9 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     assert state["StatusText"].startswith("watching 1 jobs"), state
     pid = state["MainPID"]
     await wait_for(
-        lambda: receiver.titles() == ["nightly export succeeded"], 30, "the first message"
+        lambda: receiver.titles() == ["nightly export archived", "nightly export succeeded"],
+        30,
+        "the first messages",
     )
 
     _, out = await systemd.run("jobherald", "watch", "c", "--source", "roma", "--reload")
@@ -193,10 +211,36 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
         "watching c from roma: wrote /etc/jobherald/jobs.d/c.toml\nreloaded jobherald.service\n"
     )
     await wait_for(
-        lambda: receiver.titles() == ["c succeeded", "nightly export succeeded"],
+        lambda: "c succeeded" in receiver.titles(),
         30,
         "the reloaded job",
     )
+
+    # An export started from the command line, watched after the reload, its archive kept.
+    _, out = await systemd.run(
+        "jobherald", "roma", "export", "--source", "roma", "--app", "crm", "--name", "crm",
+        "--reload",
+    )  # fmt: skip
+    job_id = out.splitlines()[0]
+    assert sim.jobs[job_id].type == "exportAsset"
+    assert out.splitlines()[-1] == "reloaded jobherald.service"
+    await wait_for(lambda: "crm archived" in receiver.titles(), 30, "the export's archive")
+    archive_id = sim.jobs[job_id].archive_id
+    _, listed = await systemd.run("sh", "-c", "cd /var/lib/jobherald/archives && sha256sum *")
+    expected = sorted(
+        [
+            f"{hashlib.sha256(sim.archives[archive_id or '']).hexdigest()}  crm-{archive_id}.zip",
+            f"{hashlib.sha256(sim.archives['arch-1']).hexdigest()}  nightly export-arch-1.zip",
+        ]
+    )
+    assert sorted(listed.splitlines()) == expected
+    assert receiver.titles() == [
+        "c succeeded",
+        "crm archived",
+        "crm succeeded",
+        "nightly export archived",
+        "nightly export succeeded",
+    ]
     state = await systemd.show("jobherald")
     assert state["MainPID"] == pid, "reload kept the same process"
     assert (state["ActiveState"], state["NRestarts"]) == ("active", "0"), state
@@ -208,6 +252,7 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     assert (state["ActiveState"], state["Result"]) == ("inactive", "success"), state
     _, journal = await systemd.run("journalctl", "-u", "jobherald", "--no-pager", "-o", "cat")
     assert "reloaded /etc/jobherald/config.toml: 2 jobs, 1 new or changed, 0 removed" in journal
+    assert "reloaded /etc/jobherald/config.toml: 3 jobs, 1 new or changed, 0 removed" in journal
     assert "stopped after" in journal
     assert "database sqlite+aiosqlite:////var/lib/jobherald/jobherald.db" in journal
     assert "sim-token" not in journal

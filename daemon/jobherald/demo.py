@@ -124,6 +124,7 @@ def _write_config(
         f'project_id = "{sim.project_id}"',
         f'instance_id = "{next(iter(sim.instances))}"',
         f'token = "{sim.token}"',
+        f'archive_dir = "{folder / "archives"}"',
         "",
         "[sources.ecs]",
         'type = "huawei-job"',
@@ -133,7 +134,7 @@ def _write_config(
         "",
         "[notifiers.terminal]",
         f'urls = ["{DEMO_SCHEME}://terminal"]',
-        'on = ["succeeded", "failed"]',
+        'on = ["succeeded", "failed", "archived"]',
         "",
     ]
     for name, job, source in jobs:
@@ -213,6 +214,8 @@ async def run_demo(speed: float = 1.0) -> int:
         sim.add(job)
     url = await sim.start()
     received = 0
+    # One message per finished job, and one per export archive kept.
+    expected = len(jobs) + sum(1 for _, job, _ in jobs if job.archive_id)
     with tempfile.TemporaryDirectory(prefix="jobherald-demo-") as folder:
         cfg = config_module.load(_write_config(Path(folder), url, sim, jobs, interval))
         setup_logging(cfg.log_level)
@@ -233,18 +236,19 @@ async def run_demo(speed: float = 1.0) -> int:
                 live.update(_view(rows))
                 received += _print_messages(live.console)
                 finished = rows and all(r["status"] in ("succeeded", "failed") for r in rows)
-                if finished and received >= len(jobs):
+                if finished and received >= expected:
                     break
         daemon.stop()
         await task
         received += _print_messages(console)
         await sim.stop()
-    if received != len(jobs):
-        console.print(f"[red]demo: expected {len(jobs)} messages, got {received}[/]")
+    if received != expected:
+        console.print(f"[red]demo: expected {expected} messages, got {received}[/]")
         return 1
     console.print()
     console.print(
         f"demo done in {time.monotonic() - started:.0f}s: {len(jobs)} jobs watched, "
-        f"{received} messages sent. Next: edit config.example.toml and run `jobherald run -c`."
+        f"{len(sim.downloaded)} export archives kept, {received} messages sent. Next: copy "
+        "config.example.toml to config.toml, edit it, and run `jobherald run -c config.toml`."
     )
     return 0
