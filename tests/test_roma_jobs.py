@@ -223,3 +223,51 @@ async def test_aksk_signs_the_json_and_multipart_bodies_as_the_sdk_does(
         "roma", "delete", "-c", str(config), "-s", "signed", "--app", "a"
     )
     assert code == 1 and "APIG.1002" in err
+
+
+async def test_an_archive_downloads_once_then_its_export_reads_finished(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    import asyncio
+
+    from jobherald.config import WatchedJob
+    from jobherald.errors import FetchError
+    from jobherald.fetch import Fetcher
+    from jobherald.sources import make_source
+    from jobherald.sources.roma import RomaConnect
+    from jobherald.sources.roma_assets import RomaAssets
+
+    sim.run_for = 0.2
+    cfg = configs.load([])
+    roma = make_source(cfg.sources["roma"])
+    assert isinstance(roma, RomaConnect)
+    assets = RomaAssets(roma)
+    async with Fetcher(4) as fetcher:
+        job_id = await assets.export(fetcher, "sim-instance", ["crm"], [])
+        await asyncio.sleep(0.3)
+        watched = WatchedJob(job_id, job_id, "roma", "sim-instance", (), 1.0, "test")
+        done = await roma.poll(fetcher, watched)
+        assert (done.raw_status, done.type) == ("SUCCEEDED", "exportAsset")
+        assert done.archive_id is not None
+        received = bytearray()
+
+        async def sink(chunk: bytes) -> None:
+            received.extend(chunk)
+
+        await assets.download(fetcher, "sim-instance", done.archive_id, sink)
+        assert bytes(received) == sim.archives[done.archive_id]
+        with zipfile.ZipFile(io.BytesIO(received)) as archive:
+            assert "manifest.json" in archive.namelist()
+        after = await roma.poll(fetcher, watched)
+        assert (after.raw_status, after.state.value, after.archive_id) == (
+            "Finished",
+            "succeeded",
+            None,
+        )
+        with pytest.raises(FetchError) as refused:
+            await assets.download(fetcher, "sim-instance", done.archive_id, sink)
+        assert (refused.value.status, refused.value.error_code, refused.value.not_found) == (
+            404,
+            "ROMA.00110006",
+            True,
+        )
