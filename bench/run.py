@@ -130,7 +130,10 @@ def lag_quantile(figures: dict[str, Any], q: float) -> float:
 
 
 def _knows_event_loop(code: Path) -> bool:
-    return "event_loop" in (code / "daemon" / "jobherald" / "config.py").read_text()
+    """Whether that tree's config has `event_loop` (config.py, or the config/ package)."""
+    package = code / "daemon" / "jobherald"
+    files = [package / "config.py", *sorted((package / "config").glob("*.py"))]
+    return any("event_loop" in f.read_text() for f in files if f.exists())
 
 
 def probe(

@@ -134,9 +134,11 @@ class Fetcher:
         self, url: str, *, headers: dict[str, str], timeout: float, verify_tls: bool = True
     ) -> Response:
         """GET ``url``, retrying what can mend; transport failures become a FetchError."""
-        return await self.request(
-            "GET", url, headers=headers, timeout=timeout, verify_tls=verify_tls
-        )
+
+        async def call() -> Response:  # every poll comes here: no layer more than needed
+            return await self._once("GET", url, headers, None, timeout, verify_tls)
+
+        return await self._retrying(call)
 
     async def post_json(
         self,

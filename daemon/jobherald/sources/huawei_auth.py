@@ -369,6 +369,10 @@ async def send_with_credentials(
             response = await fetcher.stream(
                 url, headers=sent, timeout=source.timeout, sink=sink, verify_tls=source.verify_tls
             )
+        elif method == "GET":
+            response = await fetcher.get(
+                url, headers=sent, timeout=source.timeout, verify_tls=source.verify_tls
+            )
         else:
             response = await fetcher.request(
                 method,
