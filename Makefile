@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint check-format format clean
+.PHONY: demo test lint check-format format clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format daemon migrations tests bench
 	$(BIN)/ruff check --fix daemon migrations tests bench
 
-test: lint
+# The Debian packages the tests use (systemd, PostgreSQL, Chromium, promtool...):
+# installed when run as root, else named.
+system-packages:
+	@sh tests/system-packages.sh
+
+test: system-packages lint
 	$(BIN)/pytest
 
 clean:

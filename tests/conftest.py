@@ -200,6 +200,9 @@ class ConfigWriter:
             spec.setdefault("source", "roma")
             text += "\n[[jobs]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in spec.items())
         text += "\n".join(self.extra)
+        if not any("[http]" in e for e in self.extra):
+            # Daemons of one test run side by side: none takes the default port.
+            text += '\n[http]\nlisten = ""\n'
         path = self.folder / "config.toml"
         path.write_text(text, encoding="utf-8")
         return path
@@ -274,7 +277,7 @@ def postgres_server() -> Iterator[str]:
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
         pytest.fail(
-            "PostgreSQL server binaries are missing (.ci/run installs the postgresql package)"
+            "PostgreSQL server binaries are missing (make test installs the postgresql package)"
         )
     bindir = Path(bins[-1]).parent
     user = pwd.getpwnam("postgres")

@@ -242,6 +242,8 @@ async def test_status_and_history_json_follow_the_contract(
         "archive_size",
         "archive_sha256",
         "archive_error",
+        "eta",
+        "typical_duration",
     }
     # A source without archive_dir keeps no archives.
     assert (imp["archive_state"], imp["archive_path"]) == (None, None)
@@ -284,6 +286,7 @@ async def test_human_status_and_history_are_tables(
         "SOURCE",
         "STATE",
         "PROGRESS",
+        "ETA",
         "CHANGED",
         "POLLED",
         "OWNER",

@@ -20,6 +20,7 @@ import pytest
 
 from jobherald.simulator import SimJob, Simulator, running, succeeded
 from tests.conftest import Receiver, wait_for
+from tests.test_http import free_port, get
 
 ROOT = Path(__file__).resolve().parent.parent
 INIT = Path(__file__).resolve().parent / "systemd" / "init.sh"
@@ -154,6 +155,10 @@ archive_dir = "{archive_dir}"
 [notifiers.ops]
 urls = ["{hook}"]
 
+[http]
+listen = "127.0.0.1:{port}"
+token = "http-token"
+
 [[jobs]]
 id = "a"
 source = "roma"
@@ -177,7 +182,10 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     assert level <= 1.5, out[-1500:]
 
     # A folder the unit's sandbox keeps read-only is refused, with what to do instead.
-    config = CONFIG.format(url=sim.url, hook=receiver.url(), archive_dir="/srv/roma-archives")
+    port = free_port()
+    config = CONFIG.format(
+        url=sim.url, hook=receiver.url(), archive_dir="/srv/roma-archives", port=port
+    )
     await systemd.run("sh", "-c", "cat > /etc/jobherald/config.toml", stdin=config.encode())
     code, out = await systemd.run("jobherald", "check-config", check=False)
     assert (code, out) == (
@@ -187,7 +195,7 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
         "or add ReadWritePaths=/srv/roma-archives with `systemctl edit jobherald`\n",
     )
     config = CONFIG.format(
-        url=sim.url, hook=receiver.url(), archive_dir="/var/lib/jobherald/archives"
+        url=sim.url, hook=receiver.url(), archive_dir="/var/lib/jobherald/archives", port=port
     )
     await systemd.run("sh", "-c", "cat > /etc/jobherald/config.toml", stdin=config.encode())
     code, out = await systemd.run("jobherald", "check-config", check=False)
@@ -199,6 +207,11 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     state = await systemd.show("jobherald")
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
     assert state["StatusText"].startswith("watching 1 jobs"), state
+    # The listener works inside the sandbox: health open, metrics behind the token.
+    assert (await get(f"http://127.0.0.1:{port}/healthz"))[:2] == (200, "ok\n")
+    assert (await get(f"http://127.0.0.1:{port}/metrics"))[0] == 401
+    status, text, _ = await get(f"http://127.0.0.1:{port}/metrics", token="http-token")
+    assert status == 200 and "jobherald_build_info" in text
     pid = state["MainPID"]
     await wait_for(
         lambda: receiver.titles() == ["nightly export archived", "nightly export succeeded"],

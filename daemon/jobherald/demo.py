@@ -108,8 +108,27 @@ def demo_jobs() -> list[tuple[str, SimJob, str]]:
     ]
 
 
+def _listen_port() -> int:
+    """9781 (the default) when it is free, else any free port."""
+    import socket
+
+    for port in (9781, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
+
+
 def _write_config(
-    folder: Path, url: str, sim: Simulator, jobs: list[tuple[str, SimJob, str]], interval: float
+    folder: Path,
+    url: str,
+    sim: Simulator,
+    jobs: list[tuple[str, SimJob, str]],
+    interval: float,
+    port: int,
 ) -> Path:
     lines = [
         "[daemon]",
@@ -131,6 +150,9 @@ def _write_config(
         f'endpoint = "{url}"',
         f'project_id = "{sim.project_id}"',
         f'token = "{sim.token}"',
+        "",
+        "[http]",
+        f'listen = "127.0.0.1:{port}"',
         "",
         "[notifiers.terminal]",
         f'urls = ["{DEMO_SCHEME}://terminal"]',
@@ -217,10 +239,15 @@ async def run_demo(speed: float = 1.0) -> int:
     # One message per finished job, and one per export archive kept.
     expected = len(jobs) + sum(1 for _, job, _ in jobs if job.archive_id)
     with tempfile.TemporaryDirectory(prefix="jobherald-demo-") as folder:
-        cfg = config_module.load(_write_config(Path(folder), url, sim, jobs, interval))
+        port = _listen_port()
+        cfg = config_module.load(_write_config(Path(folder), url, sim, jobs, interval, port))
         setup_logging(cfg.log_level)
         console.print(
             f"simulated ROMA Connect and Huawei Cloud job API at {url}; database {cfg.database_url}"
+        )
+        console.print(
+            f"status page http://127.0.0.1:{port}/ , metrics http://127.0.0.1:{port}/metrics "
+            "(while the demo runs)"
         )
         daemon = Daemon(cfg)
         task = asyncio.create_task(daemon.run())

@@ -21,6 +21,10 @@ class StoreError(JobheraldError):
     """The database cannot be opened or migrated."""
 
 
+class ListenError(JobheraldError):
+    """The HTTP listener cannot start (its address is in use, or not this machine's)."""
+
+
 class FetchError(JobheraldError):
     """One poll did not yield a snapshot.
 

@@ -7,8 +7,9 @@ Nothing here does I/O or imports the rest of the package. Every decision takes
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 class State(enum.StrEnum):
@@ -45,6 +46,8 @@ class Rules:
     lost_after: int = 3
     max_duration: float | None = 43200.0
     progress_steps: tuple[float, ...] = (0.5,)
+    # A running job past this many times its typical duration is "stalled" (None: off).
+    slow_after: float | None = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,7 @@ class JobView:
     overdue_notified: bool = False
     error_notified: bool = False
     link: str | None = None
+    slow_notified: bool = False
     # The stored row's version this view was read or written as (for compare-and-set).
     version: int = 0
 
@@ -185,12 +189,26 @@ def _same_answer(job: JobView, snap: Snapshot) -> bool:
     )
 
 
-def observe(job: JobView, snap: Snapshot, now: datetime, rules: Rules = Rules()) -> Outcome:
-    """Fold one successful poll into a job's stored view, and say what it causes."""
+def observe(
+    job: JobView,
+    snap: Snapshot,
+    now: datetime,
+    rules: Rules = Rules(),
+    typical: float | None = None,
+) -> Outcome:
+    """Fold one successful poll into a job's stored view, and say what it causes.
+
+    ``typical`` is the job's typical duration in seconds (earlier runs of the same name
+    and source), for the ``slow_after`` rule; None when there is none to go by.
+    """
     if _same_answer(job, snap):
         # Nothing new: only the running job's timers can have something to say.
         quiet: list[Event] = []
-        new = _running_rules(job, job, now, rules, quiet) if job.state is State.RUNNING else job
+        new = (
+            _running_rules(job, job, now, rules, quiet, typical)
+            if job.state is State.RUNNING
+            else job
+        )
         return Outcome(job=new, changed=new is not job, events=tuple(quiet))
     progress = snap.progress if snap.progress is not None else job.progress
     progress_moved = job.progress_changed_at is None or progress != job.progress
@@ -228,7 +246,7 @@ def observe(job: JobView, snap: Snapshot, now: datetime, rules: Rules = Rules())
     if state_changed:
         new = replace(new, last_changed_at=now)
     if new.state is State.RUNNING:
-        new = _running_rules(job, new, now, rules, events)
+        new = _running_rules(job, new, now, rules, events, typical)
     elif state_changed and new.state is State.SUCCEEDED:
         events.append(Event(EventKind.SUCCEEDED, "the job succeeded"))
     elif state_changed and new.state is State.FAILED:
@@ -237,7 +255,12 @@ def observe(job: JobView, snap: Snapshot, now: datetime, rules: Rules = Rules())
 
 
 def _running_rules(
-    job: JobView, new: JobView, now: datetime, rules: Rules, events: list[Event]
+    job: JobView,
+    new: JobView,
+    now: datetime,
+    rules: Rules,
+    events: list[Event],
+    typical: float | None = None,
 ) -> JobView:
     if new.running_since is None:
         new = replace(new, running_since=now)
@@ -275,6 +298,21 @@ def _running_rules(
                 EventKind.STALLED,
                 f"still running after {format_duration((now - started).total_seconds())}, "
                 f"longer than max_duration {format_duration(rules.max_duration)}",
+            )
+        )
+    if (
+        rules.slow_after is not None
+        and typical
+        and not new.slow_notified
+        and started is not None
+        and (elapsed := (now - started).total_seconds()) >= rules.slow_after * typical
+    ):
+        new = replace(new, slow_notified=True)
+        events.append(
+            Event(
+                EventKind.STALLED,
+                f"slower than usual: running for {format_duration(elapsed)}, "
+                f"{elapsed / typical:.1f} times its typical {format_duration(typical)}",
             )
         )
     return new
@@ -370,6 +408,51 @@ def observe_source_ok(health: SourceHealth) -> tuple[SourceHealth, tuple[Event, 
             ),
         )
     return replace(health, error=None, error_since=None, error_notified=False), events
+
+
+# The progress samples an ETA is drawn from: the most recent ones only.
+ETA_SAMPLES = 12
+
+
+def estimate_eta(samples: Sequence[tuple[datetime, float]], now: datetime) -> datetime | None:
+    """When a running job should end at its recent pace, or None when that is unknown.
+
+    ``samples`` are (time, progress) pairs of the current run, oldest first: the job's
+    start at 0, each recorded progress change, and the latest progress at the latest
+    poll. A least-squares line through the last ``ETA_SAMPLES`` gives the pace; the rest
+    (1 - latest progress) at that pace is added to the latest sample's time. None when
+    there are fewer than two samples, progress does not move (or goes back), or the job
+    is done; never earlier than ``now``.
+    """
+    points = list(samples)[-ETA_SAMPLES:]
+    if len(points) < 2:
+        return None
+    last_at, last = points[-1]
+    if last >= 1.0:
+        return None
+    origin = points[0][0]
+    xs = [(at - origin).total_seconds() for at, _ in points]
+    ys = [value for _, value in points]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread <= 0:
+        return None
+    pace = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    if pace <= 1e-12:
+        return None
+    remaining = (1.0 - last) / pace
+    if remaining > 10 * 365 * 86400:  # a pace of nearly nothing: not an estimate
+        return None
+    return max(now, last_at + timedelta(seconds=remaining))
+
+
+def typical_duration(durations: Sequence[float]) -> float | None:
+    """The median of earlier runs' durations (seconds), or None when there were none."""
+    known = sorted(d for d in durations if d > 0)
+    if not known:
+        return None
+    middle = len(known) // 2
+    return known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
 
 
 def backoff_interval(base: float, failures: int) -> float:

@@ -373,6 +373,9 @@ class Dispatcher:
         self.claimer = claimer
         # The longest wait between passes (replicas shorten it: a dead one's claims expire).
         self.max_sleep = 60.0
+        # Told of each delivery attempt's result (metrics): notifier, and delivered,
+        # failed (to be retried) or abandoned.
+        self.on_delivery: Callable[[str, str], None] | None = None
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(SEND_CONCURRENCY)
 
@@ -430,6 +433,12 @@ class Dispatcher:
             message = compose(notifier, delivery.kind, delivery.event_id, delivery.payload)
             ok, error = await self.sender.send(delivery.notifier, delivery.target, message)
             now = self.clock()
+            if self.on_delivery is not None:
+                retry_soon = now + timedelta(seconds=retry_delay(delivery.attempts + 1))
+                gives_up = (retry_soon - delivery.at).total_seconds() > notifier.retry_for
+                self.on_delivery(
+                    delivery.notifier, "delivered" if ok else "abandoned" if gives_up else "failed"
+                )
             if ok:
                 await self.store.mark_delivered(delivery.id, now, claimer)
                 log.info(

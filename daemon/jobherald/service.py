@@ -19,7 +19,9 @@ from sqlalchemy.engine import make_url
 from jobherald import __version__
 from jobherald.aio import first_of
 from jobherald.config import Config, systemd_environment
+from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher, RetryPolicy
+from jobherald.metrics import Metrics
 from jobherald.notify import Dispatcher
 from jobherald.schedule import Periodic, Pool, Watcher, poll_once
 from jobherald.schedule.archiver import Archiver
@@ -126,13 +128,32 @@ class Daemon:
         env = systemd_environment()
         self.systemd = SystemdNotifier(env.notify_socket)
         self.watchdog_usec = env.watchdog_usec
-        # The running parts, for whoever drives the daemon in-process (the benchmarks).
+        # The running parts, for whoever drives the daemon in-process (the benchmarks) and
+        # for the HTTP listener.
         self.pool: Pool | None = None
         self.watcher: Watcher | None = None
         self.replica: Replica | None = None
+        self.store: Store | None = None
+        self.periodic: Periodic | None = None
+        self.membership: asyncio.Task[None] | None = None
+        self.metrics = Metrics()
+        # Config loaded, database open and polling started (what /readyz says).
+        self.ready = False
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def problem(self) -> str | None:
+        """Why polling has stopped, or None while it works: what gates the watchdog and
+        /healthz alike."""
+        if self.pool is None:
+            return "not started yet" if not self.ready else None
+        problem = self.pool.health(asyncio.get_running_loop().time())
+        if problem is None and self.periodic is not None and not self.periodic.alive(self.clock()):
+            problem = "the periodic chores have stopped"
+        if problem is None and self.membership is not None and self.membership.done():
+            problem = "the replica's heartbeats have stopped"
+        return problem
 
     def reload(self) -> None:
         self.reloading.set()
@@ -211,19 +232,25 @@ class Daemon:
             len(self.config.jobs),
             make_url(self.config.database_url).render_as_string(hide_password=True),
         )
-        async with self._parts() as (store, dispatcher, watcher):
+        async with self._parts() as (store, dispatcher, watcher), self._listening():
             if retried := await store.retry_pending_now(self.clock()):
                 log.info("retrying %d undelivered messages from before the restart", retried)
             dispatcher.sender.load()
             pool = Pool(watcher.poll, self.config.concurrency, stuck_after=self._stuck_after())
             replica = self._replica(store, watcher, dispatcher, pool)
-            self.pool, self.watcher, self.replica = pool, watcher, replica
+            self.pool, self.watcher, self.replica, self.store = pool, watcher, replica, store
+            self._count(watcher, dispatcher, pool)
             periodic = Periodic()
+            self.periodic = periodic
             periodic.every(FLUSH_EVERY, "writing poll times", watcher.flush)
             periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
+            if self.config.heartbeat_url is not None:
+                switch = DeadMansSwitch(self, store, watcher.fetcher)
+                periodic.every(self.config.heartbeat_every, "pinging heartbeat_url", switch.ping)
             delivering = asyncio.Event()
             sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
             archiver = Archiver(watcher, replica.claimer, self.clock)
+            archiver.on_result = lambda result: self.metrics.archives.labels(result).inc()
             archiver.max_sleep = dispatcher.max_sleep
             watcher.on_archive = archiver.wake
             archiving = asyncio.Event()
@@ -232,6 +259,7 @@ class Daemon:
             await replica.join()
             membership_ends = asyncio.Event()
             membership = asyncio.create_task(replica.run(membership_ends), name="membership")
+            self.membership = membership
             periodic.start()
             active = len(watcher.active())
             log.info(
@@ -242,20 +270,20 @@ class Daemon:
                 pool.size,
                 self.config.event_loop,
             )
-            heartbeat = asyncio.create_task(
-                self._heartbeat(pool, periodic, watcher, membership), name="heartbeat"
-            )
+            heartbeat = asyncio.create_task(self._heartbeat(watcher), name="heartbeat")
             # What start-up built (modules, config, views) lives as long as the daemon: keep
             # it out of the garbage collector's scans, which then cover only what polls make.
             gc.collect()
             gc.freeze()
             self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
+            self.ready = True
             while not self.stopping.is_set():
                 await first_of(self.stopping, self.reloading)
                 if self.reloading.is_set() and not self.stopping.is_set():
                     self.reloading.clear()
                     await self._reload(watcher, dispatcher, pool, replica)
             self.systemd.send("STOPPING=1", "STATUS=stopping: finishing polls and deliveries")
+            self.ready = False
             heartbeat.cancel()
             log.info("stopping: finishing polls and deliveries in flight")
             deadline = time.monotonic() + self.config.shutdown_timeout
@@ -358,6 +386,9 @@ class Daemon:
             "event_loop",
             "replica",
             "lease",
+            "http",
+            "heartbeat_url",
+            "heartbeat_every",
         ):
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: a change of %s takes effect at the next restart", key)
@@ -370,6 +401,9 @@ class Daemon:
             event_loop=old.event_loop,
             replica=old.replica,
             lease=old.lease,
+            http=old.http,
+            heartbeat_url=old.heartbeat_url,
+            heartbeat_every=old.heartbeat_every,
         )
         if new.log_level != old.log_level:
             setup_logging(new.log_level)
@@ -412,22 +446,40 @@ class Daemon:
             line += f"; last poll {ago:.0f} s ago"
         return line
 
-    async def _heartbeat(
-        self, pool: Pool, periodic: Periodic, watcher: Watcher, membership: asyncio.Task[None]
-    ) -> None:
+    @contextlib.asynccontextmanager
+    async def _listening(self) -> AsyncIterator[None]:
+        """The HTTP listener, when [http] has one, for as long as the daemon runs."""
+        if self.config.http is None:
+            yield
+            return
+        from jobherald.http import HttpServer
+
+        server = HttpServer(self)
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    def _count(self, watcher: Watcher, dispatcher: Dispatcher, pool: Pool) -> None:
+        """Wire the metrics to the parts that count (and to what is read at each scrape)."""
+        metrics = self.metrics
+        watcher.on_poll = metrics.poll
+        watcher.on_event = metrics.event
+        dispatcher.on_delivery = metrics.delivery
+        metrics.job_counts = lambda: _configured_counts(watcher)
+        metrics.sources_up = lambda: {n: h.error is None for n, h in watcher.health.items()}
+        metrics.pool_stats = lambda: pool.stats
+
+    async def _heartbeat(self, watcher: Watcher) -> None:
         """From the event loop itself: WATCHDOG=1 while the pool polls and the chores run."""
         every = 5.0
         if self.watchdog_usec:
             every = min(every, self.watchdog_usec / 2_000_000)
-        loop = asyncio.get_running_loop()
         said: str | None = None
         while True:
             await asyncio.sleep(every)
-            problem = pool.health(loop.time())
-            if problem is None and not periodic.alive(self.clock()):
-                problem = "the periodic chores have stopped"
-            if problem is None and membership.done():
-                problem = "the replica's heartbeats have stopped"
+            problem = self.problem()
             if problem != said:
                 if problem is not None:
                     log.error("polling is stuck: %s", problem)
@@ -462,6 +514,65 @@ class Daemon:
         except TimeoutError:
             sender.cancel()
             log.warning("shutdown bound reached; undelivered messages are sent at next start")
+
+
+def _configured_counts(watcher: Watcher) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for job_id in watcher.jobs:
+        state = watcher.views[job_id].state.value
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+class DeadMansSwitch:
+    """A GET of ``heartbeat_url`` while the daemon is healthy (polling works and the
+    database takes a write), never while it is not; failures are logged once per outage.
+    The URL is a secret of sorts (it identifies the check): only its host is logged."""
+
+    def __init__(self, daemon: Daemon, store: Store, fetcher: Fetcher) -> None:
+        self.daemon = daemon
+        self.store = store
+        self.fetcher = fetcher
+        self.failing: str | None = None
+
+    async def ping(self) -> None:
+        from urllib.parse import urlsplit
+
+        url = self.daemon.config.heartbeat_url
+        if url is None:
+            return
+        host = urlsplit(url.get_secret_value()).hostname
+        problem = self.daemon.problem()
+        if problem is None:
+            try:
+                await self.store.probe_write()
+            except Exception as exc:
+                problem = f"the database takes no write: {type(exc).__name__}"
+        if problem is not None:
+            self.daemon.metrics.heartbeats.labels("skipped").inc()
+            self._failed(f"not pinging {host}: {problem}")
+            return
+        try:
+            response = await self.fetcher.request(
+                "GET", url.get_secret_value(), headers={}, timeout=10.0, retry=False
+            )
+        except FetchError as exc:
+            self.daemon.metrics.heartbeats.labels("failed").inc()
+            self._failed(f"heartbeat to {host} failed: {exc.message}")
+            return
+        if response.status >= 400:
+            self.daemon.metrics.heartbeats.labels("failed").inc()
+            self._failed(f"heartbeat to {host} failed: HTTP {response.status}")
+            return
+        self.daemon.metrics.heartbeats.labels("sent").inc()
+        if self.failing is not None:
+            log.info("heartbeat to %s works again", host)
+            self.failing = None
+
+    def _failed(self, why: str) -> None:
+        if self.failing is None:  # once per outage
+            log.warning("%s", why)
+        self.failing = why
 
 
 @contextlib.contextmanager

@@ -2,8 +2,8 @@
 
 A template sees ``event`` (kind, id, at, detail, advice) and ``job`` (id, name,
 source, type, state, previous_state, raw_status, progress, archive_id, reasons,
-begin_time, end_time, duration, error, link, and for a kept export archive_path,
-archive_size, archive_sha256); for an event about a whole source,
+begin_time, end_time, duration, error, link, eta, typical_duration, and for a kept
+export archive_path, archive_size, archive_sha256); for an event about a whole source,
 ``job`` names the source and ``source`` holds its name, endpoint, auth and error.
 Unknown names are errors, so a typo is found by ``check-config``, not at 3 a.m.
 """
@@ -39,6 +39,8 @@ JOB_FIELDS = (
     "archive_path",
     "archive_size",
     "archive_sha256",
+    "eta",
+    "typical_duration",
 )
 
 
@@ -130,6 +132,19 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
         "archive_path": None,
         "archive_size": None,
         "archive_sha256": None,
+        "eta": None,
+        "typical_duration": 240.0,
+    }
+    running = {
+        **job,
+        "state": "running",
+        "previous_state": "running",
+        "raw_status": "RUNNING",
+        "progress": 0.5,
+        "archive_id": None,
+        "end_time": None,
+        "duration": None,
+        "eta": "2026-01-01T00:08:00+00:00",
     }
     archived = {
         **job,
@@ -172,6 +187,7 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
         ("succeeded", {"event": {**event, "kind": "succeeded"}, "job": job}),
         ("failed", {"event": {**event, "kind": "failed"}, "job": failed}),
         ("archived", {"event": {**event, "kind": "archived"}, "job": archived}),
+        ("progress", {"event": {**event, "kind": "progress"}, "job": running}),
         ("error", {"event": {**event, "kind": "error"}, "job": pending}),
         ("error", {"event": {**event, "kind": "error"}, "job": None, "source": source}),
     ]

@@ -52,7 +52,7 @@ def load_config(
 
 
 def run_async(coro: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
-    from jobherald.errors import StoreError
+    from jobherald.errors import ListenError, StoreError
 
     factory = None
     if event_loop == "uvloop":
@@ -62,7 +62,7 @@ def run_async(coro: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(coro)
-    except StoreError as exc:
+    except (StoreError, ListenError) as exc:
         fail(str(exc))
         raise AssertionError from None  # unreachable
 

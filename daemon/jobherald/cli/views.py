@@ -17,7 +17,6 @@ from jobherald.cli.base import (
     config_option,
     database_exists,
     fail,
-    iso,
     load_config,
     print_table,
     run_async,
@@ -30,81 +29,16 @@ if TYPE_CHECKING:
 
 async def _rows(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Every known job as `status --json` shows it, and the deliveries counted by state."""
-    from jobherald.schedule.replicas import owner
-    from jobherald.store import Store, reasons_of
+    from jobherald.report import job_rows
+    from jobherald.store import Store
 
-    rows: dict[str, dict[str, Any]] = {}
-    counts: dict[str, int] = {}
-    live: list[str] = []
-    configured = {j.id for j in cfg.jobs}
-    if database_exists(cfg.database_url):
-        store = await Store.open(cfg.database_url)
-        try:
-            members, _ = await store.members()
-            live = [m.name for m in members if m.live]
-            for row in await store.status():
-                rows[row.id] = {
-                    "id": row.id,
-                    "name": row.name,
-                    "source": row.source,
-                    "status": row.state,
-                    "raw_status": row.raw_status,
-                    "progress": row.progress,
-                    "archive_id": row.archive_id,
-                    "link": row.link,
-                    "reasons": reasons_of(row),
-                    "last_polled_at": iso(row.last_polled_at),
-                    "last_changed_at": iso(row.last_changed_at),
-                    "error": row.error,
-                    "owner": None,
-                    **_archive_fields(None),
-                }
-            for job_id, archive in (await store.archive_rows()).items():
-                if job_id in rows:
-                    rows[job_id].update(_archive_fields(archive))
-            counts = await store.delivery_counts()
-        finally:
-            await store.close()
-    for job in cfg.jobs:
-        rows.setdefault(
-            job.id,
-            {
-                "id": job.id,
-                "name": job.name,
-                "source": job.source,
-                "status": "pending",
-                "raw_status": None,
-                "progress": None,
-                "archive_id": None,
-                "link": None,
-                "reasons": [],
-                "last_polled_at": None,
-                "last_changed_at": None,
-                "error": None,
-                "owner": None,
-                **_archive_fields(None),
-            },
-        )
-    for item in rows.values():
-        # The replica polling it now: the same rendezvous hash every replica computes.
-        if item["id"] in configured and item["status"] not in ("succeeded", "failed", "lost"):
-            item["owner"] = owner(item["id"], live)
-    return list(rows.values()), counts
-
-
-def _archive_fields(row: Any) -> dict[str, Any]:
-    """An export's archive as `status --json` shows it: where it is kept, or why not."""
-    if row is None:
-        return dict.fromkeys(
-            ("archive_state", "archive_path", "archive_size", "archive_sha256", "archive_error")
-        )
-    return {
-        "archive_state": row.state,
-        "archive_path": row.path,
-        "archive_size": row.size,
-        "archive_sha256": row.sha256,
-        "archive_error": row.last_error if row.state != "kept" else None,
-    }
+    if not database_exists(cfg.database_url):
+        return await job_rows(cfg, None)
+    store = await Store.open(cfg.database_url)
+    try:
+        return await job_rows(cfg, store)
+    finally:
+        await store.close()
 
 
 def _pct(value: float | None) -> str:
@@ -126,6 +60,7 @@ STATUS_HEADERS = [
     "SOURCE",
     "STATE",
     "PROGRESS",
+    "ETA",
     "CHANGED",
     "POLLED",
     "OWNER",
@@ -144,6 +79,7 @@ def _status_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             r["source"],
             _state(r),
             _bar(r),
+            _eta(r["eta"], now),
             ago(r["last_changed_at"], now),
             ago(r["last_polled_at"], now),
             r["owner"] or "-",
@@ -151,6 +87,15 @@ def _status_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
         ]
         for r in rows
     ]
+
+
+def _eta(value: str | None, now: datetime) -> str:
+    if value is None:
+        return "-"
+    from jobherald.model import format_duration
+
+    seconds = (datetime.fromisoformat(value.replace("Z", "+00:00")) - now).total_seconds()
+    return f"in {format_duration(max(seconds, 0))}"
 
 
 def _state(row: dict[str, Any]) -> str:
@@ -243,42 +188,14 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
     cfg = load_config(ctx, config_path)
 
     async def fetch() -> list[dict[str, Any]] | None:
+        from jobherald.report import history_rows
         from jobherald.store import Store
 
         if not database_exists(cfg.database_url):
             return None
         store = await Store.open(cfg.database_url)
         try:
-            if await store.job(job_id) is None:
-                return None
-            items: list[dict[str, Any]] = [
-                {
-                    "at": iso(t.at),
-                    "from": t.from_state,
-                    "to": t.to_state,
-                    "progress": t.progress,
-                    "raw_status": t.raw_status,
-                }
-                for t in await store.history(job_id)
-            ]
-            archive = (await store.archive_rows([job_id])).get(job_id)
-            if archive is not None and archive.state in ("kept", "failed"):
-                # The archive kept (or given up): an entry of its own, the state unchanged.
-                items.append(
-                    {
-                        "at": iso(archive.done_at),
-                        "from": "succeeded",
-                        "to": "succeeded",
-                        "progress": None,
-                        "raw_status": None,
-                        "event": "archived" if archive.state == "kept" else "archive failed",
-                        "archive_path": archive.path,
-                        "archive_size": archive.size,
-                        "archive_sha256": archive.sha256,
-                        "archive_error": archive.last_error if archive.state != "kept" else None,
-                    }
-                )
-            return items
+            return await history_rows(store, job_id)
         finally:
             await store.close()
 
@@ -322,21 +239,11 @@ def replicas(ctx: click.Context, config_path: str | None, as_json: bool) -> None
     cfg = load_config(ctx, config_path)
 
     async def fetch() -> list[dict[str, Any]]:
+        from jobherald.report import replica_rows
+
         if not database_exists(cfg.database_url):
             return []
-        members, _ = await with_store(cfg, lambda store: store.members())
-        return [
-            {
-                "name": m.name,
-                "host": m.host,
-                "pid": m.pid,
-                "started_at": iso(m.started_at),
-                "heartbeat_at": iso(m.heartbeat_at),
-                "jobs": m.jobs if m.live else 0,
-                "live": m.live,
-            }
-            for m in members
-        ]
+        return await with_store(cfg, replica_rows)
 
     items = run_async(fetch())
     if as_json:

@@ -18,6 +18,7 @@ from pydantic import (
 
 from jobherald.config.model import (
     Config,
+    HttpConfig,
     HttpJsonSettings,
     Notifier,
     Source,
@@ -33,6 +34,7 @@ from jobherald.config.sections import (
     SOURCE_TYPES,
     DropInFile,
     HttpJsonSource,
+    HttpSection,
     JobSection,
     M,
     MainFile,
@@ -248,6 +250,10 @@ def _resolve(
     event_loop = _event_loop(parsed.daemon.event_loop, label, problems)
     watched = _resolve_jobs(parsed, jobs, sources, problems)
     database_url = _database_url(parsed.daemon.database, main.parent, label, problems)
+    http = _http(parsed.http, main.parent, label, problems)
+    heartbeat = parsed.daemon.heartbeat_url
+    if heartbeat is not None and not re.match(r"^https?://[^/\s]+", heartbeat.get_secret_value()):
+        problems.append(f"{label}: daemon.heartbeat_url: must start with https:// or http://")
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -262,6 +268,9 @@ def _resolve(
         event_loop=event_loop,
         replica=parsed.daemon.replica,
         lease=parsed.daemon.lease,
+        http=http,
+        heartbeat_url=heartbeat,
+        heartbeat_every=parsed.daemon.heartbeat_every,
         rules=rules,
         sources=sources,
         notifiers=notifiers,
@@ -412,6 +421,49 @@ def _state_folder(config_dir: Path) -> Path:
     if config_dir.resolve() == SERVICE_CONFIG_DIR:
         return SERVICE_STATE_DIR
     return config_dir
+
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def _http(section: HttpSection, base: Path, label: str, problems: list[str]) -> HttpConfig | None:
+    """The listener: ``host:port`` (``[v6]:port``), or None for ``listen = ""``; a token
+    (inline or from a file) is required off loopback."""
+    import ipaddress
+
+    from jobherald.config.sources import _Secrets
+
+    where = f"{label}: http"
+    if not section.listen.strip():
+        return None
+    match = re.fullmatch(
+        r"\[(?P<v6>[^\]]+)\]:(?P<port6>\d+)|(?P<host>[^:\[\]]*):(?P<port>\d+)",
+        section.listen.strip(),
+    )
+    if match is None:
+        problems.append(f"{where}.listen: {section.listen!r}: give host:port, e.g. 127.0.0.1:9781")
+        return None
+    host = match["v6"] or match["host"] or "0.0.0.0"  # noqa: S104 (":9781": every address, as asked)
+    port = int(match["port6"] or match["port"])
+    if not 0 < port < 65536:
+        problems.append(f"{where}.listen: port {port} is not between 1 and 65535")
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host in LOOPBACK_NAMES
+    token = None
+    if section.token is not None or section.token_file is not None:
+        token = _Secrets(where, base, problems).get("token", section.token, section.token_file)
+        if token is None:
+            return None
+    elif not loopback:
+        problems.append(
+            f"{where}: listen {section.listen!r} is not a loopback address: give token "
+            "or token_file (every route but /healthz and /readyz then needs it)"
+        )
+        return None
+    return HttpConfig(host, port, token)
 
 
 def _database_url(url: str, config_dir: Path, label: str, problems: list[str]) -> str:

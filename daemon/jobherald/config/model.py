@@ -150,6 +150,20 @@ class WatchedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """Where the daemon listens for HTTP, and the token every route but health needs."""
+
+    host: str
+    port: int
+    token: SecretStr | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     database_url: str
@@ -167,6 +181,10 @@ class Config:
     event_loop: str = "asyncio"
     replica: str | None = None
     lease: float = 15.0
+    # None: no listener.
+    http: HttpConfig | None = None
+    heartbeat_url: SecretStr | None = field(default=None, repr=False)
+    heartbeat_every: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

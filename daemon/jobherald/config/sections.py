@@ -110,6 +110,31 @@ class RuleFields(_Model):
     lost_after: int | None = Field(default=None, ge=1, le=1000)
     max_duration: DurationOrOff | None = None
     progress_steps: tuple[float, ...] | None = None
+    # A running job past this many times its typical duration: "stalled" (0: off).
+    slow_after: float | None = None
+
+    @field_validator("slow_after", mode="before")
+    @classmethod
+    def _slow(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip() in ("0", "off"):
+            return 0.0
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(
+                    f"slow_after {value!r}: give a multiple such as 2.0, or 0 (off)"
+                ) from None
+        return value
+
+    @field_validator("slow_after")
+    @classmethod
+    def _slow_range(cls, value: float | None) -> float | None:
+        if value is not None and value != 0 and not 1.0 < value <= 1000.0:
+            raise ValueError(
+                f"slow_after {value!r} must be more than 1 (2.0: twice as long as usual), or 0 (off)"
+            )
+        return value
 
     @field_validator("progress_steps")
     @classmethod
@@ -134,6 +159,7 @@ class RuleFields(_Model):
             progress_steps=(
                 self.progress_steps if self.progress_steps is not None else base.progress_steps
             ),
+            slow_after=base.slow_after if self.slow_after is None else (self.slow_after or None),
         )
 
 
@@ -150,6 +176,9 @@ class DaemonSection(RuleFields):
     # Several replicas on one PostgreSQL: this one's name, and how long a silent one keeps its jobs.
     replica: str | None = None
     lease: Duration = Field(default=15.0, ge=3.0, le=3600.0)
+    # A dead man's switch: a GET of this URL every heartbeat_every while the daemon is healthy.
+    heartbeat_url: SecretStr | None = None
+    heartbeat_every: Duration = Field(default=60.0, ge=1.0, le=86400.0)
 
     @field_validator("replica")
     @classmethod
@@ -312,8 +341,17 @@ class JobSection(RuleFields):
         return value
 
 
+class HttpSection(_Model):
+    """The daemon's HTTP listener: metrics, health, the status page, the JSON API."""
+
+    listen: str = "127.0.0.1:9781"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
 class MainFile(_Model):
     daemon: DaemonSection = DaemonSection()
+    http: HttpSection = HttpSection()
     sources: dict[str, SourceSection] = {}
     notifiers: dict[str, NotifierSection] = {}
     jobs: tuple[JobSection, ...] = ()

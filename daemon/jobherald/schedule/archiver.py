@@ -90,6 +90,8 @@ class Archiver:
         # The longest wait between passes (replicas shorten it: a dead one's claims lapse).
         self.max_sleep = 60.0
         self.kept = 0
+        # Told of each archive kept or failed (metrics).
+        self.on_result: Callable[[str], None] | None = None
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -244,6 +246,8 @@ class Archiver:
         new_events = self._events(job, view, event, now, kept=kept)
         if await self.store.archive_kept(claim.job_id, kept, now, claimer.name, new_events):
             self.kept += 1
+            if self.on_result is not None:
+                self.on_result("kept")
             log.info(
                 "job %s (%s): archived: %s (%d bytes, sha256 %s)",
                 job.name,
@@ -298,6 +302,8 @@ class Archiver:
         await self.store.archive_failed(
             claim.job_id, claimer, detail, retry_at, error_since, notified, events, now
         )
+        if self.on_result is not None:
+            self.on_result("failed")
         if retry_at is None:
             log.error("job %s (%s): %s; given up", job.name, job.id, detail)
         else:

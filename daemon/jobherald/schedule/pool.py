@@ -59,16 +59,19 @@ TICK = 0.02
 class PoolStats:
     """Counters kept by the pool itself: polls started and ended, and the schedule lag."""
 
-    __slots__ = ("cut", "ended", "lag_buckets", "started")
+    __slots__ = ("cut", "ended", "lag_buckets", "lag_sum", "started")
 
     def __init__(self) -> None:
         self.started = 0
         self.ended = 0
         self.cut = 0
         self.lag_buckets = [0] * len(LAG_BOUNDS)
+        self.lag_sum = 0.0
 
     def lag(self, seconds: float) -> None:
-        self.lag_buckets[bisect.bisect_left(LAG_BOUNDS, max(seconds, 0.0))] += 1
+        seconds = max(seconds, 0.0)
+        self.lag_buckets[bisect.bisect_left(LAG_BOUNDS, seconds)] += 1
+        self.lag_sum += seconds
 
 
 class Pool:

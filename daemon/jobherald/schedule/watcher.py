@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,10 +22,12 @@ from jobherald.model import (
     SourceHealth,
     State,
     duration_seconds,
+    estimate_eta,
     observe,
     observe_error,
     observe_source_error,
     observe_source_ok,
+    typical_duration,
 )
 from jobherald.notify import Dispatcher, advice
 from jobherald.schedule.pool import PollResult
@@ -76,6 +79,8 @@ def event_payload(
     advice: str | None,
     archive: Kept | None = None,
     about: str | None = None,
+    eta: datetime | None = None,
+    typical: float | None = None,
 ) -> dict[str, Any]:
     """Everything a message about this event may show, frozen at the time it happened.
 
@@ -109,8 +114,39 @@ def event_payload(
             "archive_path": archive.path if archive else None,
             "archive_size": archive.size if archive else None,
             "archive_sha256": archive.sha256 if archive else None,
+            "eta": _iso(eta),
+            "typical_duration": typical,
         },
     }
+
+
+def eta_samples(
+    view: JobView, recorded: Sequence[tuple[datetime, float]], latest_at: datetime | None
+) -> list[tuple[datetime, float]]:
+    """The (time, progress) points of a job's current run an ETA is drawn from: its start
+    at 0, the recorded progress changes since, the latest change and the latest poll."""
+    start = view.begin_time or view.running_since
+    points = [(start, 0.0)] if start is not None else []
+    points += [(at, p) for at, p in recorded if start is None or at >= start]
+    if view.progress is not None:
+        if view.progress_changed_at is not None:
+            points.append((view.progress_changed_at, view.progress))
+        if latest_at is not None:
+            points.append((latest_at, view.progress))
+    points.sort(key=lambda point: point[0])
+    return points
+
+
+def job_eta(
+    view: JobView,
+    recorded: Sequence[tuple[datetime, float]],
+    latest_at: datetime | None,
+    now: datetime,
+) -> datetime | None:
+    """A running job's estimated end (see ``model.estimate_eta``); None for any other."""
+    if view.state is not State.RUNNING or view.progress is None:
+        return None
+    return estimate_eta(eta_samples(view, recorded, latest_at), now)
 
 
 class Watcher:
@@ -143,12 +179,40 @@ class Watcher:
         self.last_poll_at: datetime | None = None
         # Told when a poll noted an export's archive to keep (the archiver wakes).
         self.on_archive: Callable[[], None] | None = None
+        # Durations of finished runs (id -> name, source, seconds), for typical durations,
+        # and each running job's recorded progress (for ETAs).
+        self._durations: dict[str, tuple[str, str, float]] = {}
+        self._typical: dict[tuple[str, str], float | None] = {}
+        self.progress_log: dict[str, list[tuple[datetime, float]]] = {}
+        # Told of each poll's outcome (metrics): the job, seconds taken, and the error if any.
+        self.on_poll: Callable[[WatchedJob, float, FetchError | None], None] | None = None
+        # Told of each event written (metrics).
+        self.on_event: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         """Register the configured jobs in the store and load what it knows of them."""
         await self._sync_jobs()
         known = await self.store.source_health()
         self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
+        self._durations = await self.store.finished_durations()
+        running = [i for i, v in self.views.items() if v.state is State.RUNNING]
+        self.progress_log = await self.store.progress_samples(running) if running else {}
+
+    def typical_for(self, job: WatchedJob) -> float | None:
+        """The median duration of finished runs with this job's name and source."""
+        key = (job.name, job.source)
+        if key not in self._typical:
+            self._typical[key] = typical_duration(
+                [d for i, (n, s, d) in self._durations.items() if (n, s) == key and i != job.id]
+            )
+        return self._typical[key]
+
+    def eta_of(self, job_id: str, now: datetime) -> datetime | None:
+        view = self.views[job_id]
+        return job_eta(view, self.progress_log.get(job_id, ()), self.last_poll_of(job_id), now)
+
+    def last_poll_of(self, job_id: str) -> datetime | None:
+        return self._polled_at.get(job_id)
 
     async def _sync_jobs(self) -> None:
         """Register the configured jobs; views already held (newer than the store's) stay."""
@@ -211,9 +275,12 @@ class Watcher:
         now = self.clock()
         self.polls += 1
         self.last_poll_at = now
+        began = time.monotonic()
         try:
             snapshot = await self.sources[job.source].poll(self.fetcher, job)
         except FetchError as exc:
+            if self.on_poll is not None:
+                self.on_poll(job, time.monotonic() - began, exc)
             if self.term() != term:
                 return PollResult()  # the lease lapsed during the poll: its answer is stale
 
@@ -236,10 +303,13 @@ class Watcher:
             if exc.source_wide:
                 await self._source_failed(job.source, exc, now)
             return PollResult(outcome.job.state.terminal, True, exc.retry_after)
+        if self.on_poll is not None:
+            self.on_poll(job, time.monotonic() - began, None)
         if self.term() != term:
             return PollResult()
+        typical = self.typical_for(job) if job.rules.slow_after is not None else None
         _, outcome = await self._settle(
-            job, lambda before: observe(before, snapshot, now, job.rules), now, None
+            job, lambda before: observe(before, snapshot, now, job.rules, typical), now, None
         )
         await self._source_ok(job.source, now)
         return PollResult(outcome.job.state.terminal, False)
@@ -292,6 +362,8 @@ class Watcher:
                 outcome.job,
                 now,
                 advice(event.kind, error, source, self.sources[job.source].advice),
+                eta=job_eta(outcome.job, self.progress_log.get(job.id, ()), now, now),
+                typical=self.typical_for(job),
             )
             new_events.append(NewEvent(event.kind.value, payload, targets))
         archive = None
@@ -307,6 +379,10 @@ class Watcher:
         if not recorded.written:
             return False
         self._polled_at.pop(job.id, None)
+        self._remember(job, outcome)
+        if self.on_event is not None:
+            for event in outcome.events:
+                self.on_event(event.kind.value)
         if before.error and outcome.job.error is None:
             log.info("polling job %s (%s) works again", job.name, job.id)
         if (
@@ -328,6 +404,20 @@ class Watcher:
         if archive is not None and self.on_archive is not None:
             self.on_archive()
         return True
+
+    def _remember(self, job: WatchedJob, outcome: Outcome) -> None:
+        """Keep what ETAs and typical durations are drawn from, as the job moves."""
+        view, transition = outcome.job, outcome.transition
+        if view.state is State.RUNNING:
+            if transition is not None and transition.progress is not None:
+                log_ = self.progress_log.setdefault(job.id, [])
+                log_.append((transition.at, transition.progress))
+                del log_[:-24]
+        else:
+            self.progress_log.pop(job.id, None)
+        if view.state is State.SUCCEEDED and (seconds := duration_seconds(view)):
+            self._durations[job.id] = (job.name, job.source, seconds)
+            self._typical.pop((job.name, job.source), None)
 
     async def _source_failed(self, name: str, error: FetchError, now: datetime) -> None:
         source = self.config.sources[name]

@@ -90,6 +90,11 @@ class StoreBase:
             return sa.type_coerce(now, UTCDateTime)
         return sa.literal(datetime.now(UTC) + timedelta(seconds=plus), UTCDateTime)
 
+    async def probe_write(self) -> None:
+        """A write that changes nothing, committed: proof that the database takes writes."""
+        async with self._writing() as conn:
+            await conn.exec_driver_sql("UPDATE alembic_version SET version_num = version_num")
+
     def unheld(self, table: sa.Table) -> sa.ColumnElement[bool]:
         """A row of a claimable table (deliveries, archives) that nobody holds: never
         claimed, its claim expired, or claimed by a replica whose lease has lapsed."""

@@ -89,6 +89,7 @@ def view_of(row: sa.Row[Any]) -> JobView:
         overdue_notified=row.overdue_notified,
         error_notified=row.error_notified,
         link=row.link,
+        slow_notified=row.slow_notified,
         version=row.version,
     )
 
@@ -115,6 +116,7 @@ def _view_values(view: JobView) -> dict[str, Any]:
         "overdue_notified": view.overdue_notified,
         "error_notified": view.error_notified,
         "link": view.link,
+        "slow_notified": view.slow_notified,
     }
 
 
@@ -404,6 +406,43 @@ class Jobs(StoreBase):
     async def job(self, job_id: str) -> sa.Row[Any] | None:
         async with self.engine.connect() as conn:
             return (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
+
+    async def finished_durations(self) -> dict[str, tuple[str, str, float]]:
+        """Every succeeded job whose duration is known: id -> (name, source, seconds)."""
+        query = sa.select(
+            jobs.c.id, jobs.c.name, jobs.c.source, jobs.c.begin_time, jobs.c.end_time
+        ).where(
+            jobs.c.state == "succeeded",
+            jobs.c.begin_time.is_not(None),
+            jobs.c.end_time.is_not(None),
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {
+            r.id: (r.name, r.source, (r.end_time - r.begin_time).total_seconds())
+            for r in rows
+            if r.end_time > r.begin_time
+        }
+
+    async def progress_samples(
+        self, job_ids: Iterable[str]
+    ) -> dict[str, list[tuple[datetime, float]]]:
+        """The recorded progress of these jobs, oldest first (for ETAs)."""
+        wanted = list(job_ids)
+        out: dict[str, list[tuple[datetime, float]]] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 5000):
+                query = (
+                    sa.select(transitions.c.job_id, transitions.c.at, transitions.c.progress)
+                    .where(
+                        transitions.c.job_id.in_(wanted[start : start + 5000]),
+                        transitions.c.progress.is_not(None),
+                    )
+                    .order_by(transitions.c.job_id, transitions.c.id)
+                )
+                for row in await conn.execute(query):
+                    out.setdefault(row.job_id, []).append((row.at, row.progress))
+        return out
 
     async def history(self, job_id: str) -> list[sa.Row[Any]]:
         async with self.engine.connect() as conn:

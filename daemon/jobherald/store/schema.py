@@ -63,6 +63,9 @@ jobs = sa.Table(
     sa.Column("overdue_notified", sa.Boolean, nullable=False, default=False),
     sa.Column("error_notified", sa.Boolean, nullable=False, default=False),
     sa.Column("link", sa.Text),
+    sa.Column(
+        "slow_notified", sa.Boolean, nullable=False, default=False, server_default=sa.false()
+    ),
     # Raised by every write of the job's state: replicas change a job only from the
     # version they read (compare-and-set), so one flip is written once.
     sa.Column("version", sa.Integer, nullable=False, default=0, server_default="0"),
@@ -175,7 +178,7 @@ def migrations_path() -> Path:
 
 
 # The newest revision under migrations/ (a test keeps the two the same).
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 
 def alembic_config() -> Any:

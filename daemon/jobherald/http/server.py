@@ -1,0 +1,190 @@
+"""The daemon's HTTP listener, in its own event loop: health, metrics, the JSON API and
+the status page.
+
+``/healthz`` and ``/readyz`` are open; every other route needs the token when one is
+set, as ``Authorization: Bearer TOKEN`` (scripts, Prometheus) or as the password of
+HTTP basic authentication (a browser asks for it once).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from jobherald.errors import ListenError
+
+if TYPE_CHECKING:
+    from jobherald.service import Daemon
+
+log = logging.getLogger(__name__)
+
+OPEN = frozenset({"/healthz", "/readyz"})
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HttpServer:
+    """Serves one daemon's routes; ``start`` binds (or raises ListenError), ``stop`` closes."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        from jobherald.http import pages
+
+        self.daemon = daemon
+        http = daemon.config.http
+        assert http is not None
+        self.config = http
+        self.app = web.Application(middlewares=[self._guard])
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/api/jobs", self._api_jobs)
+        self.app.router.add_get("/api/jobs/{job_id}/history", self._api_history)
+        self.app.router.add_get("/api/replicas", self._api_replicas)
+        self.app.router.add_get("/", self._index)
+        self.app.router.add_get("/jobs/{job_id}", self._job)
+        self.app.router.add_get("/static/{name}", self._static)
+        self.pages = pages
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(
+                f"http.listen: cannot listen on {self.config.host}:{self.config.port}: "
+                f"{why.lower()} (another jobherald? give [http] listen "
+                'another port, or "" to turn the listener off)'
+            ) from None
+        log.info("status page, metrics and API at %s/", self.config.address)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN and not self._allowed(request):
+            return web.Response(
+                status=401,
+                text="401: this needs the token of [http] (Authorization: Bearer TOKEN)\n",
+                headers={"WWW-Authenticate": 'Basic realm="jobherald", charset="UTF-8"'},
+            )
+        response = await handler(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def _allowed(self, request: web.Request) -> bool:
+        token = self.config.token
+        if token is None:
+            return True
+        expected = token.get_secret_value().encode()
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() == "bearer":
+            return hmac.compare_digest(value.strip().encode(), expected)
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            return hmac.compare_digest(decoded.partition(b":")[2], expected)
+        return False
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        problem = self.daemon.problem()
+        if problem is None:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text=f"stuck: {problem}\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.daemon.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="starting\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        store = self.daemon.store
+        if store is not None:
+            try:
+                counts = await store.delivery_counts()
+                self.daemon.metrics.deliveries_pending = counts.get("pending", 0)
+            except Exception as exc:  # the database away: the rest still counts
+                log.debug("counting pending deliveries failed: %s", exc)
+        return web.Response(
+            body=self.daemon.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _rows(self) -> list[dict[str, Any]]:
+        from jobherald.report import job_rows
+
+        rows, _ = await job_rows(self.daemon.config, self.daemon.store)
+        return rows
+
+    async def _api_jobs(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._rows())
+
+    async def _api_history(self, request: web.Request) -> web.Response:
+        from jobherald.report import history_rows
+
+        job_id = request.match_info["job_id"]
+        store = self.daemon.store
+        items = await history_rows(store, job_id) if store is not None else None
+        if items is None:
+            if any(j.id == job_id for j in self.daemon.config.jobs):
+                return web.json_response([])
+            return web.json_response({"error": f"no job {job_id!r}"}, status=404)
+        return web.json_response(items)
+
+    async def _api_replicas(self, request: web.Request) -> web.Response:
+        from jobherald.report import replica_rows
+
+        store = self.daemon.store
+        return web.json_response(await replica_rows(store) if store is not None else [])
+
+    async def _index(self, request: web.Request) -> web.Response:
+        state = request.query.get("state") or None
+        html = self.pages.index(self.daemon.config, await self._rows(), state)
+        return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+    async def _job(self, request: web.Request) -> web.Response:
+        from jobherald.report import history_rows
+
+        job_id = request.match_info["job_id"]
+        row = next((r for r in await self._rows() if r["id"] == job_id), None)
+        if row is None:
+            html = self.pages.not_found(job_id)
+            return web.Response(status=404, text=html, content_type="text/html", charset="utf-8")
+        store = self.daemon.store
+        history = (await history_rows(store, job_id) if store is not None else None) or []
+        html = self.pages.job(self.daemon.config, row, history)
+        return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+    async def _static(self, request: web.Request) -> web.Response:
+        found = self.pages.static(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound()
+        body, content_type = found
+        return web.Response(body=body, content_type=content_type, charset="utf-8")
