@@ -8,11 +8,13 @@ HTTP basic authentication (a browser asks for it once).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPEN = frozenset({"/healthz", "/readyz"})
+# How long one reading of every job serves the pages and the API.
+ROWS_FOR = 1.0
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -60,6 +64,9 @@ class HttpServer:
         self.app.router.add_get("/static/{name}", self._static)
         self.pages = pages
         self._runner: web.AppRunner | None = None
+        self._reading = asyncio.Lock()
+        self._cached: tuple[float, list[dict[str, Any]]] | None = None
+        self._failing = False
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
@@ -89,9 +96,24 @@ class HttpServer:
             return web.Response(
                 status=401,
                 text="401: this needs the token of [http] (Authorization: Bearer TOKEN)\n",
-                headers={"WWW-Authenticate": 'Basic realm="jobherald", charset="UTF-8"'},
+                headers={
+                    "WWW-Authenticate": 'Basic realm="jobherald", charset="UTF-8"',
+                    **SECURITY_HEADERS,
+                },
             )
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            # The database away (a restart, a network cut): one line per outage.
+            if not self._failing:
+                log.warning(
+                    "HTTP %s failed: %s", request.path, f"{type(exc).__name__}: {exc}"[:200]
+                )
+            self._failing = True
+            return web.Response(status=503, text="503: the database cannot be read now\n")
+        self._failing = False
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -129,8 +151,7 @@ class HttpServer:
         store = self.daemon.store
         if store is not None:
             try:
-                counts = await store.delivery_counts()
-                self.daemon.metrics.deliveries_pending = counts.get("pending", 0)
+                self.daemon.metrics.deliveries_pending = await store.pending_count()
             except Exception as exc:  # the database away: the rest still counts
                 log.debug("counting pending deliveries failed: %s", exc)
         return web.Response(
@@ -138,10 +159,16 @@ class HttpServer:
         )
 
     async def _rows(self) -> list[dict[str, Any]]:
+        """Every job as `status --json` shows it; one reading of the database serves every
+        page and API call within ROWS_FOR seconds (open pages ask every two seconds)."""
         from jobherald.report import job_rows
 
-        rows, _ = await job_rows(self.daemon.config, self.daemon.store)
-        return rows
+        async with self._reading:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] > ROWS_FOR:
+                rows, _ = await job_rows(self.daemon.config, self.daemon.store)
+                self._cached = (time.monotonic(), rows)
+            return self._cached[1]
 
     async def _api_jobs(self, request: web.Request) -> web.Response:
         return web.json_response(await self._rows())

@@ -241,6 +241,12 @@ class Outbox(StoreBase):
             out[(subject_id, kind)] = at if at.tzinfo else at.replace(tzinfo=UTC)
         return out
 
+    async def pending_count(self) -> int:
+        """Deliveries waiting to be sent or retried (an index walk, however many were sent)."""
+        query = sa.select(sa.func.count()).where(deliveries.c.state == "pending")
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     async def delivery_counts(self) -> dict[str, int]:
         query = sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
         async with self.engine.connect() as conn:
