@@ -411,10 +411,12 @@ async def test_the_demo_serves_metrics_while_it_runs() -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
     )
     assert proc.stdout is not None
+    said: list[str] = []
     try:
         address = None
         while address is None:
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            said.append(line)
             assert line, "the demo ended before it printed its address"
             if found := re.search(r"status page (http://127\.0\.0\.1:\d+)/", line):
                 address = found[1]
@@ -425,9 +427,11 @@ async def test_the_demo_serves_metrics_while_it_runs() -> None:
         assert names >= REQUIRED
         status, page, _ = await get(f"{address}/")
         assert status == 200 and "nightly export" in page
-        await asyncio.wait_for(proc.stdout.read(), 90)
+        said.append((await asyncio.wait_for(proc.stdout.read(), 90)).decode())
+        # Its output ended: let it finish exiting (a kill now would be the test's doing).
+        await asyncio.wait_for(proc.wait(), 30)
     finally:
         if proc.returncode is None:
             proc.kill()
-        await proc.wait()
-    assert proc.returncode == 0
+            await proc.wait()
+    assert proc.returncode == 0, "".join(said)[-3000:]

@@ -7,11 +7,17 @@ Counters live as long as the daemon (a reload keeps them).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -24,7 +30,9 @@ if TYPE_CHECKING:
     from jobherald.schedule.pool import PoolStats
 
 STATES = ("pending", "running", "succeeded", "failed", "unknown", "lost")
-POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+POLL_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf")
+)  # fmt: skip
 
 
 class _Live(Collector):
@@ -54,21 +62,41 @@ class _Live(Collector):
         )
         pending.add_metric([], m.deliveries_pending)
         yield pending
+        polls = CounterMetricFamily(
+            "jobherald_polls",
+            "Polls of jobs, by source and outcome (ok, error, not_found, refused).",
+            labels=["source", "outcome"],
+        )
+        for (source, outcome), count in sorted(m.poll_counts.items()):
+            polls.add_metric([source, outcome], count)
+        yield polls
+        seconds = HistogramMetricFamily(
+            "jobherald_poll_duration_seconds",
+            "How long one poll took (its retries included).",
+            labels=["source"],
+        )
+        for source, (spread, total) in sorted(m.poll_seconds.items()):
+            seconds.add_metric([source], _cumulative(POLL_BUCKETS, spread), sum_value=total)
+        yield seconds
         if m.pool_stats is not None:
             from jobherald.schedule.pool import LAG_BOUNDS
 
             stats = m.pool_stats()
-            buckets, total = [], 0
-            for bound, count in zip(LAG_BOUNDS, stats.lag_buckets, strict=True):
-                total += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
-            lag = HistogramMetricFamily(
+            yield HistogramMetricFamily(
                 "jobherald_schedule_lag_seconds",
                 "How late polls start after they fall due.",
-                buckets=buckets,
+                buckets=_cumulative(LAG_BOUNDS, stats.lag_buckets),
                 sum_value=stats.lag_sum,
             )
-            yield lag
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus's cumulative ``le`` buckets (the last one +Inf)."""
+    out, total = [], 0
+    for bound, count in zip(bounds, counts, strict=True):
+        total += count
+        out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+    return out
 
 
 class Metrics:
@@ -82,19 +110,10 @@ class Metrics:
             "jobherald_build_info", "jobherald's version.", ["version"], registry=self.registry
         )
         self.build.labels(__version__).set(1)
-        self.polls = Counter(
-            "jobherald_polls",
-            "Polls of jobs, by source and outcome (ok, error, not_found, refused).",
-            ["source", "outcome"],
-            registry=self.registry,
-        )
-        self.poll_seconds = Histogram(
-            "jobherald_poll_duration_seconds",
-            "How long one poll took (its retries included).",
-            ["source"],
-            buckets=POLL_BUCKETS,
-            registry=self.registry,
-        )
+        # Counted per poll in plain numbers (the event loop is the only writer), read at
+        # each scrape: a poll costs a dictionary lookup and two additions here.
+        self.poll_counts: dict[tuple[str, str], int] = {}
+        self.poll_seconds: dict[str, tuple[list[int], float]] = {}
         self.events = Counter(
             "jobherald_events", "Events raised, by kind.", ["kind"], registry=self.registry
         )
@@ -122,7 +141,6 @@ class Metrics:
         self.sources_up: Callable[[], Mapping[str, bool]] | None = None
         self.pool_stats: Callable[[], PoolStats] | None = None
         self.registry.register(_Live(self))
-        self._by_source: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def poll(self, job: WatchedJob, seconds: float, error: FetchError | None) -> None:
         """Count one poll (the watcher calls this after every poll)."""
@@ -135,14 +153,12 @@ class Metrics:
         else:
             outcome = "error"
         key = (job.source, outcome)
-        children = self._by_source.get(key)
-        if children is None:
-            children = self._by_source[key] = (
-                self.polls.labels(job.source, outcome),
-                self.poll_seconds.labels(job.source),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        self.poll_counts[key] = self.poll_counts.get(key, 0) + 1
+        spread = self.poll_seconds.get(job.source)
+        if spread is None:
+            spread = self.poll_seconds[job.source] = ([0] * len(POLL_BUCKETS), 0.0)
+        spread[0][bisect.bisect_left(POLL_BUCKETS, seconds)] += 1
+        self.poll_seconds[job.source] = (spread[0], spread[1] + seconds)
 
     def event(self, kind: str) -> None:
         self.events.labels(kind).inc()
