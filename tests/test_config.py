@@ -157,7 +157,7 @@ source = "roma-prd"
         ("[notifiers.n]\nurls = []\n", "notifiers.n.urls: must not be empty"),
         (
             '[notifiers.n]\nurls = ["json://h/x"]\non = ["finished"]\n',
-            "notifiers.n.on[0]: unknown event (known: succeeded, failed, started, progress, stalled, lost, error, recovered, archived)",
+            "notifiers.n.on[0]: unknown event 'finished' (known: succeeded, failed, started, progress, stalled, lost, error, recovered, archived)",
         ),
         (
             '[[jobs]]\nid = "has space"\nsource = "s"\n',

@@ -97,11 +97,24 @@ def test_a_failing_job_backs_off_and_returns_on_success() -> None:
 
 def test_retry_after_is_a_floor_for_the_next_poll() -> None:
     q = queue()
-    entry = q.add("a", 1.0, 0.0)
+    entry = q.add("a", 30.0, 0.0)
     assert q.pop_due(0.0) is entry
     due = q.done(entry, 0.0, failed=True, retry_after=120.0)
     assert due is not None and 120.0 <= due <= 132.0
     assert take(q, 119.9) == []
+
+
+def test_retry_after_is_capped_at_the_jobs_backoff_ceiling() -> None:
+    # A year (or for ever) asked: the job is polled again within ten intervals (30 s: 300 s).
+    q = queue()
+    entry = q.add("a", 30.0, 0.0)
+    assert q.pop_due(0.0) is entry
+    due = q.done(entry, 0.0, failed=True, retry_after=365 * 86400.0)
+    assert due is not None and 300.0 <= due <= 330.0
+    slow = q.add("b", 3600.0, 0.0)  # an hourly job: its own interval is the ceiling
+    assert q.pop_due(0.0) is slow
+    due = q.done(slow, 0.0, failed=True, retry_after=1e22)
+    assert due is not None and 3600.0 <= due <= 3960.0
 
 
 def test_a_finished_job_leaves_for_good() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -60,18 +61,20 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
     if not value:
         return None
-    value = value.strip()
+    value = value.strip()[:100]
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+        try:
+            when = parsedate_to_datetime(value)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            seconds = (when - (now or datetime.now(UTC))).total_seconds()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if not math.isfinite(seconds):
+        return None  # "inf", "nan": not a wait anyone can keep
+    return max(0.0, seconds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ Heavy imports happen inside the commands, so each command loads only what it use
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -109,10 +110,23 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     for header in headers:
         table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(shown(cell) for cell in row))
     # On a terminal, fit its width; into a pipe or file, one line per row.
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
     console.print(table)
+
+
+# Control characters (C0 but tab and newline, DEL, C1): an upstream's text could move the
+# cursor, retitle or clear the operator's terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """Text from anywhere (an upstream's status or message) as a table shows it: its
+    control characters replaced, and no rich markup taken from it (``[bold]`` stays text)."""
+    from rich.markup import escape
+
+    return escape(_CONTROL.sub("\N{REPLACEMENT CHARACTER}", text))
 
 
 def ago(value: str | None, now: datetime) -> str:

@@ -20,6 +20,7 @@ from jobherald.cli.base import (
     load_config,
     print_table,
     run_async,
+    shown,
     with_store,
 )
 
@@ -153,7 +154,7 @@ def _watch_status(cfg: Config, every: float) -> None:
         for header in STATUS_HEADERS:
             table.add_column(header)
         for row in _status_rows(rows):
-            table.add_row(*row)
+            table.add_row(*(shown(cell) for cell in row))
         return table
 
     async def loop() -> None:

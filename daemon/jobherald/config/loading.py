@@ -209,7 +209,7 @@ def _describe(err: Any, label: str) -> str:
     else:
         message = str(err["msg"]).removeprefix("Value error, ")
         if kind == "literal_error" and loc and loc[-2:-1] == ["on"]:
-            message = f"unknown event (known: {', '.join(EVENTS)})"
+            message = f"unknown event {err.get('input')!r} (known: {', '.join(EVENTS)})"
     return f"{label}: {_key_path(loc)}: {message}"
 
 

@@ -205,6 +205,18 @@ def _check_endpoint(value: str) -> str:
 Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
 
 
+def _check_segment(value: str) -> str:
+    """An id that becomes one segment of a URL path: "." and ".." would change the path."""
+    if value.strip() in (".", ".."):
+        raise ValueError(f"{value!r} is not an id (it would change the request's path)")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+PathSegment = Annotated[str, AfterValidator(_check_segment)]
+
+
 class TokenAuthSection(_Model):
     method: Literal["token"]
     token: SecretStr | None = None
@@ -260,7 +272,7 @@ class HuaweiSource(RuleFields):
     """What every Huawei Cloud source has: an endpoint, a project, and one of three auths."""
 
     endpoint: Endpoint
-    project_id: str = Field(min_length=1)
+    project_id: PathSegment
     token: SecretStr | None = None
     token_file: Path | None = None
     auth: AuthSection | None = None
@@ -270,7 +282,7 @@ class HuaweiSource(RuleFields):
 
 class RomaConnectSource(HuaweiSource):
     type: Literal["roma-connect"]
-    instance_id: str | None = None
+    instance_id: PathSegment | None = None
     # Where the archives of this source's export jobs are kept (none: not downloaded).
     archive_dir: Path | None = None
 
@@ -328,7 +340,7 @@ class JobSection(RuleFields):
     id: str
     source: str
     name: str | None = None
-    instance_id: str | None = None
+    instance_id: PathSegment | None = None
     notify: tuple[str, ...] | None = None
     poll_interval: Duration | None = None
     params: dict[str, str] | None = None

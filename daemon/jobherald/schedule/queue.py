@@ -141,7 +141,9 @@ class DueQueue:
             entry.failures += 1
             wait = entry.current_interval
             if retry_after is not None:
-                wait = max(wait, retry_after)
+                # Honoured up to the job's backoff ceiling: an upstream asking for a year
+                # (or for ever) must not stop the job from being polled.
+                wait = max(wait, min(retry_after, backoff_interval(entry.interval, 64)))
             entry.mark = now + wait
             entry.due = entry.mark + self._uniform(0.0, jitter_for(wait))
         else:
