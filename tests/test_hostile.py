@@ -78,3 +78,53 @@ async def test_upstream_text_reaches_the_terminal_as_text(
     assert "\x1b" not in out and "\x07" not in out
     assert "bad [/oops] input [bold red]x[/]" in out
     assert "[bold]now[/bold]" in out
+
+
+@pytest.mark.parametrize(
+    ("snippet", "says"),
+    [
+        (
+            '[daemon]\npoll_interval = "nan"\n',
+            "daemon.poll_interval: duration 'nan' is not a number of seconds",
+        ),
+        (
+            '[daemon]\npoll_interval = "inf"\n',
+            "daemon.poll_interval: duration 'inf' is not a number of seconds",
+        ),
+        (
+            "[daemon]\nerror_after = 1e400\n",
+            "daemon.error_after: duration inf is not a number of seconds",
+        ),
+        (
+            '[daemon]\nstall_after = "99999999999h"\n',
+            "daemon.stall_after: duration '99999999999h' is longer than ten years",
+        ),
+        ("x = " + "[" * 600 + "]" * 600 + "\n", "not valid TOML: nested too deeply"),
+    ],
+)
+async def test_numbers_no_clock_can_keep_are_one_line_each(
+    tmp_path: Path, snippet: str, says: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(snippet)
+    code, out, err = await jobherald("check-config", "-c", str(path))
+    assert (code, out) == (2, "")
+    assert err == f"{path}: {says}\n"
+
+
+async def test_config_files_that_are_not_files_are_one_line_each(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(tmp_path / "loop.toml")
+    folder = tmp_path / "main.toml"
+    folder.write_text('[daemon]\ninclude = ["jobs.d"]\n')
+    (tmp_path / "jobs.d").mkdir()
+    cases = {
+        str(loop): f"{loop}: cannot read it: Too many levels of symbolic links",
+        "/dev/zero": "/dev/zero: not a regular file",
+        str(
+            folder
+        ): f"{folder}: daemon.include[0]: jobs.d is a folder: name its files, e.g. jobs.d/*.toml",
+    }
+    for path, says in cases.items():
+        code, out, err = await jobherald("check-config", "-c", path, timeout=20)
+        assert (code, out, err) == (2, "", f"{says}\n"), path

@@ -6,6 +6,7 @@ import glob
 import logging
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -120,10 +121,19 @@ def _display(path: Path, base: Path) -> str:
         return str(path)
 
 
+# A config file larger than this is not one (and /dev/zero would never end).
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
 def _read_toml(path: Path, label: str) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError([f"{label}: not a regular file"])
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+            if len(data) > MAX_CONFIG_BYTES:
+                raise ConfigError([f"{label}: larger than {MAX_CONFIG_BYTES // 2**20} MB"])
+            return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{label}: file not found"]) from None
     except IsADirectoryError:
@@ -134,6 +144,10 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
         raise ConfigError([f"{label}: not valid TOML: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{label}: not valid UTF-8"]) from None
+    except RecursionError:
+        raise ConfigError([f"{label}: not valid TOML: nested too deeply"]) from None
+    except OSError as exc:  # a symbolic link loop, a file that cannot be read...
+        raise ConfigError([f"{label}: cannot read it: {exc.strerror or exc}"]) from None
 
 
 def _expand(value: Any, label: str, where: str, problems: list[str]) -> Any:
@@ -225,6 +239,13 @@ def _included(base: Path, patterns: Sequence[str], label: str) -> Iterator[Path]
             yield path
         if not any(ch in pattern for ch in "*?[") and not Path(full).exists():
             raise ConfigError([f"{label}: daemon.include[{i}]: file not found: {pattern}"])
+        if Path(full).is_dir():
+            raise ConfigError(
+                [
+                    f"{label}: daemon.include[{i}]: {pattern} is a folder: name its files, "
+                    f"e.g. {pattern.rstrip('/')}/*.toml"
+                ]
+            )
 
 
 def _resolve(

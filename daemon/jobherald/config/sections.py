@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -79,8 +80,12 @@ def parse_duration(value: object) -> float:
             seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     else:
         raise ValueError(f"expected a duration, got {type(value).__name__}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration {value!r} is not a number of seconds")
     if seconds <= 0:
         raise ValueError(f"duration {value!r} must be more than zero")
+    if seconds > 10 * 365 * 86400:
+        raise ValueError(f"duration {value!r} is longer than ten years")
     return seconds
 
 
