@@ -128,3 +128,12 @@ async def test_config_files_that_are_not_files_are_one_line_each(tmp_path: Path)
     for path, says in cases.items():
         code, out, err = await jobherald("check-config", "-c", path, timeout=20)
         assert (code, out, err) == (2, "", f"{says}\n"), path
+
+
+async def test_watch_keeps_a_name_as_typed(configs: ConfigWriter) -> None:
+    config = configs.write([], daemon={"include": ["jobs.d/*.toml"]})
+    name = "nightly 🌙 export of ${HOME} for $$5"
+    code, _, err = await jobherald("watch", "j1", "-s", "roma", "--name", name, "-c", str(config))
+    assert code == 0, err
+    (job,) = config_module.load(config).jobs
+    assert job.name == name

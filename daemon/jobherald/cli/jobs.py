@@ -66,7 +66,8 @@ def dropin_lines(
     """The TOML of one job's drop-in file (exit 2 for a bad ``--param``)."""
     lines = ["[[jobs]]", f"id = {json.dumps(job_id)}", f"source = {json.dumps(source)}"]
     if name:
-        lines.append(f"name = {json.dumps(name, ensure_ascii=False)}")
+        # Written as given: "$" doubled, so that ${VAR} in a name is not expanded on reading.
+        lines.append(f"name = {json.dumps(name.replace('$', '$$'), ensure_ascii=False)}")
     if instance_id:
         lines.append(f"instance_id = {json.dumps(instance_id)}")
     pairs = []
@@ -75,7 +76,8 @@ def dropin_lines(
         if not sep or not key:
             fail(f"--param {param!r}: give KEY=VALUE", EXIT_USAGE)
         pairs.append(
-            f"{json.dumps(key, ensure_ascii=False)} = {json.dumps(value, ensure_ascii=False)}"
+            f"{json.dumps(key, ensure_ascii=False)} = "
+            f"{json.dumps(value.replace('$', '$$'), ensure_ascii=False)}"
         )
     if pairs:
         lines.append(f"params = {{ {', '.join(pairs)} }}")
