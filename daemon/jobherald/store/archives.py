@@ -210,16 +210,7 @@ class Archives(StoreBase):
 
     async def next_archive_at(self) -> datetime | None:
         """When the next download nobody holds falls due."""
-        query = sa.select(sa.func.min(archives.c.next_attempt_at)).where(
-            archives.c.state == "pending", self.unheld(archives)
-        )
-        async with self.engine.connect() as conn:
-            value = (await conn.execute(query)).scalar()
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if not isinstance(value, datetime):
-            return None
-        return _aware(value)
+        return await self.next_unheld_at(archives)
 
     async def archive_rows(self, job_ids: Iterable[str] | None = None) -> dict[str, sa.Row[Any]]:
         """The archive rows of these jobs (all when None), by job id."""

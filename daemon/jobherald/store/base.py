@@ -106,6 +106,19 @@ class StoreBase:
             table.c.claimed_by.in_(lapsed.scalar_subquery()),
         )
 
+    async def next_unheld_at(self, table: sa.Table) -> datetime | None:
+        """When the next pending row of a claimable table that nobody holds falls due."""
+        query = sa.select(sa.func.min(table.c.next_attempt_at)).where(
+            table.c.state == "pending", self.unheld(table)
+        )
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        if isinstance(value, str):  # SQLite hands back text from min()
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            return None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
     @classmethod
     async def open(cls: type[S], url: str, *, migrate: bool = True) -> S:
         """Connect, and bring the schema to the newest revision."""

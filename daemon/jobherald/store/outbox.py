@@ -123,16 +123,7 @@ class Outbox(StoreBase):
 
     async def next_delivery_at(self) -> datetime | None:
         """When the next delivery nobody holds falls due."""
-        query = sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
-            deliveries.c.state == "pending", self.unheld(deliveries)
-        )
-        async with self.engine.connect() as conn:
-            value = (await conn.execute(query)).scalar()
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if not isinstance(value, datetime):
-            return None
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return await self.next_unheld_at(deliveries)
 
     async def mark_delivered(self, delivery_id: int, at: datetime, claimer: Claimer) -> bool:
         """Record a sent delivery; False if this sender's claim had been taken over."""
