@@ -42,6 +42,8 @@ JSON_TYPE = "application/json;charset=utf8"
 # Files are read in pieces of this size; a refusal's body is read up to this limit.
 STREAM_CHUNK = 256 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
+# The most of an answer read (after decompression) unless a source says otherwise.
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
 # Downloads in flight at once (beside the polls, which they never hold up).
 DOWNLOADS = 2
 
@@ -134,12 +136,19 @@ class Fetcher:
             self._session = None
 
     async def get(
-        self, url: str, *, headers: dict[str, str], timeout: float, verify_tls: bool = True
+        self,
+        url: str,
+        *,
+        headers: dict[str, str],
+        timeout: float,
+        verify_tls: bool = True,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> Response:
-        """GET ``url``, retrying what can mend; transport failures become a FetchError."""
+        """GET ``url``, retrying what can mend; transport failures become a FetchError,
+        and so does an answer of more than ``max_body`` bytes (after decompression)."""
 
         async def call() -> Response:  # every poll comes here: no layer more than needed
-            return await self._once("GET", url, headers, None, timeout, verify_tls)
+            return await self._once("GET", url, headers, None, timeout, verify_tls, max_body)
 
         return await self._retrying(call)
 
@@ -172,13 +181,14 @@ class Fetcher:
         body: bytes | None = None,
         verify_tls: bool = True,
         retry: bool = True,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> Response:
         """Send one request (``body``: the exact bytes, as signed); with ``retry``, again
         while it fails in a way that can mend. A request that starts something upstream
         (a job) is sent with ``retry=False``: a timeout must not start it twice."""
 
         async def call() -> Response:
-            return await self._once(method, url, headers, body, timeout, verify_tls)
+            return await self._once(method, url, headers, body, timeout, verify_tls, max_body)
 
         if not retry:
             return await call()
@@ -278,6 +288,7 @@ class Fetcher:
         body: bytes | None,
         timeout: float,
         verify_tls: bool,
+        max_body: int,
     ) -> Response:
         if self._session is None:
             raise RuntimeError("Fetcher used outside its context")
@@ -298,7 +309,10 @@ class Fetcher:
                     ssl=verify_tls,
                     allow_redirects=False,
                 ) as response:
-                    body = await response.read()
+                    length = response.content_length
+                    if length is not None and length > max_body:
+                        raise _too_large(max_body)
+                    body = await _read_up_to(response, max_body)
                     return Response(response.status, response.headers, body)
             except TimeoutError:
                 raise FetchError(
@@ -306,6 +320,31 @@ class Fetcher:
                 ) from None
             except aiohttp.ClientError as exc:
                 raise FetchError("connection", _describe(exc), retryable=True) from None
+
+
+async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, decompressed; a FetchError as soon as it passes ``limit`` bytes
+    (aiohttp inflates a compressed body piece by piece, so a small bomb stays small)."""
+    pieces: list[bytes] = []
+    size = 0
+    while piece := await response.content.read(STREAM_CHUNK):
+        size += len(piece)
+        if size > limit:
+            raise _too_large(limit)
+        pieces.append(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _too_large(limit: int) -> FetchError:
+    return FetchError("body", f"answer larger than {format_size(limit)} (the source's max_body)")
+
+
+def format_size(size: int) -> str:
+    """``4 MB``, ``512 KB``, ``1500 bytes``: a size as a person reads it (powers of 1024)."""
+    for unit, factor in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
 
 
 class stop_when(stop_base):

@@ -76,9 +76,40 @@ class Reason:
         }
 
 
+# What an answer may put in a snapshot: longer texts are cut, further reasons counted.
+MAX_TEXT = 1000
+MAX_REASON_TEXT = 300
+MAX_REASONS = 20
+
+
+def cut(text: str | None, limit: int = MAX_TEXT) -> str | None:
+    """``text`` up to ``limit`` characters, its end marked when cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}…"
+
+
+def capped_reasons(reasons: Sequence[Reason]) -> tuple[Reason, ...]:
+    """At most MAX_REASONS reasons, each field cut: the last says how many more there were
+    ("and 2,981 more"), so that neither a message nor a row grows with the answer."""
+    kept = list(reasons[:MAX_REASONS])
+    if len(reasons) > MAX_REASONS:
+        kept[-1] = Reason(None, None, None, f"and {len(reasons) - MAX_REASONS + 1:,} more")
+    return tuple(
+        Reason(
+            *(
+                cut(part, MAX_REASON_TEXT)
+                for part in (r.resource_type, r.resource_name, r.error_code, r.error_msg)
+            )
+        )
+        for r in kept
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the upstream said about a job in one successful poll."""
+    """What the upstream said about a job in one successful poll (texts cut to MAX_TEXT,
+    at most MAX_REASONS reasons: whatever an upstream sends, what is kept is bounded)."""
 
     state: State
     raw_status: str
@@ -90,6 +121,21 @@ class Snapshot:
     end_time: datetime | None = None
     # A page about the job, for people (the upstream's own link to it).
     link: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("raw_status", "type", "archive_id", "link"):
+            value = getattr(self, name)
+            if value is not None and len(value) > MAX_TEXT:
+                object.__setattr__(self, name, cut(value))
+        if self.reasons and (
+            len(self.reasons) > MAX_REASONS
+            or any(
+                len(part or "") > MAX_REASON_TEXT
+                for r in self.reasons
+                for part in (r.resource_type, r.resource_name, r.error_code, r.error_msg)
+            )
+        ):
+            object.__setattr__(self, "reasons", capped_reasons(self.reasons))
 
 
 @dataclass(frozen=True, slots=True)

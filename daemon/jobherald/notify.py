@@ -9,11 +9,12 @@ import asyncio
 import hashlib
 import logging
 import random
+import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -125,7 +126,7 @@ def render(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
     reasons = job.get("reasons") or []
     if kind == "failed":
         if reasons:
-            lines.append(f"reasons ({len(reasons)}):")
+            lines.append(f"reasons ({reason_count(reasons)}):")
             lines.extend(f"- {_reason_line(r)}" for r in reasons)
         else:
             lines.append("reasons: none given by the service")
@@ -177,6 +178,18 @@ def _size(value: Any) -> str:
             return f"{value} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({value} bytes)"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+_MORE = re.compile(r"^and ([\d,]+) more$")
+
+
+def reason_count(reasons: Sequence[Mapping[str, Any]]) -> int:
+    """How many reasons the upstream gave: the kept ones, and those the last one counts
+    when the list was capped ("and 2,981 more")."""
+    more = _MORE.match(str(reasons[-1].get("error_msg") or "")) if reasons else None
+    if more is None or any(reasons[-1].get(k) for k in ("resource_type", "resource_name")):
+        return len(reasons)
+    return len(reasons) - 1 + int(more[1].replace(",", ""))
 
 
 def _reason_line(reason: Mapping[str, Any]) -> str:

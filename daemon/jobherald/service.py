@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 import signal
 import socket
 import sys
@@ -46,7 +47,29 @@ _PRIORITIES = {
 }
 
 
-class JournalFormatter(logging.Formatter):
+# Characters that could forge a log line or work on a terminal (C0, DEL, C1); a message
+# is cut at MAX_LOG_MESSAGE characters. Upstream text reaches log lines: it is shown as text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_LOG_MESSAGE = 2000
+
+
+def _visible(match: re.Match[str]) -> str:
+    return "\\n" if match[0] == "\n" else f"\\x{ord(match[0]):02x}"
+
+
+class SafeFormatter(logging.Formatter):
+    """A message as one line of text: control characters spelled out, length capped
+    (a traceback after it keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        if len(message) > MAX_LOG_MESSAGE:
+            message = f"{message[:MAX_LOG_MESSAGE]}… ({len(message) - MAX_LOG_MESSAGE} more)"
+        record.message = _CONTROL.sub(_visible, message)
+        return super().formatMessage(record)
+
+
+class JournalFormatter(SafeFormatter):
     """Lines for journald: a syslog priority prefix, no timestamp (the journal has one)."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -62,9 +85,7 @@ def setup_logging(level: str) -> None:
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"
-            )
+            SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

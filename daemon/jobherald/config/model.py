@@ -106,6 +106,8 @@ class Source:
     settings: Any = None
     # roma-connect: where export archives are kept (None: they are left to the user).
     archive_dir: Path | None = None
+    # The most of one answer read, in bytes after decompression (more: a "body" error).
+    max_body: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

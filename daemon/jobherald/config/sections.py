@@ -96,6 +96,32 @@ def parse_duration_or_off(value: object) -> float:
     return parse_duration(value)
 
 
+_SIZE = re.compile(r"^(\d+)\s*(|b|bytes|kb|kib|mb|mib|gb|gib)$", re.IGNORECASE)
+_UNIT_BYTES = {"": 1, "b": 1, "bytes": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30}
+MIN_BODY = 1024
+MAX_BODY = 2**30
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a whole number, or from text such as ``512KB``, ``4 MB``, ``1GiB``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size, got a boolean")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE.match(value.strip())
+        if match is None:
+            raise ValueError(f"bad size {value!r}: use bytes or a text like 512KB, 4MB")
+        unit = match[2].lower().replace("ib", "b")
+        size = int(match[1][:12]) * _UNIT_BYTES[unit]
+    else:
+        raise ValueError(f"expected a size, got {type(value).__name__}")
+    if not MIN_BODY <= size <= MAX_BODY:
+        raise ValueError(f"size {value!r} must be between 1KB and 1GB")
+    return size
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 DurationOrOff = Annotated[float, BeforeValidator(parse_duration_or_off)]
 
@@ -283,6 +309,7 @@ class HuaweiSource(RuleFields):
     auth: AuthSection | None = None
     timeout: Duration = 10.0
     verify_tls: bool = True
+    max_body: Size = 4 * 1024 * 1024
 
 
 class RomaConnectSource(HuaweiSource):
@@ -321,6 +348,7 @@ class HttpJsonSource(RuleFields):
     not_found: tuple[int, ...] = (404,)
     timeout: Duration = 10.0
     verify_tls: bool = True
+    max_body: Size = 4 * 1024 * 1024
 
 
 SourceSection = Annotated[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import string
 from pathlib import Path
@@ -34,10 +35,20 @@ from jobherald.config.sections import (
 )
 from jobherald.model import Rules
 
+# A secret file is small: more than this is some other file named by mistake (/dev/zero).
+MAX_SECRET = 64 * 1024
+
 
 def read_secret(path: Path) -> SecretStr:
     """A secret file's content, without surrounding white space; OSError if unreadable."""
-    return SecretStr(path.read_text(encoding="utf-8").strip())
+    with path.open("rb") as handle:
+        data = handle.read(MAX_SECRET + 1)
+    if len(data) > MAX_SECRET:
+        raise OSError(errno.EFBIG, f"larger than {MAX_SECRET // 1024} KB (not a secret)")
+    try:
+        return SecretStr(data.decode("utf-8").strip())
+    except UnicodeDecodeError:
+        raise OSError(errno.EILSEQ, "not UTF-8 text") from None
 
 
 class _Secrets:
@@ -222,6 +233,7 @@ def _resolve_source(
             rules=section.over(rules),
             type=section.type,
             settings=settings,
+            max_body=section.max_body,
         )
     archive_dir = None
     if isinstance(section, RomaConnectSource) and section.archive_dir is not None:
@@ -241,4 +253,5 @@ def _resolve_source(
         rules=section.over(rules),
         type=section.type,
         archive_dir=archive_dir,
+        max_body=section.max_body,
     )

@@ -19,8 +19,10 @@ from jobherald.model import (
     EventKind,
     JobView,
     Outcome,
+    Snapshot,
     SourceHealth,
     State,
+    cut,
     duration_seconds,
     estimate_eta,
     observe,
@@ -188,6 +190,8 @@ class Watcher:
         self.on_poll: Callable[[WatchedJob, float, FetchError | None], None] | None = None
         # Told of each event written (metrics).
         self.on_event: Callable[[str], None] | None = None
+        # Jobs whose poll met an unforeseen exception (its traceback is logged once).
+        self._unforeseen_logged: set[str] = set()
 
     async def start(self) -> None:
         """Register the configured jobs in the store and load what it knows of them."""
@@ -277,42 +281,67 @@ class Watcher:
         self.last_poll_at = now
         began = time.monotonic()
         try:
-            snapshot = await self.sources[job.source].poll(self.fetcher, job)
+            snapshot = await self._fetch(job)
         except FetchError as exc:
             if self.on_poll is not None:
                 self.on_poll(job, time.monotonic() - began, exc)
             if self.term() != term:
                 return PollResult()  # the lease lapsed during the poll: its answer is stale
-
-            def decide_error(before: JobView, failure: FetchError = exc) -> Outcome:
-                return observe_error(
-                    before,
-                    failure.summary,
-                    failure.detail,
-                    now,
-                    job.rules,
-                    not_found=failure.not_found,
-                    source_wide=failure.source_wide,
-                )
-
-            before, outcome = await self._settle(job, decide_error, now, exc)
-            if outcome.changed and outcome.job.error != before.error and not exc.source_wide:
-                log.warning("polling job %s (%s) failed: %s", job.name, job.id, exc.detail)
-            else:
-                log.debug("polling job %s (%s) still failing: %s", job.name, job.id, exc.detail)
-            if exc.source_wide:
-                await self._source_failed(job.source, exc, now)
-            return PollResult(outcome.job.state.terminal, True, exc.retry_after)
+            return await self._failed(job, exc, now)
         if self.on_poll is not None:
             self.on_poll(job, time.monotonic() - began, None)
         if self.term() != term:
             return PollResult()
         typical = self.typical_for(job) if job.rules.slow_after is not None else None
-        _, outcome = await self._settle(
-            job, lambda before: observe(before, snapshot, now, job.rules, typical), now, None
-        )
+
+        def decide(before: JobView) -> Outcome:
+            try:
+                return observe(before, snapshot, now, job.rules, typical)
+            except Exception as unexpected:  # the answer is recorded as this poll's error
+                failure = self._unforeseen(job, unexpected)
+                return observe_error(before, failure.summary, failure.detail, now, job.rules)
+
+        _, outcome = await self._settle(job, decide, now, None)
         await self._source_ok(job.source, now)
         return PollResult(outcome.job.state.terminal, False)
+
+    async def _fetch(self, job: WatchedJob) -> Snapshot:
+        try:
+            return await self.sources[job.source].poll(self.fetcher, job)
+        except FetchError:
+            raise
+        except Exception as unexpected:  # a bug, or an answer nobody foresaw
+            raise self._unforeseen(job, unexpected) from None
+
+    async def _failed(self, job: WatchedJob, exc: FetchError, now: datetime) -> PollResult:
+        def decide_error(before: JobView) -> Outcome:
+            return observe_error(
+                before,
+                exc.summary,
+                exc.detail,
+                now,
+                job.rules,
+                not_found=exc.not_found,
+                source_wide=exc.source_wide,
+            )
+
+        before, outcome = await self._settle(job, decide_error, now, exc)
+        if outcome.changed and outcome.job.error != before.error and not exc.source_wide:
+            log.warning("polling job %s (%s) failed: %s", job.name, job.id, exc.detail)
+        else:
+            log.debug("polling job %s (%s) still failing: %s", job.name, job.id, exc.detail)
+        if exc.source_wide:
+            await self._source_failed(job.source, exc, now)
+        return PollResult(outcome.job.state.terminal, True, exc.retry_after)
+
+    def _unforeseen(self, job: WatchedJob, exc: Exception) -> FetchError:
+        """An exception no source foresaw, as the poll's error: one line for people (and
+        the job's ``error`` event in time); the traceback at debug level, once per job."""
+        if job.id not in self._unforeseen_logged:
+            self._unforeseen_logged.add(job.id)
+            log.debug("polling job %s (%s): unforeseen", job.name, job.id, exc_info=exc)
+        what = cut(str(exc).splitlines()[0] if str(exc) else "", 200)
+        return FetchError("internal", f"cannot read the answer: {type(exc).__name__}: {what}")
 
     async def _settle(
         self,

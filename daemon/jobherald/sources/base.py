@@ -50,14 +50,23 @@ class JobSource(Protocol):
 SourceFactory = Callable[[Source, Callable[[], datetime] | None], JobSource]
 
 
+def load_json(body: bytes) -> Any:
+    """JSON from bytes; ValueError for anything that is not (bad bytes, nesting too deep)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+
+
 def json_body(response: Response) -> Any:
     """The JSON of a 200 answer; FetchError (kind ``body``) if it is not JSON."""
     try:
-        return json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+        return load_json(response.body)
+    except ValueError as exc:
+        what = "nested too deep" if str(exc) == "nested too deep" else preview(response.body)
         raise FetchError(
             "body",
-            f"answer is not JSON: {preview(response.body)}",
+            f"answer is not JSON: {what}",
             request_id=request_id(response),
         ) from None
 
@@ -125,16 +134,31 @@ def time_of(value: Any) -> datetime | None:
     return parse_time(value)
 
 
+# Times a job can have: anything else (year 1, 9999) is taken as unknown.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 @lru_cache(maxsize=4096)
 def parse_time(value: str) -> datetime | None:
-    """An ISO 8601 time as aware UTC (a job's begin time is read again at every poll)."""
+    """An ISO 8601 time as aware UTC (a job's begin time is read again at every poll);
+    None when it is not one, or lies outside 1970-2200."""
+    if len(value) > 64:
+        return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return parsed if EARLIEST <= parsed < LATEST else None
+
+
+def shorter(value: Any, limit: int = 40) -> str:
+    """``repr`` of an upstream value, cut to ``limit`` characters (a 400-digit number)."""
+    shown = repr(value) if isinstance(value, str | int | float) else type(value).__name__
+    return shown if len(shown) <= limit else f"{shown[: limit - 1]}…"
 
 
 def preview(body: bytes) -> str:

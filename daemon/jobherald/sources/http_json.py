@@ -22,7 +22,17 @@ from jobherald.config import BasicAuth, HttpJsonSettings, NoAuth, Source, TokenA
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher, Response
 from jobherald.model import Reason, Snapshot, State
-from jobherald.sources.base import Advice, http_error, json_body, request_id, text, time_of
+from jobherald.sources.base import (
+    EARLIEST,
+    LATEST,
+    Advice,
+    http_error,
+    json_body,
+    request_id,
+    shorter,
+    text,
+    time_of,
+)
 from jobherald.sources.huawei_auth import (
     Credentials,
     StaticToken,
@@ -187,10 +197,10 @@ class Reader:
             return None
         try:
             number = float(value) / self.settings.progress_scale
-        except (TypeError, ValueError):
-            raise ValueError(f"progress {value!r} is not a number") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"progress {shorter(value)} is not a number") from None
         if math.isnan(number):
-            raise ValueError(f"progress {value!r} is not a number")
+            raise ValueError(f"progress {shorter(value)} is not a number")
         return min(max(number, 0.0), 1.0)
 
 
@@ -221,9 +231,10 @@ def _time(value: Any) -> datetime | None:
     """An ISO 8601 text, or seconds since the epoch."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
-            return datetime.fromtimestamp(value, UTC)
+            when = datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError):
             return None
+        return when if EARLIEST <= when < LATEST else None
     return time_of(value)
 
 

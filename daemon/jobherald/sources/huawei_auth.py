@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,7 +29,7 @@ from jobherald.config import (
 )
 from jobherald.errors import FetchError
 from jobherald.fetch import JSON_TYPE, Fetcher, Response
-from jobherald.sources.base import BODY_PREVIEW
+from jobherald.sources.base import BODY_PREVIEW, load_json, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +218,11 @@ class IamPassword:
 
 
 def _expiry(body: bytes, now: datetime) -> datetime:
-    import json
-
     try:
-        text = json.loads(body)["token"]["expires_at"]
-        expires = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+        expires = parse_time(load_json(body)["token"]["expires_at"])
     except (ValueError, KeyError, TypeError, AttributeError):
-        return now + timedelta(hours=23)
+        expires = None
+    return expires if expires is not None else now + timedelta(hours=23)
 
 
 class AkSkSigner:
@@ -371,7 +367,11 @@ async def send_with_credentials(
             )
         elif method == "GET":
             response = await fetcher.get(
-                url, headers=sent, timeout=source.timeout, verify_tls=source.verify_tls
+                url,
+                headers=sent,
+                timeout=source.timeout,
+                verify_tls=source.verify_tls,
+                max_body=source.max_body,
             )
         else:
             response = await fetcher.request(
@@ -382,6 +382,7 @@ async def send_with_credentials(
                 timeout=source.timeout,
                 verify_tls=source.verify_tls,
                 retry=retry,
+                max_body=source.max_body,
             )
         if attempt == 0 and refused(response) and credentials.invalidate(used):
             continue
@@ -393,8 +394,8 @@ def error_fields(body: bytes) -> tuple[str | None, str | None]:
     """``error_code`` and ``error_msg`` of Huawei Cloud's error shape, or of the gateway's
     and IAM's ``{"error": {...}}``."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(body)
+    except ValueError:
         return None, None
     if not isinstance(data, Mapping):
         return None, None
@@ -402,10 +403,12 @@ def error_fields(body: bytes) -> tuple[str | None, str | None]:
     if isinstance(nested, Mapping):
         data = nested
     code = data.get("error_code", data.get("code"))
-    if isinstance(code, int):  # IAM repeats the HTTP status as its "code"
+    if not isinstance(code, str) or not code:  # IAM repeats the HTTP status as its "code"
         code = None
     message = data.get("error_msg", data.get("message"))
+    if not isinstance(message, str | int | float) or isinstance(message, bool):
+        message = None  # a list or an object is no message
     return (
-        str(code) if code is not None else None,
+        code[:BODY_PREVIEW] if code is not None else None,
         str(message)[:BODY_PREVIEW] if message else None,
     )

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from jobherald.config import WatchedJob
 from jobherald.model import Reason, Snapshot, State
-from jobherald.sources.base import Advice, status_of, text, time_of
+from jobherald.sources.base import Advice, shorter, status_of, text, time_of
 from jobherald.sources.huawei import HuaweiApi
 from jobherald.sources.huawei_auth import GATEWAY_AUTH_CODES
 
@@ -83,10 +83,10 @@ def _progress(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"progress_percent {value!r} is not a number") from None
-    if math.isnan(number) or number < 0:
-        raise ValueError(f"progress_percent {value!r} is out of range")
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"progress_percent {shorter(value)} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"progress_percent {shorter(value)} is out of range")
     if number > 1.0:
         # Some answers give a percentage (35 for 35 %); the schema says 0..1.
         number = number / 100.0 if number <= 100.0 else 1.0

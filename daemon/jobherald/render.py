@@ -1,0 +1,138 @@
+"""Templates rendered in a child process: bounded in time, memory and output.
+
+A notifier's template is the user's code, and its input is the upstream's text: a
+loop over 3,000 reasons nested three deep, a recursive macro or ``'x' * 10**9`` must
+not freeze or kill the daemon. Each render goes to one long-lived child process (the
+same for ``check-config`` and a reload's check), which is killed and started again when
+it does not answer within its budget or dies of its memory limit. Callers block, so the
+daemon calls from a thread, never from its event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# What one batch of renders may take (wall time), and what the child may hold.
+BUDGET = 2.0
+MEMORY_LIMIT = 512 * 1024 * 1024
+# The longest text one template may render (a message is read by people).
+MAX_OUTPUT = 64 * 1024
+# How long the child may take to start (import Jinja2) before it counts as broken.
+START_TIMEOUT = 30.0
+
+# One render: the template's text, and the event it renders (kind, event id, payload).
+Job = tuple[str, str, str, Mapping[str, Any]]
+
+
+class RenderTimeout(Exception):
+    """The child did not finish within its budget (it has been killed)."""
+
+
+class Renderer:
+    """The child process, started on first use; thread-safe (one batch at a time)."""
+
+    def __init__(self, budget: float = BUDGET) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._process: Any = None
+        self._conn: Connection | None = None
+
+    def render(self, jobs: Sequence[Job]) -> list[tuple[bool, str]]:
+        """Each job's text ``(True, text)`` or why it failed ``(False, why)``: a batch that
+        does not finish within the budget gives every job ``(False, "took longer ...")``."""
+        with self._lock:
+            conn = self._ensure()
+            try:
+                conn.send(list(jobs))
+                if conn.poll(self.budget):
+                    result: list[tuple[bool, str]] = conn.recv()
+                    return result
+                why = f"took longer than {self.budget:g}s: stopped"
+            except (EOFError, OSError, BrokenPipeError):
+                why = f"used more than {MEMORY_LIMIT // 2**20} MB or crashed: stopped"
+            self._kill()
+            return [(False, why)] * len(jobs)
+
+    def close(self) -> None:
+        with self._lock:
+            self._kill()
+
+    def _ensure(self) -> Connection:
+        if self._conn is not None and self._process.is_alive():
+            return self._conn
+        self._kill()
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        process = context.Process(target=_serve, args=(child,), name="jobherald-render")
+        process.daemon = True
+        process.start()
+        child.close()
+        if not parent.poll(START_TIMEOUT) or parent.recv() != "ready":
+            process.kill()
+            raise RuntimeError("the template process did not start")
+        self._process, self._conn = process, parent
+        return parent
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(5)
+            self._process = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+_shared: Renderer | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> Renderer:
+    """The process's one Renderer."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Renderer()
+        return _shared
+
+
+def _serve(conn: Connection) -> None:  # pragma: no cover (runs in the child)
+    """The child: limit memory, import the templates, then render batches until EOF."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from jobherald import templates
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    conn.send("ready")
+    while True:
+        try:
+            jobs = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send([_one(templates, *job) for job in jobs])
+
+
+def _one(
+    templates: Any, text: str, kind: str, event_id: str, payload: Mapping[str, Any]
+) -> tuple[bool, str]:  # pragma: no cover (runs in the child)
+    try:
+        template = templates.compile_template(text)
+        return True, templates.render(template, kind, event_id, payload, limit=MAX_OUTPUT)
+    except templates.TemplateProblem as exc:
+        return False, str(exc)
+    except MemoryError:
+        return False, f"template does not render: used more than {MEMORY_LIMIT // 2**20} MB"
+    except RecursionError:
+        return False, "template does not render: it recurses too deep"
+    except Exception as exc:  # the user's code: whatever it raises is its problem
+        return False, f"template does not render: {type(exc).__name__}: {exc}"[:300]
