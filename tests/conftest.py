@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -60,6 +61,37 @@ async def spawn_daemon(
             stderr=out,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
+
+
+class Running:
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+async def daemons(tmp_path: Path) -> AsyncIterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for d in started:
+        if d.proc.returncode is None:
+            d.proc.kill()
+            await d.proc.wait()
+
+
+async def start(daemons: list[Running], config: Path) -> Running:
+    log = config.parent / f"daemon-{len(daemons)}.log"
+    proc = await spawn_daemon(config, log)
+    running_daemon = Running(proc, log)
+    daemons.append(running_daemon)
+    return running_daemon
 
 
 class NotifyListener:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import pytest
 from jobherald import config as config_module
 from jobherald.errors import ConfigError
 from jobherald.fetch import parse_retry_after
-from jobherald.simulator import Answer, SimJob, Simulator, http_error
-from tests.conftest import ConfigWriter, Receiver, jobherald
+from jobherald.simulator import Answer, SimJob, Simulator, http_error, running, succeeded
+from tests.conftest import ConfigWriter, Receiver, Running, jobherald, start, wait_for
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -240,3 +241,92 @@ async def test_a_token_file_that_is_not_text_is_one_line(configs: ConfigWriter) 
     code, out, err = await jobherald("check-config", "-c", str(path))
     assert (code, out) == (2, "")
     assert err == f"{path}: sources.roma.token_file: cannot read {secret}: not UTF-8 text\n"
+
+
+HANG = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (HANG, "template took longer than 2s: stopped on a sample event"),
+        (
+            "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+            "template does not render: it recurses too deep",
+        ),
+        (
+            "{{ 'x' * 10**9 }}",
+            "template does not render: a product over 1048576 items is not allowed",
+        ),
+        ("{{ 2 ** 100000 }}", "template does not render: an exponent above 1000 is not allowed"),
+        ("{{ 'x' | center(100000000) }}", "template does not render: used more than 256 MB"),
+        (
+            "{% for r in job.reasons %}{% for s in job.reasons %}{{ r }}{% endfor %}{% endfor %}",
+            "template renders more than 64 KB",
+        ),
+    ],
+)
+async def test_check_config_refuses_a_template_that_cannot_finish(
+    configs: ConfigWriter, body: str, says: str
+) -> None:
+    path = configs.write([], notifiers={"ops": {"urls": ["json://127.0.0.1:9/x"], "body": body}})
+    code, out, err = await jobherald("check-config", "-c", str(path))
+    assert (code, out, err) == (2, "", f"{path}: notifiers.ops.body: {says}\n")
+
+
+async def test_a_template_that_hangs_on_a_real_event_costs_only_its_message(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    # Fine on every sample event and for the job "fine"; a hang for the jobs named evil*.
+    body = "{% if job.id.startswith('evil') %}" + HANG + "{% endif %}{{ job.name }} by template"
+    sim.add(SimJob("fine", [succeeded()]))
+    sim.add(SimJob("evil1", [running(0.2), running(0.3), succeeded()]))
+    sim.add(SimJob("evil2", [running(0.2)] * 20 + [succeeded()]))
+    sim.add(SimJob("busy", [running(0.2)]))
+    notifiers = {"ops": {"urls": [receiver.url()], "body": body}}
+    config = configs.write(
+        ["fine", "evil1", "evil2", "busy"], notifiers=notifiers, daemon={"poll_interval": "200ms"}
+    )
+    daemon = await start(daemons, config)
+    await wait_for(lambda: sim.polls("evil1") >= 3, 20, "evil1's last answer")
+    polls_then = sim.polls("busy")
+    await wait_for(lambda: len(receiver.messages) >= 2, 30, "evil1's message")
+    assert sim.polls("busy") - polls_then >= 5, "polling went on while the template ran"
+    await wait_for(lambda: len(receiver.messages) >= 3, 30, "evil2's message")
+    bodies = {m["title"]: m["message"] for m in receiver.messages}
+    assert bodies["fine succeeded"].startswith("fine by template")
+    # The template that ran out of time once is not tried again until it changes.
+    assert bodies["evil1 succeeded"].startswith("Job evil1 succeeded.")
+    assert bodies["evil2 succeeded"].startswith("Job evil2 succeeded.")
+    assert await daemon.stop() == 0
+    output = daemon.output()
+    assert output.count("notifier ops: template took longer than 2s: stopped;") == 1, output
+    assert output.count("notifier ops:") == 1, output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        '[notifiers.bad]\nurls = ["json://127.0.0.1:9/x"]\nbody = """'
+        '{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"""\n',
+        f'[notifiers.bad]\nurls = ["json://127.0.0.1:9/x"]\nbody = """{HANG}"""\n',
+        "x = " + "[" * 600 + "]" * 600 + "\n",
+    ],
+    ids=["recursive macro", "endless loop", "deep toml"],
+)
+async def test_a_reload_of_a_hostile_config_keeps_the_running_one(
+    sim: Simulator, configs: ConfigWriter, daemons: list[Running], change: str
+) -> None:
+    sim.add(SimJob("a", [running(0.3)]))
+    config = configs.write(["a"], daemon={"poll_interval": "200ms"})
+    daemon = await start(daemons, config)
+    await wait_for(lambda: sim.polls("a") >= 2, 20, "polls")
+    text = config.read_text()
+    config.write_text(change + text if change.startswith("x =") else text + "\n" + change)
+    daemon.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: "reload refused: still running" in daemon.output(), 20, "refusal")
+    before = sim.polls("a")
+    await wait_for(lambda: sim.polls("a") >= before + 3, 20, "polls after the refusal")
+    assert await daemon.stop() == 0
+    assert "Traceback" not in daemon.output()

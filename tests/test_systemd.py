@@ -154,6 +154,8 @@ archive_dir = "{archive_dir}"
 
 [notifiers.ops]
 urls = ["{hook}"]
+# Rendered in the render process, under the unit's sandbox.
+title = "{{{{ job.name }}}} {{{{ event.kind }}}} (templated)"
 
 [http]
 listen = "127.0.0.1:{port}"
@@ -214,7 +216,10 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     assert status == 200 and "jobherald_build_info" in text
     pid = state["MainPID"]
     await wait_for(
-        lambda: receiver.titles() == ["nightly export archived", "nightly export succeeded"],
+        lambda: (
+            receiver.titles()
+            == ["nightly export archived (templated)", "nightly export succeeded (templated)"]
+        ),
         30,
         "the first messages",
     )
@@ -224,7 +229,7 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
         "watching c from roma: wrote /etc/jobherald/jobs.d/c.toml\nreloaded jobherald.service\n"
     )
     await wait_for(
-        lambda: "c succeeded" in receiver.titles(),
+        lambda: "c succeeded (templated)" in receiver.titles(),
         30,
         "the reloaded job",
     )
@@ -237,7 +242,9 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     job_id = out.splitlines()[0]
     assert sim.jobs[job_id].type == "exportAsset"
     assert out.splitlines()[-1] == "reloaded jobherald.service"
-    await wait_for(lambda: "crm archived" in receiver.titles(), 30, "the export's archive")
+    await wait_for(
+        lambda: "crm archived (templated)" in receiver.titles(), 30, "the export's archive"
+    )
     archive_id = sim.jobs[job_id].archive_id
     _, listed = await systemd.run("sh", "-c", "cd /var/lib/jobherald/archives && sha256sum *")
     expected = sorted(
@@ -248,11 +255,11 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     )
     assert sorted(listed.splitlines()) == expected
     assert receiver.titles() == [
-        "c succeeded",
-        "crm archived",
-        "crm succeeded",
-        "nightly export archived",
-        "nightly export succeeded",
+        "c succeeded (templated)",
+        "crm archived (templated)",
+        "crm succeeded (templated)",
+        "nightly export archived (templated)",
+        "nightly export succeeded (templated)",
     ]
     state = await systemd.show("jobherald")
     assert state["MainPID"] == pid, "reload kept the same process"

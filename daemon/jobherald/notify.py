@@ -334,30 +334,51 @@ class Sender:
             self._pool.shutdown(wait=False, cancel_futures=cancel)
 
 
-def compose(notifier: Notifier, kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
+# Templates that did not finish within their budget: not tried again in this process
+# (a reload with a changed template tries the new one); and notifiers already warned of.
+_hazards: set[str] = set()
+_warned: set[tuple[str, str | None, str | None]] = set()
+
+
+async def compose(
+    notifier: Notifier, kind: str, event_id: str, payload: Mapping[str, Any]
+) -> Message:
     """The message for one notifier: its templates, or the defaults when it has none.
 
-    A template that fails here (it rendered every sample at load) falls back to
-    the default text, so the message still goes out.
+    Templates are rendered in the render process, off the event loop, within a budget
+    of time, memory and size. One that fails, or took too long once, falls back to the
+    default text (said once per notifier), so the message still goes out.
     """
     default = render(kind, event_id, payload)
-    title, body = default.title, default.body
     if notifier.title is None and notifier.body is None:
         return default
-    from jobherald import templates  # Jinja2 only for notifiers with templates
+    from jobherald import render as render_module
 
-    try:
-        if notifier.title is not None:
-            title = templates.render(
-                templates.compile_template(notifier.title), kind, event_id, payload
+    texts = [t for t in (notifier.title, notifier.body) if t is not None]
+    if any(t in _hazards for t in texts):
+        results = [(False, "template took too long before: not tried again")] * len(texts)
+    else:
+        jobs = [(t, kind, event_id, payload) for t in texts]
+        results = await asyncio.to_thread(render_module.shared().render, jobs)
+    problems = [why for ok, why in results if not ok]
+    if problems:
+        _hazards.update(
+            t
+            for t, (ok, why) in zip(texts, results, strict=True)
+            if not ok and "longer than" in why
+        )
+        key = (notifier.name, notifier.title, notifier.body)
+        if key not in _warned:
+            _warned.add(key)
+            log.error(
+                "notifier %s: %s; sending the default message instead (said once)",
+                notifier.name,
+                problems[0],
             )
-        if notifier.body is not None:
-            body = templates.render(
-                templates.compile_template(notifier.body), kind, event_id, payload
-            )
-    except templates.TemplateProblem as exc:
-        log.error("notifier %s: %s; sending the default message instead", notifier.name, exc)
-        title, body = default.title, default.body
+        return default
+    rendered = iter(text for _, text in results)
+    title = next(rendered) if notifier.title is not None else default.title
+    body = next(rendered) if notifier.body is not None else default.body
     if event_id not in body:
         body = f"{body}\n\nevent {event_id}"
     return Message(title or default.title, body, default.notify_type)
@@ -443,7 +464,7 @@ class Dispatcher:
                 )
                 return
             notifier = self.sender.notifiers[delivery.notifier]
-            message = compose(notifier, delivery.kind, delivery.event_id, delivery.payload)
+            message = await compose(notifier, delivery.kind, delivery.event_id, delivery.payload)
             ok, error = await self.sender.send(delivery.notifier, delivery.target, message)
             now = self.clock()
             if self.on_delivery is not None:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # What one batch of renders may take (wall time), and what the child may hold.
 BUDGET = 2.0
-MEMORY_LIMIT = 512 * 1024 * 1024
+MEMORY_LIMIT = 256 * 1024 * 1024
 # The longest text one template may render (a message is read by people).
 MAX_OUTPUT = 64 * 1024
 # How long the child may take to start (import Jinja2) before it counts as broken.
@@ -54,9 +54,9 @@ class Renderer:
                 if conn.poll(self.budget):
                     result: list[tuple[bool, str]] = conn.recv()
                     return result
-                why = f"took longer than {self.budget:g}s: stopped"
+                why = f"template took longer than {self.budget:g}s: stopped"
             except (EOFError, OSError, BrokenPipeError):
-                why = f"used more than {MEMORY_LIMIT // 2**20} MB or crashed: stopped"
+                why = f"template used more than {MEMORY_LIMIT // 2**20} MB or crashed: stopped"
             self._kill()
             return [(False, why)] * len(jobs)
 
@@ -108,6 +108,7 @@ def _serve(conn: Connection) -> None:  # pragma: no cover (runs in the child)
     import resource
     import signal
 
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from jobherald import templates
@@ -120,6 +121,21 @@ def _serve(conn: Connection) -> None:  # pragma: no cover (runs in the child)
         except (EOFError, OSError):
             return
         conn.send([_one(templates, *job) for job in jobs])
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child)
+    """Linux's PR_SET_PDEATHSIG: a parent killed with -9 takes a hung render with it."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call took effect
+        os._exit(0)
 
 
 def _one(

@@ -57,6 +57,11 @@ def _visible(match: re.Match[str]) -> str:
     return "\\n" if match[0] == "\n" else f"\\x{ord(match[0]):02x}"
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
 class SafeFormatter(logging.Formatter):
     """A message as one line of text: control characters spelled out, length capped
     (a traceback after it keeps its lines)."""
@@ -393,8 +398,11 @@ class Daemon:
         old = self.config
         try:
             new = await asyncio.to_thread(config_module.load, old.path, check_urls=True)
-        except ConfigError as exc:
-            for line in exc.problems:
+        except Exception as exc:  # whatever reading it raised: the running config stays
+            problems = exc.problems if isinstance(exc, ConfigError) else [_one_line(exc)]
+            if not isinstance(exc, ConfigError):
+                log.debug("reading the config for a reload failed", exc_info=exc)
+            for line in problems:
                 log.error("reload refused: %s", line)
             log.error("reload refused: still running the previous configuration")
             self.systemd.send("READY=1", f"STATUS=reload refused; {self._status(watcher)}")

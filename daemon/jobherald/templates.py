@@ -15,7 +15,11 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from jobherald.model import MAX_REASONS
 
 FORMATS = ("text", "markdown", "html")
 
@@ -48,9 +52,34 @@ class TemplateProblem(ValueError):
     """A template that does not compile or does not render."""
 
 
+# The most a ``*`` may make (a text, a list) and the largest exponent of ``**``: beyond
+# these a template would spend its memory or time in one operation.
+MAX_PRODUCT = 1024 * 1024
+MAX_EXPONENT = 1000
+
+
+class _Bounded(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, with ``*`` and ``**`` bounded."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"an exponent above {MAX_EXPONENT} is not allowed")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_PRODUCT
+                ):
+                    raise SecurityError(f"a product over {MAX_PRODUCT} items is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _Bounded(
         undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
     )
     env.filters["percent"] = lambda value: "-" if value is None else f"{float(value) * 100:.0f}%"
@@ -101,13 +130,35 @@ def context(kind: str, event_id: str, payload: Mapping[str, Any]) -> dict[str, A
     return {"event": event, "job": job, "source": source}
 
 
-def render(template: Any, kind: str, event_id: str, payload: Mapping[str, Any]) -> str:
+def render(
+    template: Any,
+    kind: str,
+    event_id: str,
+    payload: Mapping[str, Any],
+    limit: int | None = None,
+) -> str:
+    """The template's text for one event; with ``limit``, a TemplateProblem as soon as
+    the text passes ``limit`` characters."""
     try:
-        return str(template.render(context(kind, event_id, payload))).strip()
+        if limit is None:
+            return str(template.render(context(kind, event_id, payload))).strip()
+        pieces: list[str] = []
+        size = 0
+        for piece in template.generate(context(kind, event_id, payload)):
+            size += len(piece)
+            if size > limit:
+                raise TemplateProblem(f"template renders more than {limit // 1024} KB")
+            pieces.append(piece)
+        return "".join(pieces).strip()
+    except TemplateProblem:
+        raise
     except TemplateError as exc:
         raise TemplateProblem(f"template does not render: {exc}") from None
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise TemplateProblem(f"template does not render: {type(exc).__name__}: {exc}") from None
+
+
+SAMPLE_EVENT_ID = "0123456789abcdef0123456789abcdef"
 
 
 def samples() -> list[tuple[str, dict[str, Any]]]:
@@ -157,13 +208,15 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
         "state": "failed",
         "raw_status": "FAILED",
         "archive_id": None,
+        # As many reasons as a job keeps: a template that is slow on them is refused early.
         "reasons": [
             {
                 "resource_type": "task",
-                "resource_name": "sync",
+                "resource_name": f"sync{i}",
                 "error_code": "ROMA.1",
-                "error_msg": "broken",
+                "error_msg": "broken " * 40,
             }
+            for i in range(MAX_REASONS)
         ],
     }
     pending = {name: None for name in JOB_FIELDS} | {
@@ -194,11 +247,13 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
 
 
 def check(text: str) -> str | None:
-    """None when the template compiles and renders every sample event, else why not."""
-    try:
-        template = compile_template(text)
-        for kind, payload in samples():
-            render(template, kind, "0123456789abcdef0123456789abcdef", payload)
-    except TemplateProblem as exc:
-        return str(exc)
+    """None when the template compiles and renders every sample event within the render
+    budget (in the render process: a template that hangs or recurses is refused), else
+    why not."""
+    from jobherald import render as render_module
+
+    jobs = [(text, kind, SAMPLE_EVENT_ID, payload) for kind, payload in samples()]
+    for ok, why in render_module.shared().render(jobs):
+        if not ok:
+            return f"{why} on a sample event" if why.endswith("stopped") else why
     return None
