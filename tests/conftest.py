@@ -46,9 +46,11 @@ class LocalApp:
 
 
 async def spawn_daemon(
-    config: Path, log: Path, env: dict[str, str] | None = None
+    config: Path, log: Path, env: dict[str, str | None] | None = None
 ) -> asyncio.subprocess.Process:
-    """`jobherald run -c CONFIG` in a child process, its output appended to LOG."""
+    """`jobherald run -c CONFIG` in a child process, its output appended to LOG (``env``:
+    variables to set, or with None to unset)."""
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable,
@@ -59,7 +61,7 @@ async def spawn_daemon(
             str(config),
             stdout=out,
             stderr=out,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={k: v for k, v in environ.items() if v is not None},
         )
 
 
@@ -86,9 +88,11 @@ async def daemons(tmp_path: Path) -> AsyncIterator[list[Running]]:
             await d.proc.wait()
 
 
-async def start(daemons: list[Running], config: Path) -> Running:
+async def start(
+    daemons: list[Running], config: Path, env: dict[str, str | None] | None = None
+) -> Running:
     log = config.parent / f"daemon-{len(daemons)}.log"
-    proc = await spawn_daemon(config, log)
+    proc = await spawn_daemon(config, log, env)
     running_daemon = Running(proc, log)
     daemons.append(running_daemon)
     return running_daemon

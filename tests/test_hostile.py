@@ -330,3 +330,13 @@ async def test_a_reload_of_a_hostile_config_keeps_the_running_one(
     await wait_for(lambda: sim.polls("a") >= before + 3, 20, "polls after the refusal")
     assert await daemon.stop() == 0
     assert "Traceback" not in daemon.output()
+
+
+@pytest.mark.parametrize("job_id", ["a/b", "../../etc/evil", "..", ""])
+async def test_watch_refuses_an_id_that_is_no_file_name(configs: ConfigWriter, job_id: str) -> None:
+    config = configs.write([], daemon={"include": ["jobs.d/*.toml"]})
+    (configs.folder / "jobs.d").mkdir()
+    code, out, err = await jobherald("watch", job_id, "-s", "roma", "-c", str(config))
+    assert (code, out) == (2, "")
+    assert err.endswith(f"bad job id {job_id!r}: letters, digits and _.:- only\n"), err
+    assert list((configs.folder / "jobs.d").iterdir()) == []

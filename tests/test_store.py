@@ -201,3 +201,32 @@ async def test_ten_thousand_jobs_are_registered_and_loaded_with_one_read(tmp_pat
         assert conn.execute("select name from jobs where id = 'j0'").fetchone() == ("renamed",)
         assert conn.execute("select configured from jobs where id = 'j9999'").fetchone() == (0,)
         assert conn.execute("select count(*) from jobs where configured").fetchone() == (9_999,)
+
+
+async def test_first_attempts_are_claimed_before_retries_and_keep_their_backoff(
+    tmp_path: Path,
+) -> None:
+    from datetime import timedelta
+
+    store = await Store.open(url(tmp_path / "jh.db"))
+    await store.sync_jobs([JobIdentity(j, j, "roma", "i") for j in "abc"], NOW)
+    for job_id in "abc":
+        view = JobView(job_id, state=State.SUCCEEDED, raw_status="SUCCEEDED", last_changed_at=NOW)
+        outcome = Outcome(view, True, Transition(NOW, None, State.SUCCEEDED, 1.0, "SUCCEEDED"))
+        target = Target("dead" if job_id != "c" else "live", "k", "json://x")
+        event = NewEvent("succeeded", {"job": {"id": job_id}}, [target])
+        await store.record(job_id, outcome, NOW, [event])
+    a, b = await store.claim_due(NOW, ME, limit=2)
+    soon, later = NOW + timedelta(seconds=30), NOW + timedelta(hours=1)
+    assert await store.mark_failed(a.id, "down", soon, ME)
+    assert await store.mark_failed(b.id, "down", later, ME)
+    await store.close()
+    store = await Store.open(url(tmp_path / "jh.db"))  # as after a restart
+    assert await store.waiting_retries() == 2
+    (fresh,) = await store.claim_due(NOW, ME)  # a and b keep their backoff
+    assert fresh.notifier == "live" and fresh.attempts == 0
+    await store.release_claims(ME.token)
+    # All three due: the first attempt goes first, though its row is the newest.
+    assert [d.id for d in await store.claim_due(later, ME, limit=1)] == [fresh.id]
+    assert [d.id for d in await store.claim_due(later, ME)] == [a.id, b.id]
+    await store.close()

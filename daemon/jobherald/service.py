@@ -259,8 +259,13 @@ class Daemon:
             make_url(self.config.database_url).render_as_string(hide_password=True),
         )
         async with self._parts() as (store, dispatcher, watcher), self._listening():
-            if retried := await store.retry_pending_now(self.clock()):
-                log.info("retrying %d undelivered messages from before the restart", retried)
+            if waiting := await store.waiting_retries():
+                # Each keeps its backoff: a restart does not make them all due at once.
+                log.info(
+                    "%d undelivered messages wait for their next attempt "
+                    "(`jobherald deliveries retry --all` sends them now)",
+                    waiting,
+                )
             dispatcher.sender.load()
             pool = Pool(watcher.poll, self.config.concurrency, stuck_after=self._stuck_after())
             replica = self._replica(store, watcher, dispatcher, pool)

@@ -94,6 +94,10 @@ def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool
     from jobherald import config as config_module
     from jobherald.errors import ConfigError
 
+    from jobherald.config.sections import _JOB_ID
+
+    if not _JOB_ID.match(job_id):  # it names the file: a/b or ../x would go elsewhere
+        fail(f"bad job id {job_id!r}: letters, digits and _.:- only", EXIT_USAGE)
     existing = next((j for j in cfg.jobs if j.id == job_id), None)
     if existing is not None:
         fail(f"job {job_id} is already watched ({existing.origin})", EXIT_USAGE)

@@ -51,7 +51,9 @@ class Outbox(StoreBase):
             sa.select(deliveries.c.id)
             .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
             .where(self.unheld(deliveries))
-            .order_by(deliveries.c.id)
+            # First attempts first: a new event never waits behind retries to an endpoint
+            # that keeps failing.
+            .order_by(deliveries.c.attempts > 0, deliveries.c.id)
             .limit(limit)
         )
         if self.shared:
@@ -111,15 +113,13 @@ class Outbox(StoreBase):
             )
             return int(result.rowcount or 0)
 
-    async def retry_pending_now(self, now: datetime) -> int:
-        """Make every pending delivery due now (at start: a restart is often the fix)."""
-        async with self._writing() as conn:
-            result = await conn.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at > now)
-                .values(next_attempt_at=now)
-            )
-            return int(result.rowcount or 0)
+    async def waiting_retries(self) -> int:
+        """Pending deliveries that failed before: each keeps its own next attempt."""
+        query = sa.select(sa.func.count()).where(
+            deliveries.c.state == "pending", deliveries.c.attempts > 0
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
 
     async def next_delivery_at(self) -> datetime | None:
         """When the next delivery nobody holds falls due."""
