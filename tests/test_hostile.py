@@ -340,3 +340,75 @@ async def test_watch_refuses_an_id_that_is_no_file_name(configs: ConfigWriter, j
     assert (code, out) == (2, "")
     assert err.endswith(f"bad job id {job_id!r}: letters, digits and _.:- only\n"), err
     assert list((configs.folder / "jobs.d").iterdir()) == []
+
+
+async def test_a_database_that_is_no_database_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "jh.db").write_bytes(b"\x13" * 10_000)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    base = '[http]\nlisten = ""\n[daemon]\ndatabase = "{}"\n'
+    config = tmp_path / "c.toml"
+    config.write_text(base.format("sqlite:///jh.db"))
+    for command in (["db", "current"], ["status"], ["run", "--once"]):
+        code, out, err = await jobherald(*command, "-c", str(config))
+        assert (code, out) == (1, ""), command
+        db = tmp_path / "jh.db"
+        assert (
+            err
+            == f"jobherald: cannot open database sqlite+aiosqlite:///{db}: file is not a database\n"
+        )
+    url = "postgresql://jh@127.0.0.1:1/jh?password=hunter2&sslmode=disable"
+    config.write_text(base.format(url))
+    for command in (["db", "current"], ["run", "--once"]):
+        code, out, err = await jobherald(*command, "-c", str(config))
+        assert (code, out) == (1, ""), command
+        assert "hunter2" not in err and "Traceback" not in err
+        assert err.startswith(
+            "jobherald: cannot open database "
+            "postgresql+asyncpg://jh@127.0.0.1:1/jh?password=***&sslmode=disable: "
+        ), err
+        assert len(err.splitlines()) == 1
+
+
+async def test_a_database_newer_than_jobherald_is_left_alone(tmp_path: Path) -> None:
+    import sqlite3
+
+    config = tmp_path / "c.toml"
+    config.write_text('[http]\nlisten = ""\n[daemon]\ndatabase = "sqlite:///jh.db"\n')
+    assert (await jobherald("run", "--once", "-c", str(config)))[0] == 0
+    with sqlite3.connect(tmp_path / "jh.db") as conn:
+        conn.execute("update alembic_version set version_num = '0099'")
+    code, out, err = await jobherald("db", "current", "-c", str(config))
+    assert (code, err) == (0, "")
+    assert out.startswith("0099 (newer than this jobherald knows, whose newest is 00")
+    assert "db upgrade" not in out
+    for command in (["status"], ["db", "upgrade"], ["run", "--once"]):
+        code, out, err = await jobherald(*command, "-c", str(config))
+        assert (code, out) == (1, ""), command
+        assert err.startswith(
+            f"jobherald: database sqlite+aiosqlite:///{tmp_path}/jh.db has schema 0099, newer than this "
+            "jobherald knows"
+        ), err
+    assert sorted(p.name for p in tmp_path.iterdir() if "before" in p.name) == []
+
+
+async def test_a_database_that_refuses_writes_is_logged_once_per_outage(
+    sim: Simulator, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    import sqlite3
+
+    sim.add(SimJob("a", [running(i / 100) for i in range(1, 100)]))
+    sim.add(SimJob("b", [running(i / 100) for i in range(1, 100)]))
+    config = configs.write(["a", "b"], daemon={"poll_interval": "100ms"})
+    daemon = await start(daemons, config)
+    await wait_for(lambda: sim.polls("a") >= 2, 20, "polls")
+    with sqlite3.connect(configs.folder / "jobherald.db") as conn:
+        conn.execute("drop table transitions")
+    before = sim.polls("a")
+    await wait_for(lambda: sim.polls("a") >= before + 10, 20, "polls during the outage")
+    assert await daemon.stop() == 0
+    output = daemon.output()
+    errors = [line for line in output.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, output
+    assert "no such table: transitions" in errors[0]
+    assert "Traceback" not in output

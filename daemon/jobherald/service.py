@@ -28,6 +28,7 @@ from jobherald.schedule import Periodic, Pool, Watcher, poll_once
 from jobherald.schedule.archiver import Archiver
 from jobherald.schedule.replicas import Replica
 from jobherald.store import DatabaseLock, Store
+from jobherald.store.schema import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class Daemon:
             __version__,
             self.config.path,
             len(self.config.jobs),
-            make_url(self.config.database_url).render_as_string(hide_password=True),
+            shown_url(self.config.database_url),
         )
         async with self._parts() as (store, dispatcher, watcher), self._listening():
             if waiting := await store.waiting_retries():

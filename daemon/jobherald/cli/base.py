@@ -150,9 +150,9 @@ async def with_store(cfg: Config, work: Callable[[Store], Coroutine[Any, Any, T]
 
 def where(url: str) -> str:
     """A database URL to show: its password hidden."""
-    from sqlalchemy.engine import make_url
+    from jobherald.store.schema import shown_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return shown_url(url)
 
 
 def main() -> None:

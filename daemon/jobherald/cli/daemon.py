@@ -118,9 +118,16 @@ def db_current(ctx: click.Context, config_path: str | None) -> None:
         finally:
             await store.close()
 
+    from jobherald.store.schema import known_revisions
+
     revision, head = run_async(current()), head_revision()
     if revision == head:
         click.echo(f"{revision} (newest)")
+    elif revision is not None and revision not in known_revisions():
+        click.echo(
+            f"{revision} (newer than this jobherald knows, whose newest is {head}: "
+            "install the jobherald that wrote it)"
+        )
     else:
         click.echo(f"{revision or 'empty'} (newest is {head}: run `jobherald db upgrade`)")
 

@@ -92,9 +92,8 @@ def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool
     import os
 
     from jobherald import config as config_module
-    from jobherald.errors import ConfigError
-
     from jobherald.config.sections import _JOB_ID
+    from jobherald.errors import ConfigError
 
     if not _JOB_ID.match(job_id):  # it names the file: a/b or ../x would go elsewhere
         fail(f"bad job id {job_id!r}: letters, digits and _.:- only", EXIT_USAGE)

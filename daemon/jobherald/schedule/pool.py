@@ -12,6 +12,7 @@ import asyncio
 import bisect
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class Pool:
         self._rng = rng or random.Random()
         self.queue = DueQueue(self._rng)
         self.stats = PoolStats()
+        self.outage = Outage()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: deque[Entry] = deque()
         self._idle: deque[asyncio.Future[Entry]] = deque()
@@ -217,12 +219,14 @@ class Pool:
                     loop.time() - started,
                 )
                 result = PollResult(failed=True)
-            except Exception:
-                log.exception("polling job %s failed", entry.job_id)
+            except Exception as exc:
+                self.outage.failed(entry.job_id, exc)
                 result = PollResult(failed=True)
             else:
                 stats.ended += 1
                 self.last_ended = loop.time()
+                if self.outage.since is not None:
+                    self.outage.ended()
             finally:
                 polling[index] = None
             due = queue.done(
@@ -296,15 +300,53 @@ class Pool:
         return cut
 
 
+class Outage:
+    """Polls that fail outside the job's own error (the database refuses writes, the disk
+    is full): logged once when it starts, with the traceback at debug level, and once
+    when a poll works again; never a traceback per poll."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.count = 0
+
+    def failed(self, job_id: str, exc: Exception) -> None:
+        from jobherald.store.schema import db_problem
+
+        self.count += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.error(
+                "polling job %s failed: %s: %s (the same failure of other polls is logged "
+                "at debug level until one works)",
+                job_id,
+                type(exc).__name__,
+                db_problem(exc),
+            )
+            log.debug("the first failed poll", exc_info=exc)
+        else:
+            log.debug("polling job %s failed: %s", job_id, db_problem(exc))
+
+    def ended(self) -> None:
+        assert self.since is not None
+        log.warning(
+            "polling works again after %.0fs (%d polls failed)",
+            time.monotonic() - self.since,
+            self.count,
+        )
+        self.since, self.count = None, 0
+
+
 async def poll_once(poll: PollFn, job_ids: Iterable[str], workers: int) -> None:
     """Poll each job once with at most ``workers`` polls at a time (``run --once``)."""
     pending = iter(job_ids)
+
+    outage = Outage()
 
     async def worker() -> None:
         for job_id in pending:
             try:
                 await poll(job_id)
-            except Exception:
-                log.exception("polling job %s failed", job_id)
+            except Exception as exc:
+                outage.failed(job_id, exc)
 
     await asyncio.gather(*(worker() for _ in range(max(1, workers))))

@@ -22,8 +22,11 @@ from jobherald.store.schema import (
     SCHEMA_HEAD,
     UTCDateTime,
     alembic_config,
+    db_problem,
     head_revision,
+    known_revisions,
     replicas,
+    shown_url,
 )
 
 log = logging.getLogger(__name__)
@@ -139,7 +142,7 @@ class StoreBase:
             except Exception as exc:
                 await engine.dispose()
                 raise StoreError(
-                    f"cannot open database {parsed.render_as_string()}: {exc}"
+                    f"cannot open database {shown_url(parsed)}: {db_problem(exc)}"
                 ) from exc
         return store
 
@@ -148,13 +151,22 @@ class StoreBase:
 
     async def current_revision(self) -> str | None:
         """The revision in alembic_version, read with plain SQL (no table: None)."""
-        async with self.engine.connect() as conn:
-            try:
-                return (
-                    await conn.exec_driver_sql("SELECT version_num FROM alembic_version")
-                ).scalar()
-            except sa.exc.DBAPIError:
-                return None
+        try:
+            async with self.engine.connect() as conn:
+                try:
+                    return (
+                        await conn.exec_driver_sql("SELECT version_num FROM alembic_version")
+                    ).scalar()
+                except sa.exc.ProgrammingError:
+                    return None  # no such table yet
+                except sa.exc.OperationalError as exc:
+                    if "no such table" in str(exc.orig):
+                        return None
+                    raise
+        except Exception as exc:  # refused, unreachable, not a database, a bad URL option
+            raise StoreError(
+                f"cannot open database {shown_url(self.engine.url)}: {db_problem(exc)}"
+            ) from None
 
     async def migrate(self, target: str = "head") -> None:
         now = await self.current_revision()
@@ -168,6 +180,12 @@ class StoreBase:
         goal = head_revision() if target == "head" else target
         if now == goal:
             return
+        if now is not None and now not in known_revisions():
+            raise StoreError(
+                f"database {shown_url(self.engine.url)} has schema {now}, newer than this "
+                f"jobherald knows (its newest is {head_revision()}): install the jobherald "
+                "that wrote it, or point database at another file"
+            )
         done: list[str | None] = []
 
         def upgrade(connection: Connection) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -196,3 +197,29 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
+
+
+def known_revisions() -> set[str]:
+    """Every schema revision this version of jobherald knows."""
+    from alembic.script import ScriptDirectory
+
+    return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def shown_url(url: str | URL) -> str:
+    """A database URL to show in a log line or an error: its password hidden, whether in
+    the user part or as ``?password=``."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if "password" not in parsed.query:
+        return parsed.render_as_string(hide_password=True)
+    masked = parsed.update_query_dict({"password": "MASKED"})
+    return masked.render_as_string(hide_password=True).replace("password=MASKED", "password=***")
+
+
+def db_problem(exc: BaseException) -> str:
+    """One line for a database failure: the driver's own words, without SQLAlchemy's
+    statement and background link (they can hold row data)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    text = lines[0] if lines else type(cause).__name__
+    return text[:300]
