@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint check-format format clean system-packages
+.PHONY: demo test lint check-format format clean system-packages soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ system-packages:
 
 test: system-packages lint
 	$(BIN)/pytest
+
+# 100 kill -9 cycles while jobs finish: prints lost and repeated events (expected 0
+# outside the in-flight window); `make test` runs 10 of them.
+soak: $(VENV)/.installed-test
+	$(BIN)/python -m tests.soak --cycles 100
 
 clean:
 	rm -rf $(VENV) bench/.venv-daemon build dist .mypy_cache .ruff_cache .pytest_cache daemon/*.egg-info

@@ -67,3 +67,27 @@ async def test_the_daemon_on_postgres_tells_once_and_not_again_after_a_restart(
         (None, "running"),
         ("running", "failed"),
     ]
+
+
+async def test_long_texts_from_an_upstream_or_a_person_fit_on_postgres(
+    postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    from jobherald.simulator import Answer
+
+    long_status = "Running-" + "r" * 300
+    sim.add(SimJob("a", [running(0.5, status=long_status), succeeded()], archive_id="z" * 900))
+    sim.add(SimJob("b", [Answer(json_body={"status": "SUCCESS", "type": "t" * 500})]))
+    name = "a name of many words " * 20
+    cfg = configs.load([{"id": "a", "name": name}, "b"], daemon={"database": postgres})
+    for _ in range(2):
+        await Daemon(cfg).run_once()
+    code, out, err = await jobherald("status", "--json", "-c", str(cfg.path))
+    assert code == 0, err
+    status = {s["id"]: s for s in json.loads(out)}
+    assert (status["a"]["status"], status["a"]["name"]) == ("succeeded", name)
+    assert status["a"]["archive_id"] == "z" * 900
+    assert status["b"]["status"] == "succeeded"
+    assert status["a"]["error"] is None and status["b"]["error"] is None
+    assert sorted(receiver.titles()) == [f"{name} succeeded", "b succeeded"]
+    code, out, err = await jobherald("history", "a", "--json", "-c", str(cfg.path))
+    assert next(h["raw_status"] for h in json.loads(out)) == long_status
