@@ -412,3 +412,44 @@ async def test_a_database_that_refuses_writes_is_logged_once_per_outage(
     assert len(errors) == 1, output
     assert "no such table: transitions" in errors[0]
     assert "Traceback" not in output
+
+
+async def test_a_database_with_damaged_pages_is_one_line_and_no_row_data(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    secret_name = "payroll of " + "x" * 300
+    sim.add(SimJob("a", [running(0.5)]))
+    jobs = [{"id": f"j{i}", "name": f"{secret_name} {i}"} for i in range(200)]
+    config = configs.write([*jobs, "a"])
+    assert (await jobherald("run", "--once", "-c", str(config), timeout=60))[0] == 0
+    db = configs.folder / "jobherald.db"
+    with db.open("r+b") as handle:  # every page after the first three: garbage
+        handle.seek(3 * 4096)
+        handle.write(b"\xde\xad" * ((db.stat().st_size - 3 * 4096) // 2))
+    for command in (["status"], ["history", "a"], ["deliveries"], ["run", "--once"]):
+        code, out, err = await jobherald(*command, "-c", str(config), timeout=60)
+        assert (code, out) == (1, ""), (command, err)
+        assert err.startswith("jobherald: ") and len(err.splitlines()) == 1, err
+        assert err.endswith(": database disk image is malformed\n"), err
+        assert "payroll" not in err
+
+
+async def test_a_token_file_that_turns_to_binary_is_the_jobs_error(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    from jobherald.service import Daemon
+
+    sim.add(SimJob("a", [running(0.5)]))
+    secret = configs.folder / "token"
+    secret.write_text(sim.token)
+    path = configs.write(["a"], source={"token_file": str(secret)})
+    path.write_text(re.sub(r"(?m)^token = .*\n", "", path.read_text()))
+    cfg = config_module.load(path)
+    secret.write_bytes(b"\xff\xfe" + sim.token.encode())  # an outside refresher gone wrong
+    await Daemon(cfg).run_once()
+    secret.write_text(sim.token)  # mended, so that `status` reads the config
+    code, out, err = await jobherald("status", "--json", "-c", str(path))
+    assert code == 0, err
+    (job,) = json.loads(out)
+    assert job["error"] == f"auth: cannot read token_file {secret}: not UTF-8 text"
+    assert sim.polls("a") == 0

@@ -15,6 +15,7 @@ from tests.conftest import (
     NotifyListener,
     Receiver,
     Running,
+    jobherald,
     spawn_daemon,
     start,
     wait_for,
@@ -77,7 +78,13 @@ async def test_a_kill_before_delivery_loses_nothing_and_repeats_nothing(
     assert receiver.messages == []
     polls = (sim.polls("a"), sim.polls("b"))
 
+    with sqlite3.connect(db) as conn:  # each failed once, and waits for its next attempt
+        rows = conn.execute("select attempts, next_attempt_at > datetime('now') from deliveries")
+        assert rows.fetchall() == [(1, 1), (1, 1)]
     receiver.fail_with = None
+    # The endpoint is mended: the operator sends what waits now, rather than at its time.
+    code, _, err = await jobherald("deliveries", "retry", "--all", "-c", str(config))
+    assert code == 0, err
     second = await start(daemons, config)
     await wait_for(lambda: delivery_states(db) == ["delivered", "delivered"], 20, "deliveries")
     await wait_for(lambda: sim.polls("c") >= polls[0] + 3, 20, "polls after restart")

@@ -34,17 +34,26 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
 
 
 def load_config(
-    ctx: click.Context, path: str | None, *, check_urls: bool = False, check_dirs: bool = False
+    ctx: click.Context,
+    path: str | None,
+    *,
+    check_urls: bool = False,
+    check_dirs: bool = False,
+    check_templates: bool | None = None,
 ) -> Config:
     """The config, or exit 2 with its problems. Notifier URLs are checked (which loads
-    apprise) only by the commands that send or check them; archive folders only by those
-    that run or check the daemon."""
+    apprise) and templates rendered on samples only by the commands that send or check
+    them (unless ``check_templates`` says otherwise); archive folders only by those that
+    run or check the daemon."""
     from jobherald import config
     from jobherald.errors import ConfigError
 
     try:
         return config.load(
-            path or ctx.obj.get("config"), check_urls=check_urls, check_dirs=check_dirs
+            path or ctx.obj.get("config"),
+            check_urls=check_urls,
+            check_dirs=check_dirs,
+            check_templates=check_templates,
         )
     except ConfigError as exc:
         for line in exc.problems:
@@ -60,11 +69,18 @@ def run_async(coro: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
         import uvloop
 
         factory = uvloop.new_event_loop
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(coro)
     except (StoreError, ListenError) as exc:
         fail(str(exc))
+        raise AssertionError from None  # unreachable
+    except SQLAlchemyError as exc:  # a damaged database, a lost connection
+        from jobherald.store.schema import db_problem
+
+        fail(f"the database failed: {db_problem(exc)}")
         raise AssertionError from None  # unreachable
 
 

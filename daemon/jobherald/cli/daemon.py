@@ -33,7 +33,7 @@ def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
     """Run the daemon in the foreground (logs go to stderr)."""
     # The daemon refuses a URL apprise cannot use before it starts; one pass loads
     # apprise only if it has something to send.
-    cfg = load_config(ctx, config_path, check_urls=not once, check_dirs=True)
+    cfg = load_config(ctx, config_path, check_urls=not once, check_dirs=True, check_templates=True)
     from jobherald.service import Daemon, setup_logging
 
     setup_logging(cfg.log_level)

@@ -63,6 +63,7 @@ def load(
     *,
     check_urls: bool = True,
     check_dirs: bool | None = None,
+    check_templates: bool | None = None,
 ) -> Config:
     """Read, expand, validate and resolve the configuration; raise ConfigError.
 
@@ -71,6 +72,8 @@ def load(
     every notifier URL (which loads apprise: commands that send nothing skip it).
     ``check_dirs`` (by default as ``check_urls``) checks that the daemon can write
     every ``archive_dir``: the commands that run or check the daemon ask for it.
+    ``check_templates`` (by default as ``check_urls``) renders every notifier template
+    against sample events in the render process (commands that send nothing skip it).
     """
     main = config_path(path)
     label = str(path) if path else str(main)
@@ -90,7 +93,8 @@ def load(
             raise ConfigError(problems)
         parsed_dropin = _validate(DropInFile, extra_raw, extra_label)
         jobs.extend((job, f"{extra_label}: jobs[{i}]") for i, job in enumerate(parsed_dropin.jobs))
-    config = _resolve(main, label, parsed, jobs, check_urls)
+    templates = check_urls if check_templates is None else check_templates
+    config = _resolve(main, label, parsed, jobs, check_urls, templates)
     if check_urls if check_dirs is None else check_dirs:
         _check_archive_dirs(config, main, label)
     return replace(config, include=parsed.daemon.include)
@@ -254,6 +258,7 @@ def _resolve(
     parsed: MainFile,
     jobs: Sequence[tuple[JobSection, str]],
     check_urls: bool = True,
+    check_templates: bool = True,
 ) -> Config:
     problems: list[str] = []
     rules = parsed.daemon.over(Rules())
@@ -264,7 +269,13 @@ def _resolve(
     }
     notifiers = {
         name: _resolve_notifier(
-            name, section, parsed, f"{label}: notifiers.{name}", problems, check_urls
+            name,
+            section,
+            parsed,
+            f"{label}: notifiers.{name}",
+            problems,
+            check_urls,
+            check_templates,
         )
         for name, section in parsed.notifiers.items()
     }
@@ -321,6 +332,7 @@ def _resolve_notifier(
     where: str,
     problems: list[str],
     check_urls: bool = True,
+    check_templates: bool = True,
 ) -> Notifier:
     if not _NAME.match(name):
         problems.append(f"{where}: bad name (letters, digits, _.-)")
@@ -331,7 +343,7 @@ def _resolve_notifier(
         if source not in parsed.sources:
             known = ", ".join(sorted(parsed.sources)) or "none defined"
             problems.append(f"{where}.sources[{i}]: unknown source {source!r} (known: {known})")
-    for key in ("title", "body"):
+    for key in ("title", "body") if check_templates else ():
         text = getattr(section, key)
         if text is None:
             continue
