@@ -22,14 +22,20 @@ from tests.conftest import (
 )
 
 
-def delivery_states(db: Path) -> list[str]:
+def deliveries(db: Path) -> list[tuple[str, int]]:
+    """Each delivery's state and attempts, in order."""
     if not db.exists():
         return []
     try:
         with sqlite3.connect(db) as conn:
-            return [r[0] for r in conn.execute("select state from deliveries order by id")]
+            rows = conn.execute("select state, attempts from deliveries order by id")
+            return [(state, attempts) for state, attempts in rows]
     except sqlite3.OperationalError:
         return []
+
+
+def delivery_states(db: Path) -> list[str]:
+    return [state for state, _ in deliveries(db)]
 
 
 async def test_sigterm_stops_the_daemon_cleanly_after_it_delivered(
@@ -73,7 +79,7 @@ async def test_a_kill_before_delivery_loses_nothing_and_repeats_nothing(
     db = configs.folder / "jobherald.db"
     receiver.fail_with = 503
     first = await start(daemons, config)
-    await wait_for(lambda: delivery_states(db) == ["pending", "pending"], 20, "queued deliveries")
+    await wait_for(lambda: deliveries(db) == [("pending", 1)] * 2, 20, "one failed attempt each")
     assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
     assert receiver.messages == []
     polls = (sim.polls("a"), sim.polls("b"))

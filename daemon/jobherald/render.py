@@ -48,7 +48,11 @@ class Renderer:
         """Each job's text ``(True, text)`` or why it failed ``(False, why)``: a batch that
         does not finish within the budget gives every job ``(False, "took longer ...")``."""
         with self._lock:
-            conn = self._ensure()
+            try:
+                conn = self._ensure()
+            except (OSError, RuntimeError) as exc:  # no process to render in: say so
+                log.debug("starting the template process failed", exc_info=exc)
+                return [(False, f"template process cannot start: {exc}")] * len(jobs)
             try:
                 conn.send(list(jobs))
                 if conn.poll(self.budget):
