@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import re
 import signal
+import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from jobherald import config as config_module
 from jobherald.errors import ConfigError
 from jobherald.fetch import parse_retry_after
 from jobherald.simulator import Answer, SimJob, Simulator, http_error, running, succeeded
+from jobherald.store import SCHEMA_HEAD
 from tests.conftest import ConfigWriter, Receiver, Running, jobherald, start, wait_for
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -368,6 +372,33 @@ async def test_a_database_that_is_no_database_is_one_line(tmp_path: Path) -> Non
             "postgresql+asyncpg://jh@127.0.0.1:1/jh?password=***&sslmode=disable: "
         ), err
         assert len(err.splitlines()) == 1
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """PATH cannot be written, not even by root (a mode bit would not stop root)."""
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+async def test_a_database_that_is_read_only_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[http]\nlisten = ""\n[daemon]\ndatabase = "sqlite:///jh.db"\n')
+    assert (await jobherald("run", "--once", "-c", str(config)))[0] == 0
+    db = tmp_path / "jh.db"
+    with immutable(db):
+        assert (await jobherald("db", "current", "-c", str(config)))[1].startswith(SCHEMA_HEAD)
+        assert (await jobherald("status", "-c", str(config)))[:2] == (0, "no jobs\n")
+        for command in (["run", "--once"], ["run"]):
+            code, out, err = await jobherald(*command, "-c", str(config))
+            assert (code, out) == (1, ""), command
+            assert err.splitlines()[-1] == (
+                "jobherald: the database failed: attempt to write a readonly database"
+            )
+            assert "Traceback" not in err
 
 
 async def test_a_database_newer_than_jobherald_is_left_alone(tmp_path: Path) -> None:
