@@ -5,20 +5,28 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint check-format format clean system-packages soak
 
+# Installs print one line; pip's and the build's own chatter goes to $(LOG),
+# shown in full only when an install fails.
+LOG := $(VENV)/install.log
+PIP = $(BIN)/python -m pip install --quiet
+
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "creating $(VENV) with $(PYTHON) (log: $(LOG))"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) --upgrade pip > $(LOG) 2>&1 || { cat $(LOG); exit 1; }
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
-	touch $@
+	@echo "installing jobherald into $(VENV)"
+	@$(PIP) -e . >> $(LOG) 2>&1 || { cat $(LOG); exit 1; }
+	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@ $(VENV)/.installed
+	@echo "installing jobherald and its test tools into $(VENV)"
+	@$(PIP) -e '.[test]' >> $(LOG) 2>&1 || { cat $(LOG); exit 1; }
+	@touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/jobherald demo
+	@$(BIN)/jobherald demo
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check daemon migrations tests bench
@@ -82,5 +90,6 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run.py all $(if $(BEFORE),--before $(BEFORE))
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,bench]'
-	touch $@ $(VENV)/.installed $(VENV)/.installed-test
+	@echo "installing jobherald with its test and benchmark tools into $(VENV)"
+	@$(PIP) -e '.[test,bench]' >> $(LOG) 2>&1 || { cat $(LOG); exit 1; }
+	@touch $@ $(VENV)/.installed $(VENV)/.installed-test
