@@ -230,3 +230,28 @@ async def test_first_attempts_are_claimed_before_retries_and_keep_their_backoff(
     assert [d.id for d in await store.claim_due(later, ME, limit=1)] == [fresh.id]
     assert [d.id for d in await store.claim_due(later, ME)] == [a.id, b.id]
     await store.close()
+
+
+async def test_a_write_waits_for_another_processs_write_rather_than_failing(
+    tmp_path: Path,
+) -> None:
+    """A write that reads first (registering jobs does) waits its turn behind a writer
+    in another process, the CLI beside the daemon for one, instead of "database is locked"."""
+    import asyncio
+
+    db = tmp_path / "jh.db"
+    store = await Store.open(url(db))
+    await store.sync_jobs([JobIdentity("a", "A", "roma", "i")], NOW)
+    beside = sqlite3.connect(db, isolation_level=None)
+    beside.execute("begin immediate")
+    beside.execute("update jobs set name = 'held' where id = 'a'")
+    syncing = asyncio.create_task(
+        store.sync_jobs(
+            [JobIdentity("a", "A", "roma", "i"), JobIdentity("b", "B", "roma", "i")], NOW
+        )
+    )
+    await asyncio.sleep(0.3)  # the sync is under way, and waits for the lock
+    beside.execute("commit")
+    beside.close()
+    assert sorted(await syncing) == ["a", "b"]
+    await store.close()

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x6A6F6268  # "jobh"
 
 S = TypeVar("S", bound="StoreBase")
+WRITES = "jobherald_writes"  # execution option: this transaction writes (see write_transaction)
 
 
 def sqlite_engine(url: str, *, foreign_keys: bool = True) -> AsyncEngine:
@@ -59,7 +60,11 @@ def sqlite_engine(url: str, *, foreign_keys: bool = True) -> AsyncEngine:
         cursor.close()
 
     def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # A transaction that will write takes the write lock at once: one that read
+        # first could not take it after another writer's commit (SQLite answers
+        # "database is locked" at once, without waiting in the busy handler).
+        writes = conn.get_execution_options().get(WRITES, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
     sa_event.listen(engine.sync_engine, "connect", on_connect)
     sa_event.listen(engine.sync_engine, "begin", on_begin)
@@ -78,8 +83,18 @@ class StoreBase:
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction. Writers take turns here rather than in SQLite's busy
         handler, which sleeps and retries: under load that costs far more than a queue."""
-        async with self._one_writer, self.engine.begin() as conn:
+        async with self._one_writer, self.write_transaction() as conn:
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def write_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that writes, committed at the end (rolled back on an exception).
+        On SQLite it holds the write lock from its BEGIN, so that it waits for another
+        writer (this daemon's membership, another process) rather than failing."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**{WRITES: True})
+            async with conn.begin():
+                yield conn
 
     def db_time(self, plus: float = 0.0) -> sa.ColumnElement[datetime]:
         """The time now (plus some seconds) by the database's clock on PostgreSQL, so

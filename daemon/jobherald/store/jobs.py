@@ -252,13 +252,13 @@ class Jobs(StoreBase):
             async with self._one_writer:
                 batch, self._queued = self._queued[:GROUP_COMMIT], self._queued[GROUP_COMMIT:]
                 try:
-                    async with self.engine.begin() as conn:
+                    async with self.write_transaction() as conn:
                         results = await self._write_batch(conn, batch)
                 except Exception:
                     # One bad record must not fail the others: write them one by one.
                     for r in batch:
                         try:
-                            async with self.engine.begin() as conn:
+                            async with self.write_transaction() as conn:
                                 (result,) = await self._write_batch(conn, [r])
                         except Exception as exc:
                             if not r.done.done():

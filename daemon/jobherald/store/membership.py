@@ -95,7 +95,7 @@ class Membership(StoreBase):
             "expires_at": self.db_time(me.lease),
             "jobs": 0,
         }
-        async with self.engine.begin() as conn:  # not behind the poll writers' queue
+        async with self.write_transaction() as conn:  # not behind the poll writers' queue
             query = sa.select(replicas, (replicas.c.expires_at > now).label("live")).where(
                 replicas.c.name == name
             )
@@ -133,7 +133,7 @@ class Membership(StoreBase):
         """Whoever held this database before is gone (SQLite, whose lock this process
         holds): release every claim and mark every replica row silent."""
         now = self.db_time()
-        async with self.engine.begin() as conn:
+        async with self.write_transaction() as conn:
             for table in (deliveries, archives):
                 await conn.execute(
                     sa.update(table)
@@ -147,7 +147,7 @@ class Membership(StoreBase):
     async def beat(self, name: str, incarnation: str, lease: float, jobs: int) -> bool:
         """Renew this replica's lease; False when it had lapsed already (or the row is gone)."""
         now = self.db_time()
-        async with self.engine.begin() as conn:  # not behind the poll writers' queue
+        async with self.write_transaction() as conn:  # not behind the poll writers' queue
             result = await conn.execute(
                 sa.update(replicas)
                 .where(
@@ -161,7 +161,7 @@ class Membership(StoreBase):
 
     async def leave(self, name: str, incarnation: str) -> None:
         """Remove this replica's row and give back its claims: the others take over at once."""
-        async with self.engine.begin() as conn:  # not behind the poll writers' queue
+        async with self.write_transaction() as conn:  # not behind the poll writers' queue
             for table in (deliveries, archives):
                 await conn.execute(
                     sa.update(table)
@@ -190,7 +190,7 @@ class Membership(StoreBase):
 
     async def _forget_long_silent(self) -> None:
         cutoff = self.db_time(-FORGET_AFTER)
-        async with self.engine.begin() as conn:  # not behind the poll writers' queue
+        async with self.write_transaction() as conn:  # not behind the poll writers' queue
             old = sa.select(replicas.c.incarnation).where(replicas.c.expires_at < cutoff)
             for table in (deliveries, archives):
                 await conn.execute(
