@@ -336,6 +336,38 @@ async def test_a_reload_of_a_hostile_config_keeps_the_running_one(
     assert "Traceback" not in daemon.output()
 
 
+async def test_a_reload_the_database_refuses_keeps_the_running_config(
+    sim: Simulator, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    import sqlite3
+
+    sim.add(SimJob("a", [running(0.3)]))
+    sim.add(SimJob("b", [running(0.3)]))
+    config = configs.write(["a"], daemon={"poll_interval": "200ms"})
+    db = configs.folder / "jobherald.db"
+    daemon = await start(daemons, config)
+    await wait_for(lambda: sim.polls("a") >= 2, 20, "polls")
+    with sqlite3.connect(db) as conn:  # polls of known jobs still write; a new job cannot
+        conn.execute(
+            "create trigger no_new before insert on jobs "
+            "begin select raise(abort, 'no new jobs today'); end"
+        )
+    configs.write(["a", "b"], daemon={"poll_interval": "200ms"})
+    daemon.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: "reload refused: still running" in daemon.output(), 20, "refusal")
+    assert "reload refused: the database failed: no new jobs today" in daemon.output()
+    before = sim.polls("a")
+    await wait_for(lambda: sim.polls("a") >= before + 3, 20, "polls after the refusal")
+    assert sim.polls("b") == 0
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("drop trigger no_new")
+    daemon.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: sim.polls("b") >= 2, 20, "the new job polled after a second reload")
+    assert await daemon.stop() == 0
+    assert "Traceback" not in daemon.output()
+
+
 @pytest.mark.parametrize("job_id", ["a/b", "../../etc/evil", "..", ""])
 async def test_watch_refuses_an_id_that_is_no_file_name(configs: ConfigWriter, job_id: str) -> None:
     config = configs.write([], daemon={"include": ["jobs.d/*.toml"]})

@@ -309,11 +309,17 @@ class Daemon:
             gc.freeze()
             self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
             self.ready = True
-            while not self.stopping.is_set():
-                await first_of(self.stopping, self.reloading)
-                if self.reloading.is_set() and not self.stopping.is_set():
-                    self.reloading.clear()
-                    await self._reload(watcher, dispatcher, pool, replica)
+            try:
+                while not self.stopping.is_set():
+                    await first_of(self.stopping, self.reloading)
+                    if self.reloading.is_set() and not self.stopping.is_set():
+                        self.reloading.clear()
+                        await self._reload(watcher, dispatcher, pool, replica)
+            except BaseException:  # no poll may outlive the session it uses
+                heartbeat.cancel()
+                periodic.stop()
+                await pool.stop(0)
+                raise
             self.systemd.send("STOPPING=1", "STATUS=stopping: finishing polls and deliveries")
             self.ready = False
             heartbeat.cancel()
@@ -440,19 +446,36 @@ class Daemon:
             heartbeat_url=old.heartbeat_url,
             heartbeat_every=old.heartbeat_every,
         )
+        try:  # registering the jobs in the database first: when it fails, nothing changed
+            changed, removed = await watcher.reconfigure(new)
+        except Exception as exc:
+            from jobherald.store.schema import db_problem
+
+            log.debug("applying the reloaded config failed", exc_info=exc)
+            log.error("reload refused: the database failed: %s", db_problem(exc))
+            log.error("reload refused: still running the previous configuration")
+            self.systemd.send("READY=1", f"STATUS=reload refused; {self._status(watcher)}")
+            return
         if new.log_level != old.log_level:
             setup_logging(new.log_level)
-        changed, removed = await watcher.reconfigure(new)
         dispatcher.reconfigure(new.notifiers)
         pool.remove(removed)
         pool.remove(j.id for j in changed if watcher.views[j.id].state.terminal)
-        await replica.rebalance()  # new jobs to their owners, removed ones dropped
+        self.config = new
+        try:
+            await replica.rebalance()  # new jobs to their owners, removed ones dropped
+        except Exception as exc:  # membership's own rounds rebalance again
+            log.debug("rebalancing after a reload failed", exc_info=exc)
+            log.warning(
+                "reload: sharing jobs among replicas failed (%s): tried again at the next "
+                "heartbeat",
+                _one_line(exc),
+            )
         pool.add(
             (j.id, j.poll_interval)
             for j in changed
             if j.id in replica.owned and not watcher.views[j.id].state.terminal
         )
-        self.config = new
         log.info(
             "reloaded %s: %d jobs, %d new or changed, %d removed",
             new.path,

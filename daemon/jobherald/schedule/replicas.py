@@ -90,6 +90,8 @@ class Replica:
         self._heard = asyncio.Event()
         self._unlisten: Callable[[], object] | None = None
         self._lock = asyncio.Lock()
+        # A rebalance failed midway (the database did not answer): the next beat does it again.
+        self._unbalanced = False
         self._next_expiry: float | None = None
         self._failing: str | None = None
 
@@ -242,6 +244,8 @@ class Replica:
             self._valid_until = started + self.lease - min(MARGIN, self.lease / 10)
         self._heard.clear()
         await self._adopt(*await self.store.members())
+        if self._unbalanced:
+            await self.rebalance()
 
     def _lapse(self, why: str) -> None:
         """Stop acting at once: no polls, no sends, until this replica has joined again."""
@@ -293,7 +297,13 @@ class Replica:
             if lost:
                 self._stop(lost)
             if gained or first:
-                await self._start(gained, first)
+                try:
+                    await self._start(gained, first)
+                except BaseException:
+                    self.owned -= gained  # not polled: gained again by the next rebalance
+                    self._unbalanced = True
+                    raise
+            self._unbalanced = False
             if first or not before:
                 return
             if gained:

@@ -195,7 +195,7 @@ class Watcher:
 
     async def start(self) -> None:
         """Register the configured jobs in the store and load what it knows of them."""
-        await self._sync_jobs()
+        self.views = await self._sync_jobs(self.jobs)
         known = await self.store.source_health()
         self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
         self._durations = await self.store.finished_durations()
@@ -218,19 +218,20 @@ class Watcher:
     def last_poll_of(self, job_id: str) -> datetime | None:
         return self._polled_at.get(job_id)
 
-    async def _sync_jobs(self) -> None:
-        """Register the configured jobs; views already held (newer than the store's) stay."""
-        identities = [
-            JobIdentity(j.id, j.name, j.source, j.instance_id) for j in self.jobs.values()
-        ]
+    async def _sync_jobs(self, jobs: dict[str, WatchedJob]) -> dict[str, JobView]:
+        """Register these jobs; their views (those already held, newer than the store's, stay)."""
+        identities = [JobIdentity(j.id, j.name, j.source, j.instance_id) for j in jobs.values()]
         stored = await self.store.sync_jobs(identities, self.clock())
-        self.views = {job_id: self.views.get(job_id) or stored[job_id] for job_id in self.jobs}
+        return {job_id: self.views.get(job_id) or stored[job_id] for job_id in jobs}
 
     async def reconfigure(self, config: Config) -> tuple[list[WatchedJob], list[str]]:
         """Take a new configuration; return the jobs to (re)schedule and the ids to drop.
 
         Sources whose settings did not change keep their state (an IAM token among it).
+        The jobs are registered in the database first: when that fails, nothing changed.
         """
+        jobs = {j.id: j for j in config.jobs}
+        views = await self._sync_jobs(jobs)
         old_jobs = self.jobs
         self.config = config
         self.sources = {
@@ -245,8 +246,7 @@ class Watcher:
             name: self._source_locks.get(name) or asyncio.Lock() for name in self.sources
         }
         self.health = {name: self.health.get(name, SourceHealth()) for name in self.sources}
-        self.jobs = {j.id: j for j in config.jobs}
-        await self._sync_jobs()
+        self.jobs, self.views = jobs, views
         removed = [job_id for job_id in old_jobs if job_id not in self.jobs]
         for job_id in removed:
             gone = old_jobs[job_id]
