@@ -516,7 +516,7 @@ def main() -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=["overhead", "latency", "peer", "startup", "profile", "all"],
+        choices=["overhead", "latency", "peer", "startup", "profile", "endurance", "all"],
     )
     parser.add_argument(
         "--quick", action="store_true", help="shorter runs (a smoke test, not figures)"
@@ -547,6 +547,11 @@ def main() -> None:
         sections.append(peer(200 if quick else 1_000, 1 if quick else 3))
     if args.scenario in ("startup", "all"):
         sections.append(startup(1_000 if quick else 10_000, 1 if quick else 3))
+    if args.scenario in ("endurance", "all"):
+        from endurance import endurance
+
+        sections.append(asyncio.run(endurance(DPY, 1 if quick else 10)))
+        print(sections[-1])
     if args.scenario == "all" and not quick:
         text = (
             "# Benchmark results\n\nWritten by `make bench` (bench/run.py).\n\n"
