@@ -1,11 +1,13 @@
 """Endurance: the daemon as it runs for months, compressed into minutes.
 
 ``count`` jobs are polled every ``interval`` while, every ``every`` seconds, a drop-in
-file adds ``batch`` jobs that finish a few seconds later and a SIGHUP loads it: the
-daemon keeps polling, finishing, recording and delivering. What grows and what does not
-is read from the kernel (``/proc/PID``): resident memory, open files, threads; and from
-the outcome: every finished job's message received. Run by ``bench/run.py endurance``
-(and by ``make bench``).
+file adds ``batch`` jobs that finish a few seconds later and a SIGHUP loads it; the
+oldest drop-in goes once ``kept`` are there, as an operator prunes finished jobs, so the
+config stops growing after a few minutes. The daemon keeps polling, finishing, recording,
+delivering and reloading. What grows and what does not is read from the kernel
+(``/proc/PID``): resident memory (its slope once the config has stopped growing is what
+a leak would show), open files, threads; and from the outcome: every finished job's
+message received. Run by ``bench/run.py endurance`` (and by ``make bench``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def slope(points: list[tuple[float, float]]) -> float:
 async def endurance(
     dpy: str, minutes: float, count: int = 1_000, interval: float = 1.0, batch: int = 100
 ) -> str:
-    every, settle = 30.0, min(60.0, minutes * 20)
+    every, kept = 30.0, 5
+    settle = min(every * (kept + 2), minutes * 20)  # the config no longer grows after this
     receiver = bench.Receiver()
     flips: list[str] = []
     samples: list[tuple[float, float, int, int]] = []  # seconds, MB, files, threads
@@ -66,6 +69,8 @@ async def endurance(
                         "".join(f'[[jobs]]\nid = "{job}"\nsource = "roma"\n' for job in new)
                     )
                     flips += new
+                    if n >= kept:
+                        (folder / "jobs.d" / f"batch-{n - kept}.toml").unlink()
                     proc.send_signal(signal.SIGHUP)
                     next_batch, n = next_batch + every, n + 1
                 await asyncio.sleep(10)
@@ -81,7 +86,8 @@ async def endurance(
     received = sum(1 for job in flips if job in receiver.arrivals)
     return bench.table(
         f"Endurance: {count:,} jobs every {interval:g} s for {minutes:g} min, "
-        f"{batch} more added by SIGHUP every {every:.0f} s and finishing",
+        f"{batch} more added by SIGHUP every {every:.0f} s and finishing, the drop-ins of "
+        f"the last {kept} kept",
         [
             ("polls scheduled", f"{count / interval * minutes * 60:,.0f}"),
             ("jobs added and finished / messages received", f"{len(flips):,} / {received:,}"),
@@ -90,7 +96,8 @@ async def endurance(
                 f"{first[1]:.1f} MB / {last[1]:.1f} MB",
             ),
             (
-                f"resident memory growth after the first {settle:.0f} s (least squares)",
+                f"resident memory growth after the first {settle:.0f} s, the config no longer "
+                "growing (least squares)",
                 f"{growth:+.1f} MB per hour",
             ),
             ("open files at the start / at the end", f"{samples[0][2]} / {last[2]}"),
