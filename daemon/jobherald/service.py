@@ -449,10 +449,15 @@ class Daemon:
         try:  # registering the jobs in the database first: when it fails, nothing changed
             changed, removed = await watcher.reconfigure(new)
         except Exception as exc:
+            from sqlalchemy.exc import SQLAlchemyError
+
             from jobherald.store.schema import db_problem
 
             log.debug("applying the reloaded config failed", exc_info=exc)
-            log.error("reload refused: the database failed: %s", db_problem(exc))
+            if isinstance(exc, SQLAlchemyError):
+                log.error("reload refused: the database failed: %s", db_problem(exc))
+            else:
+                log.error("reload refused: %s", _one_line(exc))
             log.error("reload refused: still running the previous configuration")
             self.systemd.send("READY=1", f"STATUS=reload refused; {self._status(watcher)}")
             return

@@ -78,6 +78,8 @@ class StoreBase:
         self.engine = engine
         self.shared = engine.url.get_backend_name() == "postgresql"
         self._one_writer = asyncio.Lock()
+        # The same engine and pool, its transactions marked as writing (see sqlite_engine).
+        self._writer = engine.execution_options(**{WRITES: True})
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
@@ -91,10 +93,8 @@ class StoreBase:
         """A transaction that writes, committed at the end (rolled back on an exception).
         On SQLite it holds the write lock from its BEGIN, so that it waits for another
         writer (this daemon's membership, another process) rather than failing."""
-        async with self.engine.connect() as conn:
-            await conn.execution_options(**{WRITES: True})
-            async with conn.begin():
-                yield conn
+        async with self._writer.begin() as conn:
+            yield conn
 
     def db_time(self, plus: float = 0.0) -> sa.ColumnElement[datetime]:
         """The time now (plus some seconds) by the database's clock on PostgreSQL, so
