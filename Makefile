@@ -9,20 +9,21 @@ BIN := $(VENV)/bin
 # shown in full only when an install fails.
 LOG := $(VENV)/install.log
 PIP = $(BIN)/python -m pip install --quiet
+LOGGED = >> $(LOG) 2>&1 || { cat $(LOG); exit 1; }
 
 $(BIN)/python:
 	@echo "creating $(VENV) with $(PYTHON) (log: $(LOG))"
 	@$(PYTHON) -m venv $(VENV)
-	@$(PIP) --upgrade pip > $(LOG) 2>&1 || { cat $(LOG); exit 1; }
+	@$(PIP) --upgrade pip $(LOGGED)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@echo "installing jobherald into $(VENV)"
-	@$(PIP) -e . >> $(LOG) 2>&1 || { cat $(LOG); exit 1; }
+	@$(PIP) -e . $(LOGGED)
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	@echo "installing jobherald and its test tools into $(VENV)"
-	@$(PIP) -e '.[test]' >> $(LOG) 2>&1 || { cat $(LOG); exit 1; }
+	@$(PIP) -e '.[test]' $(LOGGED)
 	@touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -91,5 +92,5 @@ bench: $(VENV)/.installed-bench
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	@echo "installing jobherald with its test and benchmark tools into $(VENV)"
-	@$(PIP) -e '.[test,bench]' >> $(LOG) 2>&1 || { cat $(LOG); exit 1; }
+	@$(PIP) -e '.[test,bench]' $(LOGGED)
 	@touch $@ $(VENV)/.installed $(VENV)/.installed-test

@@ -551,7 +551,6 @@ def main() -> None:
         from endurance import endurance
 
         sections.append(asyncio.run(endurance(DPY, 1 if quick else 10)))
-        print(sections[-1])
     if args.scenario == "all" and not quick:
         text = (
             "# Benchmark results\n\nWritten by `make bench` (bench/run.py).\n\n"
