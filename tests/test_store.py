@@ -37,6 +37,7 @@ async def test_migrations_build_the_schema_on_an_empty_database(tmp_path: Path) 
         "source_health",
         "replicas",
         "archives",
+        "lanes",
     }
     with sqlite3.connect(db) as conn:
         assert conn.execute("select version_num from alembic_version").fetchall() == [

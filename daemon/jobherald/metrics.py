@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from jobherald.schedule.pool import PoolStats
 
 STATES = ("pending", "running", "succeeded", "failed", "unknown", "lost")
+# From an event to its delivery: seconds when things are quiet, minutes while a URL fails.
+LAG_BUCKETS = (
+    0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, float("inf")
+)  # fmt: skip
 POLL_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf")
 )  # fmt: skip
@@ -58,9 +62,12 @@ class _Live(Collector):
             up.add_metric([source], 1.0 if ok else 0.0)
         yield up
         pending = GaugeMetricFamily(
-            "jobherald_deliveries_pending", "Messages waiting to be delivered (or retried)."
+            "jobherald_deliveries_pending",
+            "Messages waiting to be delivered (or retried), by notifier.",
+            labels=["notifier"],
         )
-        pending.add_metric([], m.deliveries_pending)
+        for notifier in sorted(set(m.notifiers) | set(m.deliveries_pending)):
+            pending.add_metric([notifier], m.deliveries_pending.get(notifier, 0))
         yield pending
         polls = CounterMetricFamily(
             "jobherald_polls",
@@ -135,7 +142,16 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
-        self.deliveries_pending = 0
+        self.delivery_lags = Histogram(
+            "jobherald_delivery_lag_seconds",
+            "From an event to its delivery, by notifier (each event a digest carried counts).",
+            ["notifier"],
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        # As last counted (at each scrape), per notifier; the configured notifiers show 0.
+        self.deliveries_pending: dict[str, int] = {}
+        self.notifiers: tuple[str, ...] = ()
         # Readers of the running daemon, set by whoever runs it.
         self.job_counts: Callable[[], Mapping[str, int]] | None = None
         self.sources_up: Callable[[], Mapping[str, bool]] | None = None
@@ -165,6 +181,9 @@ class Metrics:
 
     def delivery(self, notifier: str, result: str) -> None:
         self.deliveries.labels(notifier, result).inc()
+
+    def delivery_lag(self, notifier: str, seconds: float) -> None:
+        self.delivery_lags.labels(notifier).observe(seconds)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

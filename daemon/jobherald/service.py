@@ -218,7 +218,9 @@ class Daemon:
                 # left claims and a heartbeat row behind, which must not wait out a lease.
                 await store.forget_holders()
             async with self._fetcher() as fetcher:
-                dispatcher = Dispatcher(store, self.config.notifiers, self.clock)
+                dispatcher = Dispatcher(
+                    store, self.config.notifiers, self.clock, public_url=self.config.public_url
+                )
                 try:
                     watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
                     await watcher.start()
@@ -463,7 +465,7 @@ class Daemon:
             return
         if new.log_level != old.log_level:
             setup_logging(new.log_level)
-        dispatcher.reconfigure(new.notifiers)
+        dispatcher.reconfigure(new.notifiers, new.public_url)
         pool.remove(removed)
         pool.remove(j.id for j in changed if watcher.views[j.id].state.terminal)
         self.config = new
@@ -530,6 +532,7 @@ class Daemon:
         watcher.on_poll = metrics.poll
         watcher.on_event = metrics.event
         dispatcher.on_delivery = metrics.delivery
+        dispatcher.on_lag = metrics.delivery_lag
         metrics.job_counts = lambda: _configured_counts(watcher)
         metrics.sources_up = lambda: {n: h.error is None for n, h in watcher.health.items()}
         metrics.pool_stats = lambda: pool.stats
@@ -576,6 +579,7 @@ class Daemon:
             await asyncio.wait_for(dispatcher.deliver_due(), max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             sender.cancel()
+            await dispatcher.stop_lanes()
             log.warning("shutdown bound reached; undelivered messages are sent at next start")
 
 

@@ -6,6 +6,10 @@ begin_time, end_time, duration, error, link, eta, typical_duration, and for a ke
 export archive_path, archive_size, archive_sha256); for an event about a whole source,
 ``job`` names the source and ``source`` holds its name, endpoint, auth and error.
 Unknown names are errors, so a typo is found by ``check-config``, not at 3 a.m.
+
+A digest's templates (``digest_title``, ``digest_body``) see ``events``, a list whose
+items hold what a single event's template sees (``event``, ``job``, ``source``),
+``counts`` (event kind -> number) and ``public_url`` (or None).
 """
 
 from __future__ import annotations
@@ -102,8 +106,19 @@ def compile_template(text: str) -> Any:
         raise TemplateProblem(f"template does not compile: {exc}") from None
 
 
+# The kind a digest is rendered as; its payload holds ``events``, a list of
+# ``(kind, event_id, payload)``, and ``public_url``.
+DIGEST = "digest"
+
+
 def context(kind: str, event_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The names a template sees, for an event as stored in the outbox."""
+    """The names a template sees, for an event as stored in the outbox (or a digest)."""
+    if kind == DIGEST:
+        items = [context(k, i, p) for k, i, p in payload["events"]]
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item["event"]["kind"]] = counts.get(item["event"]["kind"], 0) + 1
+        return {"events": items, "counts": counts, "public_url": payload.get("public_url")}
     event = dict(payload.get("event") or {})
     event.setdefault("kind", kind)
     event.setdefault("detail", None)
@@ -246,13 +261,37 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def check(text: str) -> str | None:
-    """None when the template compiles and renders every sample event within the render
-    budget (in the render process: a template that hangs or recurses is refused), else
-    why not."""
+# The sizes of digest a digest template is tried on.
+DIGEST_SAMPLES = (1, 5, 200)
+
+
+def digest_samples() -> list[dict[str, Any]]:
+    """Digests of 1, 5 and 200 events, made of the sample events in turn."""
+    events = samples()
+    out = []
+    for size in DIGEST_SAMPLES:
+        picked = [events[i % len(events)] for i in range(size)]
+        out.append(
+            {
+                "events": [
+                    (k, f"{SAMPLE_EVENT_ID[:-4]}{i:04d}", p) for i, (k, p) in enumerate(picked)
+                ],
+                "public_url": "https://jobs.example.com",
+            }
+        )
+    return out
+
+
+def check(text: str, *, digest: bool = False) -> str | None:
+    """None when the template compiles and renders every sample event (with ``digest``:
+    sample digests of 1, 5 and 200 events) within the render budget (in the render
+    process: a template that hangs or recurses is refused), else why not."""
     from jobherald import render as render_module
 
-    jobs = [(text, kind, SAMPLE_EVENT_ID, payload) for kind, payload in samples()]
+    if digest:
+        jobs = [(text, DIGEST, "", payload) for payload in digest_samples()]
+    else:
+        jobs = [(text, kind, SAMPLE_EVENT_ID, payload) for kind, payload in samples()]
     for ok, why in render_module.shared().render(jobs):
         if not ok:
             return f"{why} on a sample event" if why.endswith("stopped") else why

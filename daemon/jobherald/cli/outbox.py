@@ -53,6 +53,7 @@ def deliveries(ctx: click.Context, config_path: str | None, as_json: bool, show_
             "delivered_at": iso(r.delivered_at),
             "last_error": r.last_error,
             "sent_by": r.sent_by,
+            "digest_id": r.digest_id,
         }
         for r in rows
     ]

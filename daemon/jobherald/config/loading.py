@@ -283,6 +283,7 @@ def _resolve(
     watched = _resolve_jobs(parsed, jobs, sources, problems)
     database_url = _database_url(parsed.daemon.database, main.parent, label, problems)
     http = _http(parsed.http, main.parent, label, problems)
+    public_url = _public_url(parsed.http.public_url, label, problems)
     heartbeat = parsed.daemon.heartbeat_url
     if heartbeat is not None and not re.match(r"^https?://[^/\s]+", heartbeat.get_secret_value()):
         problems.append(f"{label}: daemon.heartbeat_url: must start with https:// or http://")
@@ -303,6 +304,7 @@ def _resolve(
         http=http,
         heartbeat_url=heartbeat,
         heartbeat_every=parsed.daemon.heartbeat_every,
+        public_url=public_url,
         rules=rules,
         sources=sources,
         notifiers=notifiers,
@@ -343,13 +345,14 @@ def _resolve_notifier(
         if source not in parsed.sources:
             known = ", ".join(sorted(parsed.sources)) or "none defined"
             problems.append(f"{where}.sources[{i}]: unknown source {source!r} (known: {known})")
-    for key in ("title", "body") if check_templates else ():
+    keys = ("title", "body", "digest_title", "digest_body") if check_templates else ()
+    for key in keys:
         text = getattr(section, key)
         if text is None:
             continue
         from jobherald import templates  # Jinja2 only when a notifier has templates
 
-        if (why := templates.check(text)) is not None:
+        if (why := templates.check(text, digest=key.startswith("digest_"))) is not None:
             problems.append(f"{where}.{key}: {why}")
     return Notifier(
         name=name,
@@ -362,6 +365,11 @@ def _resolve_notifier(
         format=section.format,
         retry_for=section.retry_for,
         reminder=section.reminder,
+        max_in_flight=section.max_in_flight,
+        digest_after=section.digest_after,
+        digest_max=section.digest_max,
+        digest_title=section.digest_title,
+        digest_body=section.digest_body,
     )
 
 
@@ -497,6 +505,35 @@ def _http(section: HttpSection, base: Path, label: str, problems: list[str]) -> 
         )
         return None
     return HttpConfig(host, port, token)
+
+
+def _public_url(value: str | None, label: str, problems: list[str]) -> str | None:
+    """``[http] public_url``: an absolute http(s) URL without credentials, kept without
+    its trailing slash (links are made by appending ``/jobs/ID``)."""
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+        or any(c.isspace() for c in value.strip())
+    ):
+        problems.append(
+            f"{label}: http.public_url: {value!r} is not an absolute http(s) URL "
+            "(e.g. https://jobs.example.com)"
+        )
+        return None
+    return value.strip().rstrip("/")
 
 
 def _database_url(url: str, config_dir: Path, label: str, problems: list[str]) -> str:

@@ -122,6 +122,14 @@ class Notifier:
     format: str = "text"
     retry_for: float = 86400.0
     reminder: float | None = None
+    # Messages in flight to one URL at once (1 keeps a URL's messages in event order).
+    max_in_flight: int = 1
+    # This many messages due for one URL at once go as one digest (0: never), at most
+    # digest_max events in one.
+    digest_after: int = 5
+    digest_max: int = 200
+    digest_title: str | None = None
+    digest_body: str | None = None
 
     def hears(self, kind: str, job_id: str, job_name: str, source: str) -> bool:
         """Whether this notifier wants this event about this job."""
@@ -187,6 +195,8 @@ class Config:
     http: HttpConfig | None = None
     heartbeat_url: SecretStr | None = field(default=None, repr=False)
     heartbeat_every: float = 60.0
+    # Where people reach the status page (links in messages); None: no links.
+    public_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

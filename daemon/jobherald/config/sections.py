@@ -367,6 +367,11 @@ class NotifierSection(_Model):
     format: Literal["text", "markdown", "html"] = "text"
     retry_for: Duration = 86400.0
     reminder: Duration | None = None
+    max_in_flight: int = Field(default=1, ge=1, le=64)
+    digest_after: int = Field(default=5, ge=0, le=100000)
+    digest_max: int = Field(default=200, ge=2, le=10000)
+    digest_title: str | None = None
+    digest_body: str | None = None
 
 
 class JobSection(RuleFields):
@@ -392,6 +397,7 @@ class HttpSection(_Model):
     listen: str = "127.0.0.1:9781"
     token: SecretStr | None = None
     token_file: Path | None = None
+    public_url: str | None = None
 
 
 class MainFile(_Model):

@@ -84,7 +84,12 @@ def _sources(cfg: Config) -> dict[str, dict[str, str]]:
     }
 
 
-def index(cfg: Config, rows: list[dict[str, Any]], state: str | None) -> str:
+def index(
+    cfg: Config,
+    rows: list[dict[str, Any]],
+    state: str | None,
+    pending: dict[str, int] | None = None,
+) -> str:
     counts = {s: 0 for s in STATES}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -99,6 +104,7 @@ def index(cfg: Config, rows: list[dict[str, Any]], state: str | None) -> str:
             state=state,
             states=STATES,
             sources=_sources(cfg),
+            pending={name: (pending or {}).get(name, 0) for name in cfg.notifiers},
             now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         )
     )

@@ -151,7 +151,9 @@ class HttpServer:
         store = self.daemon.store
         if store is not None:
             try:
-                self.daemon.metrics.deliveries_pending = await store.pending_count()
+                metrics = self.daemon.metrics
+                metrics.notifiers = tuple(self.daemon.config.notifiers)
+                metrics.deliveries_pending = await store.pending_by_notifier()
             except Exception as exc:  # the database away: the rest still counts
                 log.debug("counting pending deliveries failed: %s", exc)
         return web.Response(
@@ -193,7 +195,13 @@ class HttpServer:
 
     async def _index(self, request: web.Request) -> web.Response:
         state = request.query.get("state") or None
-        html = self.pages.index(self.daemon.config, await self._rows(), state)
+        pending: dict[str, int] = {}
+        if self.daemon.store is not None:
+            try:
+                pending = await self.daemon.store.pending_by_notifier()
+            except Exception as exc:  # the database away: the page still shows the jobs
+                log.debug("counting pending deliveries failed: %s", exc)
+        html = self.pages.index(self.daemon.config, await self._rows(), state, pending)
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     async def _job(self, request: web.Request) -> web.Response:

@@ -28,7 +28,7 @@ from jobherald.store.jobs import (
 )
 from jobherald.store.lock import DatabaseLock
 from jobherald.store.membership import Joining, Member, Membership
-from jobherald.store.outbox import CLAIM_FOR, Claimer, Delivery, Outbox
+from jobherald.store.outbox import CLAIM_FOR, Batch, Claimer, Delivery, Lane, Outbox
 from jobherald.store.schema import (
     SCHEMA_HEAD,
     UTCDateTime,
@@ -42,12 +42,14 @@ __all__ = [
     "GROUP_COMMIT",
     "SCHEMA_HEAD",
     "ArchiveClaim",
+    "Batch",
     "Claimer",
     "DatabaseLock",
     "Delivery",
     "JobIdentity",
     "Joining",
     "Kept",
+    "Lane",
     "Member",
     "NewEvent",
     "Recorded",

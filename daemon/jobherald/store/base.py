@@ -124,10 +124,12 @@ class StoreBase:
             table.c.claimed_by.in_(lapsed.scalar_subquery()),
         )
 
-    async def next_unheld_at(self, table: sa.Table) -> datetime | None:
+    async def next_unheld_at(
+        self, table: sa.Table, *also: sa.ColumnElement[bool]
+    ) -> datetime | None:
         """When the next pending row of a claimable table that nobody holds falls due."""
         query = sa.select(sa.func.min(table.c.next_attempt_at)).where(
-            table.c.state == "pending", self.unheld(table)
+            table.c.state == "pending", self.unheld(table), *also
         )
         async with self.engine.connect() as conn:
             value = (await conn.execute(query)).scalar()

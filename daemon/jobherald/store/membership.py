@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobherald.store.base import StoreBase
-from jobherald.store.schema import archives, deliveries, replicas
+from jobherald.store.schema import archives, deliveries, lanes, replicas
 
 # Joins and clean leaves are announced here (PostgreSQL LISTEN/NOTIFY), so the others
 # rebalance at once instead of at their next heartbeat.
@@ -134,7 +134,7 @@ class Membership(StoreBase):
         holds): release every claim and mark every replica row silent."""
         now = self.db_time()
         async with self.write_transaction() as conn:
-            for table in (deliveries, archives):
+            for table in (deliveries, archives, lanes):
                 await conn.execute(
                     sa.update(table)
                     .where(table.c.claimed_by.is_not(None))
@@ -162,7 +162,7 @@ class Membership(StoreBase):
     async def leave(self, name: str, incarnation: str) -> None:
         """Remove this replica's row and give back its claims: the others take over at once."""
         async with self.write_transaction() as conn:  # not behind the poll writers' queue
-            for table in (deliveries, archives):
+            for table in (deliveries, archives, lanes):
                 await conn.execute(
                     sa.update(table)
                     .where(table.c.claimed_by == incarnation)
@@ -192,7 +192,7 @@ class Membership(StoreBase):
         cutoff = self.db_time(-FORGET_AFTER)
         async with self.write_transaction() as conn:  # not behind the poll writers' queue
             old = sa.select(replicas.c.incarnation).where(replicas.c.expires_at < cutoff)
-            for table in (deliveries, archives):
+            for table in (deliveries, archives, lanes):
                 await conn.execute(
                     sa.update(table)
                     .where(table.c.claimed_by.in_(old.scalar_subquery()))

@@ -1,4 +1,8 @@
-"""The outbox: one delivery per (event, notifier URL), claimed by one sender at a time."""
+"""The outbox: one delivery per (event, notifier URL), claimed by one sender at a time.
+
+A notifier URL is a lane: its deliveries are claimed by the sender that holds the lane,
+one batch at a time (a message, a few in flight, or a digest of many).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobherald.store.base import StoreBase
-from jobherald.store.schema import deliveries, events
+from jobherald.store.schema import deliveries, events, lanes
 
 # The longest a claim holds while its sender lives: a send takes seconds, and a claim
 # whose replica stopped heart-beating is taken over at once, without waiting for this.
@@ -38,24 +42,54 @@ class Delivery:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Lane:
+    """One notifier URL (by its key; ``*`` for every URL of the notifier)."""
+
+    notifier: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a lane sends next: its deliveries, and whether they go as one digest."""
+
+    deliveries: list[Delivery]
+    digest: bool
+
+
 class Outbox(StoreBase):
     """Deliveries: claimed, sent, marked; listed, retried and dropped by hand."""
 
-    async def claim_due(self, now: datetime, claimer: Claimer, limit: int = 100) -> list[Delivery]:
-        """Claim up to ``limit`` due deliveries for this sender and return them.
+    async def claim_due(
+        self, now: datetime, claimer: Claimer, limit: int = 100, lane: Lane | None = None
+    ) -> list[Delivery]:
+        """Claim up to ``limit`` due deliveries (of one lane, if given) for this sender.
 
         One statement claims them (on PostgreSQL, skipping rows another replica is
         claiming in the same instant), so each delivery is sent by one sender.
         """
+        async with self._writing() as conn:
+            return await self._claim(conn, now, claimer, limit, lane)
+
+    def _due(self, now: datetime, lane: Lane | None) -> sa.Select[Any]:
         due = (
             sa.select(deliveries.c.id)
             .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
             .where(self.unheld(deliveries))
-            # First attempts first: a new event never waits behind retries to an endpoint
-            # that keeps failing.
-            .order_by(deliveries.c.attempts > 0, deliveries.c.id)
-            .limit(limit)
         )
+        if lane is not None:
+            due = due.where(deliveries.c.notifier == lane.notifier)
+            due = due.where(deliveries.c.target == lane.target)
+        return due
+
+    async def _claim(
+        self, conn: Any, now: datetime, claimer: Claimer, limit: int, lane: Lane | None
+    ) -> list[Delivery]:
+        # First attempts first: a new event never waits behind retries to an endpoint
+        # that keeps failing.
+        due = self._due(now, lane).order_by(deliveries.c.attempts > 0, deliveries.c.id)
+        due = due.limit(limit)
         if self.shared:
             due = due.with_for_update(skip_locked=True)
         claim = (
@@ -84,11 +118,10 @@ class Outbox(StoreBase):
             .where(deliveries.c.id.in_(sa.bindparam("ids", expanding=True)))
             .order_by(deliveries.c.id)
         )
-        async with self._writing() as conn:
-            ids = [row.id for row in await conn.execute(claim)]
-            if not ids:
-                return []
-            rows = (await conn.execute(query, {"ids": ids})).all()
+        ids = [row.id for row in await conn.execute(claim)]
+        if not ids:
+            return []
+        rows = (await conn.execute(query, {"ids": ids})).all()
         return [
             Delivery(
                 id=row.id,
@@ -113,6 +146,98 @@ class Outbox(StoreBase):
             )
             return int(result.rowcount or 0)
 
+    def _lane_held(self, but: Claimer | None = None) -> sa.ColumnElement[bool]:
+        """A delivery whose lane a sender holds now (other than ``but``)."""
+        held = sa.select(lanes.c.notifier).where(
+            lanes.c.notifier == deliveries.c.notifier,
+            lanes.c.target == deliveries.c.target,
+            sa.not_(self.unheld(lanes)),
+        )
+        if but is not None:
+            held = held.where(lanes.c.claimed_by != but.token)
+        return sa.exists(held)
+
+    async def due_lanes(self, now: datetime, claimer: Claimer) -> list[Lane]:
+        """The lanes with deliveries due that nobody else is sending."""
+        query = (
+            sa.select(deliveries.c.notifier, deliveries.c.target)
+            .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
+            .where(self.unheld(deliveries), sa.not_(self._lane_held(but=claimer)))
+            .distinct()
+        )
+        async with self.engine.connect() as conn:
+            return sorted(Lane(n, t) for n, t in (await conn.execute(query)).all())
+
+    async def claim_lane(self, lane: Lane, claimer: Claimer) -> bool:
+        """Hold a lane (one sender per URL at a time, on every replica); False if another
+        sender holds it."""
+        key = {"notifier": lane.notifier, "target": lane.target}
+        if self.shared:
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        which = sa.and_(lanes.c.notifier == lane.notifier, lanes.c.target == lane.target)
+        free = sa.or_(lanes.c.claimed_by == claimer.token, self.unheld(lanes))
+        async with self._writing() as conn:
+            await conn.execute(insert(lanes).values(**key).on_conflict_do_nothing())
+            ours = sa.select(lanes.c.notifier).where(which, free)
+            if self.shared:
+                ours = ours.with_for_update(skip_locked=True)
+            if (await conn.execute(ours)).first() is None:
+                return False
+            await conn.execute(
+                sa.update(lanes)
+                .where(which)
+                .values(claimed_by=claimer.token, claimed_until=self.db_time(CLAIM_FOR))
+            )
+            return True
+
+    async def release_lane(self, lane: Lane, claimer: Claimer) -> None:
+        """Let go of a lane this sender holds."""
+        async with self._writing() as conn:
+            await conn.execute(
+                sa.update(lanes)
+                .where(
+                    lanes.c.notifier == lane.notifier,
+                    lanes.c.target == lane.target,
+                    lanes.c.claimed_by == claimer.token,
+                )
+                .values(claimed_by=None, claimed_until=None)
+            )
+
+    async def claim_batch(
+        self,
+        now: datetime,
+        claimer: Claimer,
+        lane: Lane,
+        *,
+        single: int,
+        digest_after: int,
+        digest_max: int,
+    ) -> Batch | None:
+        """Claim what a lane sends next: with ``digest_after`` or more due, up to
+        ``digest_max`` of them as one digest; else up to ``single`` messages, oldest
+        first. None when the lane is no longer this sender's."""
+        async with self._writing() as conn:
+            renewed = await conn.execute(
+                sa.update(lanes)
+                .where(
+                    lanes.c.notifier == lane.notifier,
+                    lanes.c.target == lane.target,
+                    lanes.c.claimed_by == claimer.token,
+                )
+                .values(claimed_until=self.db_time(CLAIM_FOR))
+            )
+            if not renewed.rowcount:
+                return None
+            digest = False
+            if digest_after > 0:
+                counted = self._due(now, lane).limit(digest_after).subquery()
+                due = (await conn.execute(sa.select(sa.func.count()).select_from(counted))).scalar()
+                digest = int(due or 0) >= digest_after
+            limit = digest_max if digest else single
+            return Batch(await self._claim(conn, now, claimer, limit, lane), digest)
+
     async def waiting_retries(self) -> int:
         """Pending deliveries that failed before: each keeps its own next attempt."""
         query = sa.select(sa.func.count()).where(
@@ -121,9 +246,12 @@ class Outbox(StoreBase):
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
-    async def next_delivery_at(self) -> datetime | None:
-        """When the next delivery nobody holds falls due."""
-        return await self.next_unheld_at(deliveries)
+    async def next_delivery_at(self, claimer: Claimer | None = None) -> datetime | None:
+        """When the next delivery nobody holds falls due (with ``claimer``: in a lane no
+        other sender holds)."""
+        if claimer is None:
+            return await self.next_unheld_at(deliveries)
+        return await self.next_unheld_at(deliveries, sa.not_(self._lane_held(but=claimer)))
 
     async def mark_delivered(self, delivery_id: int, at: datetime, claimer: Claimer) -> bool:
         """Record a sent delivery; False if this sender's claim had been taken over."""
@@ -142,10 +270,39 @@ class Outbox(StoreBase):
             )
             return bool(result.rowcount)
 
-    async def mark_failed(
+    async def mark_digest_delivered(
+        self, delivery_ids: Sequence[int], at: datetime, claimer: Claimer, digest_id: str
+    ) -> int:
+        """Record every delivery one digest carried, in one transaction; returns how many
+        were still this sender's (the others' claims were taken over: they are not counted)."""
+        async with self._writing() as conn:
+            result = await conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.id.in_(delivery_ids), deliveries.c.claimed_by == claimer.token)
+                .values(
+                    state="delivered",
+                    delivered_at=at,
+                    attempts=deliveries.c.attempts + 1,
+                    last_error=None,
+                    claimed_by=None,
+                    claimed_until=None,
+                    digest_id=digest_id,
+                )
+            )
+            return int(result.rowcount or 0)
+
+    async def mark_all_failed(
+        self, failures: Sequence[tuple[int, datetime | None]], error: str, claimer: Claimer
+    ) -> None:
+        """Record one failed attempt of several deliveries (a digest), in one transaction:
+        each ``(id, retry_at)``, with no ``retry_at`` abandoned."""
+        async with self._writing() as conn:
+            for delivery_id, retry_at in failures:
+                await conn.execute(self._failed(delivery_id, error, retry_at, claimer))
+
+    def _failed(
         self, delivery_id: int, error: str, retry_at: datetime | None, claimer: Claimer
-    ) -> bool:
-        """Record a failed attempt; with no ``retry_at`` the delivery is abandoned."""
+    ) -> sa.Update:
         values: dict[str, Any] = {
             "attempts": deliveries.c.attempts + 1,
             "last_error": error[:1000],
@@ -156,12 +313,18 @@ class Outbox(StoreBase):
             values["state"] = "abandoned"
         else:
             values["next_attempt_at"] = retry_at
+        return (
+            sa.update(deliveries)
+            .where(deliveries.c.id == delivery_id, deliveries.c.claimed_by == claimer.token)
+            .values(**values)
+        )
+
+    async def mark_failed(
+        self, delivery_id: int, error: str, retry_at: datetime | None, claimer: Claimer
+    ) -> bool:
+        """Record a failed attempt; with no ``retry_at`` the delivery is abandoned."""
         async with self._writing() as conn:
-            result = await conn.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.id == delivery_id, deliveries.c.claimed_by == claimer.token)
-                .values(**values)
-            )
+            result = await conn.execute(self._failed(delivery_id, error, retry_at, claimer))
             return bool(result.rowcount)
 
     async def deliveries(self, states: Sequence[str]) -> list[sa.Row[Any]]:
@@ -178,6 +341,7 @@ class Outbox(StoreBase):
                 deliveries.c.last_error,
                 deliveries.c.delivered_at,
                 deliveries.c.sent_by,
+                deliveries.c.digest_id,
                 events.c.kind,
                 events.c.at,
                 events.c.job_id,
@@ -231,6 +395,16 @@ class Outbox(StoreBase):
                 at = datetime.fromisoformat(at)
             out[(subject_id, kind)] = at if at.tzinfo else at.replace(tzinfo=UTC)
         return out
+
+    async def pending_by_notifier(self) -> dict[str, int]:
+        """Deliveries waiting to be sent or retried, per notifier."""
+        query = (
+            sa.select(deliveries.c.notifier, sa.func.count())
+            .where(deliveries.c.state == "pending")
+            .group_by(deliveries.c.notifier)
+        )
+        async with self.engine.connect() as conn:
+            return {name: int(count) for name, count in (await conn.execute(query)).all()}
 
     async def pending_count(self) -> int:
         """Deliveries waiting to be sent or retried (an index walk, however many were sent)."""

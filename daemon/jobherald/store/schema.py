@@ -124,10 +124,24 @@ deliveries = sa.Table(
     sa.Column("claimed_at", UTCDateTime),
     sa.Column("claimed_until", UTCDateTime),
     sa.Column("sent_by", sa.String(128)),
+    # The message that carried it, when a digest carried it (the same for all its rows).
+    sa.Column("digest_id", sa.String(32)),
     sa.UniqueConstraint(
         "event_id", "notifier", "target", name="uq_deliveries_event_notifier_target"
     ),
     sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
+    sa.Index("ix_deliveries_lane", "notifier", "target", "state", "next_attempt_at"),
+)
+
+# One row per notifier URL that has had something to send: who sends its queue now.
+# A lane is claimed as a whole, so one sender keeps a URL's order and builds its digests.
+lanes = sa.Table(
+    "lanes",
+    metadata,
+    sa.Column("notifier", sa.String(64), primary_key=True),
+    sa.Column("target", sa.String(32), primary_key=True),
+    sa.Column("claimed_by", sa.String(32)),
+    sa.Column("claimed_until", UTCDateTime),
 )
 
 replicas = sa.Table(
@@ -179,7 +193,7 @@ def migrations_path() -> Path:
 
 
 # The newest revision under migrations/ (a test keeps the two the same).
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 
 def alembic_config() -> Any:

@@ -1,0 +1,354 @@
+"""The dispatcher: a lane per notifier URL, each with its own queue and its own sender.
+
+Nothing one URL does (slow answers, timeouts, refusals, its service's pace) delays
+another: each lane claims its URL's due deliveries and sends them, a message at a time
+(``max_in_flight`` at once), first attempts before retries. When ``digest_after`` or more
+are due for a URL at once, they go as one digest: quiet times send each event at once,
+a backlog never goes out one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy import exc as sa_exc
+
+from jobherald.aio import first_of
+from jobherald.config import Notifier
+from jobherald.notify.compose import Composer
+from jobherald.notify.messages import Item
+from jobherald.notify.sender import Sender
+from jobherald.store import CLAIM_FOR, Claimer, Delivery, Lane, Store
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 30.0
+RETRY_MAX = 3600.0
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` failures: doubling, capped, jittered."""
+    base = min(RETRY_FIRST * (2 ** max(attempts - 1, 0)), RETRY_MAX)
+    return float(base * random.uniform(0.8, 1.2))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _subject(delivery: Delivery) -> str:
+    job = delivery.payload.get("job") or {}
+    return str(job.get("name") or f"source {(delivery.payload.get('source') or {}).get('name')}")
+
+
+def _item(delivery: Delivery) -> Item:
+    return Item(delivery.kind, delivery.event_id, delivery.payload)
+
+
+class Dispatcher:
+    """Runs a lane per notifier URL with due deliveries; never raises for one bad delivery.
+
+    ``claimer`` says who sends now, or None while this process may not send at all
+    (a replica whose lease lapsed); a claim is sent only while it still holds.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        notifiers: Mapping[str, Notifier],
+        clock: Callable[[], datetime] = _utcnow,
+        claimer: Callable[[], Claimer | None] | None = None,
+        public_url: str | None = None,
+    ) -> None:
+        self.store = store
+        self.sender = Sender(notifiers)
+        self.clock = clock
+        self.public_url = public_url
+        if claimer is None:
+            alone = Claimer(uuid.uuid4().hex, socket.gethostname())
+            claimer = lambda: alone  # noqa: E731
+        self.claimer = claimer
+        # The longest wait between passes (replicas shorten it: a dead one's claims expire).
+        self.max_sleep = 60.0
+        # Told of each delivery attempt's result (metrics): notifier, and delivered,
+        # failed (to be retried) or abandoned; and of each delivery's lag (notifier,
+        # seconds from its event to its delivery).
+        self.on_delivery: Callable[[str, str], None] | None = None
+        self.on_lag: Callable[[str, float], None] | None = None
+        self.composer = Composer()
+        self.tried = 0
+        self._lanes: dict[Lane, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self.sender.close()
+
+    def reconfigure(self, notifiers: Mapping[str, Notifier], public_url: str | None) -> None:
+        """Use new notifiers from now on; sends in flight finish on the old ones."""
+        old, self.sender = self.sender, Sender(notifiers)
+        self.sender.load()  # the daemon has apprise loaded already: this is quick
+        self.public_url = public_url
+        old.close(cancel=False)
+        self.wake()
+
+    @property
+    def lanes(self) -> list[Lane]:
+        """The lanes sending now."""
+        return sorted(self._lanes)
+
+    def _start_lanes(self, lanes: Sequence[Lane], claimer: Claimer) -> None:
+        for lane in lanes:
+            if lane not in self._lanes:
+                task = asyncio.create_task(self._lane(lane, claimer), name=f"lane {lane.notifier}")
+                self._lanes[lane] = task
+                task.add_done_callback(lambda _, lane=lane: self._ended(lane))  # type: ignore[misc]
+
+    def _ended(self, lane: Lane) -> None:
+        self._lanes.pop(lane, None)
+        self._wake.set()  # something may have come for it while it ended
+
+    async def deliver_due(self) -> int:
+        """Send everything due now, lane by lane, until nothing is; returns how many
+        deliveries were tried."""
+        before = self.tried
+        while True:
+            claimer = self.claimer()
+            if claimer is None:
+                break
+            progress = self.tried
+            self._start_lanes(await self.store.due_lanes(self.clock(), claimer), claimer)
+            if not self._lanes:
+                break
+            await asyncio.wait(list(self._lanes.values()))
+            if self.tried == progress and not await self.store.due_lanes(self.clock(), claimer):
+                break
+            if self.tried == progress:
+                break  # lanes held elsewhere, or lost: the next pass tries again
+        return self.tried - before
+
+    async def stop_lanes(self) -> None:
+        """Cut off the lanes still sending (what they hold is sent at the next start)."""
+        tasks = list(self._lanes.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _lane(self, lane: Lane, claimer: Claimer) -> None:
+        """Send one URL's due deliveries until none is due, holding the lane meanwhile."""
+        try:
+            if not await self.store.claim_lane(lane, claimer):
+                return  # another sender has it
+        except Exception as exc:
+            log.debug("claiming the lane of %s failed: %s", lane.notifier, exc)
+            return
+        try:
+            while self.claimer() == claimer:
+                # The service's own pace is waited for before claiming: what comes
+                # meanwhile joins the next batch (a digest, when enough has come).
+                wait = self.sender.wait_before(lane.notifier, lane.target)
+                if lane.notifier in self.sender.notifiers and wait > 0:
+                    await asyncio.sleep(wait)
+                if not await self._lane_batch(lane, claimer):
+                    break
+        except Exception:
+            log.exception("sending to notifier %s failed; trying again shortly", lane.notifier)
+        finally:
+            try:
+                await self.store.release_lane(lane, claimer)
+            except Exception as exc:  # the database away: the claim lapses by itself
+                log.debug("releasing the lane of %s failed: %s", lane.notifier, exc)
+
+    async def _lane_batch(self, lane: Lane, claimer: Claimer) -> bool:
+        """Claim and send a lane's next batch; False when there was none (or the lane is
+        no longer this sender's)."""
+        notifier = self.sender.notifiers.get(lane.notifier)
+        known = notifier is not None and self.sender.knows(lane.notifier, lane.target)
+        # A claim is sent only well inside its time: never after another may take it.
+        deadline = time.monotonic() + CLAIM_FOR / 2
+        batch = await self.store.claim_batch(
+            self.clock(),
+            claimer,
+            lane,
+            single=notifier.max_in_flight if notifier is not None and known else 100,
+            digest_after=notifier.digest_after if notifier is not None and known else 0,
+            digest_max=notifier.digest_max if notifier is not None else 2,
+        )
+        if batch is None or not batch.deliveries:
+            return False
+        self.tried += len(batch.deliveries)
+        if notifier is None or not known:
+            for delivery in batch.deliveries:
+                await self._drop(delivery, claimer)
+        elif batch.digest and len(batch.deliveries) > 1:
+            await self._send_digest(notifier, lane, batch.deliveries, claimer, deadline)
+        else:
+            await asyncio.gather(
+                *(self._send_one(notifier, d, claimer, deadline) for d in batch.deliveries)
+            )
+        return True
+
+    async def _drop(self, delivery: Delivery, claimer: Claimer) -> None:
+        await self.store.mark_failed(
+            delivery.id,
+            f"notifier {delivery.notifier!r} no longer has this URL",
+            None,
+            claimer,
+        )
+        log.warning(
+            "dropped %s of %s for notifier %s: it no longer has that URL",
+            delivery.kind,
+            _subject(delivery),
+            delivery.notifier,
+        )
+
+    def _usable(self, claimer: Claimer, deadline: float) -> bool:
+        return self.claimer() == claimer and time.monotonic() <= deadline
+
+    async def _send_one(
+        self, notifier: Notifier, delivery: Delivery, claimer: Claimer, deadline: float
+    ) -> None:
+        if not self._usable(claimer, deadline):
+            return  # the claim may be someone else's by now: leave it to them
+        message = await self.composer.message(notifier, _item(delivery))
+        ok, error = await self.sender.send(delivery.notifier, delivery.target, message)
+        now = self.clock()
+        if ok:
+            await self.store.mark_delivered(delivery.id, now, claimer)
+            self._delivered(notifier, [delivery], now)
+            log.info(
+                "delivered %s of %s (%s) to %s",
+                delivery.kind,
+                _subject(delivery),
+                (delivery.payload.get("job") or {}).get("id") or "source",
+                delivery.notifier,
+            )
+            return
+        await self._failed(notifier, [delivery], error, now, claimer)
+
+    async def _send_digest(
+        self,
+        notifier: Notifier,
+        lane: Lane,
+        batch: Sequence[Delivery],
+        claimer: Claimer,
+        deadline: float,
+    ) -> None:
+        if not self._usable(claimer, deadline):
+            return
+        message = await self.composer.digest(notifier, [_item(d) for d in batch], self.public_url)
+        ok, error = await self.sender.send(lane.notifier, lane.target, message)
+        now = self.clock()
+        if ok:
+            digest_id = uuid.uuid4().hex
+            await self.store.mark_digest_delivered([d.id for d in batch], now, claimer, digest_id)
+            self._delivered(notifier, batch, now)
+            log.info(
+                "sent a digest of %d events to %s (%s)",
+                len(batch),
+                notifier.name,
+                self._where(lane),
+            )
+            return
+        await self._failed(notifier, batch, error, now, claimer)
+
+    def _where(self, lane: Lane) -> str:
+        """A lane's URL as a log line may name it: its host (or the service's name)."""
+        masked = next(
+            (t.url for t in self.sender.targets(lane.notifier) if t.key == lane.target), None
+        )
+        if masked is None:
+            return "every URL" if lane.target == "*" else "?"
+        parts = urlsplit(masked)
+        return parts.hostname or parts.scheme or "?"
+
+    def _delivered(self, notifier: Notifier, batch: Sequence[Delivery], now: datetime) -> None:
+        for delivery in batch:
+            if self.on_delivery is not None:
+                self.on_delivery(notifier.name, "delivered")
+            if self.on_lag is not None:
+                self.on_lag(notifier.name, max(0.0, (now - delivery.at).total_seconds()))
+
+    async def _failed(
+        self,
+        notifier: Notifier,
+        batch: Sequence[Delivery],
+        error: str,
+        now: datetime,
+        claimer: Claimer,
+    ) -> None:
+        """Record a failed send of these deliveries: each retried after its own backoff,
+        or abandoned once past the notifier's ``retry_for``."""
+        failures: list[tuple[int, datetime | None]] = []
+        for delivery in batch:
+            retry_at = now + timedelta(seconds=retry_delay(delivery.attempts + 1))
+            gives_up = (retry_at - delivery.at).total_seconds() > notifier.retry_for
+            failures.append((delivery.id, None if gives_up else retry_at))
+            if self.on_delivery is not None:
+                self.on_delivery(notifier.name, "abandoned" if gives_up else "failed")
+        await self.store.mark_all_failed(failures, error, claimer)
+        first = batch[0]
+        what = (
+            f"a digest of {len(batch)} events"
+            if len(batch) > 1
+            else f"{first.kind} of {_subject(first)}"
+        )
+        given_up = [d for d, (_, at) in zip(batch, failures, strict=True) if at is None]
+        if given_up:
+            log.error(
+                "gave up delivering %s to %s after %d attempts: %s",
+                what if len(given_up) == len(batch) else f"{len(given_up)} of {what}",
+                notifier.name,
+                max(d.attempts for d in given_up) + 1,
+                error,
+            )
+        if len(given_up) < len(batch):
+            retry = min(at for _, at in failures if at is not None)
+            log.warning(
+                "delivering %s to %s failed (%s); retry at %s",
+                what,
+                notifier.name,
+                error,
+                retry.isoformat(timespec="seconds"),
+            )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Start lanes until ``stopping`` is set, sleeping until the next due delivery or a
+        wake-up; the lanes send on their own."""
+        failing: str | None = None
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                claimer = self.claimer()
+                if claimer is not None:
+                    self._start_lanes(await self.store.due_lanes(self.clock(), claimer), claimer)
+                next_at = await self.store.next_delivery_at()
+            except Exception as exc:
+                # The database away (a restart, a network cut): one line per outage.
+                text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                if isinstance(exc, OSError | sa_exc.DBAPIError | sa_exc.InterfaceError):
+                    if failing is None:  # once per outage
+                        log.error("delivery pass failed (%s); trying again shortly", text)
+                else:
+                    log.exception("delivery pass failed; trying again shortly")
+                failing = text
+                await first_of(self._wake, stopping, timeout=5.0)
+                continue
+            if failing is not None:
+                log.info("delivery passes work again")
+                failing = None
+            timeout = self.max_sleep
+            if next_at is not None:
+                # Due now yet not started: a lane let go just now (its end wakes us too).
+                timeout = max(0.05, min(timeout, (next_at - self.clock()).total_seconds()))
+            await first_of(self._wake, stopping, timeout=timeout)
