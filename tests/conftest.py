@@ -133,6 +133,7 @@ class Receiver(LocalApp):
         self.fail_paths: dict[str, int] = {}
         self.attempts: list[str] = []
         self.delay = 0.0
+        self.delays: dict[str, float] = {}
         self.received_at: list[float] = []
         self.app.router.add_post("/{tail:.*}", self._post)
 
@@ -142,8 +143,8 @@ class Receiver(LocalApp):
     async def _post(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
         self.attempts.append(request.path)
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if delay := self.delays.get(request.path, self.delay):
+            await asyncio.sleep(delay)
         status = self.fail_paths.get(request.path, self.fail_with)
         if status is not None:
             return web.Response(status=status, text="receiver is down")
@@ -163,8 +164,23 @@ class Receiver(LocalApp):
             if path is None or p == f"/{path}"
         )
 
-    def event_ids(self) -> list[str]:
-        return [m["message"].rsplit("event ", 1)[1].strip() for m in self.messages]
+    def event_ids(self, path: str | None = None) -> list[str]:
+        """The event ids the messages carried (a digest carries many), in arrival order."""
+        return [
+            event_id
+            for m, p in zip(self.messages, self.paths, strict=True)
+            if path is None or p == f"/{path}"
+            for event_id in carried(m["message"])
+        ]
+
+
+def carried(text: str) -> list[str]:
+    """The event ids one message carries: its footer line, ``event ID`` or, for a digest,
+    ``events ID ID ...``."""
+    last = text.strip().splitlines()[-1].strip()
+    if last.startswith("events "):
+        return last.split()[1:]
+    return [last.rsplit("event ", 1)[1].strip()]
 
 
 @pytest.fixture

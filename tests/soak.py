@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
-from tests.conftest import Receiver, spawn_daemon, wait_for
+from tests.conftest import Receiver, carried, spawn_daemon, wait_for
 
 # A daemon's life in a cycle, on average; polls per second kept to what this machine
 # answers easily (the poll interval grows with the number of jobs).
@@ -51,6 +51,7 @@ class SoakReport:
     wrong_outcome: int
     delay_p50: float
     delay_max: float
+    later_than_15s: int
     dead_attempts: int
     seconds: float
 
@@ -60,7 +61,8 @@ class SoakReport:
             f"{self.events} events, {self.messages} messages; lost {self.lost}, "
             f"repeated {self.repeated} ({self.repeated_outside_flight} outside the in-flight "
             f"window), wrong outcome {self.wrong_outcome}; job end to message p50 "
-            f"{self.delay_p50:.1f}s, max {self.delay_max:.1f}s; "
+            f"{self.delay_p50:.1f}s, max {self.delay_max:.1f}s, {self.later_than_15s} later "
+            f"than 15s; "
             f"{self.dead_attempts} attempts to the failing endpoint"
         )
 
@@ -174,9 +176,10 @@ async def _soak(
         )
     }
     live = [
-        (m["message"].rsplit("event ", 1)[1].strip(), at)
+        (event_id, at)
         for m, path, at in zip(receiver.messages, receiver.paths, receiver.received_at, strict=True)
         if path == "/live"
+        for event_id in carried(m["message"])
     ]
     counts = Counter(event_id for event_id, _ in live)
     first_seen: dict[str, float] = {}
@@ -211,6 +214,7 @@ async def _soak(
         wrong_outcome=wrong,
         delay_p50=statistics.median(delays) if delays else 0.0,
         delay_max=max(delays, default=0.0),
+        later_than_15s=sum(1 for d in delays if d > 15.0),
         dead_attempts=receiver.attempts.count("/dead"),
         seconds=time.monotonic() - began,
     )

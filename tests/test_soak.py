@@ -144,6 +144,7 @@ token = "sim-token"
 
 [notifiers.ops]
 urls = ["{receiver.url()}"]
+digest_after = 0  # one message per event: each is counted by its title below
 """
     for job_id, source in jobs:
         text += f'\n[[jobs]]\nid = "{job_id}"\nsource = "{source}"\n'

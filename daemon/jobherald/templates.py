@@ -115,7 +115,9 @@ def context(kind: str, event_id: str, payload: Mapping[str, Any]) -> dict[str, A
     """The names a template sees, for an event as stored in the outbox (or a digest)."""
     if kind == DIGEST:
         items = [context(k, i, p) for k, i, p in payload["events"]]
-        counts: dict[str, int] = {}
+        from jobherald.model import EventKind
+
+        counts = {kind.value: 0 for kind in EventKind}
         for item in items:
             counts[item["event"]["kind"]] = counts.get(item["event"]["kind"], 0) + 1
         return {"events": items, "counts": counts, "public_url": payload.get("public_url")}

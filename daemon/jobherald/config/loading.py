@@ -519,11 +519,13 @@ def _public_url(value: str | None, label: str, problems: list[str]) -> str | Non
         parts.port  # noqa: B018 (raises on a bad port)
     except ValueError:
         parts = None
+    if parts is not None and (parts.username is not None or parts.password is not None):
+        problems.append(f"{label}: http.public_url: must not hold a user name or password")
+        return None
     if (
         parts is None
         or parts.scheme not in ("http", "https")
         or not parts.hostname
-        or parts.username is not None
         or parts.query
         or parts.fragment
         or any(c.isspace() for c in value.strip())

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST = 30.0
 RETRY_MAX = 3600.0
+# After a failed send a lane waits this long before its next one, first attempts too:
+# what comes meanwhile for a failing URL goes as one digest, not as a flood of attempts.
+FAILED_PAUSE = 5.0
 
 
 def retry_delay(attempts: int) -> float:
@@ -86,6 +89,7 @@ class Dispatcher:
         self.composer = Composer()
         self.tried = 0
         self._lanes: dict[Lane, asyncio.Task[None]] = {}
+        self._paused: dict[Lane, float] = {}  # a lane whose last send failed: until when
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -157,6 +161,7 @@ class Dispatcher:
                 # The service's own pace is waited for before claiming: what comes
                 # meanwhile joins the next batch (a digest, when enough has come).
                 wait = self.sender.wait_before(lane.notifier, lane.target)
+                wait = max(wait, self._paused.get(lane, 0.0) - time.monotonic())
                 if lane.notifier in self.sender.notifiers and wait > 0:
                     await asyncio.sleep(wait)
                 if not await self._lane_batch(lane, claimer):
@@ -191,11 +196,15 @@ class Dispatcher:
             for delivery in batch.deliveries:
                 await self._drop(delivery, claimer)
         elif batch.digest and len(batch.deliveries) > 1:
-            await self._send_digest(notifier, lane, batch.deliveries, claimer, deadline)
+            sent = [await self._send_digest(notifier, lane, batch.deliveries, claimer, deadline)]
         else:
-            await asyncio.gather(
+            sent = await asyncio.gather(
                 *(self._send_one(notifier, d, claimer, deadline) for d in batch.deliveries)
             )
+        if any(ok is False for ok in sent):
+            self._paused[lane] = time.monotonic() + FAILED_PAUSE
+        else:
+            self._paused.pop(lane, None)
         return True
 
     async def _drop(self, delivery: Delivery, claimer: Claimer) -> None:
@@ -217,9 +226,10 @@ class Dispatcher:
 
     async def _send_one(
         self, notifier: Notifier, delivery: Delivery, claimer: Claimer, deadline: float
-    ) -> None:
+    ) -> bool | None:
+        """Send one delivery: whether it went (None: not tried, the claim is too old)."""
         if not self._usable(claimer, deadline):
-            return  # the claim may be someone else's by now: leave it to them
+            return None  # the claim may be someone else's by now: leave it to them
         message = await self.composer.message(notifier, _item(delivery))
         ok, error = await self.sender.send(delivery.notifier, delivery.target, message)
         now = self.clock()
@@ -233,8 +243,9 @@ class Dispatcher:
                 (delivery.payload.get("job") or {}).get("id") or "source",
                 delivery.notifier,
             )
-            return
+            return True
         await self._failed(notifier, [delivery], error, now, claimer)
+        return False
 
     async def _send_digest(
         self,
@@ -243,9 +254,9 @@ class Dispatcher:
         batch: Sequence[Delivery],
         claimer: Claimer,
         deadline: float,
-    ) -> None:
+    ) -> bool | None:
         if not self._usable(claimer, deadline):
-            return
+            return None
         message = await self.composer.digest(notifier, [_item(d) for d in batch], self.public_url)
         ok, error = await self.sender.send(lane.notifier, lane.target, message)
         now = self.clock()
@@ -259,8 +270,9 @@ class Dispatcher:
                 notifier.name,
                 self._where(lane),
             )
-            return
+            return True
         await self._failed(notifier, batch, error, now, claimer)
+        return False
 
     def _where(self, lane: Lane) -> str:
         """A lane's URL as a log line may name it: its host (or the service's name)."""

@@ -238,13 +238,14 @@ def _digest_line(item: Item, public_url: str | None, body_format: str) -> str:
     if job is None:
         source = item.payload.get("source") or {}
         subject = f"source {source.get('name', '?')}"
-        detail = event.get("detail") or source.get("error")
+        said = event.get("detail") or source.get("error")
+        detail = f": {said}" if said else ""
         url = None
     else:
         subject = str(job.get("name") or job.get("id"))
         detail = _event_detail(item.kind, job, event)
         url = f"{public_url}/jobs/{quote(str(job.get('id')), safe='')}" if public_url else None
-    text = _one_line(f"{subject}: {item.kind}" + (f": {detail}" if detail else ""))
+    text = _one_line(f"{subject}: {item.kind}{detail}")
     if url is None:
         return f"- {_escaped(text, body_format)}"
     if body_format == "text" or not text.startswith(subject):
@@ -252,19 +253,19 @@ def _digest_line(item: Item, public_url: str | None, body_format: str) -> str:
     return f"- {_link(subject, url, body_format)}{_escaped(text[len(subject) :], body_format)}"
 
 
-def _event_detail(kind: str, job: Mapping[str, Any], event: Mapping[str, Any]) -> str | None:
+def _event_detail(kind: str, job: Mapping[str, Any], event: Mapping[str, Any]) -> str:
     """What one line says after the kind: a duration, the first reason, or the detail."""
     reasons = job.get("reasons") or []
     if kind == "failed" and reasons:
         more = reason_count(reasons) - 1
-        return _reason_line(reasons[0]) + (f" (and {more} more)" if more > 0 else "")
+        return ": " + _reason_line(reasons[0]) + (f" (and {more} more)" if more > 0 else "")
     if kind in ("succeeded", "failed", "archived"):
         duration = format_duration(job.get("duration"))
-        return f"in {duration}" if duration else None
+        return f" in {duration}" if duration else ""
     if kind == "error" and job.get("error"):
-        return str(job["error"])
+        return f": {job['error']}"
     detail = event.get("detail")
-    return str(detail) if detail else None
+    return f": {detail}" if detail else ""
 
 
 def _one_line(text: str) -> str:
