@@ -2,7 +2,7 @@
 
 Everything runs on 127.0.0.1: a fast fake upstream on one core, the measured client
 on the other. Runs are bounded in time; figures are printed as tables and written to
-bench/RESULTS.md. Usage: python bench/run.py [overhead|profile|latency|peer|startup|all] [--quick]
+bench/RESULTS.md. Usage: python bench/run.py [overhead|profile|latency|peer|startup|endurance|burst|all] [--quick]
 [--before REF]
 """
 
@@ -516,7 +516,7 @@ def main() -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=["overhead", "latency", "peer", "startup", "profile", "endurance", "all"],
+        choices=["overhead", "latency", "peer", "startup", "profile", "endurance", "burst", "all"],
     )
     parser.add_argument(
         "--quick", action="store_true", help="shorter runs (a smoke test, not figures)"
@@ -547,6 +547,8 @@ def main() -> None:
         sections.append(peer(200 if quick else 1_000, 1 if quick else 3))
     if args.scenario in ("startup", "all"):
         sections.append(startup(1_000 if quick else 10_000, 1 if quick else 3))
+        if args.scenario in ("burst", "all"):
+            sections.append(burst_table(50 if quick else 500, before))
     if args.scenario in ("endurance", "all"):
         from endurance import endurance
 
@@ -560,6 +562,40 @@ def main() -> None:
         )
         (HERE / "RESULTS.md").write_text(text)
         print(f"\nwritten to {HERE / 'RESULTS.md'}")
+
+
+def burst_table(count: int, before: Path | None) -> str:
+    """The burst scenario (bench/burst.py), the older tree first when given, same run."""
+    from burst import burst, rows
+
+    figures = []
+    with upstream() as base:
+        if before is not None:
+            figures.append(
+                ("before", asyncio.run(burst(DPY, base, count, window=150, code=before)))
+            )
+        figures.append(("now", asyncio.run(burst(DPY, base, count, window=150))))
+    lines = [row for label, f in figures for row in rows(label, f)]
+    now = figures[-1][1]
+    lines += [
+        (
+            "target: every finished job on chat within 8 s of the last finish",
+            "met" if now["chat_all"] is not None and now["chat_all"] < 8 else "missed",
+        ),
+        (
+            "target: the late job on chat within 3 s",
+            "met" if now["late"] is not None and now["late"] < 3 else "missed",
+        ),
+        (
+            "target: at most 10 emails carry every event",
+            "met" if now["emails"] <= 10 and now["emailed_jobs"] == count + 1 else "missed",
+        ),
+    ]
+    return table(
+        f"Burst: {count} jobs finish within 1 s, one more 20 s later; chat, email, a 3 s "
+        "webhook and a dead one",
+        lines,
+    )
 
 
 def daemon_venv() -> str:

@@ -21,6 +21,9 @@ async def test_repeated_kills_lose_nothing_and_repeat_only_what_was_in_flight(
     assert report.jobs == 30 and report.events == 30
     assert (report.lost, report.repeated_outside_flight, report.wrong_outcome) == (0, 0, 0)
     assert report.messages >= report.events
+    # Every message reached the working endpoint within 15 s of its job's flip, kills and
+    # the failing endpoint beside it notwithstanding (each URL is a lane of its own).
+    assert report.later_than_15s == 0, report.line()
     # Each event's first attempt at the failing endpoint, and retries only on their own
     # schedule (the first after 30 s): never all again at each of the 10 starts.
     assert report.dead_attempts <= 2 * report.events, report.line()

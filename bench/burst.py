@@ -1,0 +1,222 @@
+"""A burst of finishes: 500 jobs flip to SUCCEEDED within 1 s, one more 20 s later.
+
+Four notifier URLs hear them: a fast chat webhook, email to a local SMTP sink, a webhook
+answering in 3 s and one that always fails. Measured: how long each finished job took to
+reach chat (p50 / p99, and until every one had), how many emails carried the burst, and
+how long the late job took to reach chat while the slow and dead URLs were still busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+JOB = re.compile(r"^(?:id: |- )(flip-\d+-\d+)\b", re.MULTILINE)
+
+
+@dataclass
+class Sinks:
+    """The receivers: what reached each, and when (wall clock)."""
+
+    chat: dict[str, float] = field(default_factory=dict)
+    chat_messages: int = 0
+    emails: list[tuple[float, set[str]]] = field(default_factory=list)
+    slow_messages: int = 0
+    dead_attempts: int = 0
+
+
+@contextlib.asynccontextmanager
+async def sinks() -> AsyncIterator[tuple[Sinks, dict[str, str]]]:
+    """The chat, slow and dead webhooks and an SMTP sink on 127.0.0.1; their apprise URLs."""
+    from aiosmtpd.smtp import SMTP
+
+    got = Sinks()
+
+    async def chat(request: web.Request) -> web.Response:
+        now = time.time()
+        body = await request.json()
+        got.chat_messages += 1
+        for job in JOB.findall(body["message"]):
+            got.chat.setdefault(job, now)
+        return web.Response(text="ok")
+
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(3.0)
+        got.slow_messages += 1
+        return web.Response(text="ok")
+
+    async def dead(request: web.Request) -> web.Response:
+        await request.read()
+        got.dead_attempts += 1
+        return web.Response(status=503, text="down")
+
+    class Mail:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            text = envelope.content.decode("utf-8", "replace")
+            got.emails.append((time.time(), set(JOB.findall(text))))
+            return "250 OK"
+
+    app = web.Application()
+    app.router.add_post("/chat", chat)
+    app.router.add_post("/slow", slow)
+    app.router.add_post("/dead", dead)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    loop = asyncio.get_running_loop()
+    smtp = await loop.create_server(lambda: SMTP(Mail()), "127.0.0.1", 0)
+    smtp_port = smtp.sockets[0].getsockname()[1]
+    try:
+        yield (
+            got,
+            {
+                "chat": f"json://127.0.0.1:{port}/chat",
+                "slow": f"json://127.0.0.1:{port}/slow",
+                "dead": f"json://127.0.0.1:{port}/dead",
+                "mail": f"mailto://127.0.0.1:{smtp_port}?mode=insecure&from=jh@example.com&to=ops@example.com",
+            },
+        )
+    finally:
+        smtp.close()
+        await runner.cleanup()
+
+
+def _config(folder: Path, base: str, jobs: list[str], urls: dict[str, str]) -> Path:
+    lines = [
+        "[daemon]",
+        'database = "sqlite:///bench.db"',
+        'poll_interval = "1s"',
+        "concurrency = 32",
+        'log_level = "warning"',
+        "",
+        "[http]",
+        'listen = ""',
+        "",
+        "[sources.roma]",
+        'type = "roma-connect"',
+        f'endpoint = "{base}"',
+        'project_id = "p"',
+        'instance_id = "i"',
+        'token = "t"',
+        "",
+        "[notifiers.chat]",
+        f'urls = ["{urls["chat"]}"]',
+        'on = ["succeeded", "failed"]',
+        "[notifiers.mail]",
+        f'urls = ["{urls["mail"]}"]',
+        'on = ["succeeded", "failed"]',
+        "[notifiers.hooks]",
+        f'urls = ["{urls["slow"]}", "{urls["dead"]}"]',
+        'on = ["succeeded", "failed"]',
+    ]
+    lines += [f'[[jobs]]\nid = "{job}"\nsource = "roma"' for job in jobs]
+    path = folder / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def burst(
+    python: str,
+    base: str,
+    count: int = 500,
+    late_after: float = 20.0,
+    window: float = 90.0,
+    code: Path | None = None,
+) -> dict[str, Any]:
+    """Run one daemon (this tree's, or the older one at ``code``) through the burst."""
+    async with sinks() as (got, urls):
+        with tempfile.TemporaryDirectory(prefix="jh-burst-") as tmp:
+            start = time.time() + 8.0  # the daemon has started and polled by then
+            flips = {
+                f"flip-{int((start + i / count) * 1000)}-{i}": start + i / count
+                for i in range(count)
+            }
+            late_at = start + late_after
+            late = f"flip-{int(late_at * 1000)}-late"
+            config = _config(Path(tmp), base, [*flips, late], urls)
+            env = dict(os.environ)
+            if code is not None:
+                env["PYTHONPATH"] = str(code / "daemon")
+            proc = await asyncio.create_subprocess_exec(
+                python, "-m", "jobherald", "run", "-c", str(config), env=env
+            )
+            try:
+                deadline = late_at + window
+                while time.time() < deadline:
+                    mailed = set().union(*(jobs for _, jobs in got.emails))
+                    if len(got.chat) > count and len(mailed) > count:
+                        break
+                    await asyncio.sleep(0.2)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 30)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+    delays = [got.chat[j] - at for j, at in flips.items() if j in got.chat]
+    last_flip = max(flips.values())
+    mailed = set().union(*(jobs for _, jobs in got.emails))
+    return {
+        "count": count,
+        "window": window,
+        "chat_received": len(delays),
+        "chat_messages": got.chat_messages,
+        "chat_p50": _pct(delays, 0.5),
+        "chat_p99": _pct(delays, 0.99),
+        "chat_all": (max(got.chat[j] for j in flips) - last_flip) if len(delays) == count else None,
+        "late": got.chat[late] - late_at if late in got.chat else None,
+        "emails": len(got.emails),
+        "emailed_jobs": len(mailed & (set(flips) | {late})),
+        "slow_messages": got.slow_messages,
+        "dead_attempts": got.dead_attempts,
+    }
+
+
+def rows(label: str, f: dict[str, Any]) -> list[tuple[str, str]]:
+    """Table rows of one run's figures."""
+    total = f["count"] + 1
+    window = (
+        f"> {f['window']:.0f} s after the late job ({f['chat_received']} of {f['count']} by then)"
+    )
+    return [
+        (
+            f"{label}: chat, finish to message p50 / p99",
+            f"{f['chat_p50']:.2f} s / {f['chat_p99']:.2f} s",
+        ),
+        (
+            f"{label}: chat, until every finished job had its message",
+            f"{f['chat_all']:.2f} s after the last finish" if f["chat_all"] is not None else window,
+        ),
+        (f"{label}: chat messages for {f['count']} events", f"{f['chat_messages']}"),
+        (
+            f"{label}: the job finishing 20 s later, finish to chat",
+            f"{f['late']:.2f} s" if f["late"] is not None else "not received in the window",
+        ),
+        (
+            f"{label}: emails / events they carried",
+            f"{f['emails']} / {f['emailed_jobs']} of {total}",
+        ),
+        (
+            f"{label}: 3 s webhook messages / dead webhook attempts",
+            f"{f['slow_messages']} / {f['dead_attempts']}",
+        ),
+    ]
