@@ -150,7 +150,7 @@ async def burst(
                 for i in range(count)
             }
             late_at = start + late_after
-            late = f"flip-{int(late_at * 1000)}-late"
+            late = f"flip-{int(late_at * 1000)}-{count}"
             config = _config(Path(tmp), base, [*flips, late], urls)
             env = dict(os.environ)
             if code is not None:
@@ -206,7 +206,7 @@ def rows(label: str, f: dict[str, Any]) -> list[tuple[str, str]]:
             f"{label}: chat, until every finished job had its message",
             f"{f['chat_all']:.2f} s after the last finish" if f["chat_all"] is not None else window,
         ),
-        (f"{label}: chat messages for {f['count']} events", f"{f['chat_messages']}"),
+        (f"{label}: chat messages for {total} events", f"{f['chat_messages']}"),
         (
             f"{label}: the job finishing 20 s later, finish to chat",
             f"{f['late']:.2f} s" if f["late"] is not None else "not received in the window",

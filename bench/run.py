@@ -538,6 +538,8 @@ def main() -> None:
             sections.append(overhead(1_000, 1.0, window, warm, before)[0])
             # A window over a minute holds the older tree's once-a-minute write of poll times.
             sections.append(overhead(10_000, 10.0, 5 if quick else 65, warm + 5, before)[0])
+        if args.scenario in ("burst", "all"):
+            sections.append(burst_table(50 if quick else 500, before))
     if args.scenario in ("profile", "all"):
         for loop in ("asyncio", "uvloop"):
             sections.append(profile(10_000, 10.0, 5 if quick else 20, 15, loop))
@@ -547,8 +549,6 @@ def main() -> None:
         sections.append(peer(200 if quick else 1_000, 1 if quick else 3))
     if args.scenario in ("startup", "all"):
         sections.append(startup(1_000 if quick else 10_000, 1 if quick else 3))
-        if args.scenario in ("burst", "all"):
-            sections.append(burst_table(50 if quick else 500, before))
     if args.scenario in ("endurance", "all"):
         from endurance import endurance
 

@@ -22,7 +22,7 @@ import pytest
 from jobherald.model import Outcome, State, Transition
 from jobherald.schedule.replicas import owner
 from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
-from jobherald.store import Claimer, JobIdentity, Joining, NewEvent, Store, Target
+from jobherald.store import Claimer, JobIdentity, Joining, Lane, NewEvent, Store, Target
 from tests.conftest import (
     ConfigWriter,
     NotifyListener,
@@ -497,6 +497,62 @@ async def test_each_delivery_is_claimed_once_and_a_lapsed_replicas_claims_are_ta
         # A clean leave gives back what is claimed and not sent.
         await b.leave("b", "token-b")
         assert len(await a.claim_due(NOW, Claimer("token-c", "c"))) == 49
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_lane_is_sent_by_one_replica_at_a_time_and_taken_over_when_it_lapses(
+    postgres: str,
+) -> None:
+    a, b = await _stores(postgres, 2)
+    try:
+        await a.sync_jobs([JobIdentity("j", "J", "roma", "i")], NOW)
+        started = datetime.now(UTC)
+        await a.join("a", Joining("token-a", "host-a", 1, started, 1.0))
+        await b.join("b", Joining("token-b", "host-b", 2, started, 60.0))
+        busy, other = Lane("ops", "k1"), Lane("ops", "k2")
+        for _ in range(10):
+            await a.record_events(
+                [NewEvent("succeeded", {"job": {"id": "j"}}, [Target("ops", "k1", "json://x/1")])],
+                NOW,
+            )
+        await a.record_events(
+            [NewEvent("failed", {"job": {"id": "j"}}, [Target("ops", "k2", "json://x/2")])], NOW
+        )
+        by_a, by_b = Claimer("token-a", "a"), Claimer("token-b", "b")
+        # Claimed at the same instant: one replica gets the lane.
+        won = await asyncio.gather(a.claim_lane(busy, by_a), b.claim_lane(busy, by_b))
+        assert sorted(won) == [False, True]
+        holder, waiter = (a, b) if won[0] else (b, a)
+        by_holder, by_waiter = (by_a, by_b) if won[0] else (by_b, by_a)
+        assert await waiter.due_lanes(NOW, by_waiter) == [other]
+        assert (
+            await waiter.claim_batch(NOW, by_waiter, busy, single=1, digest_after=5, digest_max=200)
+            is None
+        )
+        batch = await holder.claim_batch(
+            NOW, by_holder, busy, single=1, digest_after=5, digest_max=200
+        )
+        assert batch is not None and batch.digest and len(batch.deliveries) == 10
+        await holder.release_lane(busy, by_holder)
+        # Now a holds it, and a stops heart-beating: b takes the lane and a's claimed rows.
+        assert await a.claim_lane(busy, by_a)
+        await a.claim_batch(NOW, by_a, busy, single=1, digest_after=5, digest_max=200)
+        assert not await b.claim_lane(busy, by_b)
+        await asyncio.sleep(1.2)
+        assert await b.claim_lane(busy, by_b)
+        taken = await b.claim_batch(NOW, by_b, busy, single=1, digest_after=5, digest_max=3)
+        assert taken is not None and taken.digest and len(taken.deliveries) == 3
+        ids = [d.id for d in taken.deliveries]
+        # a, resumed, counts none of them; b's digest counts all three, in one statement.
+        assert await a.mark_digest_delivered(ids, NOW, by_a, "a" * 32) == 0
+        assert await b.mark_digest_delivered(ids, NOW, by_b, "b" * 32) == 3
+        rows = await fetch(
+            postgres,
+            "select digest_id, count(*) from deliveries where state = 'delivered' group by digest_id",
+        )
+        assert [tuple(r) for r in rows] == [("b" * 32, 3)]
     finally:
         await a.close()
         await b.close()

@@ -299,11 +299,12 @@ class Dispatcher:
         now: datetime,
         claimer: Claimer,
     ) -> None:
-        """Record a failed send of these deliveries: each retried after its own backoff,
-        or abandoned once past the notifier's ``retry_for``."""
+        """Record a failed send of these deliveries: retried together (as one digest, when
+        they are enough) after the backoff of the most tried, each abandoned once past the
+        notifier's ``retry_for``."""
+        retry_at = now + timedelta(seconds=retry_delay(max(d.attempts for d in batch) + 1))
         failures: list[tuple[int, datetime | None]] = []
         for delivery in batch:
-            retry_at = now + timedelta(seconds=retry_delay(delivery.attempts + 1))
             gives_up = (retry_at - delivery.at).total_seconds() > notifier.retry_for
             failures.append((delivery.id, None if gives_up else retry_at))
             if self.on_delivery is not None:
@@ -325,13 +326,12 @@ class Dispatcher:
                 error,
             )
         if len(given_up) < len(batch):
-            retry = min(at for _, at in failures if at is not None)
             log.warning(
                 "delivering %s to %s failed (%s); retry at %s",
                 what,
                 notifier.name,
                 error,
-                retry.isoformat(timespec="seconds"),
+                retry_at.isoformat(timespec="seconds"),
             )
 
     async def run(self, stopping: asyncio.Event) -> None:
