@@ -60,6 +60,12 @@ class FetchError(JobheraldError):
         super().__init__(self.detail)
 
     @property
+    def throttled(self) -> bool:
+        """The service asked to be left alone for a while (429 or 503 with Retry-After):
+        every job of the source waits, not this one alone."""
+        return self.status in (429, 503) and self.retry_after is not None
+
+    @property
     def summary(self) -> str:
         """What went wrong, the same for every poll that fails the same way."""
         head = f"HTTP {self.status}" if self.status is not None else self.kind

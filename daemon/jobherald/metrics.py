@@ -69,6 +69,14 @@ class _Live(Collector):
         for notifier in sorted(set(m.notifiers) | set(m.deliveries_pending)):
             pending.add_metric([notifier], m.deliveries_pending.get(notifier, 0))
         yield pending
+        deferred = CounterMetricFamily(
+            "jobherald_polls_deferred",
+            "Polls that waited longer than their interval for their source's max_rate budget.",
+            labels=["source"],
+        )
+        for source, count in sorted((m.deferred() if m.deferred else {}).items()):
+            deferred.add_metric([source], count)
+        yield deferred
         polls = CounterMetricFamily(
             "jobherald_polls",
             "Polls of jobs, by source and outcome (ok, error, not_found, refused).",
@@ -156,6 +164,7 @@ class Metrics:
         self.job_counts: Callable[[], Mapping[str, int]] | None = None
         self.sources_up: Callable[[], Mapping[str, bool]] | None = None
         self.pool_stats: Callable[[], PoolStats] | None = None
+        self.deferred: Callable[[], Mapping[str, int]] | None = None
         self.registry.register(_Live(self))
 
     def poll(self, job: WatchedJob, seconds: float, error: FetchError | None) -> None:

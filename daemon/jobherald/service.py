@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -26,6 +26,7 @@ from jobherald.metrics import Metrics
 from jobherald.notify import Dispatcher
 from jobherald.schedule import Periodic, Pool, Watcher, poll_once
 from jobherald.schedule.archiver import Archiver
+from jobherald.schedule.queue import Entry
 from jobherald.schedule.replicas import Replica
 from jobherald.store import DatabaseLock, Store
 from jobherald.store.schema import shown_url
@@ -271,6 +272,7 @@ class Daemon:
                 )
             dispatcher.sender.load()
             pool = Pool(watcher.poll, self.config.concurrency, stuck_after=self._stuck_after())
+            self._gate(pool, watcher)
             replica = self._replica(store, watcher, dispatcher, pool)
             self.pool, self.watcher, self.replica, self.store = pool, watcher, replica, store
             self._count(watcher, dispatcher, pool)
@@ -353,6 +355,24 @@ class Daemon:
             )
         self.systemd.close()
 
+    def _gate(self, pool: Pool, watcher: Watcher) -> None:
+        """Hold the pool's polls to each source's budget (``max_rate``) and pauses, the
+        jobs about to finish first."""
+
+        def source_of(job_id: str) -> str | None:
+            job = watcher.jobs.get(job_id)
+            return job.source if job is not None else None
+
+        def urgency(entry: Entry, _: float) -> int:
+            if entry.job_id not in watcher.views:
+                return 1
+            now = self.clock()
+            eta = watcher.eta_of(entry.job_id, now)
+            return 0 if eta is not None and (eta - now).total_seconds() <= entry.interval else 1
+
+        gates = pool.use_gates(source_of, urgency)
+        gates.configure(_limits(self.config))
+
     def _replica(
         self, store: Store, watcher: Watcher, dispatcher: Dispatcher, pool: Pool
     ) -> Replica:
@@ -372,7 +392,14 @@ class Daemon:
                 spread=None if initial else TAKEOVER_SPREAD,
             )
             initial = False
+            if pool.gates is not None:  # budgets are split among the live replicas
+                pool.gates.share(len(replica.live))
             dispatcher.wake()
+
+        def stop(lost: Iterable[str]) -> None:
+            pool.remove(lost)
+            if pool.gates is not None:
+                pool.gates.share(len(replica.live))
 
         replica = Replica(
             store,
@@ -380,7 +407,7 @@ class Daemon:
             self.config.lease,
             jobs=lambda: [j.id for j in watcher.active()],
             start=start,
-            stop=pool.remove,
+            stop=stop,
             polling=lambda: len(pool.queue),
         )
         watcher.term = replica.term
@@ -466,6 +493,8 @@ class Daemon:
         if new.log_level != old.log_level:
             setup_logging(new.log_level)
         dispatcher.reconfigure(new.notifiers, new.public_url)
+        if pool.gates is not None:
+            pool.gates.configure(_limits(new))
         pool.remove(removed)
         pool.remove(j.id for j in changed if watcher.views[j.id].state.terminal)
         self.config = new
@@ -534,7 +563,14 @@ class Daemon:
         dispatcher.on_delivery = metrics.delivery
         dispatcher.on_lag = metrics.delivery_lag
         metrics.job_counts = lambda: _configured_counts(watcher)
-        metrics.sources_up = lambda: {n: h.error is None for n, h in watcher.health.items()}
+        gates = pool.gates
+
+        def sources_up() -> dict[str, bool]:
+            throttled = gates.throttled() if gates is not None else {}
+            return {n: h.error is None and n not in throttled for n, h in watcher.health.items()}
+
+        metrics.sources_up = sources_up
+        metrics.deferred = gates.deferred if gates is not None else None
         metrics.pool_stats = lambda: pool.stats
 
     async def _heartbeat(self, watcher: Watcher) -> None:
@@ -581,6 +617,14 @@ class Daemon:
             sender.cancel()
             await dispatcher.stop_lanes()
             log.warning("shutdown bound reached; undelivered messages are sent at next start")
+
+
+def _limits(config: Config) -> dict[str, tuple[float | None, float]]:
+    """Each source's request budget and longest pause, as the pool's gates take them."""
+    return {
+        name: (source.max_rate, source.max_retry_after_source)
+        for name, source in config.sources.items()
+    }
 
 
 def _configured_counts(watcher: Watcher) -> dict[str, int]:

@@ -108,6 +108,10 @@ class Source:
     archive_dir: Path | None = None
     # The most of one answer read, in bytes after decompression (more: a "body" error).
     max_body: int = 4 * 1024 * 1024
+    # Requests per second to this source at most, all its jobs together (None: no limit;
+    # replicas split it), and the longest a 429/503 Retry-After pauses the whole source.
+    max_rate: float | None = None
+    max_retry_after_source: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)

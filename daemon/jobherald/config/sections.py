@@ -310,6 +310,8 @@ class HuaweiSource(RuleFields):
     timeout: Duration = 10.0
     verify_tls: bool = True
     max_body: Size = 4 * 1024 * 1024
+    max_rate: float | None = Field(default=None, gt=0, le=100000)
+    max_retry_after_source: Duration = Field(default=600.0, le=86400.0)
 
 
 class RomaConnectSource(HuaweiSource):
@@ -349,6 +351,8 @@ class HttpJsonSource(RuleFields):
     timeout: Duration = 10.0
     verify_tls: bool = True
     max_body: Size = 4 * 1024 * 1024
+    max_rate: float | None = Field(default=None, gt=0, le=100000)
+    max_retry_after_source: Duration = Field(default=600.0, le=86400.0)
 
 
 SourceSection = Annotated[

@@ -234,6 +234,8 @@ def _resolve_source(
             type=section.type,
             settings=settings,
             max_body=section.max_body,
+            max_rate=section.max_rate,
+            max_retry_after_source=section.max_retry_after_source,
         )
     archive_dir = None
     if isinstance(section, RomaConnectSource) and section.archive_dir is not None:
@@ -254,4 +256,6 @@ def _resolve_source(
         type=section.type,
         archive_dir=archive_dir,
         max_body=section.max_body,
+        max_rate=section.max_rate,
+        max_retry_after_source=section.max_retry_after_source,
     )

@@ -89,6 +89,7 @@ def index(
     rows: list[dict[str, Any]],
     state: str | None,
     pending: dict[str, int] | None = None,
+    throttled: dict[str, datetime] | None = None,
 ) -> str:
     counts = {s: 0 for s in STATES}
     for row in rows:
@@ -104,6 +105,7 @@ def index(
             state=state,
             states=STATES,
             sources=_sources(cfg),
+            throttled={n: at.strftime("%H:%M:%S") for n, at in (throttled or {}).items()},
             pending={name: (pending or {}).get(name, 0) for name in cfg.notifiers},
             now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         )

@@ -201,7 +201,9 @@ class HttpServer:
                 pending = await self.daemon.store.pending_by_notifier()
             except Exception as exc:  # the database away: the page still shows the jobs
                 log.debug("counting pending deliveries failed: %s", exc)
-        html = self.pages.index(self.daemon.config, await self._rows(), state, pending)
+        pool = self.daemon.pool
+        throttled = pool.gates.throttled() if pool is not None and pool.gates is not None else {}
+        html = self.pages.index(self.daemon.config, await self._rows(), state, pending, throttled)
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     async def _job(self, request: web.Request) -> web.Response:

@@ -49,6 +49,12 @@ def advice(kind: EventKind, error: FetchError | None, source: Source, words: Adv
         )
     if kind is not EventKind.ERROR or error is None:
         return None
+    if error.throttled:
+        return (
+            f"{source.endpoint} asks to be polled less often (HTTP {error.status}): every job "
+            f"of source {source.name} waits as long as it asks. Lower max_rate of the source, "
+            "or ask for a higher quota."
+        )
     if error.source_wide:
         return _auth_advice(error, source)
     if error.kind in ("timeout", "connection"):

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from jobherald.schedule.budget import Gates
 from jobherald.schedule.queue import DueQueue, Entry
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class PollResult:
     terminal: bool = False
     failed: bool = False
     retry_after: float | None = None
+    # The job's source asked to be left alone this long (every job of it waits).
+    throttle: float | None = None
 
 
 PollFn = Callable[[str], Awaitable[PollResult]]
@@ -104,6 +107,15 @@ class Pool:
         self._cutting: set[int] = set()
         self._stopping = False
         self.last_ended: float = 0.0
+        # Request budgets and pauses per source (None: every due poll goes at once).
+        self.gates: Gates | None = None
+
+    def use_gates(
+        self, source_of: Callable[[str], str | None], urgency: Callable[[Entry, float], int]
+    ) -> Gates:
+        """Hold polls to their sources' budgets and pauses from now on."""
+        self.gates = Gates(self._hand, source_of, urgency)
+        return self.gates
 
     # -- scheduling -----------------------------------------------------------------
 
@@ -163,8 +175,10 @@ class Pool:
         assert self._loop is not None
         now = self._fired_at = self._loop.time()
         pop_due = self.queue.pop_due
+        gates = self.gates
         while (entry := pop_due(now)) is not None:
-            self._hand(entry)
+            if gates is None or gates.admit(entry, now):
+                self._hand(entry)
         self._arm()
 
     def _hand(self, entry: Entry) -> None:
@@ -200,6 +214,8 @@ class Pool:
             entry = await self._take()
             if queue.entry(entry.job_id) is not entry:
                 continue  # left the config (a reload) while it waited for a poller
+            if self.gates is not None and self.gates.hold(entry):
+                continue  # its source said stop meanwhile: back to the waiting room
             started = loop.time()
             stats.started += 1
             stats.lag(started - entry.due)
@@ -229,6 +245,8 @@ class Pool:
                     self.outage.ended()
             finally:
                 polling[index] = None
+            if self.gates is not None:
+                self.gates.ended(entry, result.throttle)
             due = queue.done(
                 entry,
                 loop.time(),
@@ -284,6 +302,8 @@ class Pool:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.gates is not None:
+            self.gates.close()
         busy = []
         for task, current in zip(self._pollers, self._polling, strict=True):
             if current is None:

@@ -322,17 +322,24 @@ class Watcher:
                 now,
                 job.rules,
                 not_found=exc.not_found,
-                source_wide=exc.source_wide,
+                source_wide=source_wide,
             )
 
+        # A source that says "stop" (429/503 with Retry-After) fails for every job alike.
+        source_wide = exc.source_wide or exc.throttled
         before, outcome = await self._settle(job, decide_error, now, exc)
-        if outcome.changed and outcome.job.error != before.error and not exc.source_wide:
+        if outcome.changed and outcome.job.error != before.error and not source_wide:
             log.warning("polling job %s (%s) failed: %s", job.name, job.id, exc.detail)
         else:
             log.debug("polling job %s (%s) still failing: %s", job.name, job.id, exc.detail)
-        if exc.source_wide:
+        if source_wide:
             await self._source_failed(job.source, exc, now)
-        return PollResult(outcome.job.state.terminal, True, exc.retry_after)
+        return PollResult(
+            outcome.job.state.terminal,
+            True,
+            exc.retry_after,
+            throttle=exc.retry_after if exc.throttled else None,
+        )
 
     def _unforeseen(self, job: WatchedJob, exc: Exception) -> FetchError:
         """An exception no source foresaw, as the poll's error: one line for people (and
@@ -457,14 +464,15 @@ class Watcher:
         async with self._source_locks[name]:
             was = self.health[name]
             if await self._settle_source(name, decide, now, error) and was.error is None:
-                log.warning("source %s: credentials fail: %s", name, error.detail)
+                what = "asks to be left alone" if error.throttled else "credentials fail"
+                log.warning("source %s: %s: %s", name, what, error.detail)
 
     async def _source_ok(self, name: str, now: datetime) -> None:
         if self.health[name].error is None:
             return
         async with self._source_locks[name]:
             if await self._settle_source(name, observe_source_ok, now, None):
-                log.info("source %s: credentials work again", name)
+                log.info("source %s: polls work again", name)
 
     async def _settle_source(
         self,

@@ -1,0 +1,266 @@
+"""Request budgets per source, and a pause of a whole source that said stop.
+
+A source with ``max_rate`` has a token bucket shared by all its jobs (split among the
+live replicas). Polls due faster than it allows wait in the source's waiting room and
+leave it most urgent first: jobs whose ETA is near or past (they are about to finish),
+then the longest overdue. A 429 or 503 with ``Retry-After`` pauses every job of the
+source until then (at most ``max_retry_after_source``); when the pause ends one poll
+goes first, and the others follow only once it was not refused again, so a source that
+still says stop hears one request, not every job's.
+
+Times are the event loop's monotonic seconds. Sources without a budget and not paused
+pass straight through: their polls cost one dictionary lookup here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from jobherald.schedule.queue import Entry
+
+log = logging.getLogger(__name__)
+
+# A bucket holds at most this many seconds of its rate: a quiet source may send a short
+# burst, so that no second ever carries more than 1.1 times the rate.
+BURST_SECONDS = 0.1
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``rate * BURST_SECONDS`` (and at least one) held."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate * BURST_SECONDS)
+        self.tokens = self.capacity
+        self.at = now
+
+    def _fill(self, now: float) -> None:
+        if now > self.at:
+            self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+
+    def take(self, now: float) -> bool:
+        self._fill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there."""
+        self._fill(now)
+        return max(0.0, (1.0 - self.tokens) / self.rate)
+
+
+@dataclass(eq=False)
+class Gate:
+    """One source's budget, pause and waiting room."""
+
+    source: str
+    max_rate: float | None
+    max_pause: float
+    bucket: TokenBucket | None = None
+    paused_until: float = 0.0
+    paused_wall: datetime | None = None
+    # After a pause: the one poll sent first, until it ends.
+    probe: Entry | None = None
+    probing: bool = False
+    waiting: list[tuple[tuple[int, float], int, Entry]] = field(default_factory=list)
+    deferred: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def passes(self) -> bool:
+        """Nothing to hold back: no budget, no pause, nobody waiting."""
+        return self.bucket is None and not self.probing and not self.waiting
+
+
+class Gates:
+    """The gates of every source; the pool asks them before it hands a poll out."""
+
+    def __init__(
+        self,
+        hand: Callable[[Entry], None],
+        source_of: Callable[[str], str | None],
+        urgency: Callable[[Entry, float], int] | None = None,
+    ) -> None:
+        self._hand = hand
+        self._source_of = source_of
+        # 0 for a job about to finish (its ETA near or past), else 1.
+        self._urgency = urgency or (lambda entry, now: 1)
+        self._gates: dict[str, Gate] = {}
+        self._seq = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.replicas = 1
+
+    def configure(self, limits: dict[str, tuple[float | None, float]]) -> None:
+        """Each source's ``(max_rate, max_retry_after_source)``; sources gone are dropped."""
+        now = self._now()
+        for name in list(self._gates):
+            if name not in limits:
+                gone = self._gates.pop(name)
+                if gone.timer is not None:
+                    gone.timer.cancel()
+                for _, _, entry in gone.waiting:
+                    self._hand(entry)  # the pool drops what left the config
+        for name, (rate, pause) in limits.items():
+            gate = self._gates.get(name)
+            if gate is None:
+                gate = self._gates[name] = Gate(name, rate, pause)
+            gate.max_rate, gate.max_pause = rate, pause
+            self._rebudget(gate, now)
+            self._drain(gate)
+
+    def share(self, replicas: int) -> None:
+        """The number of live replicas the budgets are split among."""
+        replicas = max(1, replicas)
+        if replicas != self.replicas:
+            self.replicas = replicas
+            now = self._now()
+            for gate in self._gates.values():
+                self._rebudget(gate, now)
+
+    def _rebudget(self, gate: Gate, now: float) -> None:
+        if gate.max_rate is None:
+            gate.bucket = None
+            return
+        rate = gate.max_rate / self.replicas
+        if gate.bucket is None or gate.bucket.rate != rate:
+            gate.bucket = TokenBucket(rate, now)
+
+    def _now(self) -> float:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
+
+    # -- what the pool asks -------------------------------------------------------------
+
+    def admit(self, entry: Entry, now: float) -> bool:
+        """True: poll it now. False: it waits in its source's room (the gate hands it on)."""
+        gate = self._gate_of(entry)
+        if gate is None or gate.passes:
+            return True
+        self._wait(gate, entry, now)
+        self._drain(gate)
+        return False
+
+    def hold(self, entry: Entry) -> bool:
+        """At the moment a poller takes it: True when its source was paused meanwhile (the
+        entry goes back to the room)."""
+        gate = self._gate_of(entry)
+        if gate is None or not gate.probing or gate.probe is entry:
+            return False
+        self._wait(gate, entry, self._now())
+        return True
+
+    def ended(self, entry: Entry, throttle: float | None) -> None:
+        """A poll ended; with ``throttle`` its source asked to be left alone that long."""
+        gate = self._gate_of(entry)
+        if gate is None:
+            return
+        if throttle is not None:
+            self.pause(gate.source, throttle)
+        elif gate.probe is entry:
+            gate.probe, gate.probing = None, False
+            log.info("source %s answers again: polling resumes", gate.source)
+            self._drain(gate)
+
+    def pause(self, source: str, seconds: float) -> None:
+        """Leave every job of ``source`` alone for ``seconds`` (at most its cap)."""
+        gate = self._gates.get(source)
+        if gate is None:
+            return
+        now = self._now()
+        seconds = max(0.0, min(seconds, gate.max_pause))
+        until = now + seconds
+        if until > gate.paused_until:
+            first = not gate.probing
+            gate.paused_until = until
+            gate.paused_wall = datetime.now(UTC) + timedelta(seconds=seconds)
+            if first:
+                log.warning(
+                    "source %s asked to be left alone: every job of it waits until %s",
+                    source,
+                    gate.paused_wall.strftime("%H:%M:%S"),
+                )
+        gate.probing, gate.probe = True, None
+        self._arm(gate, until)
+
+    # -- what is shown ------------------------------------------------------------------
+
+    def throttled(self) -> dict[str, datetime]:
+        """Sources paused now, and until when (wall clock)."""
+        now = self._now() if self._loop is not None else time.monotonic()
+        return {
+            name: gate.paused_wall
+            for name, gate in self._gates.items()
+            if gate.paused_wall is not None and gate.paused_until > now
+        }
+
+    def deferred(self) -> dict[str, int]:
+        """Polls per source that waited longer than their interval for the budget."""
+        return {name: gate.deferred for name, gate in self._gates.items()}
+
+    def waiting(self) -> int:
+        return sum(len(gate.waiting) for gate in self._gates.values())
+
+    # -- inside -------------------------------------------------------------------------
+
+    def _gate_of(self, entry: Entry) -> Gate | None:
+        source = self._source_of(entry.job_id)
+        return self._gates.get(source) if source is not None else None
+
+    def _wait(self, gate: Gate, entry: Entry, now: float) -> None:
+        key = (self._urgency(entry, now), entry.due)
+        heapq.heappush(gate.waiting, (key, next(self._seq), entry))
+
+    def _drain(self, gate: Gate) -> None:
+        """Hand on the most urgent waiting polls the budget allows now; arm the gate's
+        timer for the next."""
+        now = self._now()
+        if gate.probing:
+            if gate.probe is not None or now < gate.paused_until:
+                if gate.probe is None:
+                    self._arm(gate, gate.paused_until)
+                return  # paused, or its probe still out
+            if gate.waiting:
+                _, _, entry = heapq.heappop(gate.waiting)
+                gate.probe = entry
+                self._hand(entry)
+            else:
+                gate.probing = False
+            return
+        while gate.waiting:
+            if gate.bucket is not None and not gate.bucket.take(now):
+                self._arm(gate, now + gate.bucket.wait(now))
+                return
+            _, _, entry = heapq.heappop(gate.waiting)
+            if now - entry.due > entry.current_interval:
+                gate.deferred += 1
+            self._hand(entry)
+
+    def _arm(self, gate: Gate, at: float) -> None:
+        if gate.timer is not None:
+            if gate.timer.when() <= at:
+                return
+            gate.timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        gate.timer = loop.call_at(at, self._fire, gate)
+
+    def _fire(self, gate: Gate) -> None:
+        gate.timer = None
+        self._drain(gate)
+
+    def close(self) -> None:
+        for gate in self._gates.values():
+            if gate.timer is not None:
+                gate.timer.cancel()
+                gate.timer = None

@@ -1,0 +1,166 @@
+"""Politeness: a request budget per source (max_rate), the jobs about to finish first, and
+a pause of the whole source when it says stop (429 with Retry-After); real daemons
+against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+
+from jobherald.config import Config
+from jobherald.schedule.budget import TokenBucket
+from jobherald.service import Daemon
+from jobherald.simulator import SimJob, Simulator, http_error, running
+from tests.conftest import ConfigWriter, Receiver, wait_for
+from tests.test_http import free_port
+
+
+@pytest.fixture
+async def running_daemon() -> AsyncIterator[Callable[[Config], Daemon]]:
+    started: list[Daemon] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    def run(cfg: Config) -> Daemon:
+        daemon = Daemon(cfg)
+        started.append(daemon)
+        tasks.append(asyncio.create_task(daemon.run()))
+        return daemon
+
+    yield run
+    for daemon in started:
+        daemon.stop()
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most requests in any window of one second."""
+    times = sorted(times)
+    most, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def test_a_bucket_gives_its_rate_and_a_tenth_of_a_second_of_burst() -> None:
+    bucket = TokenBucket(50.0, now=0.0)
+    taken = [t / 1000 for t in range(0, 3000) if bucket.take(t / 1000)]
+    assert 5 + 149 <= len(taken) <= 5 + 150  # the burst at the start, then 50 a second
+    assert busiest_second(taken) <= 55
+    assert bucket.take(3.0)
+    assert not bucket.take(3.0)
+    assert bucket.wait(3.0) == pytest.approx(0.02, abs=0.001)
+
+
+@pytest.mark.timeout(60)
+async def test_max_rate_caps_the_requests_of_a_source_and_counts_deferred_polls(
+    sim: Simulator, configs: ConfigWriter, running_daemon: Callable[[Config], Daemon]
+) -> None:
+    for i in range(60):
+        sim.add(SimJob(f"r{i:02d}", [running(0.5)]))
+    port = free_port()
+    configs.extra = [f'[http]\nlisten = "127.0.0.1:{port}"\n']
+    cfg = configs.load(
+        [f"r{i:02d}" for i in range(60)],
+        source={"max_rate": 20},
+        daemon={"poll_interval": "1s", "concurrency": 32},
+    )
+    daemon = running_daemon(cfg)
+    await wait_for(lambda: daemon.ready, 20, "the daemon")
+    began = time.monotonic()
+    await asyncio.sleep(5.0)  # 60 polls a second are due; 20 a second may go
+    sent = [t for t in sim.request_times if t >= began]
+    assert busiest_second(sent) <= 22, busiest_second(sent)
+    assert 80 <= len(sent) <= 110, len(sent)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as answer,
+    ):
+        metrics = await answer.text()
+    deferred = next(
+        line for line in metrics.splitlines() if line.startswith("jobherald_polls_deferred_total")
+    )
+    assert deferred.startswith('jobherald_polls_deferred_total{source="roma"}')
+    assert float(deferred.split()[-1]) > 0
+
+
+@pytest.mark.timeout(60)
+async def test_under_a_budget_jobs_about_to_finish_are_polled_first(
+    sim: Simulator, configs: ConfigWriter, running_daemon: Callable[[Config], Daemon]
+) -> None:
+    # Begun 3 minutes ago: at 99 % a job ends within seconds, at 1 % in hours.
+    for i in range(20):
+        sim.add(SimJob(f"slow{i:02d}", [running(0.01)]))
+    for i in range(5):
+        sim.add(SimJob(f"soon{i}", [running(0.99)]))
+    ids = [f"slow{i:02d}" for i in range(20)] + [f"soon{i}" for i in range(5)]
+    # 12.5 polls a second are due; 4 may go.
+    cfg = configs.load(ids, source={"max_rate": 4}, daemon={"poll_interval": "2s"})
+    daemon = running_daemon(cfg)
+    await wait_for(lambda: daemon.ready, 20, "the daemon")
+    # Once every job was polled once (its progress known), the budget goes to the soon ones.
+    await wait_for(lambda: all(sim.polls(j) >= 1 for j in ids), 20, "a first poll of each")
+    before = {j: sim.polls(j) for j in ids}
+    await asyncio.sleep(6.0)
+    polled = Counter({j: sim.polls(j) - before[j] for j in ids})
+    soon = sum(polled[f"soon{i}"] for i in range(5)) / 5
+    slow = sum(polled[f"slow{i:02d}"] for i in range(20)) / 20
+    assert soon >= 2.0, polled  # about every 2 s, their interval
+    assert soon >= 3 * slow, (soon, slow)
+
+
+@pytest.mark.timeout(60)
+async def test_a_429_with_retry_after_pauses_the_whole_source(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    running_daemon: Callable[[Config], Daemon],
+) -> None:
+    began = time.monotonic()
+    storm_ends = began + 6.0
+    for i in range(30):
+        answers = [http_error(429, "APIG.0308", "throttled", retry_after=2), running(0.5)]
+        sim.add(SimJob(f"s{i:02d}", answers, finish_at=storm_ends))
+    port = free_port()
+    configs.extra = [f'[http]\nlisten = "127.0.0.1:{port}"\n']
+    cfg = configs.load(
+        [f"s{i:02d}" for i in range(30)],
+        source={"error_after": "1s"},
+        daemon={"poll_interval": "1s", "retries": 0},
+        notifiers={"ops": {"urls": [receiver.url()], "on": ["error", "recovered"]}},
+    )
+    daemon = running_daemon(cfg)
+    await wait_for(lambda: daemon.ready, 20, "the daemon")
+    await wait_for(lambda: len(sim.request_times) >= 1, 10, "a first request")
+    await asyncio.sleep(0.3)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as answer:
+            metrics = await answer.text()
+        async with http.get(f"http://127.0.0.1:{port}/") as answer:
+            page = await answer.text()
+    assert 'jobherald_source_up{source="roma"} 0.0' in metrics
+    assert 'data-throttled="roma">throttled until ' in page
+    await wait_for(lambda: time.monotonic() > storm_ends, 10, "the storm to end")
+    during = [t for t in sim.request_times if t < storm_ends]
+    # 30 jobs polled every second for 6 s would be 180 requests: the source said stop,
+    # so the first ones, then one probe every 2 s.
+    assert len(during) <= 10, len(during)
+    # After the storm every job is polled again, and the source's error event (after
+    # error_after) is followed by its recovery.
+    await wait_for(lambda: all(sim.polls(f"s{i:02d}") >= 2 for i in range(30)), 20, "polls")
+    await wait_for(lambda: len(receiver.messages) >= 2, 20, "the error and recovered messages")
+    titles = [m["title"] for m in receiver.messages]
+    assert titles[:2] == ["source roma error", "source roma recovered"], titles
+    assert "asks to be polled less often (HTTP 429)" in receiver.messages[0]["message"]
+    with sqlite3.connect(configs.folder / "jobherald.db") as conn:
+        (jobs_with_errors,) = conn.execute(
+            "select count(*) from jobs where error is not null"
+        ).fetchone()
+    assert jobs_with_errors == 0  # the source's outage, not the jobs', and it is over
