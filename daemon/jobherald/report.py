@@ -3,12 +3,13 @@ show it: the same objects for the command line and the daemon's HTTP API."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from jobherald.config import Config
-    from jobherald.store import Store
+    from jobherald.config import Config, WatchedJob
+    from jobherald.store import JobFilter, Store
 
 TERMINAL = ("succeeded", "failed", "lost")
 
@@ -34,7 +35,7 @@ def archive_fields(row: Any) -> dict[str, Any]:
     }
 
 
-def _blank(job_id: str, name: str, source: str) -> dict[str, Any]:
+def _blank(job_id: str, name: str, source: str, interval: float | None = None) -> dict[str, Any]:
     return {
         "id": job_id,
         "name": name,
@@ -52,7 +53,130 @@ def _blank(job_id: str, name: str, source: str) -> dict[str, Any]:
         **archive_fields(None),
         "eta": None,
         "typical_duration": None,
+        "interval": interval,
     }
+
+
+_INDEX: tuple[Config, dict[str, WatchedJob]] | None = None
+
+
+def configured_jobs(cfg: Config) -> dict[str, WatchedJob]:
+    """The config's jobs by id (made once per config, not per request)."""
+    global _INDEX
+    if _INDEX is None or _INDEX[0] is not cfg:
+        _INDEX = (cfg, {j.id: j for j in cfg.jobs})
+    return _INDEX[1]
+
+
+def effective_interval(cfg: Config, job: WatchedJob | None, active: dict[str, int]) -> float | None:
+    """How often a job is polled: its poll_interval, or less often when its source's
+    ``max_rate`` cannot give every active job of the source its interval."""
+    if job is None:
+        return None
+    source = cfg.sources.get(job.source)
+    if source is None or source.max_rate is None:
+        return job.poll_interval
+    return max(job.poll_interval, active.get(job.source, 0) / source.max_rate)
+
+
+async def rows_of(
+    cfg: Config, store: Store, stored: Sequence[Any], now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """These stored jobs as `status --json` shows them; what each needs beside its row
+    (progress samples, typical durations, archives) is read for these jobs only."""
+    from jobherald.model import typical_duration
+    from jobherald.schedule.replicas import owner
+    from jobherald.schedule.watcher import job_eta
+    from jobherald.store import reasons_of, view_of
+
+    if not stored:
+        return []
+    now = now or datetime.now(UTC)
+    members, _ = await store.members()
+    live = [m.name for m in members if m.live]
+    ids = [r.id for r in stored]
+    running = [r.id for r in stored if r.state == "running"]
+    samples = await store.progress_samples(running) if running else {}
+    durations = await store.durations_of({(r.name, r.source) for r in stored})
+    archives = await store.archive_rows(ids)
+    limited = any(src.max_rate is not None for src in cfg.sources.values())
+    active = await store.active_per_source() if limited else {}
+    configured = configured_jobs(cfg)
+    rows = []
+    for row in stored:
+        view = view_of(row)
+        others = [d for i, d in durations.get((row.name, row.source), ()) if i != row.id]
+        eta = job_eta(view, samples.get(row.id, ()), row.last_polled_at, now)
+        job = configured.get(row.id)
+        item = {
+            **_blank(row.id, row.name, row.source, effective_interval(cfg, job, active)),
+            "status": row.state,
+            "raw_status": row.raw_status,
+            "progress": row.progress,
+            "archive_id": row.archive_id,
+            "link": row.link,
+            "reasons": reasons_of(row),
+            "last_polled_at": iso(row.last_polled_at),
+            "last_changed_at": iso(row.last_changed_at),
+            "error": row.error,
+            "eta": iso(eta),
+            "typical_duration": typical_duration(others),
+            **archive_fields(archives.get(row.id)),
+        }
+        # The replica polling it now: the same rendezvous hash every replica computes.
+        if job is not None and row.state not in TERMINAL:
+            item["owner"] = owner(row.id, live)
+        rows.append(item)
+    return rows
+
+
+async def page_rows(
+    cfg: Config,
+    store: Store,
+    wanted: JobFilter,
+    limit: int,
+    after: tuple[Any, ...] | None = None,
+    *,
+    by_state: bool = True,
+) -> tuple[list[dict[str, Any]], tuple[Any, ...] | None]:
+    """One page of jobs as `status --json` shows them, and where the next page starts
+    (None: this was the last)."""
+    from jobherald.store.jobs import sort_key
+
+    stored = await store.page(wanted, limit + 1, after, by_state=by_state)
+    more = len(stored) > limit
+    stored = stored[:limit]
+    rows = await rows_of(cfg, store, stored)
+    return rows, (sort_key(stored[-1], by_state) if more and stored else None)
+
+
+async def iter_rows(
+    cfg: Config, store: Store | None, wanted: JobFilter | None = None, chunk: int = 1000
+) -> AsyncIterator[dict[str, Any]]:
+    """Every known job as `status --json` shows it, in the order they were registered,
+    read ``chunk`` at a time (memory stays flat however many there are); configured jobs
+    the database does not know yet come last, as pending."""
+    from jobherald.store import JobFilter
+
+    wanted = wanted or JobFilter()
+    seen: set[str] = set()
+    after: tuple[Any, ...] | None = None
+    while store is not None:
+        rows, after = await page_rows(cfg, store, wanted, chunk, after, by_state=False)
+        for row in rows:
+            seen.add(row["id"])
+            yield row
+        if after is None:
+            break
+    if wanted.text:
+        return
+    for job in cfg.jobs:
+        if job.id in seen:
+            continue
+        if (wanted.state or "pending") != "pending" or wanted.source not in (None, job.source):
+            continue
+        if store is None or await store.job(job.id) is None:
+            yield _blank(job.id, job.name, job.source, job.poll_interval)
 
 
 async def job_rows(
@@ -60,55 +184,19 @@ async def job_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Every known job as `status --json` shows it, and the deliveries counted by state.
     ``store`` None: no database yet (every configured job is pending)."""
-    from jobherald.model import typical_duration
-    from jobherald.schedule.replicas import owner
-    from jobherald.schedule.watcher import job_eta
-    from jobherald.store import reasons_of, view_of
+    rows = [row async for row in iter_rows(cfg, store)]
+    counts = await store.delivery_counts() if store is not None else {}
+    return rows, counts
 
-    now = now or datetime.now(UTC)
-    rows: dict[str, dict[str, Any]] = {}
-    counts: dict[str, int] = {}
-    live: list[str] = []
-    configured = {j.id for j in cfg.jobs}
-    if store is not None:
-        members, _ = await store.members()
-        live = [m.name for m in members if m.live]
-        stored = await store.status()
-        running = [r.id for r in stored if r.state == "running"]
-        samples = await store.progress_samples(running) if running else {}
-        durations = await store.finished_durations()
-        by_key: dict[tuple[str, str], list[tuple[str, float]]] = {}
-        for job_id, (name, source, seconds) in durations.items():
-            by_key.setdefault((name, source), []).append((job_id, seconds))
-        for row in stored:
-            view = view_of(row)
-            others = [d for i, d in by_key.get((row.name, row.source), ()) if i != row.id]
-            eta = job_eta(view, samples.get(row.id, ()), row.last_polled_at, now)
-            rows[row.id] = {
-                **_blank(row.id, row.name, row.source),
-                "status": row.state,
-                "raw_status": row.raw_status,
-                "progress": row.progress,
-                "archive_id": row.archive_id,
-                "link": row.link,
-                "reasons": reasons_of(row),
-                "last_polled_at": iso(row.last_polled_at),
-                "last_changed_at": iso(row.last_changed_at),
-                "error": row.error,
-                "eta": iso(eta),
-                "typical_duration": typical_duration(others),
-            }
-        for job_id, archive in (await store.archive_rows()).items():
-            if job_id in rows:
-                rows[job_id].update(archive_fields(archive))
-        counts = await store.delivery_counts()
-    for job in cfg.jobs:
-        rows.setdefault(job.id, _blank(job.id, job.name, job.source))
-    for item in rows.values():
-        # The replica polling it now: the same rendezvous hash every replica computes.
-        if item["id"] in configured and item["status"] not in TERMINAL:
-            item["owner"] = owner(item["id"], live)
-    return list(rows.values()), counts
+
+async def one_row(cfg: Config, store: Store | None, job_id: str) -> dict[str, Any] | None:
+    """One job as `status --json` shows it (None: no such job)."""
+    row = await store.job(job_id) if store is not None else None
+    if row is not None:
+        (item,) = await rows_of(cfg, store, [row])  # type: ignore[arg-type]
+        return item
+    job = configured_jobs(cfg).get(job_id)
+    return _blank(job.id, job.name, job.source, job.poll_interval) if job is not None else None
 
 
 async def history_rows(store: Store, job_id: str) -> list[dict[str, Any]] | None:

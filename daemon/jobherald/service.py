@@ -612,7 +612,9 @@ class Daemon:
         """Let the dispatcher end its pass, then send what the last polls queued, within the bound."""
         try:
             await asyncio.wait_for(sender, max(0.1, deadline - time.monotonic()))
-            await asyncio.wait_for(dispatcher.deliver_due(), max(0.1, deadline - time.monotonic()))
+            await asyncio.wait_for(
+                dispatcher.deliver_due(patient=False), max(0.1, deadline - time.monotonic())
+            )
         except TimeoutError:
             sender.cancel()
             await dispatcher.stop_lanes()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import textwrap
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,20 +27,54 @@ from jobherald.cli.base import (
 
 if TYPE_CHECKING:
     from jobherald.config import Config
+    from jobherald.store import JobFilter
+
+# The states a job can be in (what `status --state` takes).
+STATES = ("pending", "running", "succeeded", "failed", "unknown", "lost")
 
 
-async def _rows(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Every known job as `status --json` shows it, and the deliveries counted by state."""
-    from jobherald.report import job_rows
+async def _rows(
+    cfg: Config, wanted: JobFilter | None = None, limit: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The known jobs as `status --json` shows them (the first ``limit``), and the
+    deliveries counted by state."""
+    from jobherald.report import iter_rows
     from jobherald.store import Store
 
-    if not database_exists(cfg.database_url):
-        return await job_rows(cfg, None)
-    store = await Store.open(cfg.database_url)
+    store = await Store.open(cfg.database_url) if database_exists(cfg.database_url) else None
     try:
-        return await job_rows(cfg, store)
+        rows: list[dict[str, Any]] = []
+        async for row in iter_rows(cfg, store, wanted, chunk=min(limit or 1000, 1000)):
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+        return rows, (await store.delivery_counts() if store is not None else {})
     finally:
-        await store.close()
+        if store is not None:
+            await store.close()
+
+
+async def _stream_json(cfg: Config, wanted: JobFilter, limit: int | None) -> None:
+    """`status --json`: the array written row by row as it is read, a thousand at a time
+    (memory stays flat however many jobs there are); the same text as one json.dumps."""
+    from jobherald.report import iter_rows
+    from jobherald.store import Store
+
+    store = await Store.open(cfg.database_url) if database_exists(cfg.database_url) else None
+    out = sys.stdout
+    written = 0
+    try:
+        async for row in iter_rows(cfg, store, wanted):
+            out.write("[\n" if written == 0 else ",\n")
+            out.write(textwrap.indent(json.dumps(row, indent=2), "  "))
+            written += 1
+            if limit is not None and written >= limit:
+                break
+    finally:
+        if store is not None:
+            await store.close()
+    out.write("\n]\n" if written else "[]\n")
+    out.flush()
 
 
 def _pct(value: float | None) -> str:
@@ -119,19 +154,32 @@ def _state(row: dict[str, Any]) -> str:
     show_default=True,
     help="With --watch: seconds between looks.",
 )
+@click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--source", help="Only jobs of this source.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many jobs.")
 @click.pass_context
 def status(
-    ctx: click.Context, config_path: str | None, as_json: bool, live: bool, every: float
+    ctx: click.Context,
+    config_path: str | None,
+    as_json: bool,
+    live: bool,
+    every: float,
+    state: str | None,
+    source: str | None,
+    limit: int | None,
 ) -> None:
     """Every known job: state, progress, last change, last poll, last error."""
+    from jobherald.store import JobFilter
+
     cfg = load_config(ctx, config_path)
+    wanted = JobFilter(state=state, source=source)
     if live:
         _watch_status(cfg, every)
         return
-    rows, counts = run_async(_rows(cfg))
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        run_async(_stream_json(cfg, wanted, limit))
         return
+    rows, counts = run_async(_rows(cfg, wanted, limit))
     if not rows:
         click.echo("no jobs")
         return

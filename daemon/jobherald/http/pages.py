@@ -14,6 +14,7 @@ from jinja2 import Environment, select_autoescape
 
 if TYPE_CHECKING:
     from jobherald.config import Config
+    from jobherald.store import JobFilter
 
 STATES = ("running", "pending", "unknown", "succeeded", "failed", "lost")
 STATIC = {"page.js": "application/javascript", "style.css": "text/css"}
@@ -87,23 +88,25 @@ def _sources(cfg: Config) -> dict[str, dict[str, str]]:
 def index(
     cfg: Config,
     rows: list[dict[str, Any]],
-    state: str | None,
+    counts: dict[str, int],
+    wanted: JobFilter,
+    *,
+    following: Any = None,
     pending: dict[str, int] | None = None,
     throttled: dict[str, datetime] | None = None,
 ) -> str:
-    counts = {s: 0 for s in STATES}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    shown = [r for r in rows if state is None or r["status"] == state]
-    order = {s: i for i, s in enumerate(STATES)}
-    shown.sort(key=lambda r: (order.get(r["status"], 99), r["name"]))
+    """The status page: one page of jobs (as the database sorted and cut them), the jobs
+    per state, and a link to the next page."""
     return str(
         _template("index.html").render(
-            rows=shown,
-            counts=counts,
-            total=len(rows),
-            state=state,
+            rows=rows,
+            counts={s: counts.get(s, 0) for s in STATES},
+            total=sum(counts.values()),
+            state=wanted.state,
+            source=wanted.source or "",
+            text=wanted.text or "",
             states=STATES,
+            following=str(following) if following is not None else None,
             sources=_sources(cfg),
             throttled={n: at.strftime("%H:%M:%S") for n, at in (throttled or {}).items()},
             pending={name: (pending or {}).get(name, 0) for name in cfg.notifiers},

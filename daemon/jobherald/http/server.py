@@ -8,13 +8,13 @@ HTTP basic authentication (a browser asks for it once).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
+import json
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +24,14 @@ from jobherald.errors import ListenError
 
 if TYPE_CHECKING:
     from jobherald.service import Daemon
+    from jobherald.store import JobFilter
 
 log = logging.getLogger(__name__)
 
 OPEN = frozenset({"/healthz", "/readyz"})
-# How long one reading of every job serves the pages and the API.
-ROWS_FOR = 1.0
+# Rows on a page or in one answer of /api/jobs: by default, and at most.
+PAGE = 100
+MAX_PAGE = 1000
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -57,6 +59,7 @@ class HttpServer:
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/api/jobs", self._api_jobs)
+        self.app.router.add_get("/api/counts", self._api_counts)
         self.app.router.add_get("/api/jobs/{job_id}/history", self._api_history)
         self.app.router.add_get("/api/replicas", self._api_replicas)
         self.app.router.add_get("/", self._index)
@@ -64,8 +67,6 @@ class HttpServer:
         self.app.router.add_get("/static/{name}", self._static)
         self.pages = pages
         self._runner: web.AppRunner | None = None
-        self._reading = asyncio.Lock()
-        self._cached: tuple[float, list[dict[str, Any]]] | None = None
         self._failing = False
 
     async def start(self) -> None:
@@ -160,29 +161,60 @@ class HttpServer:
             body=self.daemon.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    async def _rows(self) -> list[dict[str, Any]]:
-        """Every job as `status --json` shows it; one reading of the database serves every
-        page and API call within ROWS_FOR seconds (open pages ask every two seconds)."""
-        from jobherald.report import job_rows
+    async def _page(
+        self, request: web.Request
+    ) -> tuple[list[dict[str, Any]], str | None, JobFilter]:
+        """The page of jobs a request asks for (``limit``, ``cursor``, ``state``, ``source``,
+        ``q``), read from the database: filtered, sorted and cut there; and the next page's
+        cursor (None: the last page)."""
+        from jobherald.report import page_rows
+        from jobherald.store import JobFilter
 
-        async with self._reading:
-            now = time.monotonic()
-            if self._cached is None or now - self._cached[0] > ROWS_FOR:
-                rows, _ = await job_rows(self.daemon.config, self.daemon.store)
-                self._cached = (time.monotonic(), rows)
-            return self._cached[1]
+        query = request.query
+        try:
+            limit = int(query.get("limit") or PAGE)
+        except ValueError:
+            raise _bad("limit must be a whole number") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise _bad(f"limit must be between 1 and {MAX_PAGE}")
+        after = _cursor(query.get("cursor"))
+        wanted = JobFilter(
+            state=query.get("state") or None,
+            source=query.get("source") or None,
+            text=(query.get("q") or "").strip()[:200] or None,
+        )
+        store = self.daemon.store
+        if store is None:
+            return [], None, wanted
+        rows, following = await page_rows(self.daemon.config, store, wanted, limit, after)
+        return rows, _encode_cursor(following), wanted
 
-    async def _api_jobs(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._rows())
+    async def _api_jobs(self, request: web.Request) -> web.StreamResponse:
+        rows, following, _ = await self._page(request)
+        body = json.dumps(rows).encode()
+        tag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        headers = {"ETag": tag}
+        if following is not None:
+            url = request.rel_url.update_query({"cursor": following})
+            headers["Link"] = f'<{url}>; rel="next"'
+        if tag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, content_type="application/json", headers=headers)
+
+    async def _api_counts(self, request: web.Request) -> web.Response:
+        store = self.daemon.store
+        source = request.query.get("source") or None
+        counts = await store.state_counts(source) if store is not None else {}
+        return web.json_response({"all": sum(counts.values()), **counts})
 
     async def _api_history(self, request: web.Request) -> web.Response:
-        from jobherald.report import history_rows
+        from jobherald.report import configured_jobs, history_rows
 
         job_id = request.match_info["job_id"]
         store = self.daemon.store
         items = await history_rows(store, job_id) if store is not None else None
         if items is None:
-            if any(j.id == job_id for j in self.daemon.config.jobs):
+            if job_id in configured_jobs(self.daemon.config):
                 return web.json_response([])
             return web.json_response({"error": f"no job {job_id!r}"}, status=404)
         return web.json_response(items)
@@ -194,7 +226,6 @@ class HttpServer:
         return web.json_response(await replica_rows(store) if store is not None else [])
 
     async def _index(self, request: web.Request) -> web.Response:
-        state = request.query.get("state") or None
         pending: dict[str, int] = {}
         if self.daemon.store is not None:
             try:
@@ -203,14 +234,24 @@ class HttpServer:
                 log.debug("counting pending deliveries failed: %s", exc)
         pool = self.daemon.pool
         throttled = pool.gates.throttled() if pool is not None and pool.gates is not None else {}
-        html = self.pages.index(self.daemon.config, await self._rows(), state, pending, throttled)
+        rows, following, wanted = await self._page(request)
+        counts = await self.daemon.store.state_counts() if self.daemon.store is not None else {}
+        html = self.pages.index(
+            self.daemon.config,
+            rows,
+            counts,
+            wanted,
+            following=request.rel_url.update_query({"cursor": following}) if following else None,
+            pending=pending,
+            throttled=throttled,
+        )
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     async def _job(self, request: web.Request) -> web.Response:
-        from jobherald.report import history_rows
+        from jobherald.report import history_rows, one_row
 
         job_id = request.match_info["job_id"]
-        row = next((r for r in await self._rows() if r["id"] == job_id), None)
+        row = await one_row(self.daemon.config, self.daemon.store, job_id)
         if row is None:
             html = self.pages.not_found(job_id)
             return web.Response(status=404, text=html, content_type="text/html", charset="utf-8")
@@ -225,3 +266,28 @@ class HttpServer:
             raise web.HTTPNotFound()
         body, content_type = found
         return web.Response(body=body, content_type=content_type, charset="utf-8")
+
+
+def _bad(why: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": why}), content_type="application/json")
+
+
+def _encode_cursor(key: tuple[Any, ...] | None) -> str | None:
+    if key is None:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _cursor(value: str | None) -> tuple[int, str, str] | None:
+    """A page's cursor as the store takes it: the sort key of the last row shown."""
+    if not value:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        key = json.loads(raw)
+        rank, name, job_id = key
+        if not (isinstance(rank, int) and isinstance(name, str) and isinstance(job_id, str)):
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise _bad("cursor is not one this server gave") from None
+    return rank, name, job_id

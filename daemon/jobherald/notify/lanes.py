@@ -90,6 +90,7 @@ class Dispatcher:
         self.tried = 0
         self._lanes: dict[Lane, asyncio.Task[None]] = {}
         self._paused: dict[Lane, float] = {}  # a lane whose last send failed: until when
+        self._resting: set[Lane] = set()  # lanes not started for a wait: woken after it
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -111,27 +112,54 @@ class Dispatcher:
         """The lanes sending now."""
         return sorted(self._lanes)
 
-    def _start_lanes(self, lanes: Sequence[Lane], claimer: Claimer) -> None:
+    def _wait_of(self, lane: Lane, patient: bool = False) -> float:
+        """Seconds before a lane may send again: its service's pace, or the pause after
+        a failed send (not in a ``patient`` pass: a one-off pass does not hold back
+        first attempts for a URL that failed)."""
+        wait = 0.0 if patient else self._paused.get(lane, 0.0) - time.monotonic()
+        if lane.notifier in self.sender.notifiers:
+            wait = max(wait, self.sender.wait_before(lane.notifier, lane.target))
+        return max(0.0, wait)
+
+    def _start_lanes(self, lanes: Sequence[Lane], claimer: Claimer, patient: bool) -> None:
+        """Start a sender for each lane not sending yet; ``patient`` ones wait for their
+        turn, the others are left until then (the run loop wakes for them)."""
         for lane in lanes:
-            if lane not in self._lanes:
-                task = asyncio.create_task(self._lane(lane, claimer), name=f"lane {lane.notifier}")
-                self._lanes[lane] = task
-                task.add_done_callback(lambda _, lane=lane: self._ended(lane))  # type: ignore[misc]
+            if lane in self._lanes:
+                continue
+            if not patient and self._wait_of(lane) > 0:
+                self._resting.add(lane)
+                continue
+            self._resting.discard(lane)
+            task = asyncio.create_task(
+                self._lane(lane, claimer, patient), name=f"lane {lane.notifier}"
+            )
+            self._lanes[lane] = task
+            task.add_done_callback(lambda _, lane=lane: self._ended(lane))  # type: ignore[misc]
+
+    def _next_turn(self) -> float | None:
+        """Seconds until the first resting lane may send (those whose turn came are no
+        longer resting)."""
+        self._resting = {lane for lane in self._resting if self._wait_of(lane) > 0}
+        waits = [self._wait_of(lane) for lane in self._resting]
+        return min(waits) if waits else None
 
     def _ended(self, lane: Lane) -> None:
         self._lanes.pop(lane, None)
         self._wake.set()  # something may have come for it while it ended
 
-    async def deliver_due(self) -> int:
+    async def deliver_due(self, *, patient: bool = True) -> int:
         """Send everything due now, lane by lane, until nothing is; returns how many
-        deliveries were tried."""
+        deliveries were tried. ``patient``: wait for a service's pace (or a failed URL's
+        pause) within the pass, else leave those lanes for later."""
         before = self.tried
         while True:
             claimer = self.claimer()
             if claimer is None:
                 break
             progress = self.tried
-            self._start_lanes(await self.store.due_lanes(self.clock(), claimer), claimer)
+            lanes = await self.store.due_lanes(self.clock(), claimer)
+            self._start_lanes(lanes, claimer, patient)
             if not self._lanes:
                 break
             await asyncio.wait(list(self._lanes.values()))
@@ -148,8 +176,9 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _lane(self, lane: Lane, claimer: Claimer) -> None:
-        """Send one URL's due deliveries until none is due, holding the lane meanwhile."""
+    async def _lane(self, lane: Lane, claimer: Claimer, patient: bool) -> None:
+        """Send one URL's due deliveries until none is due (or, not ``patient``, until
+        it must wait for its turn), holding the lane meanwhile."""
         try:
             if not await self.store.claim_lane(lane, claimer):
                 return  # another sender has it
@@ -160,9 +189,10 @@ class Dispatcher:
             while self.claimer() == claimer:
                 # The service's own pace is waited for before claiming: what comes
                 # meanwhile joins the next batch (a digest, when enough has come).
-                wait = self.sender.wait_before(lane.notifier, lane.target)
-                wait = max(wait, self._paused.get(lane, 0.0) - time.monotonic())
-                if lane.notifier in self.sender.notifiers and wait > 0:
+                if (wait := self._wait_of(lane, patient)) > 0:
+                    if not patient:
+                        self._resting.add(lane)
+                        break
                     await asyncio.sleep(wait)
                 if not await self._lane_batch(lane, claimer):
                     break
@@ -343,8 +373,10 @@ class Dispatcher:
             try:
                 claimer = self.claimer()
                 if claimer is not None:
-                    self._start_lanes(await self.store.due_lanes(self.clock(), claimer), claimer)
-                next_at = await self.store.next_delivery_at()
+                    lanes = await self.store.due_lanes(self.clock(), claimer)
+                    self._start_lanes(lanes, claimer, patient=False)
+                turn = self._next_turn()
+                next_at = await self.store.next_delivery_at(excluding=self._resting)
             except Exception as exc:
                 # The database away (a restart, a network cut): one line per outage.
                 text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -360,6 +392,8 @@ class Dispatcher:
                 log.info("delivery passes work again")
                 failing = None
             timeout = self.max_sleep
+            if turn is not None:
+                timeout = min(timeout, max(turn, 0.01))
             if next_at is not None:
                 # Due now yet not started: a lane let go just now (its end wakes us too).
                 timeout = max(0.05, min(timeout, (next_at - self.clock()).total_seconds()))

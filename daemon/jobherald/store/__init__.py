@@ -19,6 +19,8 @@ from jobherald.store.base import StoreBase, sqlite_engine
 from jobherald.store.events import NewEvent, Target
 from jobherald.store.jobs import (
     GROUP_COMMIT,
+    STATE_ORDER,
+    JobFilter,
     JobIdentity,
     Jobs,
     Recorded,
@@ -41,11 +43,13 @@ __all__ = [
     "CLAIM_FOR",
     "GROUP_COMMIT",
     "SCHEMA_HEAD",
+    "STATE_ORDER",
     "ArchiveClaim",
     "Batch",
     "Claimer",
     "DatabaseLock",
     "Delivery",
+    "JobFilter",
     "JobIdentity",
     "Joining",
     "Kept",

@@ -16,10 +16,50 @@ from jobherald.model import JobView, Outcome, Reason, SourceHealth, State, Trans
 from jobherald.store.archives import insert_archive
 from jobherald.store.base import StoreBase
 from jobherald.store.events import NewEvent, insert_events
-from jobherald.store.schema import jobs, source_health, transitions
+from jobherald.store.schema import UTCDateTime, jobs, source_health, transitions
 
 # Polls that end together are written in one transaction of at most this many.
 GROUP_COMMIT = 500
+
+# The order jobs are listed in: by state (this order), then name, then id.
+STATE_ORDER = ("running", "pending", "unknown", "succeeded", "failed", "lost")
+TERMINAL_STATES = ("succeeded", "failed", "lost")
+
+
+def sort_key(row: sa.Row[Any], by_state: bool = True) -> tuple[Any, ...]:
+    """Where a listing goes on after this row (see ``Jobs.page``)."""
+    return (row.rank, row.name, row.id) if by_state else (row.created_at, row.id)
+
+
+def state_rank() -> sa.ColumnElement[int]:
+    return sa.case(
+        {state: i for i, state in enumerate(STATE_ORDER)},
+        value=jobs.c.state,
+        else_=len(STATE_ORDER),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs a listing shows: by state, source, and a text in the name or id."""
+
+    state: str | None = None
+    source: str | None = None
+    text: str | None = None
+
+    def where(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        if self.state:
+            query = query.where(jobs.c.state == self.state)
+        if self.source:
+            query = query.where(jobs.c.source == self.source)
+        if self.text:
+            query = query.where(
+                sa.or_(
+                    sa.func.lower(jobs.c.name).contains(self.text.lower(), autoescape=True),
+                    sa.func.lower(jobs.c.id).contains(self.text.lower(), autoescape=True),
+                )
+            )
+        return query
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +442,71 @@ class Jobs(StoreBase):
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(jobs).order_by(jobs.c.created_at, jobs.c.id))
             return list(rows)
+
+    async def page(
+        self,
+        wanted: JobFilter,
+        limit: int,
+        after: tuple[Any, ...] | None = None,
+        *,
+        by_state: bool = True,
+    ) -> list[sa.Row[Any]]:
+        """Up to ``limit`` jobs, filtered and sorted by the database: by state, name and
+        id (``by_state``), else in the order they were registered; those after ``after``,
+        the sort key of the last one shown (see ``sort_key``)."""
+        rank = state_rank()
+        order = (rank, jobs.c.name, jobs.c.id) if by_state else (jobs.c.created_at, jobs.c.id)
+        query = wanted.where(sa.select(jobs, rank.label("rank")))
+        if after is not None:
+            values = [sa.literal(v) for v in after]
+            if not by_state:  # a time: bound as the column stores it
+                values[0] = sa.literal(after[0], UTCDateTime)
+            query = query.where(sa.tuple_(*order) > sa.tuple_(*values))
+        query = query.order_by(*order).limit(limit)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).all())
+
+    async def state_counts(self, source: str | None = None) -> dict[str, int]:
+        """Jobs per state (of one source, if given): one aggregate query."""
+        query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+        if source:
+            query = query.where(jobs.c.source == source)
+        async with self.engine.connect() as conn:
+            return {state: int(n) for state, n in (await conn.execute(query)).all()}
+
+    async def active_per_source(self) -> dict[str, int]:
+        """Jobs still polled (not finished), per source."""
+        query = (
+            sa.select(jobs.c.source, sa.func.count())
+            .where(jobs.c.state.not_in(TERMINAL_STATES))
+            .group_by(jobs.c.source)
+        )
+        async with self.engine.connect() as conn:
+            return {source: int(n) for source, n in (await conn.execute(query)).all()}
+
+    async def durations_of(
+        self, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[tuple[str, float]]]:
+        """Finished runs' durations of jobs with these (name, source): key -> (id, seconds)."""
+        wanted = set(keys)
+        names = sorted({name for name, _ in wanted})
+        out: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        if not names:
+            return out
+        query = sa.select(
+            jobs.c.id, jobs.c.name, jobs.c.source, jobs.c.begin_time, jobs.c.end_time
+        ).where(
+            jobs.c.name.in_(names),
+            jobs.c.state == "succeeded",
+            jobs.c.begin_time.is_not(None),
+            jobs.c.end_time.is_not(None),
+        )
+        async with self.engine.connect() as conn:
+            for r in await conn.execute(query):
+                if (r.name, r.source) in wanted:
+                    seconds = (r.end_time - r.begin_time).total_seconds()
+                    out.setdefault((r.name, r.source), []).append((r.id, seconds))
+        return out
 
     async def job(self, job_id: str) -> sa.Row[Any] | None:
         async with self.engine.connect() as conn:

@@ -7,7 +7,7 @@ one batch at a time (a message, a few in flight, or a digest of many).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -246,12 +246,14 @@ class Outbox(StoreBase):
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
-    async def next_delivery_at(self, claimer: Claimer | None = None) -> datetime | None:
-        """When the next delivery nobody holds falls due (with ``claimer``: in a lane no
-        other sender holds)."""
-        if claimer is None:
-            return await self.next_unheld_at(deliveries)
-        return await self.next_unheld_at(deliveries, sa.not_(self._lane_held(but=claimer)))
+    async def next_delivery_at(self, excluding: Collection[Lane] = ()) -> datetime | None:
+        """When the next delivery nobody holds, in a lane nobody holds (nor in these),
+        falls due (a lane being sent takes what comes for it)."""
+        also = [sa.not_(self._lane_held())]
+        if excluding:
+            pairs = [(lane.notifier, lane.target) for lane in excluding]
+            also.append(sa.tuple_(deliveries.c.notifier, deliveries.c.target).not_in(pairs))
+        return await self.next_unheld_at(deliveries, *also)
 
     async def mark_delivered(self, delivery_id: int, at: datetime, claimer: Claimer) -> bool:
         """Record a sent delivery; False if this sender's claim had been taken over."""

@@ -70,6 +70,10 @@ jobs = sa.Table(
     # Raised by every write of the job's state: replicas change a job only from the
     # version they read (compare-and-set), so one flip is written once.
     sa.Column("version", sa.Integer, nullable=False, default=0, server_default="0"),
+    # Listings filter by state or source and sort by name (then id) in the database.
+    sa.Index("ix_jobs_state_name", "state", "name", "id"),
+    sa.Index("ix_jobs_source_name", "source", "name", "id"),
+    sa.Index("ix_jobs_name", "name", "id"),
 )
 
 source_health = sa.Table(
@@ -193,7 +197,7 @@ def migrations_path() -> Path:
 
 
 # The newest revision under migrations/ (a test keeps the two the same).
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 
 
 def alembic_config() -> Any:

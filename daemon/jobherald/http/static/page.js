@@ -1,10 +1,13 @@
-// Keeps the job list current without reloading: /api/jobs every two seconds.
+// Keeps the job list current without reloading: this page's rows from /api/jobs every
+// two seconds (answered 304 when nothing changed), the counts from /api/counts.
 "use strict";
 (function () {
   var table = document.getElementById("jobs");
   if (!table) { return; }
   var filter = table.getAttribute("data-state") || null;
-  var order = ["running", "pending", "unknown", "succeeded", "failed", "lost"];
+  // The page as loaded: its filters and cursor, asked again for the same rows.
+  var query = new URLSearchParams(window.location.search);
+  var etag = null;
 
   function when(value) {
     if (!value) { return "-"; }
@@ -63,17 +66,13 @@
     tr.append(name, source, state, progress, eta, changed, error);
     return tr;
   }
-  function render(jobs) {
-    var counts = { all: jobs.length };
-    jobs.forEach(function (j) { counts[j.status] = (counts[j.status] || 0) + 1; });
+  function count(counts) {
     document.querySelectorAll("[data-count]").forEach(function (el) {
       el.textContent = counts[el.getAttribute("data-count")] || 0;
     });
-    var shown = jobs.filter(function (j) { return !filter || j.status === filter; });
-    shown.sort(function (a, b) {
-      var d = order.indexOf(a.status) - order.indexOf(b.status);
-      return d !== 0 ? d : (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
-    });
+    document.title = "jobherald: " + (counts.all || 0) + " jobs";
+  }
+  function render(shown) {
     var body = document.createElement("tbody");
     shown.forEach(function (j) { body.append(row(j)); });
     if (!shown.length) {
@@ -88,12 +87,27 @@
     table.replaceChild(body, table.tBodies[0]);
     var asOf = document.getElementById("as-of");
     if (asOf) { asOf.textContent = when(new Date().toISOString()); }
-    document.title = "jobherald: " + jobs.length + " jobs";
+  }
+  function rows() {
+    var headers = etag ? { "If-None-Match": etag } : {};
+    return fetch("/api/jobs?" + query.toString(), {
+      credentials: "same-origin", cache: "no-store", headers: headers
+    }).then(function (r) {
+      if (r.status === 304) { return; }
+      if (!r.ok) { throw new Error(r.status); }
+      etag = r.headers.get("ETag");
+      return r.json().then(render);
+    });
+  }
+  function counts() {
+    var source = query.get("source");
+    return fetch("/api/counts" + (source ? "?source=" + encodeURIComponent(source) : ""), {
+      credentials: "same-origin", cache: "no-store"
+    }).then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); })
+      .then(count);
   }
   function refresh() {
-    fetch("/api/jobs", { credentials: "same-origin", cache: "no-store" })
-      .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); })
-      .then(render)
+    Promise.all([rows(), counts()])
       .catch(function () { /* the daemon restarting: the next round tries again */ })
       .then(function () { setTimeout(refresh, 2000); });
   }

@@ -1,0 +1,146 @@
+"""Listings that read what they show: /api/jobs pages (Link rel="next", filters, ETag),
+/api/counts, the page's pagination, one job's page, and `status` filtered and streamed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from jobherald.config import Config
+from jobherald.service import Daemon
+from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from tests.conftest import ConfigWriter, jobherald, wait_for
+from tests.test_http import free_port
+
+JOBS = 250
+
+
+@pytest.fixture
+async def listed(sim: Simulator, configs: ConfigWriter) -> AsyncIterator[tuple[str, Config]]:
+    """A daemon watching 250 jobs: every fifth failed, every fifth succeeded, the rest running."""
+    for i in range(JOBS):
+        answer = [failed(), succeeded(), running(0.5), running(0.2), running(0.7)][i % 5]
+        sim.add(SimJob(f"job{i:03d}", [answer]))
+    port = free_port()
+    configs.extra = [f'[http]\nlisten = "127.0.0.1:{port}"\n']
+    cfg = configs.load(
+        [{"id": f"job{i:03d}", "name": f"export {i:03d}"} for i in range(JOBS)],
+        daemon={"poll_interval": "5s", "concurrency": 32},
+    )
+    daemon = Daemon(cfg)
+    task = asyncio.create_task(daemon.run())
+    await wait_for(lambda: daemon.ready, 20, "the daemon")
+    await wait_for(
+        lambda: (
+            daemon.watcher is not None
+            and sum(v.state.value != "pending" for v in daemon.watcher.views.values()) == JOBS
+        ),
+        30,
+        "a first poll of every job",
+    )
+    await daemon.watcher.flush()  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", cfg
+    daemon.stop()
+    await asyncio.wait_for(task, 20)
+
+
+async def test_api_jobs_pages_through_every_job_with_link_headers(
+    listed: tuple[str, Config],
+) -> None:
+    base, _ = listed
+    seen: list[str] = []
+    url: str | None = f"{base}/api/jobs?limit=100"
+    pages = 0
+    async with aiohttp.ClientSession() as http:
+        while url is not None:
+            async with http.get(url) as answer:
+                assert answer.status == 200
+                rows = await answer.json()
+                link = answer.headers.get("Link")
+            pages += 1
+            assert len(rows) <= 100
+            seen += [r["id"] for r in rows]
+            url = None
+            if link is not None:
+                target, rel = link.split(";")
+                assert rel.strip() == 'rel="next"'
+                url = base + target.strip()[1:-1]
+        assert pages == 3 and sorted(seen) == [f"job{i:03d}" for i in range(JOBS)]
+        assert len(set(seen)) == JOBS  # no row twice across pages
+        # Sorted by the database: running first (by name), then succeeded, then failed.
+        async with http.get(f"{base}/api/jobs?limit=3") as answer:
+            first = await answer.json()
+        assert [r["id"] for r in first] == ["job002", "job003", "job004"]
+        assert set(first[0]) >= {"id", "status", "progress", "eta", "interval", "reasons"}
+        async with http.get(f"{base}/api/counts") as answer:
+            counts = await answer.json()
+        assert counts == {"all": 250, "running": 150, "succeeded": 50, "failed": 50}
+
+
+async def test_api_jobs_filters_in_the_database_and_answers_304_when_nothing_changed(
+    listed: tuple[str, Config],
+) -> None:
+    base, _ = listed
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/api/jobs?state=failed&limit=1000") as answer:
+            failed_rows = await answer.json()
+            tag = answer.headers["ETag"]
+        assert len(failed_rows) == 50 and {r["status"] for r in failed_rows} == {"failed"}
+        async with http.get(
+            f"{base}/api/jobs?state=failed&limit=1000", headers={"If-None-Match": tag}
+        ) as answer:
+            assert answer.status == 304
+            assert await answer.read() == b""
+        async with http.get(f"{base}/api/jobs?q=EXPORT%2012") as answer:
+            found = await answer.json()
+        assert sorted(r["id"] for r in found) == [f"job{i}" for i in range(120, 130)]
+        async with http.get(f"{base}/api/jobs?q=100%25") as answer:
+            assert await answer.json() == []  # % is a character, not a wildcard
+        async with http.get(f"{base}/api/jobs?source=nope") as answer:
+            assert await answer.json() == []
+        for bad in ("limit=0", "limit=x", "limit=1001", "cursor=%%%", "cursor=WzFd"):
+            async with http.get(f"{base}/api/jobs?{bad}") as answer:
+                assert answer.status == 400, bad
+                assert "error" in await answer.json()
+
+
+async def test_the_page_shows_one_page_and_the_counts_of_all(listed: tuple[str, Config]) -> None:
+    base, _ = listed
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/") as answer:
+            page = await answer.text()
+        assert page.count("<tr data-id=") == 100
+        assert 'data-count="all">250<' in page and 'data-count="failed">50<' in page
+        assert 'rel="next">next 100 jobs' in page
+        async with http.get(f"{base}/?state=lost") as answer:
+            empty = await answer.text()
+        assert "no jobs lost" in empty and 'rel="next"' not in empty
+        async with http.get(f"{base}/jobs/job007") as answer:
+            one = await answer.text()
+        assert answer.status == 200 and "export 007" in one
+        async with http.get(f"{base}/jobs/nope") as answer:
+            assert answer.status == 404
+
+
+async def test_status_filters_limits_and_streams_its_json(listed: tuple[str, Config]) -> None:
+    _, cfg = listed
+    code, out, err = await jobherald("status", "--json", "-c", str(cfg.path))
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["id"] for r in rows] == [f"job{i:03d}" for i in range(JOBS)]  # registered order
+    assert out == json.dumps(rows, indent=2) + "\n"  # the same text as before, row by row
+    assert all(r["interval"] == 5.0 for r in rows)
+    code, out, _ = await jobherald(
+        "status", "--json", "--state", "failed", "--limit", "7", "-c", str(cfg.path)
+    )
+    assert [r["id"] for r in json.loads(out)] == [f"job{i:03d}" for i in range(0, 35, 5)]
+    code, out, _ = await jobherald(
+        "status", "--state", "succeeded", "--source", "roma", "--limit", "2", "-c", str(cfg.path)
+    )
+    assert code == 0 and "job001" in out and "job006" in out and "job011" not in out
+    code, _, err = await jobherald("status", "--state", "done", "-c", str(cfg.path))
+    assert code == 2 and "'done' is not one of" in err
