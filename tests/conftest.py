@@ -173,6 +173,14 @@ class Receiver(LocalApp):
             for event_id in carried(m["message"])
         ]
 
+    def event_times(self) -> list[tuple[str, float]]:
+        """Each event id a message carried, with when that message came."""
+        return [
+            (event_id, at)
+            for m, at in zip(self.messages, self.received_at, strict=True)
+            for event_id in carried(m["message"])
+        ]
+
 
 def carried(text: str) -> list[str]:
     """The event ids one message carries: its footer line, ``event ID`` or, for a digest,

@@ -244,7 +244,9 @@ async def test_status_and_history_json_follow_the_contract(
         "archive_error",
         "eta",
         "typical_duration",
+        "interval",
     }
+    assert imp["interval"] == 1.0  # the effective poll interval (no max_rate: the job's)
     # A source without archive_dir keeps no archives.
     assert (imp["archive_state"], imp["archive_path"]) == (None, None)
     # No daemon runs (one pass joins no replicas): nobody polls the unfinished job now.

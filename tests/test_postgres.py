@@ -36,6 +36,7 @@ async def test_migrations_build_the_schema_on_an_empty_postgres_database(postgre
         "archives",
         "source_health",
         "replicas",
+        "lanes",
     }
     assert version == head_revision()
 

@@ -157,6 +157,7 @@ def _write_config(
         "[notifiers.terminal]",
         f'urls = ["{DEMO_SCHEME}://terminal"]',
         'on = ["succeeded", "failed", "archived"]',
+        "digest_after = 0  # each message shown on its own",
         "",
     ]
     for name, job, source in jobs:
