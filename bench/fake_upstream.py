@@ -1,7 +1,11 @@
 """A fast fake of ROMA Connect's job API, in a process of its own, for the benchmarks.
 
 Every job id answers RUNNING at 50 %, except ids of the form ``flip-<epoch_ms>-<n>``,
-which answer SUCCEEDED from that instant on. Prints ``PORT <n>`` once it listens.
+which answer SUCCEEDED from that instant on, and ``ramp-<begin_ms>-<end_ms>-<n>``, which
+run from ``begin`` (their begin_time) with progress growing evenly to SUCCEEDED at ``end``.
+``POST /control/storm?seconds=S&retry_after=R`` makes every answer a 429 with
+``Retry-After: R`` for S seconds; ``GET /control/count`` gives the job requests answered
+so far. Prints ``PORT <n>`` once it listens.
 """
 
 from __future__ import annotations
@@ -36,19 +40,69 @@ SUCCEEDED = json.dumps(
 ).encode()
 
 
+STATE = {"storm_until": 0.0, "retry_after": 30.0, "count": 0}
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+def _ramp(job_id: str) -> bytes:
+    _, begin_ms, end_ms, _ = job_id.split("-")
+    begin, end, now = int(begin_ms) / 1000, int(end_ms) / 1000, time.time()
+    if now >= end:
+        return json.dumps(
+            {
+                "id": job_id,
+                "type": "exportAsset",
+                "status": "SUCCEEDED",
+                "progress_percent": 1.0,
+                "begin_time": _iso(begin),
+                "end_time": _iso(end),
+            }
+        ).encode()
+    progress = max(0.0, min(0.999, (now - begin) / (end - begin)))
+    return json.dumps(
+        {"id": job_id, "type": "exportAsset", "status": "RUNNING",
+         "progress_percent": round(progress, 4), "begin_time": _iso(begin)}
+    ).encode()  # fmt: skip
+
+
 async def job(request: web.Request) -> web.Response:
+    STATE["count"] += 1
+    if time.time() < STATE["storm_until"]:
+        return web.Response(
+            status=429,
+            text='{"error_code": "APIG.0308", "error_msg": "throttled"}',
+            headers={"Retry-After": f"{STATE['retry_after']:g}"},
+            content_type="application/json",
+        )
     job_id = request.match_info["job_id"]
     body = RUNNING
     if job_id.startswith("flip-"):
         flip_ms = int(job_id.split("-")[1])
         if time.time() * 1000 >= flip_ms:
             body = SUCCEEDED
+    elif job_id.startswith("ramp-"):
+        body = _ramp(job_id)
     return web.Response(body=body, content_type="application/json")
+
+
+async def storm(request: web.Request) -> web.Response:
+    STATE["storm_until"] = time.time() + float(request.query.get("seconds", "60"))
+    STATE["retry_after"] = float(request.query.get("retry_after", "30"))
+    return web.json_response({"count": STATE["count"]})
+
+
+async def count(request: web.Request) -> web.Response:
+    return web.json_response({"count": STATE["count"]})
 
 
 async def serve(port: int) -> None:
     app = web.Application()
     app.router.add_get("/v2/{project}/instances/{instance}/assets/jobs/{job_id}", job)
+    app.router.add_post("/control/storm", storm)
+    app.router.add_get("/control/count", count)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)

@@ -516,7 +516,18 @@ def main() -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=["overhead", "latency", "peer", "startup", "profile", "endurance", "burst", "all"],
+        choices=[
+            "overhead",
+            "latency",
+            "peer",
+            "startup",
+            "profile",
+            "endurance",
+            "burst",
+            "polite",
+            "scale",
+            "all",
+        ],
     )
     parser.add_argument(
         "--quick", action="store_true", help="shorter runs (a smoke test, not figures)"
@@ -540,6 +551,10 @@ def main() -> None:
             sections.append(overhead(10_000, 10.0, 5 if quick else 65, warm + 5, before)[0])
         if args.scenario in ("burst", "all"):
             sections.append(burst_table(50 if quick else 500, before))
+        if args.scenario in ("polite", "all"):
+            sections.append(polite_table(quick, before))
+        if args.scenario in ("scale", "all"):
+            sections.append(scale_table(10_000 if quick else 100_000))
     if args.scenario in ("profile", "all"):
         for loop in ("asyncio", "uvloop"):
             sections.append(profile(10_000, 10.0, 5 if quick else 20, 15, loop))
@@ -596,6 +611,34 @@ def burst_table(count: int, before: Path | None) -> str:
         "webhook and a dead one",
         lines,
     )
+
+
+def polite_table(quick: bool, before: Path | None) -> str:
+    """The polite scenario (bench/polite.py): a budget spent on the jobs about to finish
+    against round-robin at the same rate, and a 429 storm (the older tree first)."""
+    from polite import finishing, rows, storm
+
+    count, rate, window = (500, 50.0, 30.0) if quick else (5_000, 50.0, 120.0)
+    with upstream() as base:
+        urgent = asyncio.run(finishing(DPY, base, count, rate, urgent=True, window=window))
+        plain = asyncio.run(finishing(DPY, base, count, rate, urgent=False, window=window))
+        storms = []
+        if before is not None:
+            storms.append(("before", asyncio.run(storm(DPY, base, code=before))))
+        storms.append(("now", asyncio.run(storm(DPY, base))))
+    return table(
+        f"Polite: {count:,} jobs ending over {window:.0f} s under max_rate {rate:g}; a 429 storm",
+        rows(urgent, plain, storms, rate),
+    )
+
+
+def scale_table(count: int) -> str:
+    """The scale scenario (bench/scale.py)."""
+    from scale import rows, scale
+
+    with upstream() as base:
+        figures = asyncio.run(scale(DPY, base, count))
+    return table(f"Scale: {count:,} jobs every 60 s while pages are read", rows(figures))
 
 
 def daemon_venv() -> str:
