@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from common import pct, serving, write_config
 
 JOB = re.compile(r"^(?:id: |- )(flip-\d+-\d+)\b", re.MULTILINE)
 
@@ -72,65 +73,16 @@ async def sinks() -> AsyncIterator[tuple[Sinks, dict[str, str]]]:
     app.router.add_post("/chat", chat)
     app.router.add_post("/slow", slow)
     app.router.add_post("/dead", dead)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
     loop = asyncio.get_running_loop()
     smtp = await loop.create_server(lambda: SMTP(Mail()), "127.0.0.1", 0)
     smtp_port = smtp.sockets[0].getsockname()[1]
+    mail = f"mailto://127.0.0.1:{smtp_port}?mode=insecure&from=jh@example.com&to=ops@example.com"
     try:
-        yield (
-            got,
-            {
-                "chat": f"json://127.0.0.1:{port}/chat",
-                "slow": f"json://127.0.0.1:{port}/slow",
-                "dead": f"json://127.0.0.1:{port}/dead",
-                "mail": f"mailto://127.0.0.1:{smtp_port}?mode=insecure&from=jh@example.com&to=ops@example.com",
-            },
-        )
+        async with serving(app) as port:
+            hooks = {name: f"json://127.0.0.1:{port}/{name}" for name in ("chat", "slow", "dead")}
+            yield got, {**hooks, "mail": mail}
     finally:
         smtp.close()
-        await runner.cleanup()
-
-
-def _config(folder: Path, base: str, jobs: list[str], urls: dict[str, str]) -> Path:
-    lines = [
-        "[daemon]",
-        'database = "sqlite:///bench.db"',
-        'poll_interval = "1s"',
-        "concurrency = 32",
-        'log_level = "warning"',
-        "",
-        "[http]",
-        'listen = ""',
-        "",
-        "[sources.roma]",
-        'type = "roma-connect"',
-        f'endpoint = "{base}"',
-        'project_id = "p"',
-        'instance_id = "i"',
-        'token = "t"',
-        "",
-        "[notifiers.chat]",
-        f'urls = ["{urls["chat"]}"]',
-        'on = ["succeeded", "failed"]',
-        "[notifiers.mail]",
-        f'urls = ["{urls["mail"]}"]',
-        'on = ["succeeded", "failed"]',
-        "[notifiers.hooks]",
-        f'urls = ["{urls["slow"]}", "{urls["dead"]}"]',
-        'on = ["succeeded", "failed"]',
-    ]
-    lines += [f'[[jobs]]\nid = "{job}"\nsource = "roma"' for job in jobs]
-    path = folder / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 async def burst(
@@ -151,7 +103,17 @@ async def burst(
             }
             late_at = start + late_after
             late = f"flip-{int(late_at * 1000)}-{count}"
-            config = _config(Path(tmp), base, [*flips, late], urls)
+            config = write_config(
+                Path(tmp),
+                base,
+                [*flips, late],
+                {
+                    "chat": [urls["chat"]],
+                    "mail": [urls["mail"]],
+                    "hooks": [urls["slow"], urls["dead"]],
+                },
+                concurrency=32,
+            )
             env = dict(os.environ)
             if code is not None:
                 env["PYTHONPATH"] = str(code / "daemon")
@@ -180,8 +142,8 @@ async def burst(
         "window": window,
         "chat_received": len(delays),
         "chat_messages": got.chat_messages,
-        "chat_p50": _pct(delays, 0.5),
-        "chat_p99": _pct(delays, 0.99),
+        "chat_p50": pct(delays, 0.5),
+        "chat_p99": pct(delays, 0.99),
         "chat_all": (max(got.chat[j] for j in flips) - last_flip) if len(delays) == count else None,
         "late": got.chat[late] - late_at if late in got.chat else None,
         "emails": len(got.emails),

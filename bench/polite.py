@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from common import pct, serving, write_config
 
 RAMP = re.compile(r"^(?:id: |- )(ramp-\d+-\d+-\d+)\b", re.MULTILINE)
 
@@ -44,50 +45,8 @@ async def hook() -> AsyncIterator[tuple[dict[str, float], str]]:
 
     app = web.Application()
     app.router.add_post("/hook", post)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield arrivals, f"json://127.0.0.1:{runner.addresses[0][1]}/hook"
-    finally:
-        await runner.cleanup()
-
-
-def _config(
-    folder: Path,
-    base: str,
-    jobs: list[str],
-    interval: float,
-    hook_url: str,
-    max_rate: float | None,
-    concurrency: int = 16,
-) -> Path:
-    lines = [
-        "[daemon]",
-        'database = "sqlite:///bench.db"',
-        f'poll_interval = "{interval:g}s"',
-        f"concurrency = {concurrency}",
-        'log_level = "error"',
-        "",
-        "[http]",
-        'listen = ""',
-        "",
-        "[sources.roma]",
-        'type = "roma-connect"',
-        f'endpoint = "{base}"',
-        'project_id = "p"',
-        'instance_id = "i"',
-        'token = "t"',
-        *([f"max_rate = {max_rate:g}"] if max_rate is not None else []),
-        "",
-        "[notifiers.ops]",
-        f'urls = ["{hook_url}"]',
-        'on = ["succeeded", "failed"]',
-    ]
-    lines += [f'[[jobs]]\nid = "{job}"\nsource = "roma"' for job in jobs]
-    path = folder / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    async with serving(app) as port:
+        yield arrivals, f"json://127.0.0.1:{port}/hook"
 
 
 async def _run(python: str, config: Path, seconds: float, code: Path | None = None) -> None:
@@ -108,11 +67,6 @@ async def _run(python: str, config: Path, seconds: float, code: Path | None = No
             await proc.wait()
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 async def finishing(
     python: str, base: str, count: int, rate: float, *, urgent: bool, window: float
 ) -> dict[str, Any]:
@@ -131,14 +85,22 @@ async def finishing(
                 if (end := start + first_round + rng.uniform(0, window))
             }
             interval = 10.0 if urgent else count / rate
-            config = _config(Path(tmp), base, list(ends), interval, url, rate)
+            config = write_config(
+                Path(tmp),
+                base,
+                list(ends),
+                {"ops": [url]},
+                interval=f"{interval:g}s",
+                log_level="error",
+                source=[f"max_rate = {rate:g}"],
+            )
             await _run(python, config, first_round + window + interval + 15)
     delays = [arrivals[j] - end for j, end in ends.items() if j in arrivals]
     return {
         "jobs": count,
         "received": len(delays),
-        "p50": _pct(delays, 0.5),
-        "p99": _pct(delays, 0.99),
+        "p50": pct(delays, 0.5),
+        "p99": pct(delays, 0.99),
         "interval": interval,
     }
 
@@ -149,7 +111,8 @@ async def storm(
     """Requests the upstream received while it answered 429 with Retry-After: 30."""
     async with hook() as (_, url):
         with tempfile.TemporaryDirectory(prefix="jh-storm-") as tmp:
-            config = _config(Path(tmp), base, [f"s{i}" for i in range(count)], 10.0, url, None)
+            jobs = [f"s{i}" for i in range(count)]
+            config = write_config(Path(tmp), base, jobs, {"ops": [url]}, interval="10s")
             run = asyncio.create_task(_run(python, config, 20 + seconds + 5, code))
             await asyncio.sleep(20)  # started, every job polled at least once
             async with aiohttp.ClientSession() as http:

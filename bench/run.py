@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import common
 from aiohttp import web
 
 HERE = Path(__file__).resolve().parent
@@ -62,36 +63,17 @@ def write_config(
     hook: str,
     event_loop: str | None = None,
 ) -> Path:
-    lines = [
-        "[daemon]",
-        'database = "sqlite:///bench.db"',
-        f'poll_interval = "{interval}"',
-        "concurrency = 16",
-        'log_level = "warning"',
-        *([f'event_loop = "{event_loop}"'] if event_loop else []),
-        "",
-        "[sources.roma]",
-        'type = "roma-connect"',
-        f'endpoint = "{base}"',
-        'project_id = "p"',
-        'instance_id = "i"',
-        'token = "t"',
-        "",
-        "[notifiers.ops]",
-        f'urls = ["{hook}"]',
-        'on = ["succeeded", "failed"]',
-    ]
-    lines += [f'[[jobs]]\nid = "{job_id}"\nsource = "roma"' for job_id in job_ids]
-    path = folder / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return common.write_config(
+        folder,
+        base,
+        job_ids,
+        {"ops": [hook]},
+        interval=interval,
+        daemon=[f'event_loop = "{event_loop}"'] if event_loop else [],
+    )
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+pct = common.pct
 
 
 def table(title: str, rows: list[tuple[str, str]]) -> str:
@@ -338,13 +320,8 @@ class Receiver:
 
         app = web.Application()
         app.router.add_post("/hook", post)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        try:
-            yield f"json://127.0.0.1:{runner.addresses[0][1]}/hook"
-        finally:
-            await runner.cleanup()
+        async with common.serving(app) as port:
+            yield f"json://127.0.0.1:{port}/hook"
 
 
 async def latency_run(count: int, interval: float, spread: float) -> str:

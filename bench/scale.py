@@ -21,37 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from common import write_config
 
 
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _config(folder: Path, base: str, count: int, interval: float, port: int) -> Path:
-    lines = [
-        "[daemon]",
-        'database = "sqlite:///bench.db"',
-        f'poll_interval = "{interval:g}s"',
-        "concurrency = 64",
-        'log_level = "warning"',
-        "",
-        "[http]",
-        f'listen = "127.0.0.1:{port}"',
-        "",
-        "[sources.roma]",
-        'type = "roma-connect"',
-        f'endpoint = "{base}"',
-        'project_id = "p"',
-        'instance_id = "i"',
-        'token = "t"',
-        "",
-    ]
-    lines += [f'[[jobs]]\nid = "j{i}"\nname = "export {i}"\nsource = "roma"' for i in range(count)]
-    path = folder / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _rss(pid: int) -> tuple[float, float]:
@@ -131,7 +107,15 @@ async def scale(
         env["PYTHONPATH"] = str(code / "daemon")
     with tempfile.TemporaryDirectory(prefix="jh-scale-") as tmp:
         port = _free_port()
-        config = _config(Path(tmp), base, count, interval, port)
+        config = write_config(
+            Path(tmp),
+            base,
+            ((f"j{i}", f"export {i}") for i in range(count)),
+            {},
+            interval=f"{interval:g}s",
+            concurrency=64,
+            listen=f"127.0.0.1:{port}",
+        )
         address = f"http://127.0.0.1:{port}"
         out: dict[str, Any] = {"jobs": count, "interval": interval}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:

@@ -19,14 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import exc as sa_exc
-
-from jobherald.aio import first_of
+from jobherald.aio import PassFailures, first_of
 from jobherald.config import Notifier
 from jobherald.notify.compose import Composer
 from jobherald.notify.messages import Item
 from jobherald.notify.sender import Sender
 from jobherald.store import CLAIM_FOR, Claimer, Delivery, Lane, Store
+from jobherald.store.schema import DATABASE_AWAY
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +366,7 @@ class Dispatcher:
     async def run(self, stopping: asyncio.Event) -> None:
         """Start lanes until ``stopping`` is set, sleeping until the next due delivery or a
         wake-up; the lanes send on their own."""
-        failing: str | None = None
+        failures = PassFailures(log, "delivery pass", DATABASE_AWAY)
         while not stopping.is_set():
             self._wake.clear()
             try:
@@ -378,19 +377,10 @@ class Dispatcher:
                 turn = self._next_turn()
                 next_at = await self.store.next_delivery_at(excluding=self._resting)
             except Exception as exc:
-                # The database away (a restart, a network cut): one line per outage.
-                text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                if isinstance(exc, OSError | sa_exc.DBAPIError | sa_exc.InterfaceError):
-                    if failing is None:  # once per outage
-                        log.error("delivery pass failed (%s); trying again shortly", text)
-                else:
-                    log.exception("delivery pass failed; trying again shortly")
-                failing = text
+                failures.failed(exc)
                 await first_of(self._wake, stopping, timeout=5.0)
                 continue
-            if failing is not None:
-                log.info("delivery passes work again")
-                failing = None
+            failures.worked()
             timeout = self.max_sleep
             if turn is not None:
                 timeout = min(timeout, max(turn, 0.01))

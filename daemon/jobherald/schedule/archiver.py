@@ -26,13 +26,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from sqlalchemy import exc as sa_exc
-
-from jobherald.aio import first_of
+from jobherald.aio import PassFailures, first_of
 from jobherald.config import Source, WatchedJob
 from jobherald.errors import FetchError
 from jobherald.model import Event, EventKind, JobView, format_duration
 from jobherald.store import ArchiveClaim, Claimer, Kept, NewEvent
+from jobherald.store.schema import DATABASE_AWAY
 
 if TYPE_CHECKING:
     from jobherald.schedule.watcher import Watcher
@@ -112,25 +111,17 @@ class Archiver:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Keep archives until ``stopping`` is set; a failing pass is tried again shortly."""
-        failing: str | None = None
+        failures = PassFailures(log, "archive pass", DATABASE_AWAY)
         while not stopping.is_set():
             self._wake.clear()
             try:
                 await self.keep_due()
                 next_at = await self.store.next_archive_at()
             except Exception as exc:
-                text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                if isinstance(exc, OSError | sa_exc.DBAPIError | sa_exc.InterfaceError):
-                    if failing is None:  # once per outage
-                        log.error("archive pass failed (%s); trying again shortly", text)
-                else:
-                    log.exception("archive pass failed; trying again shortly")
-                failing = text
+                failures.failed(exc)
                 await first_of(self._wake, stopping, timeout=5.0)
                 continue
-            if failing is not None:
-                log.info("archive passes work again")
-                failing = None
+            failures.worked()
             timeout = self.max_sleep
             if next_at is not None:
                 timeout = max(0.0, min(timeout, (next_at - self.clock()).total_seconds()))

@@ -234,6 +234,10 @@ def shown_url(url: str | URL) -> str:
     return masked.render_as_string(hide_password=True).replace("password=MASKED", "password=***")
 
 
+# What a pass over the database meets while it is away (a restart, a network cut).
+DATABASE_AWAY = (OSError, sa.exc.DBAPIError, sa.exc.InterfaceError)
+
+
 def db_problem(exc: BaseException) -> str:
     """One line for a database failure: the driver's own words, without SQLAlchemy's
     statement and background link (they can hold row data)."""
