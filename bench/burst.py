@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -23,16 +23,32 @@ from typing import Any
 from aiohttp import web
 from common import pct, serving, write_config
 
-JOB = re.compile(r"^(?:id: |- )(flip-\d+-\d+)\b", re.MULTILINE)
+
+def carried(text: str) -> list[str]:
+    """The event ids a message carries: its footer, ``event ID`` or ``events ID ID ...``."""
+    lines = text.strip().splitlines()
+    for line in reversed(lines[-3:]):
+        words = line.strip().split()
+        if len(words) >= 2 and words[0] in ("event", "events"):
+            return words[1:]
+    return []
+
+
+def job_of_events(db: Path) -> dict[str, str]:
+    """Each finishing event's job, from the daemon's database."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return dict(
+            conn.execute("select id, job_id from events where kind in ('succeeded', 'failed')")
+        )
 
 
 @dataclass
 class Sinks:
     """The receivers: what reached each, and when (wall clock)."""
 
-    chat: dict[str, float] = field(default_factory=dict)
+    chat: dict[str, float] = field(default_factory=dict)  # event id: first arrival
     chat_messages: int = 0
-    emails: list[tuple[float, set[str]]] = field(default_factory=list)
+    emails: list[tuple[float, list[str]]] = field(default_factory=list)
     slow_messages: int = 0
     dead_attempts: int = 0
 
@@ -48,8 +64,8 @@ async def sinks() -> AsyncIterator[tuple[Sinks, dict[str, str]]]:
         now = time.time()
         body = await request.json()
         got.chat_messages += 1
-        for job in JOB.findall(body["message"]):
-            got.chat.setdefault(job, now)
+        for event_id in carried(body["message"]):
+            got.chat.setdefault(event_id, now)
         return web.Response(text="ok")
 
     async def slow(request: web.Request) -> web.Response:
@@ -65,8 +81,12 @@ async def sinks() -> AsyncIterator[tuple[Sinks, dict[str, str]]]:
 
     class Mail:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            text = envelope.content.decode("utf-8", "replace")
-            got.emails.append((time.time(), set(JOB.findall(text))))
+            from email import message_from_bytes, policy
+
+            mail = message_from_bytes(envelope.content, policy=policy.default)
+            body = mail.get_body(("plain",))
+            text = body.get_content() if body is not None else ""
+            got.emails.append((time.time(), carried(text)))
             return "250 OK"
 
     app = web.Application()
@@ -123,7 +143,7 @@ async def burst(
             try:
                 deadline = late_at + window
                 while time.time() < deadline:
-                    mailed = set().union(*(jobs for _, jobs in got.emails))
+                    mailed = {e for _, ids in got.emails for e in ids}
                     if len(got.chat) > count and len(mailed) > count:
                         break
                     await asyncio.sleep(0.2)
@@ -134,9 +154,11 @@ async def burst(
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
-    delays = [got.chat[j] - at for j, at in flips.items() if j in got.chat]
+            jobs = job_of_events(Path(tmp) / "bench.db")
+    chat = {jobs[e]: at for e, at in got.chat.items() if e in jobs}
+    delays = [chat[j] - at for j, at in flips.items() if j in chat]
     last_flip = max(flips.values())
-    mailed = set().union(*(jobs for _, jobs in got.emails))
+    mailed = {jobs[e] for _, ids in got.emails for e in ids if e in jobs}
     return {
         "count": count,
         "window": window,
@@ -144,8 +166,8 @@ async def burst(
         "chat_messages": got.chat_messages,
         "chat_p50": pct(delays, 0.5),
         "chat_p99": pct(delays, 0.99),
-        "chat_all": (max(got.chat[j] for j in flips) - last_flip) if len(delays) == count else None,
-        "late": got.chat[late] - late_at if late in got.chat else None,
+        "chat_all": (max(chat[j] for j in flips) - last_flip) if len(delays) == count else None,
+        "late": chat[late] - late_at if late in chat else None,
         "emails": len(got.emails),
         "emailed_jobs": len(mailed & (set(flips) | {late})),
         "slow_messages": got.slow_messages,
