@@ -302,6 +302,35 @@ async def test_basic_auth_templates_and_a_custom_not_found(
     assert receiver.titles() == ["deploy succeeded", "gone lost"]
 
 
+@pytest.mark.parametrize("pct", ["1e999", "-1e999", "NaN", "inf"])
+async def test_a_progress_that_is_no_fraction_is_refused_alike(
+    tmp_path: Path, clock: Clock, pct: str
+) -> None:
+    async def run(request: web.Request) -> web.Response:
+        return web.json_response({"phase": "RUNNING", "pct": pct})
+
+    app = LocalApp()
+    app.app.router.add_get("/runs/{id}", run)
+    await app.start()
+    try:
+        path = tmp_path / "config.toml"
+        path.write_text(
+            '[daemon]\ndatabase = "sqlite:///jobherald.db"\n\n'
+            f'[sources.ci]\ntype = "http-json"\nurl = "{app.base_url}/runs/{{job_id}}"\n'
+            'status = "phase"\nsucceeded = ["done"]\nfailed = ["error"]\nrunning = ["running"]\n'
+            'progress = "pct"\n\n[http]\nlisten = ""\n\n[[jobs]]\nid = "r1"\nsource = "ci"\n',
+            encoding="utf-8",
+        )
+        await Daemon(config_module.load(path), clock).run_once()
+    finally:
+        await app.stop()
+    code, out, _ = await jobherald("status", "--json", "-c", str(path))
+    assert code == 0
+    (row,) = json.loads(out)
+    assert (row["progress"], row["status"]) == (None, "pending")
+    assert row["error"] == f"body: unexpected answer: progress {pct!r} is not a number"
+
+
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [

@@ -199,7 +199,7 @@ class Reader:
             number = float(value) / self.settings.progress_scale
         except (TypeError, ValueError, OverflowError):
             raise ValueError(f"progress {shorter(value)} is not a number") from None
-        if math.isnan(number):
+        if not math.isfinite(number):  # NaN, or "1e999" (infinity): neither is a fraction
             raise ValueError(f"progress {shorter(value)} is not a number")
         return min(max(number, 0.0), 1.0)
 
