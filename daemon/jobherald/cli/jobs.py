@@ -125,6 +125,14 @@ def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool
         staging.unlink(missing_ok=True)
         return target
     os.replace(staging, target)
+    try:  # the rename itself made durable
+        folder_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
+    except OSError:
+        pass
     return target
 
 

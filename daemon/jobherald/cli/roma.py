@@ -64,7 +64,7 @@ def _start(
     reload_service: bool,
     call: Callable[[RomaAssets, Fetcher, str], Awaitable[str]],
 ) -> None:
-    """Check the drop-in, start the job, print its id, register it."""
+    """Check the drop-in, start the job, register it, print its id."""
     instance = _roma_source(cfg, source, instance_id)
     given_instance = instance_id if instance_id else None
     register(cfg, _CHECK_ID, dropin_lines(_CHECK_ID, source, name, given_instance), check_only=True)
@@ -88,13 +88,19 @@ def _start(
     except FetchError as exc:
         fail(f"ROMA Connect refused the {what} ({source}): {exc.detail}", EXIT_FAILURE)
         return
-    click.echo(job_id)
-    sys.stdout.flush()
     from jobherald.config.sections import _JOB_ID
 
     if not _JOB_ID.match(job_id):
         fail(f"started job {job_id!r}, but its id cannot be watched (not a plain id)")
-    target = register(cfg, job_id, dropin_lines(job_id, source, name, given_instance))
+    try:
+        # The drop-in is on disk (fsynced) before the id is printed: a kill between the
+        # two can never leave a started job that nothing watches.
+        target = register(cfg, job_id, dropin_lines(job_id, source, name, given_instance))
+    except SystemExit:
+        click.echo(f"started {what} {job_id} on {source}, but could not watch it", err=True)
+        raise
+    click.echo(job_id)
+    sys.stdout.flush()
     click.echo(
         f"started {what} {job_id} ({name}) on {source}: watching it, wrote {target}", err=True
     )
