@@ -435,3 +435,21 @@ async def test_the_demo_serves_metrics_while_it_runs() -> None:
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0, "".join(said)[-3000:]
+
+
+async def test_malformed_requests_are_one_line_at_most_a_minute(served: Served) -> None:
+    port = int(served.base.rsplit(":", 1)[1])
+    for path in (b"/jobs/a\x00b", b"/\x00", b"/x\x00y") * 3:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.0 400")
+        writer.close()
+    async with aiohttp.ClientSession() as http, http.get(f"{served.base}/readyz") as answer:
+        assert answer.status in (200, 503)  # the listener goes on serving
+        assert (await answer.text()) in ("ready\n", "starting\n")
+    logged = _read(served.log)
+    assert "Traceback" not in logged
+    lines = [ln for ln in logged.splitlines() if "malformed HTTP request" in ln]
+    assert len(lines) == 1, lines
+    assert "WARNING" in lines[0] and "Invalid char in url path" in lines[0]

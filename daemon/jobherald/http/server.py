@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,39 @@ SECURITY_HEADERS = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a NUL in its path, a broken header) at
+    ERROR with a traceback: anyone who can connect could fill the journal. Such a record
+    becomes one warning line, at most one a minute (saying how many were not logged)."""
+
+    EVERY = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = float("-inf")
+        self.hidden = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = time.monotonic()
+        if now - self.last < self.EVERY:
+            self.hidden += 1
+            return False
+        lines = [ln.strip() for ln in str(exc.message).splitlines() if ln.strip()]
+        why = (lines[0] if lines else type(exc).__name__).rstrip(":")[:200]
+        more = f" ({self.hidden} more since, not logged)" if self.hidden else ""
+        record.msg = "refused a malformed HTTP request (%s)%s"
+        record.args = (why, more)
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self.last, self.hidden = now, 0
+        return True
+
+
 class HttpServer:
     """Serves one daemon's routes; ``start`` binds (or raises ListenError), ``stop`` closes."""
 
@@ -68,8 +102,10 @@ class HttpServer:
         self.pages = pages
         self._runner: web.AppRunner | None = None
         self._failing = False
+        self._malformed = MalformedRequests()
 
     async def start(self) -> None:
+        logging.getLogger("aiohttp.server").addFilter(self._malformed)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -90,6 +126,7 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        logging.getLogger("aiohttp.server").removeFilter(self._malformed)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
