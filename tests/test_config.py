@@ -222,6 +222,25 @@ def test_duplicate_job_ids_across_drop_ins_are_refused(tmp_path: Path) -> None:
     ]
 
 
+def test_problems_of_one_kind_are_said_twenty_times_then_counted(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        BASE.replace("[daemon]\n", '[daemon]\ninclude = ["jobs.d/*.toml"]\n')
+        + '[[jobs]]\nid = "a"\nsource = "roma-prod"\n',
+    )
+    for i in range(100):
+        write(tmp_path, '[[jobs]]\nid = "a"\nsource = "roma-prod"\n', f"jobs.d/{i:03d}.toml")
+    write(tmp_path, '[[jobs]]\nid = "b"\nsource = "nope"\n', "jobs.d/999.toml")
+    lines = problems(path)
+    assert len(lines) == 22, lines
+    assert (
+        lines[0] == f"jobs.d/000.toml: jobs[0].id: duplicate job id 'a' (first in {path}: jobs[0])"
+    )
+    assert lines[19].startswith("jobs.d/019.toml: jobs[0].id: duplicate job id 'a'")
+    assert lines[20].startswith("jobs.d/999.toml: jobs[0].source: unknown source 'nope'")
+    assert lines[21] == "and 80 more like: jobs[].id: duplicate job id … …"
+
+
 def test_drop_in_jobs_are_added_and_their_errors_name_the_drop_in(tmp_path: Path) -> None:
     path = write(tmp_path, BASE.replace("[daemon]\n", '[daemon]\ninclude = ["jobs.d/*.toml"]\n'))
     write(tmp_path, '[[jobs]]\nid = "b"\nsource = "roma-prod"\n', "jobs.d/20-b.toml")

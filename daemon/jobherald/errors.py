@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 
@@ -9,11 +10,40 @@ class JobheraldError(Exception):
     """Base of jobherald's own errors."""
 
 
+# Problems of one kind said one by one, at most; the rest are counted in one line.
+PROBLEMS_OF_A_KIND = 20
+
+
+def problem_kind(line: str) -> str:
+    """What a problem line says with its particulars taken out (file, place, values)."""
+    said = line.split(": ", 1)[1] if ": " in line else line  # after the file's name
+    said = re.sub(r"\[\d+\]", "[]", said)
+    said = re.sub(r"'[^']*'|\"[^\"]*\"|\(.*?\)", "…", said)
+    return re.sub(r"\d+", "#", said)
+
+
+def capped(problems: Sequence[str]) -> list[str]:
+    """The problems, with at most PROBLEMS_OF_A_KIND of one kind (a folder linked into
+    itself must not give 10,000 lines), then ``and N more like: <the kind>``."""
+    seen: dict[str, int] = {}
+    out: list[str] = []
+    for line in problems:
+        kind = problem_kind(line)
+        seen[kind] = seen.get(kind, 0) + 1
+        if seen[kind] <= PROBLEMS_OF_A_KIND:
+            out.append(line)
+    for kind, count in seen.items():
+        if count > PROBLEMS_OF_A_KIND:
+            out.append(f"and {count - PROBLEMS_OF_A_KIND} more like: {kind}")
+    return out
+
+
 class ConfigError(JobheraldError):
-    """The configuration is unusable; ``problems`` holds one line per problem."""
+    """The configuration is unusable; ``problems`` holds one line per problem (at most
+    PROBLEMS_OF_A_KIND of one kind, then how many more)."""
 
     def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
+        self.problems = capped(problems)
         super().__init__("\n".join(self.problems))
 
 
