@@ -105,22 +105,25 @@ source = "roma-prd"
 """,
     )
     assert problems(path) == [
-        f"{path}: jobs[2].source: unknown source 'roma-prd' (known: roma-prod)"
+        f"{path}: jobs[2] (id 'c').source: unknown source 'roma-prd' (known: roma-prod)"
     ]
 
 
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [
-        ('[daemon]\npol_interval = "1s"\n', "daemon.pol_interval: unknown key"),
+        (
+            '[daemon]\npol_interval = "1s"\n',
+            "daemon.pol_interval: unknown key (did you mean poll_interval?)",
+        ),
         ("[extra]\nx = 1\n", "extra: unknown key"),
         (
             '[sources.s]\ntype = "roma-connect"\nendpoint = "https://e"\nproject_id = "p"\ntoken = "t"\ntokn = "x"\n',
-            "sources.s.tokn: unknown key",
+            "sources.s.tokn: unknown key (did you mean token?)",
         ),
         (
             '[sources.s]\ntype = "gitlab"\nendpoint = "https://e"\nproject_id = "p"\ntoken = "t"\n',
-            "sources.s.type: unknown source type (known: roma-connect, huawei-job, http-json)",
+            "sources.s.type: unknown source type 'gitlab' (known: roma-connect, huawei-job, http-json)",
         ),
         (
             '[sources.s]\ntype = "roma-connect"\nproject_id = "p"\ntoken = "t"\n',
@@ -152,7 +155,7 @@ source = "roma-prd"
         ),
         (
             '[daemon]\nlog_level = "loud"\n',
-            "daemon.log_level: Input should be 'debug', 'info', 'warning' or 'error'",
+            "daemon.log_level: Input should be 'debug', 'info', 'warning' or 'error' (given 'loud')",
         ),
         ("[notifiers.n]\nurls = []\n", "notifiers.n.urls: must not be empty"),
         (
@@ -161,10 +164,21 @@ source = "roma-prd"
         ),
         (
             '[[jobs]]\nid = "has space"\nsource = "s"\n',
-            "jobs[0].id: bad job id 'has space': letters, digits and _.:- only",
+            "jobs[0] (id 'has space').id: bad job id 'has space': letters, digits and _.:- only",
         ),
         ('[[jobs]]\nsource = "s"\n', "jobs[0].id: required key is missing"),
-        ('[[jobs]]\nid = "a"\nsource = "s"\ncolour = "red"\n', "jobs[0].colour: unknown key"),
+        (
+            '[[jobs]]\nid = "a"\nsource = "s"\ncolour = "red"\n',
+            "jobs[0] (id 'a').colour: unknown key",
+        ),
+        (
+            '[daemon]\nconcurrency = "many"\n',
+            "daemon.concurrency: Input should be a valid integer, unable to parse string as an integer (given 'many')",
+        ),
+        (
+            '[sources.s]\ntype = "roma-connect"\nendpoint = "https://e"\nproject_id = "p"\ntoken = 5\n',
+            "sources.s.token: Input should be a valid string",
+        ),
     ],
 )
 def test_each_bad_key_is_one_line_naming_file_and_key(
@@ -197,7 +211,9 @@ def test_bad_apprise_url_is_refused_without_echoing_its_secret(tmp_path: Path) -
 
 def test_unknown_notifier_in_a_job_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, BASE + '[[jobs]]\nid = "a"\nsource = "roma-prod"\nnotify = ["opps"]\n')
-    assert problems(path) == [f"{path}: jobs[0].notify[0]: unknown notifier 'opps' (known: ops)"]
+    assert problems(path) == [
+        f"{path}: jobs[0] (id 'a').notify[0]: unknown notifier 'opps' (known: ops)"
+    ]
 
 
 def test_a_job_needs_an_instance_id_from_itself_or_its_source(tmp_path: Path) -> None:
@@ -206,7 +222,7 @@ def test_a_job_needs_an_instance_id_from_itself_or_its_source(tmp_path: Path) ->
         BASE.replace('instance_id = "ab12"\n', "") + '[[jobs]]\nid = "a"\nsource = "roma-prod"\n',
     )
     assert problems(path) == [
-        f"{path}: jobs[0].instance_id: required, as source 'roma-prod' sets no instance_id"
+        f"{path}: jobs[0] (id 'a').instance_id: required, as source 'roma-prod' sets no instance_id"
     ]
 
 
@@ -218,7 +234,7 @@ def test_duplicate_job_ids_across_drop_ins_are_refused(tmp_path: Path) -> None:
     )
     write(tmp_path, '[[jobs]]\nid = "a"\nsource = "roma-prod"\n', "jobs.d/10-more.toml")
     assert problems(path) == [
-        f"jobs.d/10-more.toml: jobs[0].id: duplicate job id 'a' (first in {path}: jobs[0])"
+        f"jobs.d/10-more.toml: jobs[0] (id 'a').id: duplicate job id 'a' (first in {path}: jobs[0] (id 'a'))"
     ]
 
 
@@ -234,11 +250,12 @@ def test_problems_of_one_kind_are_said_twenty_times_then_counted(tmp_path: Path)
     lines = problems(path)
     assert len(lines) == 22, lines
     assert (
-        lines[0] == f"jobs.d/000.toml: jobs[0].id: duplicate job id 'a' (first in {path}: jobs[0])"
+        lines[0]
+        == f"jobs.d/000.toml: jobs[0] (id 'a').id: duplicate job id 'a' (first in {path}: jobs[0] (id 'a'))"
     )
-    assert lines[19].startswith("jobs.d/019.toml: jobs[0].id: duplicate job id 'a'")
-    assert lines[20].startswith("jobs.d/999.toml: jobs[0].source: unknown source 'nope'")
-    assert lines[21] == "and 80 more like: jobs[].id: duplicate job id … …"
+    assert lines[19].startswith("jobs.d/019.toml: jobs[0] (id 'a').id: duplicate job id 'a'")
+    assert lines[20].startswith("jobs.d/999.toml: jobs[0] (id 'b').source: unknown source 'nope'")
+    assert lines[21] == f"and 80 more like: {lines[0].split(': ', 1)[1]}"
 
 
 def test_drop_in_jobs_are_added_and_their_errors_name_the_drop_in(tmp_path: Path) -> None:
@@ -377,7 +394,7 @@ async def test_check_config_exits_2_with_one_line_and_creates_nothing(tmp_path: 
     code, out, err = await jobherald("check-config", "-c", str(path))
     assert code == 2
     assert out == ""
-    assert err == f"{path}: jobs[0].source: unknown source 'roma-prd' (known: roma-prod)\n"
+    assert err == f"{path}: jobs[0] (id 'a').source: unknown source 'roma-prd' (known: roma-prod)\n"
     code, out, err = await jobherald("run", "--once", "-c", str(path))
     assert code == 2
     assert "Traceback" not in err
@@ -443,7 +460,7 @@ def test_watch_rules_inherit_from_daemon_to_source_to_job(tmp_path: Path) -> Non
         ),
         (
             '[[jobs]]\nid = "a"\nsource = "s"\nstall_after = "soon"\n',
-            "jobs[0].stall_after: bad duration 'soon': use seconds or a text like 500ms, 30s, 5m, 1h",
+            "jobs[0] (id 'a').stall_after: bad duration 'soon': use seconds or a text like 500ms, 30s, 5m, 1h",
         ),
     ],
 )
@@ -493,7 +510,7 @@ def test_aksk_auth_reads_its_secret_key(tmp_path: Path) -> None:
     [
         (
             'method = "kerberos"\n',
-            "sources.roma-prod.auth.method: unknown method (known: token, password, aksk)",
+            "sources.roma-prod.auth.method: unknown method 'kerberos' (known: token, password, aksk)",
         ),
         (
             'ak = "x"\n',

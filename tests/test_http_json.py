@@ -356,7 +356,7 @@ async def test_a_progress_that_is_no_fraction_is_refused_alike(
         ),
         (
             'status = "s"\n\n[sources.s.auth]\nmethod = "token"\ntoken = "t"',
-            "sources.s.auth.method: unknown method (known: bearer, basic, password, aksk)",
+            "sources.s.auth.method: unknown method 'token' (known: bearer, basic, password, aksk)",
         ),
     ],
 )
@@ -390,9 +390,9 @@ def test_a_placeholder_the_job_cannot_fill_and_params_elsewhere_are_refused(
     with pytest.raises(ConfigError) as caught:
         config_module.load(path)
     assert caught.value.problems == [
-        f"{path}: jobs[0].params: source 'k' has {{namespace}} in its url: "
+        f"{path}: jobs[0] (id 'a').params: source 'k' has {{namespace}} in its url: "
         "give namespace in this job's params",
-        f"{path}: jobs[1].params: only for http-json sources ('r' is roma-connect)",
+        f"{path}: jobs[1] (id 'b').params: only for http-json sources ('r' is roma-connect)",
     ]
 
 
@@ -408,7 +408,7 @@ async def test_watch_gives_an_http_json_job_its_params(tmp_path: Path) -> None:
     code, _, err = await jobherald("watch", "etl", "--source", "k8s", "-c", str(path))
     assert (code, err) == (
         2,
-        "jobs.d/etl.toml: jobs[0].params: source 'k8s' has {namespace} in its url: "
+        "jobs.d/etl.toml: jobs[0] (id 'etl').params: source 'k8s' has {namespace} in its url: "
         "give namespace in this job's params\n",
     )
     assert not (tmp_path / "jobs.d" / "etl.toml").exists()

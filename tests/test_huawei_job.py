@@ -203,7 +203,7 @@ def test_source_types_are_the_same_in_the_config_and_the_registry() -> None:
     [
         (
             '[sources.s]\ntype = "gitlab"\nendpoint = "https://e"\n',
-            "sources.s.type: unknown source type (known: roma-connect, huawei-job, http-json)",
+            "sources.s.type: unknown source type 'gitlab' (known: roma-connect, huawei-job, http-json)",
         ),
         (
             '[sources.s]\nendpoint = "https://e"\n',
@@ -217,7 +217,7 @@ def test_source_types_are_the_same_in_the_config_and_the_registry() -> None:
         (
             '[sources.s]\ntype = "huawei-job"\nendpoint = "https://e"\nproject_id = "p"\n'
             'token = "t"\n\n[[jobs]]\nid = "j"\nsource = "s"\ninstance_id = "i"\n',
-            "jobs[0].instance_id: only for roma-connect sources ('s' is huawei-job)",
+            "jobs[0] (id 'j').instance_id: only for roma-connect sources ('s' is huawei-job)",
         ),
         (
             '[sources.s]\ntype = "huawei-job"\nendpoint = "https://e"\ntoken = "t"\n',

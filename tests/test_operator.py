@@ -51,11 +51,14 @@ async def test_watch_writes_a_checked_drop_in_and_forget_removes_it(
     counts = await Daemon(configs.load(["a"], daemon={"include": ["jobs.d/*.toml"]})).run_once()
     assert counts == {"pending": 1, "running": 1}
     code, _, err = await jobherald("watch", "n1", "--source", "roma", "-c", str(path))
-    assert (code, err) == (2, "jobherald: job n1 is already watched (jobs.d/n1.toml: jobs[0])\n")
+    assert (code, err) == (
+        2,
+        "jobherald: job n1 is already watched (jobs.d/n1.toml: jobs[0] (id 'n1'))\n",
+    )
     code, _, err = await jobherald("watch", "n2", "--source", "roma-prd", "-c", str(path))
     assert (code, err) == (
         2,
-        "jobs.d/n2.toml: jobs[0].source: unknown source 'roma-prd' (known: roma)\n",
+        "jobs.d/n2.toml: jobs[0] (id 'n2').source: unknown source 'roma-prd' (known: roma)\n",
     )
     assert sorted(p.name for p in (configs.folder / "jobs.d").iterdir()) == ["n1.toml"]
     code, out, _ = await jobherald("forget", "n1", "-c", str(path))

@@ -196,7 +196,7 @@ async def test_a_bad_reload_keeps_the_running_config(
     await wait_for(lambda: sim.polls("a") >= before + 3, 20, "polls after the refusal")
     assert await daemon.stop() == 0
     assert (
-        f"reload refused: {config}: jobs[1].source: unknown source 'nowhere' (known: roma)"
+        f"reload refused: {config}: jobs[1] (id 'x').source: unknown source 'nowhere' (known: roma)"
         in daemon.output()
     )
 

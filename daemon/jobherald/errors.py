@@ -24,7 +24,7 @@ def problem_kind(line: str) -> str:
 
 def capped(problems: Sequence[str]) -> list[str]:
     """The problems, with at most PROBLEMS_OF_A_KIND of one kind (a folder linked into
-    itself must not give 10,000 lines), then ``and N more like: <the kind>``."""
+    itself must not give 10,000 lines), then ``and N more like: <the first>``."""
     seen: dict[str, int] = {}
     out: list[str] = []
     for line in problems:
@@ -34,7 +34,9 @@ def capped(problems: Sequence[str]) -> list[str]:
             out.append(line)
     for kind, count in seen.items():
         if count > PROBLEMS_OF_A_KIND:
-            out.append(f"and {count - PROBLEMS_OF_A_KIND} more like: {kind}")
+            example = next(line for line in problems if problem_kind(line) == kind)
+            said = example.split(": ", 1)[1] if ": " in example else example
+            out.append(f"and {count - PROBLEMS_OF_A_KIND} more like: {said}")
     return out
 
 
