@@ -286,6 +286,8 @@ async def test_a_port_in_use_is_one_line_at_start(configs: ConfigWriter) -> None
         f"jobherald: http.listen: cannot listen on 127.0.0.1:{port}: address already in use "
         '(another jobherald? give [http] listen another port, or "" to turn the listener off)'
     ], err
+    # The port is taken before anything else: the database was neither made nor migrated.
+    assert not (configs.folder / "jobherald.db").exists()
 
 
 @pytest.mark.parametrize(

@@ -262,7 +262,8 @@ class Daemon:
             len(self.config.jobs),
             shown_url(self.config.database_url),
         )
-        async with self._parts() as (store, dispatcher, watcher), self._listening():
+        # The port first: a start refused for it changes nothing (no migration, no rows).
+        async with self._listening(), self._parts() as (store, dispatcher, watcher):
             if waiting := await store.waiting_retries():
                 # Each keeps its backoff: a restart does not make them all due at once.
                 log.info(
