@@ -11,7 +11,7 @@ from pathlib import Path
 from jobherald.service import Daemon
 from jobherald.simulator import SimJob, Simulator, running
 from jobherald.store import Store, head_revision
-from tests.conftest import ConfigWriter, Receiver, jobherald
+from tests.conftest import ConfigWriter, Receiver, Running, jobherald, start, wait_for
 
 
 async def test_db_current_and_upgrade(configs: ConfigWriter) -> None:
@@ -141,3 +141,24 @@ async def test_the_state_directory_holds_the_database_under_systemd(
         assert conn.execute("select version_num from alembic_version").fetchall() == [
             (head_revision(),)
         ]
+
+
+async def test_watch_reload_without_systemd_signals_the_daemon_holding_the_database(
+    sim: Simulator, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    sim.add(SimJob("a", [running(0.4)]))
+    sim.add(SimJob("late", [running(0.7)]))
+    path = configs.write(["a"], daemon={"include": ["jobs.d/*.toml"]})
+    code, _, err = await jobherald("watch", "x", "--source", "roma", "--reload", "-c", str(path))
+    # No systemd here and no daemon: the drop-in is written, the reload says why not.
+    assert code == 1 and "no jobherald daemon holds" in err, err
+    (configs.folder / "jobs.d" / "x.toml").unlink()
+    daemon = await start(daemons, path)
+    await wait_for(lambda: "watching 1 jobs" in daemon.output(), 20, "the daemon")
+    code, out, err = await jobherald(
+        "watch", "late", "--source", "roma", "--reload", "-c", str(path)
+    )
+    assert code == 0, err
+    assert f"sent SIGHUP to the jobherald daemon (pid {daemon.proc.pid}): it reloads" in out
+    await wait_for(lambda: sim.polls("late") >= 1, 20, "the new job polled after the reload")
+    assert await daemon.stop() == 0

@@ -16,6 +16,7 @@ from jobherald.cli.base import (
     config_option,
     fail,
     load_config,
+    where,
 )
 
 if TYPE_CHECKING:
@@ -37,23 +38,60 @@ def _dropin_folder(cfg: Config) -> tuple[Path, str]:
     return full.parent, full.name
 
 
-def reload_the_service(*, quiet_stdout: bool = False) -> None:
-    """`systemctl reload jobherald.service` (its word on stderr with ``quiet_stdout``)."""
+def reload_the_service(cfg: Config, *, quiet_stdout: bool = False) -> None:
+    """`systemctl reload jobherald.service` where systemd runs; elsewhere (or when the
+    unit is not there) SIGHUP to the daemon holding the database, found by its lock.
+    Says which it did (on stderr with ``quiet_stdout``)."""
     import subprocess
 
-    try:
-        done = subprocess.run(
-            ["systemctl", "reload", "jobherald.service"],  # noqa: S607 (found on PATH, as a person would)
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except FileNotFoundError:
-        fail("cannot reload: systemctl is not here (send SIGHUP to the daemon instead)")
+    said = "cannot reload: systemd does not run here"
+    if Path("/run/systemd/system").is_dir():
+        try:
+            done = subprocess.run(
+                ["systemctl", "reload", "jobherald.service"],  # noqa: S607 (found on PATH, as a person would)
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except FileNotFoundError:
+            said = "cannot reload: systemctl is not here"
+        else:
+            if done.returncode == 0:
+                click.echo("reloaded jobherald.service", err=quiet_stdout)
+                return
+            said = f"cannot reload jobherald.service: {done.stderr.strip() or done.returncode}"
+    pid = _daemon_pid(cfg)
+    if pid is None:
+        fail(f"{said}, and no jobherald daemon holds {where(cfg.database_url)}")
         return
-    if done.returncode != 0:
-        fail(f"cannot reload jobherald.service: {done.stderr.strip() or done.returncode}")
-    click.echo("reloaded jobherald.service", err=quiet_stdout)
+    import os
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        fail(f"{said}; sending SIGHUP to the daemon (pid {pid}) failed: {exc.strerror}")
+    click.echo(f"sent SIGHUP to the jobherald daemon (pid {pid}): it reloads", err=quiet_stdout)
+
+
+def _daemon_pid(cfg: Config) -> int | None:
+    """The pid of the daemon on this host holding the config's SQLite database."""
+    import socket
+
+    from sqlalchemy.engine import make_url
+
+    from jobherald.store.lock import holder
+
+    url = make_url(cfg.database_url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    held = holder(Path(url.database))
+    if not held or held.get("what") != "the jobherald daemon":
+        return None
+    pid = held.get("pid")
+    if held.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    return pid
 
 
 def dropin_lines(
@@ -166,7 +204,7 @@ def watch(
     target = register(cfg, job_id, dropin_lines(job_id, source, name, instance_id, params))
     click.echo(f"watching {job_id}{f' ({name})' if name else ''} from {source}: wrote {target}")
     if reload_service:
-        reload_the_service()
+        reload_the_service(cfg)
 
 
 @cli.command()
@@ -194,4 +232,4 @@ def forget(ctx: click.Context, config_path: str | None, job_id: str, reload_serv
     path.unlink()
     click.echo(f"forgot {job_id}: removed {path} (its history is kept)")
     if reload_service:
-        reload_the_service()
+        reload_the_service(cfg)

@@ -105,7 +105,7 @@ def _start(
         f"started {what} {job_id} ({name}) on {source}: watching it, wrote {target}", err=True
     )
     if reload_service:
-        reload_the_service(quiet_stdout=True)
+        reload_the_service(cfg, quiet_stdout=True)
 
 
 def _ids_options(kind: str) -> Callable[[Callable[..., None]], Callable[..., None]]:

@@ -63,6 +63,25 @@ class DatabaseLock:
             self._fd = None
 
 
+def holder(database: Path) -> dict[str, object] | None:
+    """Who holds the lock of this SQLite database now (what, host, pid), or None when
+    nobody does (no daemon runs on it)."""
+    path = database.with_name(database.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read(fd)  # held: its holder wrote who it is
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read(fd: int) -> dict[str, object]:
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"{}")
