@@ -164,3 +164,30 @@ async def test_a_429_with_retry_after_pauses_the_whole_source(
             "select count(*) from jobs where error is not null"
         ).fetchone()
     assert jobs_with_errors == 0  # the source's outage, not the jobs', and it is over
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_gates_hand_on_waiting_polls_at_the_budget_on_either_loop(loop_name: str) -> None:
+    import uvloop
+
+    from jobherald.schedule.budget import Gates
+    from jobherald.schedule.queue import Entry
+
+    async def run() -> list[float]:
+        loop = asyncio.get_running_loop()
+        handed: list[float] = []
+        gates = Gates(lambda entry: handed.append(loop.time()), lambda job_id: "s")
+        gates.configure({"s": (20.0, 600.0)})
+        now = loop.time()
+        for i in range(12):
+            gates.admit(Entry(f"j{i}", 1.0, now, now), now)  # the gate hands them on
+        assert len(handed) == 2  # at once: a tenth of a second of 20 a second
+        await wait_for(lambda: len(handed) >= 10, 5, "the waiting polls")
+        gates.close()
+        return handed
+
+    factory = uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        handed = runner.run(run())
+    # Then one every 50 ms: the tenth 0.4 s after the first.
+    assert handed[9] - handed[0] == pytest.approx(0.4, abs=0.15)

@@ -75,6 +75,7 @@ class Gate:
     waiting: list[tuple[tuple[int, float], int, Entry]] = field(default_factory=list)
     deferred: int = 0
     timer: asyncio.TimerHandle | None = None
+    timer_at: float = 0.0  # when the timer fires (uvloop's handles do not say)
 
     @property
     def passes(self) -> bool:
@@ -248,12 +249,13 @@ class Gates:
 
     def _arm(self, gate: Gate, at: float) -> None:
         if gate.timer is not None:
-            if gate.timer.when() <= at:
+            if gate.timer_at <= at:
                 return
             gate.timer.cancel()
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         gate.timer = loop.call_at(at, self._fire, gate)
+        gate.timer_at = at
 
     def _fire(self, gate: Gate) -> None:
         gate.timer = None
