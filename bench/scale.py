@@ -143,11 +143,12 @@ async def scale(
                 out["rss_polling"] = _rss(proc.pid)[1]
                 timings: dict[str, float] = {}
                 loads_from = time.monotonic()
-                for _ in range(10):
+                for _ in range(10):  # a load every half second, as a few open tabs would
                     timings.setdefault("GET /", 0.0)
                     seconds, size = await _timed_get(http, f"{address}/")
                     timings["GET /"] = max(timings["GET /"], seconds)
                     out["page_bytes"] = size
+                    await asyncio.sleep(max(0.0, 0.5 - seconds))
                 out["lowest_during_pages"] = counter.lowest_per_second(loads_from, time.monotonic())
                 for label, path in (
                     ("GET /api/jobs?limit=100", "/api/jobs?limit=100"),

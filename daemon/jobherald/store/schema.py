@@ -74,6 +74,7 @@ jobs = sa.Table(
     sa.Index("ix_jobs_state_name", "state", "name", "id"),
     sa.Index("ix_jobs_source_name", "source", "name", "id"),
     sa.Index("ix_jobs_name", "name", "id"),
+    sa.Index("ix_jobs_created", "created_at", "id"),
 )
 
 source_health = sa.Table(
