@@ -315,7 +315,7 @@ async def test_check_config_accepts_a_folder_it_will_make(
     config = configs.write([], source={"archive_dir": str(tmp_path / "a" / "b")})
     code, out, err = await jobherald("check-config", "-c", str(config))
     assert code == 0, err
-    assert out.endswith(": ok (0 jobs, 1 sources, 1 notifiers)\n")
+    assert out.endswith(": ok (0 jobs, 1 source, 1 notifier)\n")
     assert not (tmp_path / "a").exists(), "checking makes nothing"
 
 

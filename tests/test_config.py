@@ -407,7 +407,7 @@ async def test_check_config_accepts_a_good_file_and_reads_the_environment_path(
     path = write(tmp_path, BASE + '[[jobs]]\nid = "a"\nsource = "roma-prod"\n')
     code, out, _ = await jobherald("check-config", env={"JOBHERALD_CONFIG": str(path)})
     assert code == 0
-    assert out == f"{path}: ok (1 jobs, 1 sources, 1 notifiers)\n"
+    assert out == f"{path}: ok (1 job, 1 source, 1 notifier)\n"
 
 
 def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:

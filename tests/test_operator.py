@@ -154,7 +154,7 @@ async def test_watch_reload_without_systemd_signals_the_daemon_holding_the_datab
     assert code == 1 and "no jobherald daemon holds" in err, err
     (configs.folder / "jobs.d" / "x.toml").unlink()
     daemon = await start(daemons, path)
-    await wait_for(lambda: "watching 1 jobs" in daemon.output(), 20, "the daemon")
+    await wait_for(lambda: "watching 1 job " in daemon.output(), 20, "the daemon")
     code, out, err = await jobherald(
         "watch", "late", "--source", "roma", "--reload", "-c", str(path)
     )

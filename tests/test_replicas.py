@@ -393,7 +393,7 @@ async def test_a_second_daemon_on_a_held_sqlite_database_is_refused_until_the_ho
     log = configs.folder / "daemon.log"
     holder = await spawn_daemon(config, log)
     try:
-        await wait_for(lambda: "watching 1 jobs" in log.read_text(), 30, "the daemon")
+        await wait_for(lambda: "watching 1 job " in log.read_text(), 30, "the daemon")
         for args in (["run"], ["run", "--once"]):
             code, _, err = await jobherald(*args, "-c", str(config))
             assert code == 1, (args, err)

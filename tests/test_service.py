@@ -98,7 +98,7 @@ async def test_a_kill_before_delivery_loses_nothing_and_repeats_nothing(
     assert (sim.polls("a"), sim.polls("b")) == polls
 
     third = await start(daemons, config)
-    await wait_for(lambda: "watching 1 jobs (2 already finished)" in third.output(), 20, "start")
+    await wait_for(lambda: "watching 1 job (2 already finished)" in third.output(), 20, "start")
     await asyncio.sleep(1.0)
     assert await third.stop() == 0
     assert receiver.titles() == ["a succeeded", "b failed"]

@@ -208,7 +208,7 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
         raise AssertionError(f"the service did not start: {journal[-3000:]}")
     state = await systemd.show("jobherald")
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
-    assert state["StatusText"].startswith("watching 1 jobs"), state
+    assert state["StatusText"].startswith("watching 1 job"), state
     # The listener works inside the sandbox: health open, metrics behind the token.
     assert (await get(f"http://127.0.0.1:{port}/healthz"))[:2] == (200, "ok\n")
     assert (await get(f"http://127.0.0.1:{port}/metrics"))[0] == 401

@@ -524,6 +524,11 @@ def duration_seconds(job: JobView) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def counted(n: int, word: str) -> str:
+    """``1 job``, ``2 jobs``: a count with its noun agreeing."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def format_duration(seconds: float | None) -> str | None:
     if seconds is None:
         return None

@@ -23,6 +23,7 @@ from jobherald.config import Config, systemd_environment
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher, RetryPolicy
 from jobherald.metrics import Metrics
+from jobherald.model import counted
 from jobherald.notify import Dispatcher
 from jobherald.schedule import Periodic, Pool, Watcher, poll_once
 from jobherald.schedule.archiver import Archiver
@@ -256,10 +257,10 @@ class Daemon:
     async def _watch(self) -> None:
         started = time.monotonic()
         log.info(
-            "jobherald %s starting: config %s, %d jobs, database %s",
+            "jobherald %s starting: config %s, %s, database %s",
             __version__,
             self.config.path,
-            len(self.config.jobs),
+            counted(len(self.config.jobs), "job"),
             shown_url(self.config.database_url),
         )
         # The port first: a start refused for it changes nothing (no migration, no rows).
@@ -300,8 +301,8 @@ class Daemon:
             periodic.start()
             active = len(watcher.active())
             log.info(
-                "watching %d jobs (%d already finished%s) with %d pollers on the %s loop",
-                active,
+                "watching %s (%d already finished%s) with %d pollers on the %s loop",
+                counted(active, "job"),
                 len(watcher.jobs) - active,
                 f"; {replica.status(active)}" if store.shared else "",
                 pool.size,
@@ -514,9 +515,9 @@ class Daemon:
             if j.id in replica.owned and not watcher.views[j.id].state.terminal
         )
         log.info(
-            "reloaded %s: %d jobs, %d new or changed, %d removed",
+            "reloaded %s: %s, %d new or changed, %d removed",
             new.path,
-            len(new.jobs),
+            counted(len(new.jobs), "job"),
             len(changed),
             len(removed),
         )
@@ -533,7 +534,9 @@ class Daemon:
         failing = watcher.failing()
         if failing:
             parts.append(f"{failing} failing")
-        line = f"watching {len(active)} jobs" + (f": {', '.join(parts)}" if parts else "")
+        line = f"watching {counted(len(active), 'job')}" + (
+            f": {', '.join(parts)}" if parts else ""
+        )
         if self.replica is not None and (self.replica.store.shared or not self.replica.valid()):
             line = f"{self.replica.status(len(active))}; {line}"
         if watcher.last_poll_at is not None:

@@ -49,10 +49,12 @@ def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
 @click.pass_context
 def check_config(ctx: click.Context, config_path: str | None) -> None:
     """Validate the config: exit 0, or 2 with one line per problem."""
+    from jobherald.model import counted
+
     cfg = load_config(ctx, config_path, check_urls=True, check_dirs=True)
     click.echo(
-        f"{cfg.path}: ok ({len(cfg.jobs)} jobs, {len(cfg.sources)} sources, "
-        f"{len(cfg.notifiers)} notifiers)"
+        f"{cfg.path}: ok ({counted(len(cfg.jobs), 'job')}, {counted(len(cfg.sources), 'source')}, "
+        f"{counted(len(cfg.notifiers), 'notifier')})"
     )
 
 

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from jobherald.config import Source
 from jobherald.errors import FetchError
-from jobherald.model import EventKind, format_duration
+from jobherald.model import EventKind, counted, format_duration
 
 if TYPE_CHECKING:
     from jobherald.sources.base import Advice
@@ -111,7 +111,7 @@ def render(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
     reasons = job.get("reasons") or []
     if kind == "failed":
         if reasons:
-            lines.append(f"reasons ({reason_count(reasons)}):")
+            lines.append(f"{counted(reason_count(reasons), 'reason')}:")
             lines.extend(f"- {_reason_line(r)}" for r in reasons)
         else:
             lines.append("reasons: none given by the service")
