@@ -65,7 +65,7 @@ async def test_an_email_reads_well_and_carries_the_event_id(
     assert mail["To"] == "ops@example.com"
     text = mail.get_body(("plain",)).get_content()
     assert "Job orders import failed." in text
-    assert "1 reason:\n- application orders-app: ROMA.7: taken" in text
+    assert "1 reason:\r\n- application orders-app: ROMA.7: taken" in text
     assert "\nevent " in text
 
 
