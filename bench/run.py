@@ -531,7 +531,7 @@ def main() -> None:
         if args.scenario in ("polite", "all"):
             sections.append(polite_table(quick, before))
         if args.scenario in ("scale", "all"):
-            sections.append(scale_table(10_000 if quick else 100_000))
+            sections.append(scale_table(10_000 if quick else 100_000, before))
     if args.scenario in ("profile", "all"):
         for loop in ("asyncio", "uvloop"):
             sections.append(profile(10_000, 10.0, 5 if quick else 20, 15, loop))
@@ -609,13 +609,17 @@ def polite_table(quick: bool, before: Path | None) -> str:
     )
 
 
-def scale_table(count: int) -> str:
-    """The scale scenario (bench/scale.py)."""
+def scale_table(count: int, before: Path | None) -> str:
+    """The scale scenario (bench/scale.py), the older tree first when given, same run."""
     from scale import rows, scale
 
+    lines = []
     with upstream() as base:
-        figures = asyncio.run(scale(DPY, base, count))
-    return table(f"Scale: {count:,} jobs every 60 s while pages are read", rows(figures))
+        if before is not None:
+            older = asyncio.run(scale(DPY, base, count, code=before))
+            lines += [(f"before: {k}", v) for k, v in rows(older) if not k.startswith("target")]
+        lines += rows(asyncio.run(scale(DPY, base, count)))
+    return table(f"Scale: {count:,} jobs every 60 s while pages are read", lines)
 
 
 def daemon_venv() -> str:
