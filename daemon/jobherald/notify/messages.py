@@ -108,6 +108,8 @@ def render(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
         lines.append(f"sha256: {job.get('archive_sha256')}")
     if kind == "error" and job.get("error"):
         lines.append(f"error: {job['error']}")
+    if job.get("link"):
+        lines.append(f"link: {job['link']}")
     reasons = job.get("reasons") or []
     if kind == "failed":
         if reasons:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 from jobherald.aio import first_of
+from jobherald.model import counted
 from jobherald.store import Claimer, Joining, Member, Store
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,12 @@ class Replica:
             return
         try:
             await self.store.leave(self.name, token)
-            log.info("replica %s left: its %d jobs go to the others", self.name, len(self.owned))
+            if self.store.shared:  # on SQLite there are no others to hand anything to
+                log.info(
+                    "replica %s left: its %s go to the others",
+                    self.name,
+                    counted(len(self.owned), "job"),
+                )
         except Exception as exc:
             log.warning(
                 "replica %s: leaving failed (%s); the others wait out its lease", self.name, exc
