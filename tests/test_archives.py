@@ -388,3 +388,32 @@ async def test_the_demo_keeps_its_export_archives() -> None:
     assert code == 0, out[-2000:] + err[-2000:]
     assert "full backup archived" in out and "nightly export archived" in out
     assert "4 jobs watched, 2 export archives kept, 6 messages sent" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("planted", ["final", "part"])
+async def test_a_symlink_in_archive_dir_is_never_followed_nor_kept(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, archive_dir: Path, planted: str
+) -> None:
+    # Someone plants a link to a zip outside archive_dir, at the archive's name or at its
+    # .part name: it must not become the kept archive, nor be renamed into place.
+    outside = configs.folder / "elsewhere.zip"
+    outside.write_bytes(make_archive({"apps": ["other"]}, 1_000))
+    before = outside.read_bytes()
+    sim.add(SimJob("exp7", [succeeded()], archive_id="arch-7"))
+    config = configs.write(
+        ["exp7"],
+        source={"archive_dir": str(archive_dir)},
+        notifiers={"ops": {"urls": [receiver.url()], "on": ["archived", "error"]}},
+    )
+    archive_dir.mkdir()
+    name = "exp7-arch-7.zip" if planted == "final" else ".exp7-arch-7.zip.part"
+    (archive_dir / name).symlink_to(outside)
+    code, _, err = await jobherald("run", "--once", "-c", str(config))
+    assert code == 0, err
+    row = await status_of(config, "exp7")
+    assert row["archive_state"] != "kept" and row["archive_sha256"] is None
+    assert f"{archive_dir / name} is a symlink: refused" in str(row["archive_error"])
+    assert receiver.titles() == ["exp7 error"]
+    assert f"{archive_dir / name} is a symlink" in receiver.messages[0]["message"]
+    assert (archive_dir / name).is_symlink() and outside.read_bytes() == before
+    assert sim.download_attempts == []  # nothing fetched into a place it cannot trust

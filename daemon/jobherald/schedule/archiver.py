@@ -15,10 +15,12 @@ holds them up: its own task, its own request slots, its disk work in threads.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
 import random
+import stat
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -50,6 +52,11 @@ GONE_AFTER = 3
 
 class ArchiveProblem(Exception):
     """A download that arrived but is not a whole archive."""
+
+
+class UntrustedFile(ArchiveProblem):
+    """A symlink, or anything but a regular file, where an archive goes: never followed,
+    never kept; said at once (an error event), not after error_after."""
 
 
 def archive_file_name(name: str, archive_id: str) -> str:
@@ -180,7 +187,7 @@ class Archiver:
                      claim.archive_id, final)  # fmt: skip
             return found
         partial = folder / f".{final.name}.part"
-        found = await asyncio.to_thread(_whole_zip, partial)
+        found = await asyncio.to_thread(_whole_zip, partial)  # a symlink: ArchiveProblem
         if found is not None:
             log.info("job %s (%s): archive %s was downloaded whole before a stop: keeping it",
                      job.name, job.id, claim.archive_id)  # fmt: skip
@@ -280,7 +287,8 @@ class Archiver:
         events: list[NewEvent] = []
         notified = claim.error_notified
         failing_for = (now - error_since).total_seconds()
-        if not notified and (give_up or failing_for >= job.rules.error_after):
+        at_once = isinstance(exc, UntrustedFile)
+        if not notified and (give_up or at_once or failing_for >= job.rules.error_after):
             notified = True
             text = f"{detail}; tried {attempts} times over {format_duration(failing_for)}"
             if give_up:
@@ -337,8 +345,43 @@ class Archiver:
         return [NewEvent(event.kind.value, payload, targets)]
 
 
+def _trusted(path: Path) -> bool:
+    """Whether something is at ``path`` (False: nothing); ArchiveProblem when it is a
+    symlink or anything but a regular file (never followed, never trusted)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise UntrustedFile(f"{path} is a symlink: refused (remove it)")
+    if not stat.S_ISREG(st.st_mode):
+        raise UntrustedFile(f"{path} is not a regular file: refused (remove it)")
+    return True
+
+
+def _open_file(path: Path) -> IO[bytes]:
+    """A regular file in archive_dir, opened for reading without following a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UntrustedFile(f"{path} is a symlink: refused (remove it)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UntrustedFile(f"{path} is not a regular file: refused (remove it)")
+    return os.fdopen(fd, "rb")
+
+
 def _open_new(path: Path) -> IO[bytes]:
-    return path.open("wb")
+    """A new file (it must not exist, a symlink least of all), for writing."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
+    except FileExistsError:
+        raise UntrustedFile(f"{path} appeared while downloading: refused") from None
+    return os.fdopen(fd, "wb")
 
 
 def _close_synced(handle: IO[bytes]) -> None:
@@ -350,29 +393,34 @@ def _close_synced(handle: IO[bytes]) -> None:
 def _zip_problem(path: Path) -> str | None:
     """Why ``path`` is not a whole zip (every member read and checked), or None."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with _open_file(path) as handle, zipfile.ZipFile(handle) as archive:
             broken = archive.testzip()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
         return str(exc) or type(exc).__name__
+    except ArchiveProblem:
+        raise
     except (OSError, RuntimeError) as exc:  # RuntimeError: an encrypted member
         return str(exc) or type(exc).__name__
     return None if broken is None else f"{broken} does not match its checksum"
 
 
 def _whole_zip(path: Path) -> Kept | None:
-    """Size and sha256 of a whole zip at ``path``; None if it is missing or not whole."""
-    if not path.is_file() or path.stat().st_size == 0 or _zip_problem(path) is not None:
+    """Size and sha256 of a whole zip at ``path``; None if it is missing or not whole;
+    ArchiveProblem when a symlink or something else than a file is there."""
+    if not _trusted(path) or os.lstat(path).st_size == 0 or _zip_problem(path) is not None:
         return None
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    size = 0
+    with _open_file(path) as handle:
         while chunk := handle.read(1024 * 1024):
             digest.update(chunk)
-    return Kept(str(path), path.stat().st_size, digest.hexdigest())
+            size += len(chunk)
+    return Kept(str(path), size, digest.hexdigest())
 
 
 def _put_in_place(partial: Path, final: Path) -> None:
     """Rename a whole file into place, and make the rename itself durable."""
-    with partial.open("rb") as handle:
+    with _open_file(partial) as handle:
         os.fsync(handle.fileno())
     os.replace(partial, final)
     folder = os.open(final.parent, os.O_RDONLY)
