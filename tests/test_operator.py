@@ -162,3 +162,45 @@ async def test_watch_reload_without_systemd_signals_the_daemon_holding_the_datab
     assert f"sent SIGHUP to the jobherald daemon (pid {daemon.proc.pid}): it reloads" in out
     await wait_for(lambda: sim.polls("late") >= 1, 20, "the new job polled after the reload")
     assert await daemon.stop() == 0
+
+
+async def test_commands_run_by_hand_read_the_credentials_the_unit_loads(
+    sim: Simulator, receiver: Receiver, tmp_path: Path
+) -> None:
+    sim.add(SimJob("a", [running(0.4)]))
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "roma.token").write_text(sim.token + "\n")
+    units = tmp_path / "units"
+    (units / "jobherald.service.d").mkdir(parents=True)
+    (units / "jobherald.service").write_text("[Service]\nExecStart=/usr/local/bin/jobherald run\n")
+    (units / "jobherald.service.d" / "secrets.conf").write_text(
+        f"[Service]\nLoadCredential=roma.token:{secrets / 'roma.token'}\n"
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[daemon]\ndatabase = "sqlite:///jh.db"\ninclude = ["jobs.d/*.toml"]\n\n[http]\nlisten = ""\n\n'
+        f'[sources.roma]\ntype = "roma-connect"\nendpoint = "{sim.url}"\n'
+        f'project_id = "{sim.project_id}"\ninstance_id = "{next(iter(sim.instances))}"\n'
+        'token_file = "${CREDENTIALS_DIRECTORY}/roma.token"\n\n'
+        f'[notifiers.ops]\nurls = ["{receiver.url()}"]\n\n[[jobs]]\nid = "a"\nsource = "roma"\n',
+        encoding="utf-8",
+    )
+    env = {"JOBHERALD_UNIT_DIR": str(units)}
+    assert "CREDENTIALS_DIRECTORY" not in os.environ
+    code, out, err = await jobherald("check-config", "-c", str(config), env=env)
+    assert code == 0 and out.endswith(": ok (1 job, 1 source, 1 notifier)\n"), err
+    code, out, err = await jobherald("watch", "b", "--source", "roma", "-c", str(config), env=env)
+    assert code == 0 and out.startswith("watching b from roma"), err
+    code, _, err = await jobherald("run", "--once", "-c", str(config), env=env)
+    assert code == 0, err
+    assert sim.polls("a") == 1  # authorised with the credential's token
+    # A credential the unit does not load is one line, naming it.
+    (units / "jobherald.service.d" / "secrets.conf").write_text("[Service]\n")
+    code, _, err = await jobherald("check-config", "-c", str(config), env=env)
+    assert (code, err) == (
+        2,
+        f"{config}: sources.roma.token_file: environment variable CREDENTIALS_DIRECTORY is not "
+        "set, and the installed jobherald.service loads no credential 'roma.token' "
+        "(LoadCredential=)\n",
+    )

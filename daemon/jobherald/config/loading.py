@@ -155,9 +155,27 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
         raise ConfigError([f"{label}: cannot read it: {exc.strerror or exc}"]) from None
 
 
+_CREDENTIAL = re.compile(r"\$\{CREDENTIALS_DIRECTORY\}/([^/$]+)")
+
+
 def _expand(value: Any, label: str, where: str, problems: list[str]) -> Any:
-    """Replace ``${VAR}`` from the environment in every string (``$$`` is a dollar)."""
+    """Replace ``${VAR}`` from the environment in every string (``$$`` is a dollar).
+
+    Outside the service, ``${CREDENTIALS_DIRECTORY}/ID`` is the file the installed unit
+    loads as credential ID (its ``LoadCredential=ID:PATH``), so that commands run by hand
+    read what the service would."""
     if isinstance(value, str):
+        if "CREDENTIALS_DIRECTORY" not in os.environ and (found := _CREDENTIAL.fullmatch(value)):
+            from jobherald.config.paths import UNIT, unit_credentials
+
+            source = unit_credentials().get(found[1])
+            if source is not None:
+                return str(source)
+            problems.append(
+                f"{label}: {where}: environment variable CREDENTIALS_DIRECTORY is not set, "
+                f"and the installed {UNIT} loads no credential {found[1]!r} (LoadCredential=)"
+            )
+            return ""
 
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)

@@ -107,3 +107,28 @@ def _user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
+
+
+# Where the installed unit and its drop-ins are (as `make install` puts them).
+UNIT_DIR = Path("/etc/systemd/system")
+
+
+def unit_credentials(unit_dir: Path | None = None) -> dict[str, Path]:
+    """The credentials the installed unit loads: ``LoadCredential=ID:PATH`` lines of
+    jobherald.service and its drop-ins (later ones win, as systemd reads them); for a
+    command run by hand where the service would have ``$CREDENTIALS_DIRECTORY/ID``."""
+    folder = unit_dir or Path(os.environ.get("JOBHERALD_UNIT_DIR") or UNIT_DIR)
+    files = [folder / UNIT, *sorted((folder / f"{UNIT}.d").glob("*.conf"))]
+    found: dict[str, Path] = {}
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and key.strip() in ("LoadCredential", "LoadCredentialEncrypted"):
+                ident, colon, source = value.strip().partition(":")
+                if colon and ident and source and key.strip() == "LoadCredential":
+                    found[ident] = Path(source)
+    return found
