@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import re
 import signal
 import subprocess
@@ -128,7 +129,7 @@ async def test_config_files_that_are_not_files_are_one_line_each(tmp_path: Path)
     (tmp_path / "jobs.d").mkdir()
     cases = {
         str(loop): f"{loop}: cannot read it: Too many levels of symbolic links",
-        "/dev/zero": "/dev/zero: not a regular file",
+        "/dev/zero": "/dev/zero: not a regular file (a FIFO, a device...)",
         str(
             folder
         ): f"{folder}: daemon.include[0]: jobs.d is a folder: name its files, e.g. jobs.d/*.toml",
@@ -136,6 +137,26 @@ async def test_config_files_that_are_not_files_are_one_line_each(tmp_path: Path)
     for path, says in cases.items():
         code, out, err = await jobherald("check-config", "-c", path, timeout=20)
         assert (code, out, err) == (2, "", f"{says}\n"), path
+
+
+async def test_drop_ins_that_are_not_files_are_one_line_each_and_never_hang(
+    tmp_path: Path,
+) -> None:
+    main = tmp_path / "config.toml"
+    main.write_text('[daemon]\ninclude = ["jobs.d/*.toml"]\n')
+    dropins = tmp_path / "jobs.d"
+    dropins.mkdir()
+    (dropins / "10-ok.toml").write_text('[[jobs]]\nid = "a"\nsource = "s"\n')
+    os.mkfifo(dropins / "20-fifo.toml")
+    (dropins / "30-zero.toml").symlink_to("/dev/zero")
+    (dropins / "40-loop.toml").symlink_to(dropins / "40-loop.toml")
+    code, out, err = await jobherald("check-config", "-c", str(main), timeout=20)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "jobs.d/20-fifo.toml: not a regular file (a FIFO, a device...)",
+        "jobs.d/30-zero.toml: not a regular file (a FIFO, a device...)",
+        "jobs.d/40-loop.toml: cannot read it: Too many levels of symbolic links",
+    ]
 
 
 async def test_watch_keeps_a_name_as_typed(configs: ConfigWriter) -> None:

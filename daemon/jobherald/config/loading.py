@@ -84,9 +84,15 @@ def load(
     jobs: list[tuple[JobSection, str]] = [
         (job, f"{label}: jobs[{i}] (id {job.id!r})") for i, job in enumerate(parsed.jobs)
     ]
+    unreadable: list[str] = []
     for dropin in [*_included(main.parent, parsed.daemon.include, label), *extra]:
         extra_label = _display(dropin, main.parent)
-        extra_raw = _expand(_read_toml(dropin, extra_label), extra_label, "", problems)
+        try:  # each drop-in that cannot be read is a line of its own; the others are read
+            read = _read_toml(dropin, extra_label)
+        except ConfigError as exc:
+            unreadable += exc.problems
+            continue
+        extra_raw = _expand(read, extra_label, "", problems)
         if problems:
             raise ConfigError(problems)
         parsed_dropin = _validate(DropInFile, extra_raw, extra_label)
@@ -94,6 +100,8 @@ def load(
             (job, f"{extra_label}: jobs[{i}] (id {job.id!r})")
             for i, job in enumerate(parsed_dropin.jobs)
         )
+    if unreadable:
+        raise ConfigError(unreadable)
     templates = check_urls if check_templates is None else check_templates
     config = _resolve(main, label, parsed, jobs, check_urls, templates)
     if check_urls if check_dirs is None else check_dirs:
@@ -132,9 +140,14 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 def _read_toml(path: Path, label: str) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ConfigError([f"{label}: not a regular file"])
+        # Opened without blocking: a FIFO would wait for a writer for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise ConfigError([f"{label}: not a regular file (a FIFO, a device...)"])
             data = handle.read(MAX_CONFIG_BYTES + 1)
             if len(data) > MAX_CONFIG_BYTES:
                 raise ConfigError([f"{label}: larger than {MAX_CONFIG_BYTES // 2**20} MB"])
@@ -311,7 +324,9 @@ def _included(base: Path, patterns: Sequence[str], label: str) -> Iterator[Path]
         full = pattern if os.path.isabs(pattern) else str(base / pattern)
         for match in sorted(glob.glob(full)):
             path = Path(match)
-            if path in seen or not path.is_file():
+            # Anything matched is read, or said in a line why not: a FIFO, a device, a
+            # symlink loop or an unreadable file is never skipped in silence.
+            if path in seen:
                 continue
             seen.add(path)
             yield path
