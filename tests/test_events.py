@@ -136,3 +136,26 @@ async def test_a_notifier_hears_only_its_events(
     await passes(cfg, clock, 4, 60)
     assert receiver.titles("chat") == ["a progress", "a started"]
     assert receiver.titles("mail") == ["a succeeded"]
+
+
+async def test_a_job_s_error_clock_starts_when_its_source_works_again(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, clock: Clock
+) -> None:
+    sim.add(SimJob("j", [http_error(500, "APIG.9999", "broken")]))
+    cfg = configs.load(
+        ["j"], notifiers={"ops": {"urls": [receiver.url()], "on": ["error", "recovered"]}}
+    )
+    good = set(sim.tokens)
+    sim.tokens.clear()  # the token is revoked: every poll is refused (401)
+    for _ in range(11):  # 10 minutes of a refused token: the source's error, not the job's
+        await Daemon(cfg, clock).run_once()
+        clock.advance(60)
+    sim.tokens.update(good)  # a new token: the job's own trouble shows (HTTP 500)
+    for _ in range(7):
+        await Daemon(cfg, clock).run_once()
+        clock.advance(60)
+    titles = [m["title"] for m in receiver.messages]
+    assert titles == ["source roma error", "source roma recovered", "j error"], titles
+    job_error = receiver.messages[2]["message"]
+    # Failing for five minutes of its own (error_after), not the fifteen since the token.
+    assert "polling has failed for 5m" in job_error.splitlines()[0], job_error

@@ -383,7 +383,12 @@ def observe_error(
     credentials) is reported once for the source, not here.
     """
     new = job
-    if job.error is None or not job.error.startswith(summary):
+    if source_wide:
+        # The source's outage, not the job's: kept as its error text, but the job's own
+        # error clock is not running (it starts when a failure of its own comes).
+        if job.error is None or not job.error.startswith(summary):
+            new = replace(new, error=detail, error_since=None)
+    elif job.error is None or not job.error.startswith(summary):
         new = replace(new, error=detail, error_since=job.error_since or now)
     new = replace(new, not_found=job.not_found + 1 if not_found else 0)
     events: list[Event] = []

@@ -334,6 +334,10 @@ class Watcher:
             log.debug("polling job %s (%s) still failing: %s", job.name, job.id, exc.detail)
         if source_wide:
             await self._source_failed(job.source, exc, now)
+        elif exc.status is not None and exc.status not in (401, 403, 407):
+            # An answer past the source's authentication (a 404, a 500): its credentials
+            # work again, whatever this job's own trouble is.
+            await self._source_ok(job.source, now)
         return PollResult(
             outcome.job.state.terminal,
             True,
