@@ -90,12 +90,13 @@ class Gates:
         self,
         hand: Callable[[Entry], None],
         source_of: Callable[[str], str | None],
-        urgency: Callable[[Entry, float], int] | None = None,
+        urgency: Callable[[Entry, float], tuple[int, float]] | None = None,
     ) -> None:
         self._hand = hand
         self._source_of = source_of
-        # 0 for a job about to finish (its ETA near or past), else 1.
-        self._urgency = urgency or (lambda entry, now: 1)
+        # The order polls leave the waiting room in, smallest first: (0, its ETA) for a
+        # job about to finish or overdue, else (1, when it fell due).
+        self._urgency = urgency or (lambda entry, now: (1, entry.due))
         self._gates: dict[str, Gate] = {}
         self._seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -219,8 +220,7 @@ class Gates:
         return self._gates.get(source) if source is not None else None
 
     def _wait(self, gate: Gate, entry: Entry, now: float) -> None:
-        key = (self._urgency(entry, now), entry.due)
-        heapq.heappush(gate.waiting, (key, next(self._seq), entry))
+        heapq.heappush(gate.waiting, (self._urgency(entry, now), next(self._seq), entry))
 
     def _drain(self, gate: Gate) -> None:
         """Hand on the most urgent waiting polls the budget allows now; arm the gate's

@@ -111,7 +111,9 @@ class Pool:
         self.gates: Gates | None = None
 
     def use_gates(
-        self, source_of: Callable[[str], str | None], urgency: Callable[[Entry, float], int]
+        self,
+        source_of: Callable[[str], str | None],
+        urgency: Callable[[Entry, float], tuple[int, float]],
     ) -> Gates:
         """Hold polls to their sources' budgets and pauses from now on."""
         self.gates = Gates(self._hand, source_of, urgency)
