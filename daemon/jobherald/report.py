@@ -168,14 +168,11 @@ async def iter_rows(
             yield row
         if after is None:
             break
-    if wanted.text:
+    if wanted.text or (wanted.state or "pending") != "pending":
         return
+    stored = await store.job_ids() if store is not None else set()
     for job in cfg.jobs:
-        if job.id in seen:
-            continue
-        if (wanted.state or "pending") != "pending" or wanted.source not in (None, job.source):
-            continue
-        if store is None or await store.job(job.id) is None:
+        if job.id not in seen and job.id not in stored and wanted.source in (None, job.source):
             yield _blank(job.id, job.name, job.source, job.poll_interval)
 
 

@@ -466,6 +466,11 @@ class Jobs(StoreBase):
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).all())
 
+    async def job_ids(self) -> set[str]:
+        """The ids of every stored job."""
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(sa.select(jobs.c.id))).scalars())
+
     async def state_counts(self, source: str | None = None) -> dict[str, int]:
         """Jobs per state (of one source, if given): one aggregate query."""
         query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
