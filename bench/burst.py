@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import sqlite3
 import tempfile
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from common import pct, serving, write_config
+from common import daemon, pct, serving, write_config
 
 
 def carried(text: str) -> list[str]:
@@ -134,26 +132,13 @@ async def burst(
                 },
                 concurrency=32,
             )
-            env = dict(os.environ)
-            if code is not None:
-                env["PYTHONPATH"] = str(code / "daemon")
-            proc = await asyncio.create_subprocess_exec(
-                python, "-m", "jobherald", "run", "-c", str(config), env=env
-            )
-            try:
+            async with daemon(python, config, code):
                 deadline = late_at + window
                 while time.time() < deadline:
                     mailed = {e for _, ids in got.emails for e in ids}
                     if len(got.chat) > count and len(mailed) > count:
                         break
                     await asyncio.sleep(0.2)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 30)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
             jobs = job_of_events(Path(tmp) / "bench.db")
     chat = {jobs[e]: at for e, at in got.chat.items() if e in jobs}
     delays = [chat[j] - at for j, at in flips.items() if j in chat]

@@ -75,3 +75,28 @@ async def serving(app: web.Application) -> AsyncIterator[int]:
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def daemon(python: str, config: Path, code: Path | None = None) -> AsyncIterator[None]:
+    """``jobherald run`` on ``config`` (the tree at ``code``, else the installed one), for
+    as long as the block runs; stopped with SIGTERM (killed if it does not stop)."""
+    import asyncio
+    import os
+    import signal
+
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code / "daemon")
+    proc = await asyncio.create_subprocess_exec(
+        python, "-m", "jobherald", "run", "-c", str(config), env=env
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

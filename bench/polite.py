@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
-import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +24,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from common import pct, serving, write_config
+from common import daemon, pct, serving, write_config
 
 RAMP = re.compile(r"^(?:id: |- )(ramp-\d+-\d+-\d+)\b", re.MULTILINE)
 
@@ -50,21 +48,8 @@ async def hook() -> AsyncIterator[tuple[dict[str, float], str]]:
 
 
 async def _run(python: str, config: Path, seconds: float, code: Path | None = None) -> None:
-    env = dict(os.environ)
-    if code is not None:
-        env["PYTHONPATH"] = str(code / "daemon")
-    proc = await asyncio.create_subprocess_exec(
-        python, "-m", "jobherald", "run", "-c", str(config), env=env
-    )
-    try:
+    async with daemon(python, config, code):
         await asyncio.sleep(seconds)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def finishing(

@@ -200,6 +200,17 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 @pytest.fixture
+async def mailbox() -> AsyncIterator[Any]:
+    """A real SMTP server on 127.0.0.1 keeping what it is sent (tests.fakes.Mailbox)."""
+    from tests.fakes import Mailbox
+
+    box = Mailbox()
+    await box.start()
+    yield box
+    await box.stop()
+
+
+@pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     await rec.start()

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,14 +35,6 @@ from tests.test_http import free_port
 REASONS = [
     {"resource_type": "app", "resource_name": "orders", "error_code": "ROMA.7", "error_msg": "x"}
 ]
-
-
-@pytest.fixture
-async def mailbox() -> AsyncIterator[Mailbox]:
-    box = Mailbox()
-    await box.start()
-    yield box
-    await box.stop()
 
 
 def rows(db: Path, query: str) -> list[tuple[object, ...]]:

@@ -24,14 +24,6 @@ REASONS = [
 
 
 @pytest.fixture
-async def mailbox() -> AsyncIterator[Mailbox]:
-    box = Mailbox()
-    await box.start()
-    yield box
-    await box.stop()
-
-
-@pytest.fixture
 async def ntfy() -> AsyncIterator[FakeNtfy]:
     fake = FakeNtfy()
     await fake.start()
