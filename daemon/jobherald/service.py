@@ -365,17 +365,14 @@ class Daemon:
             job = watcher.jobs.get(job_id)
             return job.source if job is not None else None
 
-        def urgency(entry: Entry, _: float) -> tuple[int, float]:
-            """Jobs whose ETA is past or within their interval first, earliest ETA first
-            (they are finishing); then the others, longest overdue first."""
-            if entry.job_id in watcher.views:
-                now = self.clock()
-                eta = watcher.eta_of(entry.job_id, now)
-                if eta is not None and (eta - now).total_seconds() <= entry.interval:
-                    return (0, eta.timestamp())
-            return (1, entry.due)
+        def eta(entry: Entry) -> float | None:
+            """When a job should end (epoch seconds), as its progress says; None unknown."""
+            if entry.job_id not in watcher.views:
+                return None
+            end = watcher.eta_of(entry.job_id, self.clock())
+            return end.timestamp() if end is not None else None
 
-        gates = pool.use_gates(source_of, urgency)
+        gates = pool.use_gates(source_of, eta)
         gates.configure(_limits(self.config))
 
     def _replica(

@@ -72,7 +72,10 @@ class Gate:
     # After a pause: the one poll sent first, until it ends.
     probe: Entry | None = None
     probing: bool = False
-    waiting: list[tuple[tuple[int, float], int, Entry]] = field(default_factory=list)
+    # The waiting room: each entry once, ordered two ways (stale heap items skipped).
+    waiting: dict[int, Entry] = field(default_factory=dict)
+    by_due: list[tuple[float, int]] = field(default_factory=list)
+    by_eta: list[tuple[float, int]] = field(default_factory=list)
     deferred: int = 0
     timer: asyncio.TimerHandle | None = None
     timer_at: float = 0.0  # when the timer fires (uvloop's handles do not say)
@@ -90,13 +93,13 @@ class Gates:
         self,
         hand: Callable[[Entry], None],
         source_of: Callable[[str], str | None],
-        urgency: Callable[[Entry, float], tuple[int, float]] | None = None,
+        eta: Callable[[Entry], float | None] | None = None,
     ) -> None:
         self._hand = hand
         self._source_of = source_of
-        # The order polls leave the waiting room in, smallest first: (0, its ETA) for a
-        # job about to finish or overdue, else (1, when it fell due).
-        self._urgency = urgency or (lambda entry, now: (1, entry.due))
+        # A job's estimated end (epoch seconds), or None: a job whose end is near or past
+        # leaves the waiting room first, earliest end first; then the longest overdue.
+        self._eta = eta or (lambda entry: None)
         self._gates: dict[str, Gate] = {}
         self._seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,7 +113,7 @@ class Gates:
                 gone = self._gates.pop(name)
                 if gone.timer is not None:
                     gone.timer.cancel()
-                for _, _, entry in gone.waiting:
+                for entry in gone.waiting.values():
                     self._hand(entry)  # the pool drops what left the config
         for name, (rate, pause) in limits.items():
             gate = self._gates.get(name)
@@ -220,7 +223,30 @@ class Gates:
         return self._gates.get(source) if source is not None else None
 
     def _wait(self, gate: Gate, entry: Entry, now: float) -> None:
-        heapq.heappush(gate.waiting, (self._urgency(entry, now), next(self._seq), entry))
+        seq = next(self._seq)
+        gate.waiting[seq] = entry
+        heapq.heappush(gate.by_due, (entry.due, seq))
+        if (eta := self._eta(entry)) is not None:
+            heapq.heappush(gate.by_eta, (eta, seq))
+
+    @staticmethod
+    def _next(gate: Gate) -> Entry | None:
+        """The most urgent waiting poll, taken out of the room: a job whose end is near
+        (within its interval) or past, earliest first; else the one due longest ago."""
+        waiting = gate.waiting
+        by_eta, by_due = gate.by_eta, gate.by_due
+        while by_eta and by_eta[0][1] not in waiting:
+            heapq.heappop(by_eta)
+        if by_eta:
+            eta, seq = by_eta[0]
+            if eta - time.time() <= waiting[seq].interval:
+                heapq.heappop(by_eta)
+                return waiting.pop(seq)
+        while by_due and by_due[0][1] not in waiting:
+            heapq.heappop(by_due)
+        if by_due:
+            return waiting.pop(heapq.heappop(by_due)[1])
+        return None
 
     def _drain(self, gate: Gate) -> None:
         """Hand on the most urgent waiting polls the budget allows now; arm the gate's
@@ -231,10 +257,9 @@ class Gates:
                 if gate.probe is None:
                     self._arm(gate, gate.paused_until)
                 return  # paused, or its probe still out
-            if gate.waiting:
-                _, _, entry = heapq.heappop(gate.waiting)
-                gate.probe = entry
-                self._hand(entry)
+            if (first := self._next(gate)) is not None:
+                gate.probe = first
+                self._hand(first)
             else:
                 gate.probing = False
             return
@@ -242,7 +267,9 @@ class Gates:
             if gate.bucket is not None and not gate.bucket.take(now):
                 self._arm(gate, now + gate.bucket.wait(now))
                 return
-            _, _, entry = heapq.heappop(gate.waiting)
+            entry = self._next(gate)
+            if entry is None:
+                break
             if now - entry.due > entry.current_interval:
                 gate.deferred += 1
             self._hand(entry)

@@ -113,10 +113,10 @@ class Pool:
     def use_gates(
         self,
         source_of: Callable[[str], str | None],
-        urgency: Callable[[Entry, float], tuple[int, float]],
+        eta: Callable[[Entry], float | None],
     ) -> Gates:
         """Hold polls to their sources' budgets and pauses from now on."""
-        self.gates = Gates(self._hand, source_of, urgency)
+        self.gates = Gates(self._hand, source_of, eta)
         return self.gates
 
     # -- scheduling -----------------------------------------------------------------
