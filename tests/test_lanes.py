@@ -351,3 +351,28 @@ async def test_public_url_must_be_an_absolute_http_url(configs: ConfigWriter, ur
     (line,) = raised.value.problems
     assert "http.public_url:" in line
     assert "pw" not in line  # a password is never echoed
+
+
+async def test_what_is_due_for_a_url_its_notifier_dropped_is_given_up_at_once(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for i in range(3):
+        sim.add(SimJob(f"g{i}", [succeeded()]))
+    jobs = [f"g{i}" for i in range(3)]
+    receiver.fail_paths["/old"] = 503
+    await passes(configs.load(jobs, notifiers={"ops": {"urls": [receiver.url("old")]}}), clock)
+    clock.advance(3600)  # every retry due
+    await passes(configs.load(jobs, notifiers={"ops": {"urls": [receiver.url("new")]}}), clock)
+    states = rows(
+        configs.folder / "jobherald.db",
+        "select state, last_error from deliveries where url like '%/old' order by id",
+    )
+    assert states == [("abandoned", "notifier 'ops' no longer has this URL")] * 3
+    assert receiver.paths == []  # neither URL was sent the old rows
+    dropped = [r for r in caplog.records if "no longer has that URL" in r.getMessage()]
+    assert len(dropped) == 3
+    assert not [r for r in caplog.records if r.name.startswith("jobherald") and r.exc_info]

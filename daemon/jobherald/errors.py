@@ -25,17 +25,17 @@ def problem_kind(line: str) -> str:
 def capped(problems: Sequence[str]) -> list[str]:
     """The problems, with at most PROBLEMS_OF_A_KIND of one kind (a folder linked into
     itself must not give 10,000 lines), then ``and N more like: <the first>``."""
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}  # kind -> how many, the first of them
     out: list[str] = []
     for line in problems:
         kind = problem_kind(line)
-        seen[kind] = seen.get(kind, 0) + 1
-        if seen[kind] <= PROBLEMS_OF_A_KIND:
+        count, first = seen.get(kind, (0, line))
+        seen[kind] = (count + 1, first)
+        if count < PROBLEMS_OF_A_KIND:
             out.append(line)
-    for kind, count in seen.items():
+    for count, first in seen.values():
         if count > PROBLEMS_OF_A_KIND:
-            example = next(line for line in problems if problem_kind(line) == kind)
-            said = example.split(": ", 1)[1] if ": " in example else example
+            said = first.split(": ", 1)[1] if ": " in first else first
             out.append(f"and {count - PROBLEMS_OF_A_KIND} more like: {said}")
     return out
 

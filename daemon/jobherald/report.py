@@ -176,16 +176,6 @@ async def iter_rows(
             yield _blank(job.id, job.name, job.source, job.poll_interval)
 
 
-async def job_rows(
-    cfg: Config, store: Store | None, now: datetime | None = None
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Every known job as `status --json` shows it, and the deliveries counted by state.
-    ``store`` None: no database yet (every configured job is pending)."""
-    rows = [row async for row in iter_rows(cfg, store)]
-    counts = await store.delivery_counts() if store is not None else {}
-    return rows, counts
-
-
 async def one_row(cfg: Config, store: Store | None, job_id: str) -> dict[str, Any] | None:
     """One job as `status --json` shows it (None: no such job)."""
     row = await store.job(job_id) if store is not None else None

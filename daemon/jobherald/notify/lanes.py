@@ -106,11 +106,6 @@ class Dispatcher:
         old.close(cancel=False)
         self.wake()
 
-    @property
-    def lanes(self) -> list[Lane]:
-        """The lanes sending now."""
-        return sorted(self._lanes)
-
     def _wait_of(self, lane: Lane, patient: bool = False) -> float:
         """Seconds before a lane may send again: its service's pace, or the pause after
         a failed send (not in a ``patient`` pass: a one-off pass does not hold back
@@ -139,9 +134,9 @@ class Dispatcher:
     def _next_turn(self) -> float | None:
         """Seconds until the first resting lane may send (those whose turn came are no
         longer resting)."""
-        self._resting = {lane for lane in self._resting if self._wait_of(lane) > 0}
-        waits = [self._wait_of(lane) for lane in self._resting]
-        return min(waits) if waits else None
+        waits = {lane: self._wait_of(lane) for lane in self._resting}
+        self._resting = {lane for lane, wait in waits.items() if wait > 0}
+        return min((waits[lane] for lane in self._resting), default=None)
 
     def _ended(self, lane: Lane) -> None:
         self._lanes.pop(lane, None)
@@ -162,8 +157,6 @@ class Dispatcher:
             if not self._lanes:
                 break
             await asyncio.wait(list(self._lanes.values()))
-            if self.tried == progress and not await self.store.due_lanes(self.clock(), claimer):
-                break
             if self.tried == progress:
                 break  # lanes held elsewhere, or lost: the next pass tries again
         return self.tried - before
@@ -207,24 +200,25 @@ class Dispatcher:
         """Claim and send a lane's next batch; False when there was none (or the lane is
         no longer this sender's)."""
         notifier = self.sender.notifiers.get(lane.notifier)
-        known = notifier is not None and self.sender.knows(lane.notifier, lane.target)
+        if notifier is None or not self.sender.knows(lane.notifier, lane.target):
+            notifier = None  # the URL left the config: what is due for it is dropped
         # A claim is sent only well inside its time: never after another may take it.
         deadline = time.monotonic() + CLAIM_FOR / 2
         batch = await self.store.claim_batch(
             self.clock(),
             claimer,
             lane,
-            single=notifier.max_in_flight if notifier is not None and known else 100,
-            digest_after=notifier.digest_after if notifier is not None and known else 0,
+            single=notifier.max_in_flight if notifier is not None else 100,
+            digest_after=notifier.digest_after if notifier is not None else 0,
             digest_max=notifier.digest_max if notifier is not None else 2,
         )
         if batch is None or not batch.deliveries:
             return False
         self.tried += len(batch.deliveries)
-        if notifier is None or not known:
-            for delivery in batch.deliveries:
-                await self._drop(delivery, claimer)
-        elif batch.digest and len(batch.deliveries) > 1:
+        if notifier is None:
+            await self._drop(batch.deliveries, claimer)
+            return True
+        if batch.digest and len(batch.deliveries) > 1:
             sent = [await self._send_digest(notifier, lane, batch.deliveries, claimer, deadline)]
         else:
             sent = await asyncio.gather(
@@ -236,19 +230,17 @@ class Dispatcher:
             self._paused.pop(lane, None)
         return True
 
-    async def _drop(self, delivery: Delivery, claimer: Claimer) -> None:
-        await self.store.mark_failed(
-            delivery.id,
-            f"notifier {delivery.notifier!r} no longer has this URL",
-            None,
-            claimer,
-        )
-        log.warning(
-            "dropped %s of %s for notifier %s: it no longer has that URL",
-            delivery.kind,
-            _subject(delivery),
-            delivery.notifier,
-        )
+    async def _drop(self, batch: Sequence[Delivery], claimer: Claimer) -> None:
+        """Give up, in one transaction, what is due for a URL its notifier no longer has."""
+        why = f"notifier {batch[0].notifier!r} no longer has this URL"
+        await self.store.mark_all_failed([(d.id, None) for d in batch], why, claimer)
+        for delivery in batch:
+            log.warning(
+                "dropped %s of %s for notifier %s: it no longer has that URL",
+                delivery.kind,
+                _subject(delivery),
+                delivery.notifier,
+            )
 
     def _usable(self, claimer: Claimer, deadline: float) -> bool:
         return self.claimer() == claimer and time.monotonic() <= deadline

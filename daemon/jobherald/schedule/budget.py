@@ -213,9 +213,6 @@ class Gates:
         """Polls per source that waited longer than their interval for the budget."""
         return {name: gate.deferred for name, gate in self._gates.items()}
 
-    def waiting(self) -> int:
-        return sum(len(gate.waiting) for gate in self._gates.values())
-
     # -- inside -------------------------------------------------------------------------
 
     def _gate_of(self, entry: Entry) -> Gate | None:

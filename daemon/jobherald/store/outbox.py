@@ -257,26 +257,18 @@ class Outbox(StoreBase):
 
     async def mark_delivered(self, delivery_id: int, at: datetime, claimer: Claimer) -> bool:
         """Record a sent delivery; False if this sender's claim had been taken over."""
-        async with self._writing() as conn:
-            result = await conn.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.id == delivery_id, deliveries.c.claimed_by == claimer.token)
-                .values(
-                    state="delivered",
-                    delivered_at=at,
-                    attempts=deliveries.c.attempts + 1,
-                    last_error=None,
-                    claimed_by=None,
-                    claimed_until=None,
-                )
-            )
-            return bool(result.rowcount)
+        return bool(await self._mark_delivered([delivery_id], at, claimer, None))
 
     async def mark_digest_delivered(
         self, delivery_ids: Sequence[int], at: datetime, claimer: Claimer, digest_id: str
     ) -> int:
         """Record every delivery one digest carried, in one transaction; returns how many
         were still this sender's (the others' claims were taken over: they are not counted)."""
+        return await self._mark_delivered(delivery_ids, at, claimer, digest_id)
+
+    async def _mark_delivered(
+        self, delivery_ids: Sequence[int], at: datetime, claimer: Claimer, digest_id: str | None
+    ) -> int:
         async with self._writing() as conn:
             result = await conn.execute(
                 sa.update(deliveries)
@@ -407,12 +399,6 @@ class Outbox(StoreBase):
         )
         async with self.engine.connect() as conn:
             return {name: int(count) for name, count in (await conn.execute(query)).all()}
-
-    async def pending_count(self) -> int:
-        """Deliveries waiting to be sent or retried (an index walk, however many were sent)."""
-        query = sa.select(sa.func.count()).where(deliveries.c.state == "pending")
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
 
     async def delivery_counts(self) -> dict[str, int]:
         query = sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
