@@ -22,7 +22,10 @@ class State(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in (State.SUCCEEDED, State.FAILED, State.LOST)
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.LOST})
 
 
 class EventKind(enum.StrEnum):

@@ -313,6 +313,7 @@ class Daemon:
             # it out of the garbage collector's scans, which then cover only what polls make.
             gc.collect()
             gc.freeze()
+            gc.enable()
             self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
             self.ready = True
             try:

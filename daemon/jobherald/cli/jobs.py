@@ -137,7 +137,7 @@ def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool
         fail(f"bad job id {job_id!r}: letters, digits and _.:- only", EXIT_USAGE)
     existing = next((j for j in cfg.jobs if j.id == job_id), None)
     if existing is not None:
-        fail(f"job {job_id} is already watched ({existing.origin})", EXIT_USAGE)
+        fail(f"job {job_id} is already watched ({existing.where})", EXIT_USAGE)
     folder, pattern = _dropin_folder(cfg)
     target = folder / f"{job_id}.toml"
     if not fnmatch.fnmatchcase(target.name, pattern):
@@ -214,19 +214,19 @@ def watch(
 @click.pass_context
 def forget(ctx: click.Context, config_path: str | None, job_id: str, reload_service: bool) -> None:
     """Stop watching a job by removing its drop-in file (its history is kept)."""
-    import tomllib
+    import tomli
 
     cfg = load_config(ctx, config_path)
     job = next((j for j in cfg.jobs if j.id == job_id), None)
     if job is None:
         fail(f"no job {job_id!r} in the config", EXIT_USAGE)
         return
-    label = job.origin.rsplit(": jobs[", 1)[0]
+    label = job.origin
     path = Path(label) if Path(label).is_absolute() else cfg.path.parent / label
     if path.resolve() == cfg.path.resolve():
         fail(f"job {job_id} is in {cfg.path} itself: remove its [[jobs]] table there", EXIT_USAGE)
     with path.open("rb") as handle:
-        others = [j for j in tomllib.load(handle).get("jobs", []) if j.get("id") != job_id]
+        others = [j for j in tomli.load(handle).get("jobs", []) if j.get("id") != job_id]
     if others:
         fail(f"{path} holds other jobs too: remove the table of {job_id} by hand", EXIT_USAGE)
     path.unlink()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import sys
-import textwrap
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -55,25 +54,39 @@ async def _rows(
 
 
 async def _stream_json(cfg: Config, wanted: JobFilter, limit: int | None) -> None:
-    """`status --json`: the array written row by row as it is read, a thousand at a time
-    (memory stays flat however many jobs there are); the same text as one json.dumps."""
+    """`status --json`: the array written a thousand rows at a time as they are read
+    (memory stays flat however many jobs there are), indented as the other --json
+    outputs; orjson writes it (json's indenting encoder took seconds for 100,000 jobs)."""
+    import orjson
+
     from jobherald.report import iter_rows
     from jobherald.store import Store
 
     store = await Store.open(cfg.database_url) if database_exists(cfg.database_url) else None
-    out = sys.stdout
+    out = sys.stdout.buffer
     written = 0
+    chunk: list[dict[str, object]] = []
+
+    def flush() -> None:
+        if chunk:
+            # "[\n  {...},\n  {...}\n]": the rows without the brackets, already indented.
+            out.write(b"[\n" if written == len(chunk) else b",\n")
+            out.write(orjson.dumps(chunk, option=orjson.OPT_INDENT_2)[2:-2])
+            chunk.clear()
+
     try:
         async for row in iter_rows(cfg, store, wanted):
-            out.write("[\n" if written == 0 else ",\n")
-            out.write(textwrap.indent(json.dumps(row, indent=2), "  "))
+            chunk.append(row)
             written += 1
+            if len(chunk) >= 1000:
+                flush()
             if limit is not None and written >= limit:
                 break
+        flush()
     finally:
         if store is not None:
             await store.close()
-    out.write("\n]\n" if written else "[]\n")
+    out.write(b"\n]\n" if written else b"[]\n")
     out.flush()
 
 

@@ -7,12 +7,12 @@ import logging
 import os
 import re
 import stat
-import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import tomli
 from pydantic import BaseModel, ValidationError
 
 from jobherald.config.model import (
@@ -20,7 +20,6 @@ from jobherald.config.model import (
     HttpConfig,
     HttpJsonSettings,
     Notifier,
-    Source,
     WatchedJob,
 )
 from jobherald.config.sections import (
@@ -39,6 +38,7 @@ from jobherald.config.sections import (
     MainFile,
     NotifierSection,
     RomaConnectSource,
+    RuleFields,
 )
 from jobherald.config.sources import (
     _resolve_source,
@@ -80,12 +80,13 @@ def load(
     raw = _expand(raw, label, "", problems)
     if problems:
         raise ConfigError(problems)
-    parsed = _validate(MainFile, raw, label)
-    jobs: list[tuple[JobSection, str]] = [
-        (job, f"{label}: jobs[{i}] (id {job.id!r})") for i, job in enumerate(parsed.jobs)
-    ]
+    # The jobs are validated and resolved one by one, each table dropped once it is a
+    # WatchedJob: 100,000 of them are never held three times over.
+    tables: list[tuple[list[Any], str]] = [(_pop_jobs(raw), label)]
+    invalid: list[str] = []
+    parsed = _validate(MainFile, raw, label, invalid)
     unreadable: list[str] = []
-    for dropin in [*_included(main.parent, parsed.daemon.include, label), *extra]:
+    for dropin in [*_included(main.parent, parsed.daemon.include if parsed else (), label), *extra]:
         extra_label = _display(dropin, main.parent)
         try:  # each drop-in that cannot be read is a line of its own; the others are read
             read = _read_toml(dropin, extra_label)
@@ -95,18 +96,31 @@ def load(
         extra_raw = _expand(read, extra_label, "", problems)
         if problems:
             raise ConfigError(problems)
-        parsed_dropin = _validate(DropInFile, extra_raw, extra_label)
-        jobs.extend(
-            (job, f"{extra_label}: jobs[{i}] (id {job.id!r})")
-            for i, job in enumerate(parsed_dropin.jobs)
-        )
+        tables.append((_pop_jobs(extra_raw), extra_label))
+        _validate(DropInFile, extra_raw, extra_label, invalid)
     if unreadable:
         raise ConfigError(unreadable)
     templates = check_urls if check_templates is None else check_templates
-    config = _resolve(main, label, parsed, jobs, check_urls, templates)
+    resolving = _Resolving(main, label, parsed, check_urls, templates) if parsed else None
+    jobs = _JobTables(parsed, resolving)
+    for table, table_label in tables:
+        jobs.read(table, table_label, invalid)
+    if invalid or resolving is None:
+        raise ConfigError(invalid)
+    config = resolving.config(jobs.watched, jobs.problems)
     if check_urls if check_dirs is None else check_dirs:
         _check_archive_dirs(config, main, label)
-    return replace(config, include=parsed.daemon.include)
+    return replace(config, include=resolving.parsed.daemon.include)
+
+
+def _pop_jobs(raw: dict[str, Any]) -> list[Any]:
+    """The file's ``[[jobs]]`` tables, taken out of it (left in when not an array of them,
+    for the file's validation to say so)."""
+    jobs = raw.get("jobs")
+    if isinstance(jobs, list):
+        del raw["jobs"]
+        return jobs
+    return []
 
 
 def _check_archive_dirs(config: Config, main: Path, label: str) -> None:
@@ -151,14 +165,14 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
             data = handle.read(MAX_CONFIG_BYTES + 1)
             if len(data) > MAX_CONFIG_BYTES:
                 raise ConfigError([f"{label}: larger than {MAX_CONFIG_BYTES // 2**20} MB"])
-            return tomllib.loads(data.decode("utf-8"))
+            return tomli.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{label}: file not found"]) from None
     except IsADirectoryError:
         raise ConfigError([f"{label}: is a folder, not a file"]) from None
     except PermissionError:
         raise ConfigError([f"{label}: permission denied"]) from None
-    except tomllib.TOMLDecodeError as exc:
+    except tomli.TOMLDecodeError as exc:
         raise ConfigError([f"{label}: not valid TOML: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{label}: not valid UTF-8"]) from None
@@ -176,37 +190,51 @@ def _expand(value: Any, label: str, where: str, problems: list[str]) -> Any:
 
     Outside the service, ``${CREDENTIALS_DIRECTORY}/ID`` is the file the installed unit
     loads as credential ID (its ``LoadCredential=ID:PATH``), so that commands run by hand
-    read what the service would."""
+    read what the service would. Tables and arrays are changed in place (a config of
+    100,000 jobs is not copied), and only strings holding a ``$`` are looked at."""
     if isinstance(value, str):
-        if "CREDENTIALS_DIRECTORY" not in os.environ and (found := _CREDENTIAL.fullmatch(value)):
-            from jobherald.config.paths import UNIT, unit_credentials
-
-            source = unit_credentials().get(found[1])
-            if source is not None:
-                return str(source)
-            problems.append(
-                f"{label}: {where}: environment variable CREDENTIALS_DIRECTORY is not set, "
-                f"and the installed {UNIT} loads no credential {found[1]!r} (LoadCredential=)"
-            )
-            return ""
-
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name is None:
-                return "$"
-            if name not in os.environ:
-                problems.append(f"{label}: {where}: environment variable {name} is not set")
-                return ""
-            return os.environ[name]
-
-        return _VAR.sub(substitute, value)
+        return _expand_text(value, label, where, problems) if "$" in value else value
     if isinstance(value, dict):
-        return {
-            k: _expand(v, label, f"{where}.{k}" if where else k, problems) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_expand(v, label, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+        for key, item in value.items():
+            if isinstance(item, str | dict | list) and _has_dollar(item):
+                value[key] = _expand(item, label, f"{where}.{key}" if where else key, problems)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str | dict | list) and _has_dollar(item):
+                value[i] = _expand(item, label, f"{where}[{i}]", problems)
     return value
+
+
+def _has_dollar(value: str | dict[str, Any] | list[Any]) -> bool:
+    if isinstance(value, str):
+        return "$" in value
+    items = value.values() if isinstance(value, dict) else value
+    return any(isinstance(v, dict | list) or (isinstance(v, str) and "$" in v) for v in items)
+
+
+def _expand_text(value: str, label: str, where: str, problems: list[str]) -> str:
+    if "CREDENTIALS_DIRECTORY" not in os.environ and (found := _CREDENTIAL.fullmatch(value)):
+        from jobherald.config.paths import UNIT, unit_credentials
+
+        source = unit_credentials().get(found[1])
+        if source is not None:
+            return str(source)
+        problems.append(
+            f"{label}: {where}: environment variable CREDENTIALS_DIRECTORY is not set, "
+            f"and the installed {UNIT} loads no credential {found[1]!r} (LoadCredential=)"
+        )
+        return ""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        if name not in os.environ:
+            problems.append(f"{label}: {where}: environment variable {name} is not set")
+            return ""
+        return os.environ[name]
+
+    return _VAR.sub(substitute, value)
 
 
 def _key_path(loc: Sequence[int | str]) -> str:
@@ -219,11 +247,13 @@ def _key_path(loc: Sequence[int | str]) -> str:
     return out or "(top level)"
 
 
-def _validate(model: type[M], raw: dict[str, Any], label: str) -> M:
+def _validate(model: type[M], raw: dict[str, Any], label: str, invalid: list[str]) -> M | None:
+    """The validated model, or None with one line per problem added to ``invalid``."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe(err, label, raw) for err in exc.errors()]) from None
+        invalid.extend(_describe(err, label, raw) for err in exc.errors())
+        return None
 
 
 # Keys whose values are never echoed in a problem line (they may be secrets).
@@ -341,64 +371,70 @@ def _included(base: Path, patterns: Sequence[str], label: str) -> Iterator[Path]
             )
 
 
-def _resolve(
-    main: Path,
-    label: str,
-    parsed: MainFile,
-    jobs: Sequence[tuple[JobSection, str]],
-    check_urls: bool = True,
-    check_templates: bool = True,
-) -> Config:
-    problems: list[str] = []
-    rules = parsed.daemon.over(Rules())
-    sources = {
-        name: src
-        for name, section in parsed.sources.items()
-        if (src := _resolve_source(name, section, main.parent, label, rules, problems))
-    }
-    notifiers = {
-        name: _resolve_notifier(
-            name,
-            section,
-            parsed,
-            f"{label}: notifiers.{name}",
-            problems,
-            check_urls,
-            check_templates,
+class _Resolving:
+    """The main file resolved but for its jobs: sources, notifiers, the database, http."""
+
+    def __init__(
+        self, main: Path, label: str, parsed: MainFile, check_urls: bool, check_templates: bool
+    ) -> None:
+        self.main, self.label, self.parsed = main, label, parsed
+        self.problems: list[str] = []
+        self.rules = parsed.daemon.over(Rules())
+        self.sources = {
+            name: src
+            for name, section in parsed.sources.items()
+            if (
+                src := _resolve_source(name, section, main.parent, label, self.rules, self.problems)
+            )
+        }
+        self.notifiers = {
+            name: _resolve_notifier(
+                name,
+                section,
+                parsed,
+                f"{label}: notifiers.{name}",
+                self.problems,
+                check_urls,
+                check_templates,
+            )
+            for name, section in parsed.notifiers.items()
+        }
+        self.event_loop = _event_loop(parsed.daemon.event_loop, label, self.problems)
+
+    def config(self, jobs: Sequence[WatchedJob], job_problems: Sequence[str]) -> Config:
+        parsed, label = self.parsed, self.label
+        problems = [*self.problems, *job_problems]
+        database_url = _database_url(parsed.daemon.database, self.main.parent, label, problems)
+        http = _http(parsed.http, self.main.parent, label, problems)
+        public_url = _public_url(parsed.http.public_url, label, problems)
+        heartbeat = parsed.daemon.heartbeat_url
+        if heartbeat is not None and not re.match(
+            r"^https?://[^/\s]+", heartbeat.get_secret_value()
+        ):
+            problems.append(f"{label}: daemon.heartbeat_url: must start with https:// or http://")
+        if problems:
+            raise ConfigError(problems)
+        return Config(
+            path=self.main,
+            database_url=database_url,
+            poll_interval=parsed.daemon.poll_interval,
+            concurrency=parsed.daemon.concurrency,
+            log_level=parsed.daemon.log_level,
+            shutdown_timeout=parsed.daemon.shutdown_timeout,
+            host_concurrency=parsed.daemon.host_concurrency,
+            retries=parsed.daemon.retries,
+            event_loop=self.event_loop,
+            replica=parsed.daemon.replica,
+            lease=parsed.daemon.lease,
+            http=http,
+            heartbeat_url=heartbeat,
+            heartbeat_every=parsed.daemon.heartbeat_every,
+            public_url=public_url,
+            rules=self.rules,
+            sources=self.sources,
+            notifiers=self.notifiers,
+            jobs=tuple(jobs),
         )
-        for name, section in parsed.notifiers.items()
-    }
-    event_loop = _event_loop(parsed.daemon.event_loop, label, problems)
-    watched = _resolve_jobs(parsed, jobs, sources, problems)
-    database_url = _database_url(parsed.daemon.database, main.parent, label, problems)
-    http = _http(parsed.http, main.parent, label, problems)
-    public_url = _public_url(parsed.http.public_url, label, problems)
-    heartbeat = parsed.daemon.heartbeat_url
-    if heartbeat is not None and not re.match(r"^https?://[^/\s]+", heartbeat.get_secret_value()):
-        problems.append(f"{label}: daemon.heartbeat_url: must start with https:// or http://")
-    if problems:
-        raise ConfigError(problems)
-    return Config(
-        path=main,
-        database_url=database_url,
-        poll_interval=parsed.daemon.poll_interval,
-        concurrency=parsed.daemon.concurrency,
-        log_level=parsed.daemon.log_level,
-        shutdown_timeout=parsed.daemon.shutdown_timeout,
-        host_concurrency=parsed.daemon.host_concurrency,
-        retries=parsed.daemon.retries,
-        event_loop=event_loop,
-        replica=parsed.daemon.replica,
-        lease=parsed.daemon.lease,
-        http=http,
-        heartbeat_url=heartbeat,
-        heartbeat_every=parsed.daemon.heartbeat_every,
-        public_url=public_url,
-        rules=rules,
-        sources=sources,
-        notifiers=notifiers,
-        jobs=tuple(watched),
-    )
 
 
 def _event_loop(wanted: str | None, label: str, problems: list[str]) -> str:
@@ -462,80 +498,119 @@ def _resolve_notifier(
     )
 
 
-def _resolve_jobs(
-    parsed: MainFile,
-    jobs: Sequence[tuple[JobSection, str]],
-    sources: Mapping[str, Source],
-    problems: list[str],
-) -> list[WatchedJob]:
-    seen: dict[str, str] = {}
-    watched: list[WatchedJob] = []
-    known_sources = ", ".join(sorted(parsed.sources)) or "none defined"
-    known_notifiers = ", ".join(sorted(parsed.notifiers)) or "none defined"
-    for job, where in jobs:
-        if job.id in seen:
-            problems.append(f"{where}.id: duplicate job id {job.id!r} (first in {seen[job.id]})")
-            continue
-        seen[job.id] = where
-        if job.source not in parsed.sources:
+_RULE_KEYS = frozenset(RuleFields.model_fields)
+
+
+class _JobTables:
+    """``[[jobs]]`` tables validated and resolved one at a time (each left as None once
+    it is a WatchedJob); what the main file shares among its jobs worked out once."""
+
+    def __init__(self, parsed: MainFile | None, resolving: _Resolving | None) -> None:
+        self.parsed, self.resolving = parsed, resolving
+        self.watched: list[WatchedJob] = []
+        self.problems: list[str] = []
+        self.seen: dict[str, tuple[str, int]] = {}
+        if parsed is None:
+            return
+        self.known_sources = ", ".join(sorted(parsed.sources)) or "none defined"
+        self.known_notifiers = ", ".join(sorted(parsed.notifiers)) or "none defined"
+        self.everyone = tuple(parsed.notifiers)
+
+    def read(self, tables: list[Any], label: str, invalid: list[str]) -> None:
+        for i, table in enumerate(tables):
+            try:
+                job = JobSection.model_validate(table)
+            except ValidationError as exc:
+                raw = {"jobs": tables}
+                for err in exc.errors():
+                    err["loc"] = ("jobs", i, *err["loc"])
+                    invalid.append(_describe(err, label, raw))
+                continue
+            tables[i] = None
+            if self.resolving is not None and not invalid:
+                self._resolve(job, label, i)
+
+    def _resolve(self, job: JobSection, label: str, index: int) -> None:
+        assert self.parsed is not None and self.resolving is not None
+        parsed, problems = self.parsed, self.problems
+        if job.id in self.seen:
+            first = _job_where(*self.seen[job.id], job.id)
             problems.append(
-                f"{where}.source: unknown source {job.source!r} (known: {known_sources})"
+                f"{_job_where(label, index, job.id)}.id: duplicate job id {job.id!r} "
+                f"(first in {first})"
             )
-            continue
+            return
+        self.seen[job.id] = (label, index)
+        section = parsed.sources.get(job.source)
+
+        def where() -> str:  # only worked out for a problem
+            return _job_where(label, index, job.id)
+
+        if section is None:
+            problems.append(
+                f"{where()}.source: unknown source {job.source!r} (known: {self.known_sources})"
+            )
+            return
         for i, notifier in enumerate(job.notify or ()):
             if notifier not in parsed.notifiers:
                 problems.append(
-                    f"{where}.notify[{i}]: unknown notifier {notifier!r} (known: {known_notifiers})"
+                    f"{where()}.notify[{i}]: unknown notifier {notifier!r} "
+                    f"(known: {self.known_notifiers})"
                 )
-        section = parsed.sources[job.source]
-        params = tuple(sorted((job.params or {}).items()))
+        params = tuple(sorted(job.params.items())) if job.params else ()
         if job.params is not None and not isinstance(section, HttpJsonSource):
             problems.append(
-                f"{where}.params: only for http-json sources ({job.source!r} is {section.type})"
+                f"{where()}.params: only for http-json sources ({job.source!r} is {section.type})"
             )
-            continue
-        source_settings = getattr(sources.get(job.source), "settings", None)
-        if isinstance(source_settings, HttpJsonSettings):
-            missing = sorted(source_settings.placeholders - {"job_id"} - dict(params).keys())
+            return
+        source = self.resolving.sources.get(job.source)
+        settings = getattr(source, "settings", None)
+        if isinstance(settings, HttpJsonSettings):
+            missing = sorted(settings.placeholders - {"job_id"} - dict(params).keys())
             if missing:
                 names = ", ".join(f"{{{m}}}" for m in missing)
                 problems.append(
-                    f"{where}.params: source {job.source!r} has {names} in its url: "
+                    f"{where()}.params: source {job.source!r} has {names} in its url: "
                     f"give {', '.join(missing)} in this job's params"
                 )
-                continue
+                return
         if not isinstance(section, RomaConnectSource):
             if job.instance_id is not None:
                 problems.append(
-                    f"{where}.instance_id: only for roma-connect sources "
+                    f"{where()}.instance_id: only for roma-connect sources "
                     f"({job.source!r} is {section.type})"
                 )
-                continue
+                return
             instance_id = ""
         else:
             instance_id = job.instance_id or section.instance_id or ""
-        if not instance_id and isinstance(section, RomaConnectSource):
-            problems.append(
-                f"{where}.instance_id: required, as source {job.source!r} sets no instance_id"
-            )
-            continue
-        source = sources.get(job.source)
+            if not instance_id:
+                problems.append(
+                    f"{where()}.instance_id: required, as source {job.source!r} sets no instance_id"
+                )
+                return
         if source is None:
-            continue
-        watched.append(
+            return
+        # A job that sets no rule of its own shares its source's (one Rules, not 100,000).
+        own_rules = not _RULE_KEYS.isdisjoint(job.model_fields_set)
+        self.watched.append(
             WatchedJob(
                 id=job.id,
                 name=job.name or job.id,
-                source=job.source,
+                source=source.name,
                 instance_id=instance_id,
-                notify=job.notify if job.notify is not None else tuple(parsed.notifiers),
+                notify=job.notify if job.notify is not None else self.everyone,
                 poll_interval=job.poll_interval or parsed.daemon.poll_interval,
-                origin=where,
-                rules=job.over(source.rules),
+                origin=label,
+                rules=job.over(source.rules) if own_rules else source.rules,
                 params=params,
+                index=index,
             )
         )
-    return watched
+
+
+def _job_where(label: str, index: int, job_id: str) -> str:
+    return f"{label}: jobs[{index}] (id {job_id!r})"
 
 
 SERVICE_CONFIG_DIR = Path("/etc/jobherald")

@@ -157,10 +157,19 @@ class WatchedJob:
     instance_id: str
     notify: tuple[str, ...]
     poll_interval: float
+    # The file the job is registered in (as the config names it), and its place there.
     origin: str
     rules: Rules = field(default_factory=Rules)
     # Values for an http-json source's url placeholders, beside {job_id}.
     params: tuple[tuple[str, str], ...] = ()
+    index: int | None = None
+
+    @property
+    def where(self) -> str:
+        """Where the job is registered: ``drop-in.toml: jobs[0] (id 'backup')``."""
+        if self.index is None:
+            return self.origin
+        return f"{self.origin}: jobs[{self.index}] (id {self.id!r})"
 
 
 @dataclass(frozen=True, slots=True)
