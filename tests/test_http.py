@@ -455,3 +455,47 @@ async def test_malformed_requests_are_one_line_at_most_a_minute(served: Served) 
     lines = [ln for ln in logged.splitlines() if "malformed HTTP request" in ln]
     assert len(lines) == 1, lines
     assert "WARNING" in lines[0] and "Invalid char in url path" in lines[0]
+
+
+async def test_slow_heads_are_closed_and_connections_past_the_cap_refused(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    sim.add(SimJob("slow", [running(0.1)]))
+    port = free_port()
+    configs.extra = [
+        http_section(port, token=None) + 'header_timeout = "1s"\nmax_connections = 4\n'
+    ]
+    config = configs.write(["slow"], daemon={"poll_interval": "300ms"})
+    log = configs.folder / "daemon.log"
+    proc = await spawn_daemon(config, log)
+    base = f"http://127.0.0.1:{port}"
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        await wait_for(lambda: "watching 1 job" in _read(log), 30, "the daemon")
+        async with aiohttp.ClientSession() as http:  # one kept-alive client, two requests
+            for _ in range(2):
+                async with http.get(f"{base}/healthz") as answer:
+                    assert answer.status == 200
+        for _ in range(4):  # a request head that never ends, a line now and then
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nX-Slow: 1\r\n")
+            await writer.drain()
+            opened.append((reader, writer))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # The fifth is closed at once, before it could say anything.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        for reader, writer in opened:  # the slow ones: closed once header_timeout passed
+            writer.write(b"X-Slower: 2\r\n")
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        status, text, _ = await get(f"{base}/healthz")  # the door is open again
+        assert (status, text) == (200, "ok\n")
+    finally:
+        for _, writer in opened:
+            writer.close()
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 20)
+    logged = _read(log)
+    assert "refused a connection: 4 open already" in logged
+    assert "closed a connection that sent no whole request in 1 s" in logged
+    assert "Traceback" not in logged

@@ -668,7 +668,7 @@ def _http(section: HttpSection, base: Path, label: str, problems: list[str]) -> 
             "or token_file (every route but /healthz and /readyz then needs it)"
         )
         return None
-    return HttpConfig(host, port, token)
+    return HttpConfig(host, port, token, section.header_timeout, section.max_connections)
 
 
 def _public_url(value: str | None, label: str, problems: list[str]) -> str | None:

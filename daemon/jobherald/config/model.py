@@ -179,6 +179,8 @@ class HttpConfig:
     host: str
     port: int
     token: SecretStr | None = field(default=None, repr=False)
+    header_timeout: float = 10.0
+    max_connections: int = 256
 
     @property
     def address(self) -> str:

@@ -402,6 +402,10 @@ class HttpSection(_Model):
     token: SecretStr | None = None
     token_file: Path | None = None
     public_url: str | None = None
+    # A connection must send a whole request head this long after it opened (or after
+    # its last answer), and at most this many are open at once (more: closed at once).
+    header_timeout: Duration = Field(default=10.0, le=3600.0)
+    max_connections: int = Field(default=256, ge=1, le=65536)
 
 
 class MainFile(_Model):

@@ -8,6 +8,7 @@ HTTP basic authentication (a browser asks for it once).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from jobherald.errors import ListenError
+from jobherald.http.guard import Door
 
 if TYPE_CHECKING:
     from jobherald.service import Daemon
@@ -103,14 +105,22 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self._failing = False
         self._malformed = MalformedRequests()
+        self._listener: asyncio.AbstractServer | None = None
+        self.door = Door(http.header_timeout, http.max_connections)
 
     async def start(self) -> None:
         logging.getLogger("aiohttp.server").addFilter(self._malformed)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        loop = asyncio.get_running_loop()
+        assert self._runner.server is not None
         try:
-            await site.start()
+            self._listener = await loop.create_server(
+                self.door.factory(self._runner.server),
+                self.config.host,
+                self.config.port,
+                reuse_address=True,
+            )
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
@@ -123,13 +133,26 @@ class HttpServer:
         log.info("status page, metrics and API at %s/", self.config.address)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
         logging.getLogger("aiohttp.server").removeFilter(self._malformed)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # The request head is in: its connection's header_timeout waits for the next one.
+        self.door.busy(request.protocol)
+        try:
+            return await self._answer(request, handler)
+        finally:
+            self.door.idle(request.protocol)
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN and not self._allowed(request):
             return web.Response(
                 status=401,

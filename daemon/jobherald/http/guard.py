@@ -1,0 +1,132 @@
+"""The listener's door: a bound on open connections, and on how long a connection may
+take to send a request head.
+
+aiohttp times out neither a client that sends its headers a byte at a time nor one that
+opens thousands of connections and sends nothing: each holds a file descriptor for as
+long as it likes, and enough of them leave the daemon none for its polls, its database
+or a reload. Every connection the listener accepts passes through a ``Door``: past
+``max_connections`` it is closed at once, and a connection that has not sent a whole
+request head ``header_timeout`` after it opened (or after its last answer) is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+log = logging.getLogger(__name__)
+
+
+class Door:
+    """Counts the open connections and times each one's request head."""
+
+    # A refusal or a timeout is logged at most this often (with how many were not).
+    LOG_EVERY = 60.0
+
+    def __init__(self, header_timeout: float, max_connections: int) -> None:
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.open = 0
+        self.refused = 0
+        self.timed_out = 0
+        self._by_handler: dict[object, _Guarded] = {}
+        # Per kind of line: when it was last logged, and how many were not since.
+        self._logged: dict[str, tuple[float, int]] = {}
+
+    def factory(self, make: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for ``loop.create_server`` around aiohttp's own."""
+        return lambda: _Guarded(self, make())
+
+    def busy(self, handler: object) -> None:
+        """A request head arrived on the connection of this aiohttp handler."""
+        if (guarded := self._by_handler.get(handler)) is not None:
+            guarded.disarm()
+
+    def idle(self, handler: object) -> None:
+        """Its answer went out: the next request head has header_timeout again."""
+        if (guarded := self._by_handler.get(handler)) is not None:
+            guarded.arm()
+
+    def _note(self, kind: str, what: str) -> None:
+        now = time.monotonic()
+        last, unlogged = self._logged.get(kind, (float("-inf"), 0))
+        if now - last < self.LOG_EVERY:
+            self._logged[kind] = (last, unlogged + 1)
+            return
+        more = f" ({unlogged} more since, not logged)" if unlogged else ""
+        log.warning("http: %s%s", what, more)
+        self._logged[kind] = (now, 0)
+
+
+class _Guarded(asyncio.Protocol):
+    """One connection: aiohttp's handler inside, the door's rules around it."""
+
+    def __init__(self, door: Door, inner: asyncio.Protocol) -> None:
+        self.door = door
+        self.inner = inner
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.admitted = False
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        door, transport = self.door, cast(asyncio.Transport, base)
+        if door.open >= door.max_connections:
+            door.refused += 1
+            door._note("refused", f"refused a connection: {door.max_connections} open already")
+            transport.close()
+            return
+        door.open += 1
+        door._by_handler[self.inner] = self
+        self.admitted = True
+        self.transport = transport
+        self.arm()
+        self.inner.connection_made(transport)
+
+    def arm(self) -> None:
+        self.disarm()
+        if self.transport is not None:
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(self.door.header_timeout, self._expired)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.door.timed_out += 1
+            self.door._note(
+                "timeout",
+                f"closed a connection that sent no whole request in {self.door.header_timeout:g} s",
+            )
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.admitted:
+            return
+        self.admitted = False
+        self.disarm()
+        self.transport = None
+        self.door.open -= 1
+        self.door._by_handler.pop(self.inner, None)
+        self.inner.connection_lost(exc)
+
+    def __getattr__(self, name: str) -> Any:  # what aiohttp asks of its own handler
+        return getattr(self.inner, name)
