@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobherald.config.paths import unit_problem
-from jobherald.schedule.archiver import archive_file_name
+from jobherald.schedule.archiver import ArchiveProblem, Transfer, archive_file_name
 from jobherald.simulator import SimJob, Simulator, make_archive, running, succeeded
 from tests.conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
 
@@ -417,3 +417,97 @@ async def test_a_symlink_in_archive_dir_is_never_followed_nor_kept(
     assert f"{archive_dir / name} is a symlink" in receiver.messages[0]["message"]
     assert (archive_dir / name).is_symlink() and outside.read_bytes() == before
     assert sim.download_attempts == []  # nothing fetched into a place it cannot trust
+
+
+def write_jobs(configs: ConfigWriter, *job_ids: str) -> None:
+    folder = configs.folder / "jobs.d"
+    folder.mkdir(exist_ok=True)
+    for job_id in job_ids:
+        (folder / f"{job_id}.toml").write_text(f'[[jobs]]\nid = "{job_id}"\nsource = "roma"\n')
+
+
+async def test_a_trickling_download_holds_up_no_other_and_ends_at_archive_timeout(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    archive_dir: Path,
+    daemons: Daemons,
+) -> None:
+    sim.archives["arch-slow"] = make_archive({"apps": ["slow"]}, 2_000)
+    sim.trickling_archives["arch-slow"] = 0.2  # a byte every 0.2 s: 7 minutes for it all
+    sim.add(SimJob("slow", [succeeded()], archive_id="arch-slow"))
+    sim.add(SimJob("later", [running(0.5), running(0.6), succeeded()], archive_id="arch-later"))
+    source = {"archive_dir": str(archive_dir), "archive_timeout": "4s"}
+    settings = {"include": ["jobs.d/*.toml"], "poll_interval": "300ms"}
+    config = configs.write([], daemon=settings, source=source)
+    write_jobs(configs, "slow", "later")
+    await daemons.start()
+    # The export that succeeded later is kept while the first one still trickles.
+    await wait_for(lambda: len(archived(receiver)) == 1, 30, "the later archive")
+    assert archived(receiver)[0]["title"] == "later archived"
+    assert (archive_dir / ".slow-arch-slow.zip.part").exists(), "the slow one is under way"
+    await wait_for(lambda: "archive_timeout" in daemons.output(), 30, "the slow one given up")
+    assert "the download took longer than archive_timeout (4s): given up" in daemons.output()
+    assert not (archive_dir / ".slow-arch-slow.zip.part").exists()
+    row = await status_of(config, "slow")
+    assert row["archive_state"] == "pending" and "archive_timeout" in str(row["archive_error"])
+    # A transfer that cost this much is not tried again at the poll interval.
+    await asyncio.sleep(1.0)
+    assert sim.download_attempts.count("arch-slow") == 1
+    assert "Traceback" not in daemons.output()
+
+
+async def test_archives_past_max_archive_size_are_refused_announced_or_not(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    archive_dir: Path,
+    daemons: Daemons,
+) -> None:
+    sim.archives["arch-big"] = make_archive({"apps": ["big"]}, 3 * 2**20)
+    sim.archives["arch-endless"] = b"unused"
+    sim.endless_archives.add("arch-endless")
+    sim.add(SimJob("big", [succeeded()], archive_id="arch-big"))
+    sim.add(SimJob("endless", [succeeded()], archive_id="arch-endless"))
+    sim.add(SimJob("small", [succeeded()], archive_id="arch-small"))
+    source = {"archive_dir": str(archive_dir), "max_archive_size": "1MB"}
+    settings = {"include": ["jobs.d/*.toml"], "poll_interval": "300ms"}
+    config = configs.write([], daemon=settings, source=source)
+    write_jobs(configs, "big", "endless", "small")
+    await daemons.start()
+    await wait_for(lambda: daemons.output().count("max_archive_size") >= 2, 30, "both refused")
+    output = daemons.output()
+    assert "the archive is 3 MB, more than max_archive_size (1 MB): not downloaded" in output
+    assert "the download passed max_archive_size (1 MB): given up" in output
+    await wait_for(lambda: len(archived(receiver)) == 1, 30, "the small archive")
+    assert sorted(p.name for p in archive_dir.iterdir()) == ["small-arch-small.zip"]
+    for job_id in ("big", "endless"):
+        row = await status_of(config, job_id)
+        assert row["archive_state"] == "pending", row
+        assert "max_archive_size" in str(row["archive_error"])
+    assert sim.download_attempts.count("arch-big") == 1
+    assert sim.download_attempts.count("arch-endless") == 1
+    assert "Traceback" not in output
+
+
+def test_a_download_slower_than_the_minimum_rate_over_its_window_is_given_up(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    transfer = Transfer(tmp_path, 2**30, clock=lambda: now[0], min_rate=100, window=60)
+    for _ in range(59):  # 99 bytes a second for 59 s: the window is not over yet
+        now[0] += 1
+        transfer.took(b"x" * 99)
+    now[0] += 1
+    transfer.took(b"x" * 200)  # 6,041 bytes in 60 s: over 100 a second, a new window
+    for _ in range(59):
+        now[0] += 1
+        transfer.took(b"x" * 50)
+    now[0] += 1
+    with pytest.raises(ArchiveProblem, match=r"slower than 100 bytes/s for 1m \(50 bytes/s\)"):
+        transfer.took(b"x" * 50)
+    with pytest.raises(ArchiveProblem, match="more than max_archive_size"):
+        Transfer(tmp_path, 2**20).headers({"Content-Length": str(2**20 + 1)})
+    with pytest.raises(ArchiveProblem, match="free: not downloaded"):
+        Transfer(tmp_path, 2**44).headers({"Content-Length": str(2**43)})
+    Transfer(tmp_path, 2**20).headers({"Content-Length": "1000"})  # fits

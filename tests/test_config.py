@@ -134,6 +134,14 @@ source = "roma-prd"
             "sources.s.endpoint: endpoint 'ftp://e' must start with https:// or http://",
         ),
         (
+            '[sources.s]\ntype = "roma-connect"\nendpoint = "https://e"\nproject_id = "p"\ntoken = "t"\nmax_archive_size = "5PB"\n',
+            "sources.s.max_archive_size: bad size '5PB': use bytes or a text like 512KB, 4MB",
+        ),
+        (
+            '[sources.s]\ntype = "roma-connect"\nendpoint = "https://e"\nproject_id = "p"\ntoken = "t"\nmax_archive_size = "100KB"\n',
+            "sources.s.max_archive_size: size '100KB' must be between 1MB and 16TB",
+        ),
+        (
             '[daemon]\npoll_interval = "5x"\n',
             "daemon.poll_interval: bad duration '5x': use seconds or a text like 500ms, 30s, 5m, 1h",
         ),
@@ -555,3 +563,12 @@ def test_commands_on_the_service_config_find_the_service_database(
     assert config._state_folder(Path("/srv/elsewhere")) == Path("/srv/elsewhere")
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/jobherald-x")
     assert config._state_folder(Path("/etc/jobherald")) == Path("/var/lib/jobherald-x")
+
+
+def test_archive_limits_take_sizes_and_durations_as_people_write_them(tmp_path: Path) -> None:
+    text = BASE.replace('token = "s3cret-token"\n', 'token = "s3cret-token"\n'
+                        'max_archive_size = "500MB"\narchive_timeout = "45m"\n')  # fmt: skip
+    source = config.load(write(tmp_path, text)).sources["roma-prod"]
+    assert (source.max_archive_size, source.archive_timeout) == (500 * 2**20, 2700.0)
+    default = config.load(write(tmp_path, BASE)).sources["roma-prod"]
+    assert (default.max_archive_size, default.archive_timeout) == (2 * 2**30, 1800.0)

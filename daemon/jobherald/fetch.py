@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -202,12 +202,15 @@ class Fetcher:
         timeout: float,
         sink: Callable[[bytes], Awaitable[None]],
         verify_tls: bool = True,
+        on_headers: Callable[[Mapping[str, str]], None] | None = None,
     ) -> Response:
         """GET a file: a 200 answer's body goes to ``sink`` piece by piece as it arrives
         (the Response then holds no body); any other answer is read whole, up to 64 KB.
 
         ``timeout`` bounds connecting and each wait for more bytes, not the whole
-        transfer. Downloads take their own slots, never the polls'.
+        transfer (the caller bounds that). ``on_headers`` sees a 200 answer's headers
+        before its body is read (raising there ends the download, as raising in ``sink``
+        does). Downloads take their own slots, never the polls'.
         """
         if self._session is None:
             raise RuntimeError("Fetcher used outside its context")
@@ -226,6 +229,8 @@ class Fetcher:
                     if response.status != 200:
                         body = await response.content.read(ERROR_BODY_LIMIT)
                         return Response(response.status, response.headers, body)
+                    if on_headers is not None:
+                        on_headers(response.headers)
                     async for chunk in response.content.iter_chunked(STREAM_CHUNK):
                         await sink(chunk)
                     return Response(response.status, response.headers, b"")

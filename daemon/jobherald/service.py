@@ -243,7 +243,7 @@ class Daemon:
             await watcher.flush()
             await watcher.remind()
             # Archives of exports that succeeded now (or whose download is due again).
-            await Archiver(watcher, dispatcher.claimer, self.clock).keep_due()
+            await Archiver(watcher, dispatcher.claimer, self.clock).keep_due(wait=True)
             await dispatcher.deliver_due()
             return watcher.counts()
 

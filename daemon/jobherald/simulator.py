@@ -200,6 +200,10 @@ class Simulator:
         self.download_attempts: list[str] = []
         self.archive_chunk = 64 * 1024
         self.archive_chunk_delay = 0.0
+        # Archives sent a byte at a time, this many seconds apart; archives that are an
+        # endless stream of zeros without a Content-Length.
+        self.trickling_archives: dict[str, float] = {}
+        self.endless_archives: set[str] = set()
         # The next this many downloads are answered 503 (a service having a bad moment).
         self.archive_errors = 0
         # Jobs started through the API: how long they run, and what each call asked for.
@@ -364,12 +368,20 @@ class Simulator:
                 "Content-Disposition": f'attachment; filename="{archive_id}.zip"',
             }
         )
-        response.content_length = len(data)
+        endless = archive_id in self.endless_archives
+        if not endless:
+            response.content_length = len(data)
         await response.prepare(request)
-        for start in range(0, len(data), self.archive_chunk):
-            if self.archive_chunk_delay:
-                await asyncio.sleep(self.archive_chunk_delay)
-            await response.write(data[start : start + self.archive_chunk])
+        if endless:  # zeros, without a length, until the client gives up
+            while True:
+                await response.write(bytes(self.archive_chunk))
+                await asyncio.sleep(0)
+        trickle = self.trickling_archives.get(archive_id)
+        chunk = 1 if trickle is not None else self.archive_chunk
+        for start in range(0, len(data), chunk):
+            if trickle is not None or self.archive_chunk_delay:
+                await asyncio.sleep(trickle if trickle is not None else self.archive_chunk_delay)
+            await response.write(data[start : start + chunk])
         await response.write_eof()
         # Sent whole: it cannot be downloaded again, and its job reads Finished.
         self.downloaded.append(archive_id)

@@ -106,6 +106,10 @@ class Source:
     settings: Any = None
     # roma-connect: where export archives are kept (None: they are left to the user).
     archive_dir: Path | None = None
+    # A download longer than this, or an archive larger than this, is given up (and tried
+    # again with backoff).
+    archive_timeout: float = 1800.0
+    max_archive_size: int = 2 * 2**30
     # The most of one answer read, in bytes after decompression (more: a "body" error).
     max_body: int = 4 * 1024 * 1024
     # Requests per second to this source at most, all its jobs together (None: no limit;

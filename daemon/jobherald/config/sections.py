@@ -96,13 +96,13 @@ def parse_duration_or_off(value: object) -> float:
     return parse_duration(value)
 
 
-_SIZE = re.compile(r"^(\d+)\s*(|b|bytes|kb|kib|mb|mib|gb|gib)$", re.IGNORECASE)
-_UNIT_BYTES = {"": 1, "b": 1, "bytes": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30}
+_SIZE = re.compile(r"^(\d+)\s*(|b|bytes|kb|kib|mb|mib|gb|gib|tb|tib)$", re.IGNORECASE)
+_UNIT_BYTES = {"": 1, "b": 1, "bytes": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40}
 MIN_BODY = 1024
 MAX_BODY = 2**30
 
 
-def parse_size(value: object) -> int:
+def parse_size(value: object, low: int = MIN_BODY, high: int = MAX_BODY) -> int:
     """Bytes from a whole number, or from text such as ``512KB``, ``4 MB``, ``1GiB``."""
     if isinstance(value, bool):
         raise ValueError("expected a size, got a boolean")
@@ -113,15 +113,28 @@ def parse_size(value: object) -> int:
         if match is None:
             raise ValueError(f"bad size {value!r}: use bytes or a text like 512KB, 4MB")
         unit = match[2].lower().replace("ib", "b")
-        size = int(match[1][:12]) * _UNIT_BYTES[unit]
+        size = int(match[1][:16]) * _UNIT_BYTES[unit]
     else:
         raise ValueError(f"expected a size, got {type(value).__name__}")
-    if not MIN_BODY <= size <= MAX_BODY:
-        raise ValueError(f"size {value!r} must be between 1KB and 1GB")
+    if not low <= size <= high:
+        raise ValueError(f"size {value!r} must be between {_shown(low)} and {_shown(high)}")
     return size
 
 
+def _shown(size: int) -> str:
+    for unit in ("TB", "GB", "MB", "KB"):
+        if size >= _UNIT_BYTES[unit.lower()] and size % _UNIT_BYTES[unit.lower()] == 0:
+            return f"{size // _UNIT_BYTES[unit.lower()]}{unit}"
+    return f"{size} bytes"
+
+
+def parse_archive_size(value: object) -> int:
+    return parse_size(value, 2**20, 2**44)
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
+# An export archive: from 1MB up to 16TB.
+ArchiveSize = Annotated[int, BeforeValidator(parse_archive_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 DurationOrOff = Annotated[float, BeforeValidator(parse_duration_or_off)]
 
@@ -319,6 +332,9 @@ class RomaConnectSource(HuaweiSource):
     instance_id: PathSegment | None = None
     # Where the archives of this source's export jobs are kept (none: not downloaded).
     archive_dir: Path | None = None
+    # The longest one download may take, and the largest archive kept.
+    archive_timeout: Duration = Field(default=1800.0, ge=1.0)
+    max_archive_size: ArchiveSize = 2 * 2**30
 
 
 class HuaweiJobSource(HuaweiSource):

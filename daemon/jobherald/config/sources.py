@@ -6,6 +6,7 @@ import errno
 import re
 import string
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -238,6 +239,12 @@ def _resolve_source(
             max_retry_after_source=section.max_retry_after_source,
         )
     archive_dir = None
+    archive_limits: dict[str, Any] = {}
+    if isinstance(section, RomaConnectSource):
+        archive_limits = {
+            "archive_timeout": section.archive_timeout,
+            "max_archive_size": section.max_archive_size,
+        }
     if isinstance(section, RomaConnectSource) and section.archive_dir is not None:
         archive_dir = section.archive_dir
         if not archive_dir.is_absolute():
@@ -255,6 +262,7 @@ def _resolve_source(
         rules=section.over(rules),
         type=section.type,
         archive_dir=archive_dir,
+        **archive_limits,
         max_body=section.max_body,
         max_rate=section.max_rate,
         max_retry_after_source=section.max_retry_after_source,

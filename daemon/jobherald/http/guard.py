@@ -70,6 +70,8 @@ class _Guarded(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.admitted = False
+        # Whether bytes came since the connection opened or its last answer went out.
+        self.heard = False
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         door, transport = self.door, cast(asyncio.Transport, base)
@@ -87,6 +89,7 @@ class _Guarded(asyncio.Protocol):
 
     def arm(self) -> None:
         self.disarm()
+        self.heard = False
         if self.transport is not None:
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(self.door.header_timeout, self._expired)
@@ -98,15 +101,20 @@ class _Guarded(asyncio.Protocol):
 
     def _expired(self) -> None:
         self.timer = None
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.heard:  # part of a request head, and no more in time: worth a line
             self.door.timed_out += 1
             self.door._note(
                 "timeout",
                 f"closed a connection that sent no whole request in {self.door.header_timeout:g} s",
             )
-            self.transport.close()
+        else:  # a kept-alive connection with nothing more to ask: closed quietly
+            log.debug("http: closed a connection idle for %g s", self.door.header_timeout)
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:

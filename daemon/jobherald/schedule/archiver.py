@@ -21,8 +21,9 @@ import logging
 import os
 import random
 import stat
+import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,12 +41,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Archives downloaded at once (each also takes one of the fetcher's download slots).
-AT_ONCE = 2
+# Archives downloaded at once, each on its own (and in one of the fetcher's download
+# slots): a slow one holds up no other.
+AT_ONCE = 4
 # A failed download is tried again after the job's poll interval (at least RETRY_FIRST),
-# then twice as long each time, up to RETRY_MAX.
+# then twice as long each time, up to RETRY_MAX. A failure that cost a transfer (too
+# big, too slow, too long, not a whole zip, a full disk) waits at least COSTLY_FIRST.
 RETRY_FIRST = 1.0
+COSTLY_FIRST = 60.0
 RETRY_MAX = 900.0
+# A download slower than MIN_RATE bytes a second over RATE_WINDOW seconds is given up.
+MIN_RATE = 10 * 1024
+RATE_WINDOW = 60.0
+# Room left on the disk beside an archive whose size is announced.
+FREE_MARGIN = 64 * 2**20
 # "No such archive" this many times in a row: it was downloaded elsewhere, or expired.
 GONE_AFTER = 3
 
@@ -53,10 +62,77 @@ GONE_AFTER = 3
 class ArchiveProblem(Exception):
     """A download that arrived but is not a whole archive."""
 
+    # It cost a transfer (or would again): retried after COSTLY_FIRST at the soonest.
+    costly = True
+
 
 class UntrustedFile(ArchiveProblem):
     """A symlink, or anything but a regular file, where an archive goes: never followed,
     never kept; said at once (an error event), not after error_after."""
+
+    costly = False
+
+
+class Transfer:
+    """One download's bounds, checked as it goes: its announced size against
+    ``max_size`` and the disk's free space, the bytes so far against ``max_size``, and
+    its pace (given up below ``MIN_RATE`` over any ``RATE_WINDOW``)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        max_size: int,
+        clock: Callable[[], float] = time.monotonic,
+        min_rate: float = MIN_RATE,
+        window: float = RATE_WINDOW,
+    ) -> None:
+        self.folder, self.max_size, self.clock = folder, max_size, clock
+        self.min_rate, self.window = min_rate, window
+        self.size = 0
+        self._window_at = clock()
+        self._window_size = 0
+
+    def headers(self, headers: Mapping[str, str]) -> None:
+        length = headers.get("Content-Length", "")
+        if not length.isdigit():
+            return
+        announced = int(length)
+        if announced > self.max_size:
+            raise ArchiveProblem(
+                f"the archive is {_size(announced)}, more than max_archive_size "
+                f"({_size(self.max_size)}): not downloaded"
+            )
+        disk = os.statvfs(self.folder)
+        free = disk.f_bavail * disk.f_frsize
+        if announced + FREE_MARGIN > free:
+            raise ArchiveProblem(
+                f"the archive is {_size(announced)} and {self.folder} has {_size(free)} free: "
+                "not downloaded"
+            )
+
+    def took(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._window_size += len(chunk)
+        if self.size > self.max_size:
+            raise ArchiveProblem(
+                f"the download passed max_archive_size ({_size(self.max_size)}): given up"
+            )
+        now = self.clock()
+        if now - self._window_at >= self.window:
+            rate = self._window_size / (now - self._window_at)
+            if rate < self.min_rate:
+                raise ArchiveProblem(
+                    f"the download was slower than {_size(int(self.min_rate))}/s for "
+                    f"{format_duration(now - self._window_at)} ({rate:.0f} bytes/s): given up"
+                )
+            self._window_at, self._window_size = now, 0
+
+
+def _size(size: int) -> str:
+    for unit, factor in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}".replace(".0 ", " ")
+    return f"{size} bytes"
 
 
 def archive_file_name(name: str, archive_id: str) -> str:
@@ -69,10 +145,11 @@ def archive_file_name(name: str, archive_id: str) -> str:
     return f"{clean(name)}-{clean(archive_id)}.zip"
 
 
-def retry_delay(attempts: int, first: float) -> float:
-    """Seconds before the next try after ``attempts`` failures: ``first``, then doubling,
-    capped, jittered."""
-    base = min(max(first, RETRY_FIRST) * 2 ** min(max(attempts - 1, 0), 20), RETRY_MAX)
+def retry_delay(attempts: int, first: float, costly: bool = False) -> float:
+    """Seconds before the next try after ``attempts`` failures: ``first`` (at least
+    COSTLY_FIRST after a failure that cost a transfer), then doubling, capped, jittered."""
+    first = max(first, COSTLY_FIRST if costly else RETRY_FIRST)
+    base = min(first * 2 ** min(max(attempts - 1, 0), 20), RETRY_MAX)
     return float(base * random.uniform(0.8, 1.2))
 
 
@@ -99,40 +176,75 @@ class Archiver:
         # Told of each archive kept or failed (metrics).
         self.on_result: Callable[[str], None] | None = None
         self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         self._wake.set()
 
-    async def keep_due(self) -> int:
-        """Download every archive due now; return how many were tried."""
-        tried = 0
+    async def keep_due(self, wait: bool = False) -> int:
+        """Start a download of each archive due now, at most AT_ONCE at a time, each in a
+        task of its own (an ending one wakes ``run`` to claim the next); return how many
+        started. ``wait``: until none is left due (one pass of ``run --once``)."""
+        started = 0
         while True:
-            claimer = self.claimer()
-            if claimer is None:
-                return tried  # this replica may not act now
-            claims = await self.store.claim_archives(self.clock(), claimer, AT_ONCE)
-            if not claims:
-                return tried
-            await asyncio.gather(*(self._keep(claim, claimer) for claim in claims))
-            tried += len(claims)
+            while len(self._running) < AT_ONCE:
+                claimer = self.claimer()
+                if claimer is None:
+                    break  # this replica may not act now
+                claims = await self.store.claim_archives(
+                    self.clock(), claimer, AT_ONCE - len(self._running)
+                )
+                if not claims:
+                    break
+                for claim in claims:
+                    task = asyncio.create_task(
+                        self._keep(claim, claimer), name=f"archive-{claim.job_id}"
+                    )
+                    self._running.add(task)
+                    task.add_done_callback(self._ended)
+                started += len(claims)
+            if not wait or not self._running:
+                return started
+            await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wake.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("an archive download ended unforeseen: %s", f"{type(exc).__name__}: {exc}")
+
+    async def _finish(self) -> None:
+        """Let the downloads under way end; cancelled meanwhile (the shutdown's deadline
+        passed), stop them: their claims are released, due again at the next start."""
+        try:
+            while self._running:
+                await asyncio.wait(set(self._running))
+        except asyncio.CancelledError:
+            for task in self._running:
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+            raise
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Keep archives until ``stopping`` is set; a failing pass is tried again shortly."""
         failures = PassFailures(log, "archive pass", DATABASE_AWAY)
-        while not stopping.is_set():
-            self._wake.clear()
-            try:
-                await self.keep_due()
-                next_at = await self.store.next_archive_at()
-            except Exception as exc:
-                failures.failed(exc)
-                await first_of(self._wake, stopping, timeout=5.0)
-                continue
-            failures.worked()
-            timeout = self.max_sleep
-            if next_at is not None:
-                timeout = max(0.0, min(timeout, (next_at - self.clock()).total_seconds()))
-            await first_of(self._wake, stopping, timeout=timeout)
+        try:
+            while not stopping.is_set():
+                self._wake.clear()
+                try:
+                    await self.keep_due()
+                    next_at = await self.store.next_archive_at()
+                except Exception as exc:
+                    failures.failed(exc)
+                    await first_of(self._wake, stopping, timeout=5.0)
+                    continue
+                failures.worked()
+                timeout = self.max_sleep
+                if next_at is not None and len(self._running) < AT_ONCE:
+                    timeout = max(0.0, min(timeout, (next_at - self.clock()).total_seconds()))
+                await first_of(self._wake, stopping, timeout=timeout)
+        finally:
+            await self._finish()
 
     async def _job(self, claim: ArchiveClaim) -> tuple[WatchedJob, JobView]:
         """The job an archive belongs to, also when it has left the config since."""
@@ -206,20 +318,31 @@ class Archiver:
         if not isinstance(roma, RomaConnect):
             raise ArchiveProblem(f"source {source.name} is not a roma-connect source")
         digest = hashlib.sha256()
-        size = 0
+        transfer = Transfer(partial.parent, source.max_archive_size)
         handle: IO[bytes] = await asyncio.to_thread(_open_new, partial)
 
         async def sink(chunk: bytes) -> None:
-            nonlocal size
+            transfer.took(chunk)
             digest.update(chunk)
-            size += len(chunk)
             await asyncio.to_thread(handle.write, chunk)
 
         try:
             log.info("job %s (%s): downloading archive %s", job.name, job.id, claim.archive_id)
-            response = await RomaAssets(roma).download(
-                self.watcher.fetcher, job.instance_id, claim.archive_id, sink
-            )
+            try:
+                async with asyncio.timeout(source.archive_timeout):
+                    response = await RomaAssets(roma).download(
+                        self.watcher.fetcher,
+                        job.instance_id,
+                        claim.archive_id,
+                        sink,
+                        on_headers=transfer.headers,
+                    )
+            except TimeoutError:
+                raise ArchiveProblem(
+                    f"the download took longer than archive_timeout "
+                    f"({format_duration(source.archive_timeout)}): given up"
+                ) from None
+            size = transfer.size
             await asyncio.to_thread(_close_synced, handle)
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) != size:
@@ -296,7 +419,10 @@ class Archiver:
             events = self._events(
                 job, replace(view, error=detail), Event(EventKind.ERROR, text), now, about=True
             )
-        delay = retry_delay(attempts, job.poll_interval)
+        costly = getattr(exc, "costly", False) or (
+            isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        )
+        delay = retry_delay(attempts, job.poll_interval, costly)
         retry_at = None if give_up else now + timedelta(seconds=delay)
         await self.store.archive_failed(
             claim.job_id, claimer, detail, retry_at, error_since, notified, events, now

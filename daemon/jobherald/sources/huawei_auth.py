@@ -349,10 +349,11 @@ async def send_with_credentials(
     body: bytes | None = None,
     retry: bool = True,
     sink: Callable[[bytes], Awaitable[None]] | None = None,
+    on_headers: Callable[[Mapping[str, str]], None] | None = None,
 ) -> Response:
     """Send a request with these credentials (a POST without ``body`` sends ``{}``); once
     more with fresh ones if ``refused`` says the service refused them. With ``sink``, a GET
-    whose 200 body is streamed there (a file)."""
+    whose 200 body is streamed there (a file; ``on_headers`` sees its headers first)."""
     if method == "POST" and body is None:
         body = b"{}"
     base = dict(headers or {})
@@ -363,7 +364,12 @@ async def send_with_credentials(
         used = await credentials.apply(fetcher, method, url, sent, body or b"")
         if sink is not None:
             response = await fetcher.stream(
-                url, headers=sent, timeout=source.timeout, sink=sink, verify_tls=source.verify_tls
+                url,
+                headers=sent,
+                timeout=source.timeout,
+                sink=sink,
+                verify_tls=source.verify_tls,
+                on_headers=on_headers,
             )
         elif method == "GET":
             response = await fetcher.get(

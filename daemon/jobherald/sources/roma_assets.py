@@ -9,7 +9,7 @@ that can be downloaded once.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -131,8 +131,10 @@ class RomaAssets:
         instance_id: str,
         archive_id: str,
         sink: Callable[[bytes], Awaitable[None]],
+        on_headers: Callable[[Mapping[str, str]], None] | None = None,
     ) -> Response:
-        """Stream an export's archive into ``sink``; FetchError if it is not given."""
+        """Stream an export's archive into ``sink`` (``on_headers`` sees the answer's
+        headers first); FetchError if it is not given."""
         response = await send_with_credentials(
             fetcher,
             self.source.credentials,
@@ -140,6 +142,7 @@ class RomaAssets:
             self.config,
             self.source.refused,
             sink=sink,
+            on_headers=on_headers,
         )
         if response.status != 200:
             raise self._refused_error(response)
