@@ -7,6 +7,7 @@ Nothing here does I/O or imports the rest of the package. Every decision takes
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -130,6 +131,10 @@ class Snapshot:
             value = getattr(self, name)
             if value is not None and len(value) > MAX_TEXT:
                 object.__setattr__(self, name, cut(value))
+        # A few words shared by every job: one string each, not one per job's view.
+        object.__setattr__(self, "raw_status", sys.intern(self.raw_status))
+        if self.type is not None:
+            object.__setattr__(self, "type", sys.intern(self.type))
         if self.reasons and (
             len(self.reasons) > MAX_REASONS
             or any(

@@ -248,10 +248,6 @@ class Watcher:
         self.health = {name: self.health.get(name, SourceHealth()) for name in self.sources}
         self.jobs, self.views = jobs, views
         removed = [job_id for job_id in old_jobs if job_id not in self.jobs]
-        for job_id in removed:
-            gone = old_jobs[job_id]
-            if (source := self.sources.get(gone.source)) is not None:
-                source.forget(gone)
         changed = [j for j in self.jobs.values() if old_jobs.get(j.id) != j]
         return changed, removed
 

@@ -43,9 +43,6 @@ class JobSource(Protocol):
 
     async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot: ...
 
-    def forget(self, job: WatchedJob) -> None:
-        """Drop what is kept for a job that left the config."""
-
 
 SourceFactory = Callable[[Source, Callable[[], datetime] | None], JobSource]
 

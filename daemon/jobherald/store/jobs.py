@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
@@ -35,6 +36,7 @@ JOB_COLUMNS = (
 _STATE_AT = VIEW_FIELDS.index("state")
 _REASONS_AT = VIEW_FIELDS.index("reasons")
 _STATES = {s.value: s for s in State}
+_SHARED_AT = (VIEW_FIELDS.index("raw_status"), VIEW_FIELDS.index("type"))
 
 
 def sort_key(row: sa.Row[Any], by_state: bool = True) -> tuple[Any, ...]:
@@ -122,6 +124,9 @@ def view_of(row: sa.Row[Any]) -> JobView:
     values = list(row[: len(VIEW_FIELDS)])
     values[_STATE_AT] = _STATES[values[_STATE_AT]]
     values[_REASONS_AT] = _reasons_from(values[_REASONS_AT])
+    for at in _SHARED_AT:  # a few words every job has: one string each
+        if values[at] is not None:
+            values[at] = sys.intern(values[at])
     return JobView(*values)
 
 
