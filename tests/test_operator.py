@@ -204,3 +204,44 @@ async def test_commands_run_by_hand_read_the_credentials_the_unit_loads(
         "set, and the installed jobherald.service loads no credential 'roma.token' "
         "(LoadCredential=)\n",
     )
+    # The commands that send nothing read no secret: they work without the credential.
+    code, out, err = await jobherald("status", "--json", "-c", str(config), env=env)
+    assert code == 0 and '"id": "a"' in out, err
+
+
+async def test_commands_that_send_nothing_never_read_a_secret(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[daemon]\ndatabase = "sqlite:///jh.db"\nheartbeat_url = "${JH_UNSET_PING}"\n\n'
+        '[http]\nlisten = "127.0.0.1:9781"\ntoken_file = "/nonexistent/http.token"\n\n'
+        '[sources.roma]\ntype = "roma-connect"\nendpoint = "https://roma.example"\n'
+        'project_id = "p"\ninstance_id = "i"\ntoken_file = "/nonexistent/roma.token"\n\n'
+        '[sources.api]\ntype = "http-json"\nurl = "https://api.example/jobs/{job_id}"\n'
+        'status = "state"\nsucceeded = ["done"]\nfailed = ["broken"]\n'
+        'headers = { X-Key = "${JH_UNSET_KEY}" }\n'
+        'auth = { method = "basic", user = "me", password = "${JH_UNSET_PASSWORD}" }\n\n'
+        '[notifiers.ops]\nurls = ["json://127.0.0.1:9/x"]\n\n'
+        '[[jobs]]\nid = "a"\nsource = "roma"\n\n[[jobs]]\nid = "b"\nsource = "api"\n',
+        encoding="utf-8",
+    )
+    for command in (
+        ("status",),
+        ("status", "--json"),
+        ("history", "a"),
+        ("deliveries",),
+        ("replicas",),
+        ("db", "current"),
+    ):
+        code, out, err = await jobherald(*command, "-c", str(config))
+        assert code == 0, (command, err)
+        assert "nonexistent" not in out + err and "JH_UNSET" not in out + err, command
+    # What needs them says which ones are missing, one line each.
+    code, _, err = await jobherald("check-config", "-c", str(config))
+    assert code == 2
+    assert "environment variable JH_UNSET_PASSWORD is not set" in err
+    assert "environment variable JH_UNSET_PING is not set" in err
+    env = {"JH_UNSET_PING": "https://ping.example", "JH_UNSET_KEY": "k", "JH_UNSET_PASSWORD": "p"}
+    code, _, err = await jobherald("check-config", "-c", str(config), env=env)
+    assert code == 2
+    assert "sources.roma.token_file: cannot read /nonexistent/roma.token" in err
+    assert "http.token_file: cannot read /nonexistent/http.token" in err

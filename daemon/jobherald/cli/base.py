@@ -40,11 +40,13 @@ def load_config(
     check_urls: bool = False,
     check_dirs: bool = False,
     check_templates: bool | None = None,
+    secrets: bool = True,
 ) -> Config:
     """The config, or exit 2 with its problems. Notifier URLs are checked (which loads
     apprise) and templates rendered on samples only by the commands that send or check
     them (unless ``check_templates`` says otherwise); archive folders only by those that
-    run or check the daemon."""
+    run or check the daemon. ``secrets`` False: the commands that send nothing read no
+    token, password or key (and need none of their files or variables)."""
     from jobherald import config
     from jobherald.errors import ConfigError
 
@@ -54,6 +56,7 @@ def load_config(
             check_urls=check_urls,
             check_dirs=check_dirs,
             check_templates=check_templates,
+            read_secrets=secrets,
         )
     except ConfigError as exc:
         for line in exc.problems:

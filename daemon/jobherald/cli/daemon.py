@@ -114,7 +114,7 @@ def db_current(ctx: click.Context, config_path: str | None) -> None:
     """Print the database's schema revision and whether it is the newest."""
     from jobherald.store import Store, head_revision
 
-    cfg = load_config(ctx, config_path)
+    cfg = load_config(ctx, config_path, secrets=False)
     if not database_exists(cfg.database_url):
         click.echo(f"no database yet at {where(cfg.database_url)}")
         return
@@ -148,7 +148,7 @@ def db_upgrade(ctx: click.Context, config_path: str | None) -> None:
     from jobherald.service import setup_logging
     from jobherald.store import head_revision
 
-    cfg = load_config(ctx, config_path)
+    cfg = load_config(ctx, config_path, secrets=False)
     setup_logging("info")
 
     async def nothing(_store: Store) -> None:

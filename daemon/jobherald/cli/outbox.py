@@ -34,7 +34,7 @@ def deliveries(ctx: click.Context, config_path: str | None, as_json: bool, show_
     ctx.obj["config"] = config_path or ctx.obj.get("config")
     if ctx.invoked_subcommand is not None:
         return
-    cfg = load_config(ctx, None)
+    cfg = load_config(ctx, None, secrets=False)
     states = ["pending", "abandoned"] + (["delivered", "dropped"] if show_all else [])
     rows = run_async(with_store(cfg, lambda store: store.deliveries(states)))
     items = [
@@ -100,7 +100,7 @@ def deliveries_retry(
     from datetime import UTC
 
     chosen = _ids(ids, every)
-    cfg = load_config(ctx, config_path)
+    cfg = load_config(ctx, config_path, secrets=False)
     count = run_async(with_store(cfg, lambda s: s.retry_deliveries(chosen, datetime.now(UTC))))
     click.echo(f"{count} deliveries will be tried again")
 
@@ -115,6 +115,6 @@ def deliveries_drop(
 ) -> None:
     """Give up on these deliveries for good."""
     chosen = _ids(ids, every)
-    cfg = load_config(ctx, config_path)
+    cfg = load_config(ctx, config_path, secrets=False)
     count = run_async(with_store(cfg, lambda s: s.drop_deliveries(chosen)))
     click.echo(f"{count} deliveries dropped")

@@ -184,7 +184,7 @@ def status(
     """Every known job: state, progress, last change, last poll, last error."""
     from jobherald.store import JobFilter
 
-    cfg = load_config(ctx, config_path)
+    cfg = load_config(ctx, config_path, secrets=False)
     wanted = JobFilter(state=state, source=source)
     if live:
         _watch_status(cfg, every)
@@ -247,7 +247,7 @@ def _watch_status(cfg: Config, every: float) -> None:
 @click.pass_context
 def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: bool) -> None:
     """The job's transitions, oldest first."""
-    cfg = load_config(ctx, config_path)
+    cfg = load_config(ctx, config_path, secrets=False)
 
     async def fetch() -> list[dict[str, Any]] | None:
         from jobherald.report import history_rows
@@ -298,7 +298,7 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
 @click.pass_context
 def replicas(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     """The daemons sharing this database: live or not, and how many jobs each polls."""
-    cfg = load_config(ctx, config_path)
+    cfg = load_config(ctx, config_path, secrets=False)
 
     async def fetch() -> list[dict[str, Any]]:
         from jobherald.report import replica_rows

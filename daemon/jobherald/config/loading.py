@@ -41,6 +41,8 @@ from jobherald.config.sections import (
     RuleFields,
 )
 from jobherald.config.sources import (
+    READ_SECRETS,
+    SECRET_KEYS,
     _resolve_source,
 )
 from jobherald.errors import ConfigError
@@ -62,6 +64,7 @@ def load(
     check_urls: bool = True,
     check_dirs: bool | None = None,
     check_templates: bool | None = None,
+    read_secrets: bool = True,
 ) -> Config:
     """Read, expand, validate and resolve the configuration; raise ConfigError.
 
@@ -72,8 +75,27 @@ def load(
     every ``archive_dir``: the commands that run or check the daemon ask for it.
     ``check_templates`` (by default as ``check_urls``) renders every notifier template
     against sample events in the render process (commands that send nothing skip it).
+    ``read_secrets`` False: tokens, passwords and keys are neither read from their files
+    nor checked (the commands that send nothing need none, and may run without them).
     """
-    main = config_path(path)
+    reading = READ_SECRETS.set(read_secrets)
+    try:
+        return _load(main=config_path(path), given=path, extra=extra, check_urls=check_urls,
+                     check_dirs=check_dirs, check_templates=check_templates)  # fmt: skip
+    finally:
+        READ_SECRETS.reset(reading)
+
+
+def _load(
+    *,
+    main: Path,
+    given: str | os.PathLike[str] | None,
+    extra: Sequence[Path],
+    check_urls: bool,
+    check_dirs: bool | None,
+    check_templates: bool | None,
+) -> Config:
+    path = given
     label = str(path) if path else str(main)
     raw = _read_toml(main, label)
     problems: list[str] = []
@@ -213,6 +235,10 @@ def _has_dollar(value: str | dict[str, Any] | list[Any]) -> bool:
 
 
 def _expand_text(value: str, label: str, where: str, problems: list[str]) -> str:
+    if not READ_SECRETS.get() and (
+        where.rsplit(".", 1)[-1].removesuffix("_file") in SECRET_KEYS or ".headers." in where
+    ):
+        return ""  # a secret this command does not read: its variables need not be set
     if "CREDENTIALS_DIRECTORY" not in os.environ and (found := _CREDENTIAL.fullmatch(value)):
         from jobherald.config.paths import UNIT, unit_credentials
 
@@ -408,8 +434,10 @@ class _Resolving:
         http = _http(parsed.http, self.main.parent, label, problems)
         public_url = _public_url(parsed.http.public_url, label, problems)
         heartbeat = parsed.daemon.heartbeat_url
-        if heartbeat is not None and not re.match(
-            r"^https?://[^/\s]+", heartbeat.get_secret_value()
+        if (
+            heartbeat is not None
+            and READ_SECRETS.get()
+            and not re.match(r"^https?://[^/\s]+", heartbeat.get_secret_value())
         ):
             problems.append(f"{label}: daemon.heartbeat_url: must start with https:// or http://")
         if problems:
