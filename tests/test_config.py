@@ -572,3 +572,21 @@ def test_archive_limits_take_sizes_and_durations_as_people_write_them(tmp_path: 
     assert (source.max_archive_size, source.archive_timeout) == (500 * 2**20, 2700.0)
     default = config.load(write(tmp_path, BASE)).sources["roma-prod"]
     assert (default.max_archive_size, default.archive_timeout) == (2 * 2**30, 1800.0)
+
+
+def test_one_id_on_two_instances_is_two_jobs_each_under_its_key(tmp_path: Path) -> None:
+    text = BASE + (
+        '[sources.other]\ntype = "roma-connect"\nendpoint = "https://e"\nproject_id = "p"\n'
+        'instance_id = "i9"\ntoken = "t"\n\n'
+        '[[jobs]]\nid = "x"\nsource = "roma-prod"\n\n'
+        '[[jobs]]\nid = "x"\nsource = "roma-prod"\ninstance_id = "cd34"\n\n'
+        '[[jobs]]\nid = "x"\nsource = "other"\n\n'
+        '[[jobs]]\nid = "y"\nsource = "other"\n'
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert [(j.id, j.upstream_id, j.name) for j in cfg.jobs] == [
+        ("roma-prod/x@ab12", "x", "roma-prod/x@ab12"),
+        ("roma-prod/x@cd34", "x", "roma-prod/x@cd34"),
+        ("other/x", "x", "other/x"),
+        ("y", "y", "y"),
+    ]

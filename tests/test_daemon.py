@@ -225,6 +225,7 @@ async def test_status_and_history_json_follow_the_contract(
     imp = status["imp"]
     assert set(imp) == {
         "id",
+        "key",
         "name",
         "source",
         "status",

@@ -452,3 +452,52 @@ async def test_the_simulator_serves_the_github_example_too(
         "succeeded",
         "https://github.com/acme/app/actions/runs/7001",
     )
+
+
+async def test_one_id_in_two_namespaces_is_two_jobs_and_the_first_keeps_its_history(
+    fakes: Fakes, tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(K8S, ("prod", "nightly-etl"), [{"status": {"active": 1, "startTime": T0}}])
+    head = '[daemon]\ndatabase = "sqlite:///jobherald.db"\n\n'
+    head += pointed(example("k8s"), fakes.base_url, tmp_path) + "\n"
+    job = '\n[[jobs]]\nid = "nightly-etl"\nsource = "k8s"\nparams = {{ namespace = "{}" }}\n'
+    path = tmp_path / "config.toml"
+    path.write_text(head + job.format("batch"), encoding="utf-8")
+    await Daemon(config_module.load(path), clock).run_once()
+    code, out, _ = await jobherald("status", "--json", "-c", str(path))
+    (alone,) = json.loads(out)
+    assert (alone["id"], alone["key"], alone["status"]) == ("nightly-etl", "nightly-etl", "running")
+
+    # The same job again is refused; the same id in another namespace is another job.
+    path.write_text(head + job.format("batch") * 2, encoding="utf-8")
+    with pytest.raises(ConfigError, match="duplicate job id 'nightly-etl'"):
+        config_module.load(path)
+    path.write_text(head + job.format("batch") + job.format("prod"), encoding="utf-8")
+    cfg = config_module.load(path)
+    batch, prod = "k8s/nightly-etl?namespace=batch", "k8s/nightly-etl?namespace=prod"
+    assert [(j.id, j.upstream_id) for j in cfg.jobs] == [
+        (batch, "nightly-etl"),
+        (prod, "nightly-etl"),
+    ]
+    clock.advance(60)
+    await Daemon(cfg, clock).run_once()
+    assert fakes.polls == {"batch/nightly-etl": 2, "prod/nightly-etl": 1}
+    code, out, _ = await jobherald("status", "--json", "-c", str(path))
+    rows = {r["key"]: r for r in json.loads(out)}
+    assert sorted(rows) == [batch, prod]  # the first job's row moved to its key: no third
+    assert {r["id"] for r in rows.values()} == {"nightly-etl"}
+    assert rows[batch]["status"] == "succeeded" and rows[prod]["status"] == "running"
+
+    # An id two jobs have is ambiguous on the command line; a key or source/id is not.
+    code, _, err = await jobherald("history", "nightly-etl", "-c", str(path))
+    assert (code, err) == (
+        2,
+        f"jobherald: 'nightly-etl' is the id of 2 jobs: give one of {batch}, {prod} "
+        "(the key that status --json shows)\n",
+    )
+    code, out, err = await jobherald("history", batch, "--json", "-c", str(path))
+    assert code == 0, err
+    assert [(t["from"], t["to"]) for t in json.loads(out)] == [
+        (None, "running"),
+        ("running", "succeeded"),
+    ], "its history from before the second job came is kept"

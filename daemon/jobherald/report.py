@@ -35,9 +35,14 @@ def archive_fields(row: Any) -> dict[str, Any]:
     }
 
 
-def _blank(job_id: str, name: str, source: str, interval: float | None = None) -> dict[str, Any]:
+def _blank(
+    key: str, name: str, source: str, interval: float | None = None, remote: str | None = None
+) -> dict[str, Any]:
     return {
-        "id": job_id,
+        "id": remote or key,
+        # What the job is stored and asked for under: its id, or "source/id..." when
+        # another configured job has the same id.
+        "key": key,
         "name": name,
         "source": source,
         "status": "pending",
@@ -109,7 +114,9 @@ async def rows_of(
         eta = job_eta(view, samples.get(row.id, ()), row.last_polled_at, now)
         job = configured.get(row.id)
         item = {
-            **_blank(row.id, row.name, row.source, effective_interval(cfg, job, active)),
+            **_blank(
+                row.id, row.name, row.source, effective_interval(cfg, job, active), row.remote_id
+            ),
             "status": row.state,
             "raw_status": row.raw_status,
             "progress": row.progress,
@@ -164,7 +171,7 @@ async def iter_rows(
     while store is not None:
         rows, after = await page_rows(cfg, store, wanted, chunk, after, by_state=False)
         for row in rows:
-            seen.add(row["id"])
+            seen.add(row["key"])
             yield row
         if after is None:
             break
@@ -173,7 +180,7 @@ async def iter_rows(
     stored = await store.job_ids() if store is not None else set()
     for job in cfg.jobs:
         if job.id not in seen and job.id not in stored and wanted.source in (None, job.source):
-            yield _blank(job.id, job.name, job.source, job.poll_interval)
+            yield _blank(job.id, job.name, job.source, job.poll_interval, job.remote)
 
 
 async def one_row(cfg: Config, store: Store | None, job_id: str) -> dict[str, Any] | None:
@@ -183,7 +190,11 @@ async def one_row(cfg: Config, store: Store | None, job_id: str) -> dict[str, An
         (item,) = await rows_of(cfg, store, [row])  # type: ignore[arg-type]
         return item
     job = configured_jobs(cfg).get(job_id)
-    return _blank(job.id, job.name, job.source, job.poll_interval) if job is not None else None
+    return (
+        _blank(job.id, job.name, job.source, job.poll_interval, job.remote)
+        if job is not None
+        else None
+    )
 
 
 async def history_rows(store: Store, job_id: str) -> list[dict[str, Any]] | None:

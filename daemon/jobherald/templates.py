@@ -29,6 +29,7 @@ FORMATS = ("text", "markdown", "html")
 
 JOB_FIELDS = (
     "id",
+    "key",
     "name",
     "source",
     "instance_id",

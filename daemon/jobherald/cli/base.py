@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +31,28 @@ EXIT_FAILURE = 1
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     click.echo(f"jobherald: {message}", err=True)
     sys.exit(code)
+
+
+def pick_job(given: str, known: Iterable[tuple[str, str, str]]) -> str | None:
+    """The key of the job ``given`` names among ``known`` (key, upstream id, source):
+    its key, its id where no other job has it, or ``source/id``; None when none has it.
+    A name more than one job answers to ends the command with one line naming their
+    keys."""
+    jobs = set(known)
+    if any(key == given for key, _, _ in jobs):
+        return given
+    source, _, job_id = given.rpartition("/")
+    matches = sorted(
+        {k for k, upstream, src in jobs if upstream == given or (src, upstream) == (source, job_id)}
+    )
+    if len(matches) > 1:
+        fail(
+            f"{given!r} is the id of {len(matches)} jobs: give one of "
+            + ", ".join(matches)
+            + " (the key that status --json shows)",
+            EXIT_USAGE,
+        )
+    return matches[0] if matches else None
 
 
 def load_config(

@@ -16,6 +16,7 @@ from jobherald.cli.base import (
     config_option,
     fail,
     load_config,
+    pick_job,
     where,
 )
 
@@ -135,16 +136,19 @@ def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool
 
     if not _JOB_ID.match(job_id):  # it names the file: a/b or ../x would go elsewhere
         fail(f"bad job id {job_id!r}: letters, digits and _.:- only", EXIT_USAGE)
-    existing = next((j for j in cfg.jobs if j.id == job_id), None)
-    if existing is not None:
-        fail(f"job {job_id} is already watched ({existing.where})", EXIT_USAGE)
     folder, pattern = _dropin_folder(cfg)
+    # One file per job: a second job with this id (another source, instance or
+    # namespace) gets "<id>-2.toml", and so on.
     target = folder / f"{job_id}.toml"
+    for n in range(2, 1000):
+        if not target.exists():
+            break
+        target = folder / f"{job_id}-{n}.toml"
     if not fnmatch.fnmatchcase(target.name, pattern):
         fail(f"{target.name} would not match daemon.include[0] ({cfg.include[0]})", EXIT_USAGE)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        staging = folder / f".{job_id}.toml.new"
+        staging = folder / f".{target.stem}.toml.new"
         with staging.open("w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
             handle.flush()
@@ -201,6 +205,17 @@ def watch(
 ) -> None:
     """Start watching a job: write a drop-in file for it (checked before it is put in place)."""
     cfg = load_config(ctx, config_path)
+    given = cfg.sources.get(source)
+    instance = instance_id or (given.instance_id if given is not None else None) or ""
+    pairs = tuple(sorted(tuple(p.split("=", 1)) for p in params if "=" in p))
+    for job in cfg.jobs:  # the same job again (its id alone may be another's too)
+        if (job.upstream_id, job.source, job.instance_id, job.params) == (
+            job_id,
+            source,
+            instance,
+            pairs,
+        ):
+            fail(f"job {job_id} is already watched ({job.where})", EXIT_USAGE)
     target = register(cfg, job_id, dropin_lines(job_id, source, name, instance_id, params))
     click.echo(f"watching {job_id}{f' ({name})' if name else ''} from {source}: wrote {target}")
     if reload_service:
@@ -217,7 +232,8 @@ def forget(ctx: click.Context, config_path: str | None, job_id: str, reload_serv
     import tomli
 
     cfg = load_config(ctx, config_path)
-    job = next((j for j in cfg.jobs if j.id == job_id), None)
+    key = pick_job(job_id, [(j.id, j.upstream_id, j.source) for j in cfg.jobs])
+    job = next((j for j in cfg.jobs if j.id == key), None)
     if job is None:
         fail(f"no job {job_id!r} in the config", EXIT_USAGE)
         return
@@ -226,7 +242,11 @@ def forget(ctx: click.Context, config_path: str | None, job_id: str, reload_serv
     if path.resolve() == cfg.path.resolve():
         fail(f"job {job_id} is in {cfg.path} itself: remove its [[jobs]] table there", EXIT_USAGE)
     with path.open("rb") as handle:
-        others = [j for j in tomli.load(handle).get("jobs", []) if j.get("id") != job_id]
+        others = [
+            j
+            for j in tomli.load(handle).get("jobs", [])
+            if (j.get("id"), j.get("source")) != (job.upstream_id, job.source)
+        ]
     if others:
         fail(f"{path} holds other jobs too: remove the table of {job_id} by hand", EXIT_USAGE)
     path.unlink()

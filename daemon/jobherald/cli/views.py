@@ -18,6 +18,7 @@ from jobherald.cli.base import (
     database_exists,
     fail,
     load_config,
+    pick_job,
     print_table,
     run_async,
     shown,
@@ -249,25 +250,25 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
     """The job's transitions, oldest first."""
     cfg = load_config(ctx, config_path, secrets=False)
 
+    configured = [(j.id, j.upstream_id, j.source) for j in cfg.jobs]
+
     async def fetch() -> list[dict[str, Any]] | None:
         from jobherald.report import history_rows
         from jobherald.store import Store
 
-        if not database_exists(cfg.database_url):
-            return None
-        store = await Store.open(cfg.database_url)
+        store = await Store.open(cfg.database_url) if database_exists(cfg.database_url) else None
         try:
-            return await history_rows(store, job_id)
+            stored = await store.answering_to(job_id) if store is not None else []
+            key = pick_job(job_id, [*configured, *stored])
+            if key is None:
+                fail(f"no job {job_id!r} in the database or the config")
+            assert key is not None
+            return await history_rows(store, key) if store is not None else []
         finally:
-            await store.close()
+            if store is not None:
+                await store.close()
 
     items = run_async(fetch())
-    if items is None:
-        if any(j.id == job_id for j in cfg.jobs):
-            items = []
-        else:
-            fail(f"no job {job_id!r} in the database or the config")
-            return
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return

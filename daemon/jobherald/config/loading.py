@@ -129,7 +129,7 @@ def _load(
         jobs.read(table, table_label, invalid)
     if invalid or resolving is None:
         raise ConfigError(invalid)
-    config = resolving.config(jobs.watched, jobs.problems)
+    config = resolving.config(jobs.keyed(), jobs.problems)
     if check_urls if check_dirs is None else check_dirs:
         _check_archive_dirs(config, main, label)
     return replace(config, include=resolving.parsed.daemon.include)
@@ -537,12 +537,26 @@ class _JobTables:
         self.parsed, self.resolving = parsed, resolving
         self.watched: list[WatchedJob] = []
         self.problems: list[str] = []
-        self.seen: dict[str, tuple[str, int]] = {}
+        self.seen: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], tuple[str, int]] = {}
         if parsed is None:
             return
         self.known_sources = ", ".join(sorted(parsed.sources)) or "none defined"
         self.known_notifiers = ", ".join(sorted(parsed.notifiers)) or "none defined"
         self.everyone = tuple(parsed.notifiers)
+
+    def keyed(self) -> list[WatchedJob]:
+        """The jobs, each under its key: its id, unless another job has the same id (in
+        another source, instance or namespace): then "source/id", with "@instance" and
+        "?name=value&..." (its params) where they are what tells the two apart."""
+        by_id: dict[str, list[WatchedJob]] = {}
+        for job in self.watched:
+            by_id.setdefault(job.id, []).append(job)
+        if all(len(same) == 1 for same in by_id.values()):
+            return self.watched
+        return [
+            job if len(by_id[job.id]) == 1 else _keyed(job, job_key(job, by_id[job.id]))
+            for job in self.watched
+        ]
 
     def read(self, tables: list[Any], label: str, invalid: list[str]) -> None:
         for i, table in enumerate(tables):
@@ -561,14 +575,6 @@ class _JobTables:
     def _resolve(self, job: JobSection, label: str, index: int) -> None:
         assert self.parsed is not None and self.resolving is not None
         parsed, problems = self.parsed, self.problems
-        if job.id in self.seen:
-            first = _job_where(*self.seen[job.id], job.id)
-            problems.append(
-                f"{_job_where(label, index, job.id)}.id: duplicate job id {job.id!r} "
-                f"(first in {first})"
-            )
-            return
-        self.seen[job.id] = (label, index)
         section = parsed.sources.get(job.source)
 
         def where() -> str:  # only worked out for a problem
@@ -619,6 +625,14 @@ class _JobTables:
                 return
         if source is None:
             return
+        # One job is its source, id, instance and params: the same four twice is one job
+        # given twice; the same id with any of the others differing is two jobs.
+        identity = (job.id, source.name, instance_id, params)
+        if identity in self.seen:
+            first = _job_where(*self.seen[identity], job.id)
+            problems.append(f"{where()}.id: duplicate job id {job.id!r} (first in {first})")
+            return
+        self.seen[identity] = (label, index)
         # A job that sets no rule of its own shares its source's (one Rules, not 100,000).
         own_rules = not _RULE_KEYS.isdisjoint(job.model_fields_set)
         self.watched.append(
@@ -635,6 +649,29 @@ class _JobTables:
                 index=index,
             )
         )
+
+
+def _keyed(job: WatchedJob, key: str) -> WatchedJob:
+    # Without a name of its own, a job is named by its key: "backup" alone would not say
+    # which of the two finished.
+    name = key if job.name == job.id else job.name
+    return replace(job, id=key, remote=job.id, name=name)
+
+
+def job_key(job: WatchedJob, same_id: Sequence[WatchedJob]) -> str:
+    """The key of a job whose id other configured jobs share (see ``_JobTables.keyed``)."""
+    key = f"{job.source}/{job.id}"
+    same_source = [j for j in same_id if j.source == job.source]
+    if len({j.instance_id for j in same_source}) > 1:
+        key += f"@{job.instance_id}"
+    same_instance = [j for j in same_source if j.instance_id == job.instance_id]
+    if len({j.params for j in same_instance}) > 1:
+        key += "?" + "&".join(f"{name}={value}" for name, value in job.params)
+    if len(key) > 128:  # what the database keeps of a key: cut, told apart by a hash
+        import hashlib
+
+        key = f"{key[:115]}~{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return key
 
 
 def _job_where(label: str, index: int, job_id: str) -> str:

@@ -167,13 +167,21 @@ class WatchedJob:
     # Values for an http-json source's url placeholders, beside {job_id}.
     params: tuple[tuple[str, str], ...] = ()
     index: int | None = None
+    # The id the upstream knows the job by, when ``id`` is not it: ``id`` is then the
+    # job's key, "source/id" (with "@instance" and "?k=v" as needed), because another
+    # configured job has the same id in another source, instance or namespace.
+    remote: str | None = None
+
+    @property
+    def upstream_id(self) -> str:
+        return self.remote if self.remote is not None else self.id
 
     @property
     def where(self) -> str:
         """Where the job is registered: ``drop-in.toml: jobs[0] (id 'backup')``."""
         if self.index is None:
             return self.origin
-        return f"{self.origin}: jobs[{self.index}] (id {self.id!r})"
+        return f"{self.origin}: jobs[{self.index}] (id {self.upstream_id!r})"
 
 
 @dataclass(frozen=True, slots=True)

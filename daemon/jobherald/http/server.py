@@ -96,10 +96,10 @@ class HttpServer:
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/api/jobs", self._api_jobs)
         self.app.router.add_get("/api/counts", self._api_counts)
-        self.app.router.add_get("/api/jobs/{job_id}/history", self._api_history)
+        self.app.router.add_get("/api/jobs/{job_id:.+}/history", self._api_history)
         self.app.router.add_get("/api/replicas", self._api_replicas)
         self.app.router.add_get("/", self._index)
-        self.app.router.add_get("/jobs/{job_id}", self._job)
+        self.app.router.add_get("/jobs/{job_id:.+}", self._job)
         self.app.router.add_get("/static/{name}", self._static)
         self.pages = pages
         self._runner: web.AppRunner | None = None

@@ -252,7 +252,8 @@ def _digest_line(item: Item, public_url: str | None, body_format: str) -> str:
     else:
         subject = str(job.get("name") or job.get("id"))
         detail = _event_detail(item.kind, job, event)
-        url = f"{public_url}/jobs/{quote(str(job.get('id')), safe='')}" if public_url else None
+        key = str(job.get("key") or job.get("id"))
+        url = f"{public_url}/jobs/{quote(key, safe='')}" if public_url else None
     text = _one_line(f"{subject}: {item.kind}{detail}")
     if url is None:
         return f"- {_escaped(text, body_format)}"

@@ -97,7 +97,8 @@ def event_payload(
             **({"about": about} if about else {}),
         },
         "job": {
-            "id": job.id,
+            "id": job.upstream_id,
+            "key": job.id,
             "name": job.name,
             "source": job.source,
             "instance_id": job.instance_id,
@@ -220,7 +221,9 @@ class Watcher:
 
     async def _sync_jobs(self, jobs: dict[str, WatchedJob]) -> dict[str, JobView]:
         """Register these jobs; their views (those already held, newer than the store's, stay)."""
-        identities = [JobIdentity(j.id, j.name, j.source, j.instance_id) for j in jobs.values()]
+        identities = [
+            JobIdentity(j.id, j.name, j.source, j.instance_id, j.remote) for j in jobs.values()
+        ]
         stored = await self.store.sync_jobs(identities, self.clock())
         return {job_id: self.views.get(job_id) or stored[job_id] for job_id in jobs}
 

@@ -107,7 +107,7 @@ class HttpJson:
     def url_for(self, job: WatchedJob) -> str:
         # Made for each poll (a few microseconds): kept for 100,000 jobs, 20 MB.
         values = {key: quote(value, safe="") for key, value in job.params}
-        values["job_id"] = quote(job.id, safe="")
+        values["job_id"] = quote(job.upstream_id, safe="")
         return self.settings.url.format(**values)
 
     async def poll(self, fetcher: Fetcher, job: WatchedJob) -> Snapshot:

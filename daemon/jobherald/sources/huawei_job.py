@@ -37,7 +37,9 @@ class HuaweiJob(HuaweiApi):
 
     def make_url(self, job: WatchedJob) -> str:
         c = self.config
-        return f"{c.endpoint}/v1/{quote(c.project_id, safe='')}/jobs/{quote(job.id, safe='')}"
+        return (
+            f"{c.endpoint}/v1/{quote(c.project_id, safe='')}/jobs/{quote(job.upstream_id, safe='')}"
+        )
 
     def parse(self, body: Any) -> Snapshot:
         return parse_job(body)

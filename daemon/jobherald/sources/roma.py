@@ -53,7 +53,7 @@ class RomaConnect(HuaweiApi):
         c = self.config
         return (
             f"{c.endpoint}/v2/{quote(c.project_id, safe='')}/instances/"
-            f"{quote(job.instance_id, safe='')}/assets/jobs/{quote(job.id, safe='')}"
+            f"{quote(job.instance_id, safe='')}/assets/jobs/{quote(job.upstream_id, safe='')}"
         )
 
     def parse(self, body: Any) -> Snapshot:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -17,7 +18,16 @@ from jobherald.model import JobView, Outcome, Reason, SourceHealth, State, Trans
 from jobherald.store.archives import insert_archive
 from jobherald.store.base import StoreBase
 from jobherald.store.events import NewEvent, insert_events
-from jobherald.store.schema import UTCDateTime, jobs, source_health, transitions
+from jobherald.store.schema import (
+    UTCDateTime,
+    archives,
+    events,
+    jobs,
+    source_health,
+    transitions,
+)
+
+log = logging.getLogger(__name__)
 
 # Polls that end together are written in one transaction of at most this many.
 GROUP_COMMIT = 500
@@ -81,6 +91,8 @@ class JobIdentity:
     name: str
     source: str
     instance_id: str
+    # The id the upstream knows, when ``id`` is a key (see WatchedJob.remote).
+    remote: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +182,7 @@ _UPDATE_IDENTITY = (
         source=sa.bindparam("source"),
         instance_id=sa.bindparam("instance_id"),
         configured=sa.bindparam("configured"),
+        remote_id=sa.bindparam("remote"),
     )
 )
 
@@ -197,26 +210,41 @@ class Jobs(StoreBase):
         One read of the jobs table, one insert of the new jobs and one update of the
         jobs whose name, source or instance changed (or that left the config). Two
         replicas registering the same new job together: the second one's insert
-        skips it (PostgreSQL's ON CONFLICT DO NOTHING).
+        skips it (PostgreSQL's ON CONFLICT DO NOTHING). A job whose key changed (a
+        second job with its id came, or went) keeps its row and history: a row of the
+        same upstream id, source and instance that no configured job has is moved to
+        the new key.
         """
         wanted = {j.id: j for j in watched}
         async with self._writing() as conn:
             views: dict[str, JobView] = {}
             changes: list[dict[str, Any]] = []
+            # Rows no configured job has, by what they are upstream: a key may move there.
+            loose: dict[tuple[str, str, str], list[str]] = {}
             n = len(VIEW_FIELDS)
             query = sa.select(
-                *JOB_COLUMNS[:n], jobs.c.name, jobs.c.source, jobs.c.instance_id, jobs.c.configured
+                *JOB_COLUMNS[:n],
+                jobs.c.name,
+                jobs.c.source,
+                jobs.c.instance_id,
+                jobs.c.configured,
+                jobs.c.remote_id,
             )
             for row in await conn.execute(query):
                 view = views[row[0]] = view_of(row)
                 j = wanted.get(view.id)
-                stored = (row[n], row[n + 1], row[n + 2], bool(row[n + 3]))
+                stored = (row[n], row[n + 1], row[n + 2], bool(row[n + 3]), row[n + 4])
+                if j is None:
+                    upstream = row[n + 4] or view.id
+                    loose.setdefault((upstream, row[n + 1], row[n + 2]), []).append(view.id)
                 # A job that left the config keeps its identity and is marked unconfigured.
                 now_is = (
-                    (*stored[:3], False) if j is None else (j.name, j.source, j.instance_id, True)
+                    (*stored[:3], False, stored[4])
+                    if j is None
+                    else (j.name, j.source, j.instance_id, True, j.remote)
                 )
                 if now_is != stored:
-                    name, source, instance_id, configured = now_is
+                    name, source, instance_id, configured, remote = now_is
                     changes.append(
                         {
                             "key": view.id,
@@ -224,9 +252,12 @@ class Jobs(StoreBase):
                             "source": source,
                             "instance_id": instance_id,
                             "configured": configured,
+                            "remote": remote,
                         }
                     )
             new = [j for j in watched if j.id not in views]
+            moved = await self._move_keys(conn, new, loose, views)
+            new = [j for j in new if j.id not in moved]
             if new:
                 insert: Any = sa.insert(jobs)
                 if self.shared:
@@ -241,6 +272,7 @@ class Jobs(StoreBase):
                             "name": j.name,
                             "source": j.source,
                             "instance_id": j.instance_id,
+                            "remote_id": j.remote,
                             "configured": True,
                             "state": State.PENDING.value,
                             "created_at": now,
@@ -250,9 +282,40 @@ class Jobs(StoreBase):
                     ],
                 )
                 views.update((j.id, JobView(id=j.id)) for j in new)
+            changes = [c for c in changes if c["key"] not in moved.values()]
             if changes:
                 await conn.execute(_UPDATE_IDENTITY, changes)
             return views
+
+    async def _move_keys(
+        self,
+        conn: AsyncConnection,
+        new: Sequence[JobIdentity],
+        loose: dict[tuple[str, str, str], list[str]],
+        views: dict[str, JobView],
+    ) -> dict[str, str]:
+        """Move loose rows (and their history) to the new keys of the same jobs; return
+        new key -> old key of each moved."""
+        moved: dict[str, str] = {}
+        for j in new:
+            olds = loose.get((j.remote or j.id, j.source, j.instance_id))
+            if not olds:
+                continue
+            old = olds.pop(0)
+            row = (await conn.execute(sa.select(jobs).where(jobs.c.id == old))).one()._asdict()
+            row.update(id=j.id, name=j.name, remote_id=j.remote, configured=True)
+            # A copy under the new key, the history moved to it, then the old row gone:
+            # no foreign key ever points nowhere.
+            await conn.execute(sa.insert(jobs).values(row))
+            for table in (transitions, events, archives):
+                await conn.execute(
+                    sa.update(table).where(table.c.job_id == old).values(job_id=j.id)
+                )
+            await conn.execute(sa.delete(jobs).where(jobs.c.id == old))
+            views[j.id] = replace(views.pop(old), id=j.id)
+            moved[j.id] = old
+            log.info("job %s is now known as %s (another job has its id)", old, j.id)
+        return moved
 
     async def views(self, job_ids: Iterable[str] | None = None) -> dict[str, JobView]:
         """The stored views of these jobs (all of them when None), as they are now."""
@@ -555,6 +618,17 @@ class Jobs(StoreBase):
                 for row in await conn.execute(query):
                     out.setdefault(row.job_id, []).append((row.at, row.progress))
         return out
+
+    async def answering_to(self, given: str) -> list[tuple[str, str, str]]:
+        """(key, upstream id, source) of the stored jobs that ``given`` may name: by key,
+        by upstream id, or as ``source/id``."""
+        names = {given, given.rpartition("/")[2]}
+        query = sa.select(jobs.c.id, jobs.c.remote_id, jobs.c.source).where(
+            sa.or_(jobs.c.id.in_(names), jobs.c.remote_id.in_(names))
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row.id, row.remote_id or row.id, row.source) for row in rows]
 
     async def history(self, job_id: str) -> list[sa.Row[Any]]:
         async with self.engine.connect() as conn:

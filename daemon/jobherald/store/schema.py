@@ -70,11 +70,15 @@ jobs = sa.Table(
     # Raised by every write of the job's state: replicas change a job only from the
     # version they read (compare-and-set), so one flip is written once.
     sa.Column("version", sa.Integer, nullable=False, default=0, server_default="0"),
+    # The id the upstream knows the job by, when the key (id) is not it: two configured
+    # jobs with one id (two namespaces, two instances) are stored as "source/id...".
+    sa.Column("remote_id", sa.Text),
     # Listings filter by state or source and sort by name (then id) in the database.
     sa.Index("ix_jobs_state_name", "state", "name", "id"),
     sa.Index("ix_jobs_source_name", "source", "name", "id"),
     sa.Index("ix_jobs_name", "name", "id"),
     sa.Index("ix_jobs_created", "created_at", "id"),
+    sa.Index("ix_jobs_remote", "remote_id"),
 )
 
 source_health = sa.Table(
@@ -198,7 +202,7 @@ def migrations_path() -> Path:
 
 
 # The newest revision under migrations/ (a test keeps the two the same).
-SCHEMA_HEAD = "0010"
+SCHEMA_HEAD = "0011"
 
 
 def alembic_config() -> Any:

@@ -22,15 +22,15 @@
   }
   function row(job) {
     var tr = document.createElement("tr");
-    tr.setAttribute("data-id", job.id);
+    tr.setAttribute("data-id", job.key);
     tr.className = "state-" + job.status;
     var name = cell("Job");
     var a = document.createElement("a");
-    a.href = "/jobs/" + encodeURIComponent(job.id);
+    a.href = "/jobs/" + encodeURIComponent(job.key);
     a.textContent = job.name;
     var id = document.createElement("small");
     id.className = "muted";
-    id.textContent = job.id;
+    id.textContent = job.key;
     name.append(a, document.createElement("br"), id);
     var source = cell("Source");
     source.textContent = job.source;
