@@ -61,6 +61,7 @@ SYSTEM_PYTHON ?= /usr/bin/python3.11
 PREFIX ?= /opt/jobherald
 UNITDIR ?= /etc/systemd/system
 CONFDIR ?= /etc/jobherald
+SYSUSERSDIR ?= /usr/lib/sysusers.d
 
 .PHONY: install uninstall
 install:
@@ -72,18 +73,25 @@ install:
 	install -d -m 0755 /usr/local/bin
 	ln -sf $(PREFIX)/bin/jobherald /usr/local/bin/jobherald
 	install -D -m 0644 systemd/jobherald.service $(UNITDIR)/jobherald.service
+	install -D -m 0644 systemd/jobherald.sysusers $(SYSUSERSDIR)/jobherald.conf
+	if command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERSDIR)/jobherald.conf; \
+	elif ! getent passwd jobherald >/dev/null; then \
+	  useradd --system --user-group --home-dir /var/lib/jobherald --no-create-home \
+	    --shell /usr/sbin/nologin jobherald; fi
 	install -d -m 0755 $(CONFDIR) $(CONFDIR)/jobs.d
-	test -e $(CONFDIR)/config.toml || install -m 0644 config.example.toml $(CONFDIR)/config.toml
+	test -e $(CONFDIR)/config.toml || install -m 0640 config.example.toml $(CONFDIR)/config.toml
+	chown root:jobherald $(CONFDIR)/config.toml
+	chmod 0640 $(CONFDIR)/config.toml
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed; edit $(CONFDIR)/config.toml, then: systemctl enable --now jobherald"
 
 uninstall:
 	@test "$$(id -u)" = 0 || { echo "make uninstall: run it as root" >&2; exit 1; }
 	if [ -d /run/systemd/system ]; then systemctl disable --now jobherald.service || true; fi
-	rm -f $(UNITDIR)/jobherald.service /usr/local/bin/jobherald
+	rm -f $(UNITDIR)/jobherald.service /usr/local/bin/jobherald $(SYSUSERSDIR)/jobherald.conf
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	@echo "uninstalled; $(CONFDIR) and /var/lib/private/jobherald are kept (remove them by hand)"
+	@echo "uninstalled; $(CONFDIR), /var/lib/private/jobherald and the jobherald user are kept (remove them by hand)"
 
 # BEFORE=REF also measures the overhead of commit REF, side by side in the same run.
 .PHONY: bench

@@ -176,6 +176,9 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
     sim.add(SimJob("c", [running(0.4), succeeded()]))
     await systemd.run("make", "-C", "/run/jobherald-src", "install", timeout=400)
     unit = "/etc/systemd/system/jobherald.service"
+    # The config may hold secrets: the service's group reads it, nobody else.
+    _, out = await systemd.run("stat", "-c", "%a %U:%G", "/etc/jobherald/config.toml")
+    assert out.strip() == "640 root:jobherald", out
 
     code, out = await systemd.run("systemd-analyze", "verify", unit, check=False)
     assert (code, out) == (0, ""), out
