@@ -161,3 +161,22 @@ async def test_a_run_slower_than_earlier_runs_of_its_name_is_stalled_once(
     eta = datetime.fromisoformat(rows["tue"]["eta"].replace("Z", "+00:00"))
     # 40 % in 25 minutes: about 37 more minutes at that pace.
     assert timedelta(minutes=30) < eta - now < timedelta(minutes=45)
+
+
+def test_the_demos_etas_fit_the_demos_pace() -> None:
+    from jobherald.demo import demo_jobs
+
+    interval = 1.0
+    for name, job, _ in demo_jobs(interval):
+        start = datetime.now(UTC)
+        samples = [(job.begin_time, 0.0)]
+        end = job.begin_time + job.duration
+        for k, answer in enumerate(job.script):
+            at = start + timedelta(seconds=k * interval)
+            if answer.status not in ("RUNNING", "Running") or answer.progress is None:
+                continue
+            samples.append((at, answer.progress))
+            eta = estimate_eta(samples, at)
+            if eta is not None:  # never hours ahead of a show that lasts seconds
+                assert eta - end < timedelta(seconds=5 * interval), (name, k, eta - end)
+        assert job.duration < timedelta(seconds=30), name

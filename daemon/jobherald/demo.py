@@ -30,7 +30,7 @@ def _register_plugin() -> None:
         return True
 
 
-def demo_jobs() -> list[tuple[str, SimJob, str]]:
+def demo_jobs(interval: float = 1.0) -> list[tuple[str, SimJob, str]]:
     """(name, simulated job, source) of each demo job."""
     now = datetime.now(UTC)
     export_steps: list[Answer] = [running(p / 10) for p in range(1, 9)] + [succeeded()]
@@ -44,6 +44,14 @@ def demo_jobs() -> list[tuple[str, SimJob, str]]:
     slow_steps: list[Answer] = [running(p / 40, "Running") for p in range(0, 40, 2)]
     slow_steps.append(succeeded("Success"))
     servers_steps: list[Answer] = [running(p / 4) for p in range(0, 4)] + [succeeded()]
+
+    def paced(polls_before: int, steps: list[Answer]) -> dict[str, Any]:
+        # Begun and lasting as the show goes (a poll a step): ETAs and durations fit it.
+        return {
+            "begin_time": now - timedelta(seconds=interval * polls_before),
+            "duration": timedelta(seconds=interval * (polls_before + len(steps))),
+        }
+
     return [
         (
             "nightly export",
@@ -52,7 +60,7 @@ def demo_jobs() -> list[tuple[str, SimJob, str]]:
                 script=export_steps,
                 type="exportAsset",
                 archive_id="ff8080814dbd65d7014dbe0d84db0014",
-                begin_time=now - timedelta(minutes=12),
+                **paced(1, export_steps),
             ),
             "demo",
         ),
@@ -76,8 +84,7 @@ def demo_jobs() -> list[tuple[str, SimJob, str]]:
                         "error_msg": "The data source of the task does not exist.",
                     },
                 ],
-                begin_time=now - timedelta(minutes=2),
-                duration=timedelta(minutes=2, seconds=40),
+                **paced(1, import_steps),
             ),
             "demo",
         ),
@@ -88,8 +95,7 @@ def demo_jobs() -> list[tuple[str, SimJob, str]]:
                 script=slow_steps,
                 type="exportAsset",
                 archive_id="ff8080814dbd65d7014dbe0d84db0036",
-                begin_time=now - timedelta(hours=1),
-                duration=timedelta(hours=1, minutes=3),
+                **paced(0, slow_steps),
             ),
             "demo",
         ),
@@ -100,8 +106,7 @@ def demo_jobs() -> list[tuple[str, SimJob, str]]:
                 script=servers_steps,
                 type="createServers",
                 sub_jobs_total=4,
-                begin_time=now - timedelta(minutes=1),
-                duration=timedelta(minutes=1, seconds=30),
+                **paced(0, servers_steps),
             ),
             "ecs",
         ),
@@ -232,7 +237,7 @@ async def run_demo(speed: float = 1.0) -> int:
     console = Console()
     interval = max(0.2, 1.0 / max(speed, 0.01))
     sim = Simulator()
-    jobs = demo_jobs()
+    jobs = demo_jobs(interval)
     for _, job, _ in jobs:
         sim.add(job)
     url = await sim.start()
