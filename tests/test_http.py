@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -457,45 +458,57 @@ async def test_malformed_requests_are_one_line_at_most_a_minute(served: Served) 
     assert "WARNING" in lines[0] and "Invalid char in url path" in lines[0]
 
 
-async def test_slow_heads_are_closed_and_connections_past_the_cap_refused(
+async def test_a_flood_of_slow_request_heads_holds_no_descriptors_nor_health_polls_or_reloads(
     sim: Simulator, configs: ConfigWriter
 ) -> None:
     sim.add(SimJob("slow", [running(0.1)]))
     port = free_port()
     configs.extra = [
-        http_section(port, token=None) + 'header_timeout = "1s"\nmax_connections = 4\n'
+        http_section(port, token=None) + 'header_timeout = "2s"\nmax_connections = 64\n'
     ]
     config = configs.write(["slow"], daemon={"poll_interval": "300ms"})
     log = configs.folder / "daemon.log"
     proc = await spawn_daemon(config, log)
     base = f"http://127.0.0.1:{port}"
-    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    opened: list[asyncio.StreamWriter] = []
     try:
         await wait_for(lambda: "watching 1 job" in _read(log), 30, "the daemon")
         async with aiohttp.ClientSession() as http:  # one kept-alive client, two requests
             for _ in range(2):
                 async with http.get(f"{base}/healthz") as answer:
                     assert answer.status == 200
-        for _ in range(4):  # a request head that never ends, a line now and then
+        descriptors = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        first = None
+        for _ in range(2000):  # request heads that never end
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nX-Slow: 1\r\n")
-            await writer.drain()
-            opened.append((reader, writer))
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        # The fifth is closed at once, before it could say anything.
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
-        for reader, writer in opened:  # the slow ones: closed once header_timeout passed
-            writer.write(b"X-Slower: 2\r\n")
-            assert await asyncio.wait_for(reader.read(), 10) == b""
-        status, text, _ = await get(f"{base}/healthz")  # the door is open again
+            opened.append(writer)
+            first = first or reader
+        assert first is not None
+        # The longest-waiting ones made room for the newer: the first is closed already.
+        assert await asyncio.wait_for(first.read(), 5) == b""
+        held = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        assert held <= descriptors + 64 + 8, (descriptors, held)
+        # Health answers, polls go on and a reload works, all during the flood.
+        status, text, _ = await get(f"{base}/healthz")
         assert (status, text) == (200, "ok\n")
+        polled = sim.polls("slow")
+        await wait_for(lambda: sim.polls("slow") >= polled + 2, 10, "polls during the flood")
+        proc.send_signal(signal.SIGHUP)
+        await wait_for(lambda: "reloaded" in _read(log), 10, "a reload during the flood")
+        # Past header_timeout, the slow ones left are closed too.
+        await wait_for(
+            lambda: len(os.listdir(f"/proc/{proc.pid}/fd")) <= descriptors + 2,
+            15,
+            "the slow connections closed",
+        )
     finally:
-        for _, writer in opened:
+        for writer in opened:
             writer.close()
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 20)
     logged = _read(log)
-    assert "refused a connection: 4 open already" in logged
-    assert "closed a connection that sent no whole request in 1 s" in logged
-    assert "Traceback" not in logged
+    assert "64 connections open: closed the one waiting longest for its request" in logged
+    assert "closed a connection that sent no whole request in 2 s" in logged
+    assert len([ln for ln in logged.splitlines() if "http: " in ln]) <= 4, "a line a minute"
+    assert "Traceback" not in logged and "Too many open files" not in logged

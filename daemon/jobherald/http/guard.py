@@ -5,8 +5,10 @@ aiohttp times out neither a client that sends its headers a byte at a time nor o
 opens thousands of connections and sends nothing: each holds a file descriptor for as
 long as it likes, and enough of them leave the daemon none for its polls, its database
 or a reload. Every connection the listener accepts passes through a ``Door``: past
-``max_connections`` it is closed at once, and a connection that has not sent a whole
-request head ``header_timeout`` after it opened (or after its last answer) is closed.
+``max_connections`` the connection waiting longest for its request head is closed to
+make room (the newcomer is refused when none waits), and a connection that has not sent
+a whole request head ``header_timeout`` after it opened (or after its last answer) is
+closed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ class Door:
         self.max_connections = max_connections
         self.open = 0
         self.refused = 0
+        self.evicted = 0
         self.timed_out = 0
+        # Connections waiting for a request head, the longest-waiting first.
+        self._waiting: dict[_Guarded, None] = {}
         self._by_handler: dict[object, _Guarded] = {}
         # Per kind of line: when it was last logged, and how many were not since.
         self._logged: dict[str, tuple[float, int]] = {}
@@ -76,10 +81,22 @@ class _Guarded(asyncio.Protocol):
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         door, transport = self.door, cast(asyncio.Transport, base)
         if door.open >= door.max_connections:
-            door.refused += 1
-            door._note("refused", f"refused a connection: {door.max_connections} open already")
-            transport.close()
-            return
+            # Full: the connection waiting longest for its request head makes room (a
+            # flood of slow clients cannot keep a health check out); when every one is
+            # being answered, the newcomer is refused.
+            oldest = next(iter(door._waiting), None)
+            if oldest is None:
+                door.refused += 1
+                door._note("refused", f"refused a connection: {door.max_connections} open already")
+                transport.close()
+                return
+            door.evicted += 1
+            door._note(
+                "evicted",
+                f"{door.max_connections} connections open: closed the one waiting longest "
+                "for its request",
+            )
+            oldest.close()
         door.open += 1
         door._by_handler[self.inner] = self
         self.admitted = True
@@ -93,11 +110,26 @@ class _Guarded(asyncio.Protocol):
         if self.transport is not None:
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(self.door.header_timeout, self._expired)
+            self.door._waiting[self] = None
 
     def disarm(self) -> None:
+        self.door._waiting.pop(self, None)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def close(self) -> None:
+        """Closed to make room: counted out at once (its connection_lost comes later)."""
+        self.disarm()
+        if self.transport is not None:
+            self.transport.close()
+        self._leave()
+
+    def _leave(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.door.open -= 1
+            self.door._by_handler.pop(self.inner, None)
 
     def _expired(self) -> None:
         self.timer = None
@@ -127,13 +159,11 @@ class _Guarded(asyncio.Protocol):
         self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.admitted:
-            return
-        self.admitted = False
+        if self.transport is None:
+            return  # refused: aiohttp never saw it
         self.disarm()
         self.transport = None
-        self.door.open -= 1
-        self.door._by_handler.pop(self.inner, None)
+        self._leave()
         self.inner.connection_lost(exc)
 
     def __getattr__(self, name: str) -> Any:  # what aiohttp asks of its own handler
