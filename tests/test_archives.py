@@ -437,14 +437,15 @@ async def test_a_trickling_download_holds_up_no_other_and_ends_at_archive_timeou
     sim.trickling_archives["arch-slow"] = 0.2  # a byte every 0.2 s: 7 minutes for it all
     sim.add(SimJob("slow", [succeeded()], archive_id="arch-slow"))
     sim.add(SimJob("later", [running(0.5), running(0.6), succeeded()], archive_id="arch-later"))
+    sim.add(SimJob("other", [running(0.5), succeeded()], archive_id="arch-other"))
     source = {"archive_dir": str(archive_dir), "archive_timeout": "4s"}
     settings = {"include": ["jobs.d/*.toml"], "poll_interval": "300ms"}
     config = configs.write([], daemon=settings, source=source)
-    write_jobs(configs, "slow", "later")
+    write_jobs(configs, "slow", "later", "other")
     await daemons.start()
-    # The export that succeeded later is kept while the first one still trickles.
-    await wait_for(lambda: len(archived(receiver)) == 1, 30, "the later archive")
-    assert archived(receiver)[0]["title"] == "later archived"
+    # The exports that succeeded later are kept while the first one still trickles.
+    await wait_for(lambda: len(archived(receiver)) == 2, 30, "the two later archives")
+    assert sorted(m["title"] for m in archived(receiver)) == ["later archived", "other archived"]
     assert (archive_dir / ".slow-arch-slow.zip.part").exists(), "the slow one is under way"
     await wait_for(lambda: "archive_timeout" in daemons.output(), 30, "the slow one given up")
     assert "the download took longer than archive_timeout (4s): given up" in daemons.output()
