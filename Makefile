@@ -46,6 +46,11 @@ system-packages:
 test: system-packages lint
 	$(BIN)/pytest
 
+# What needs no PostgreSQL, systemd, Chromium or Prometheus, nor the soak: a quick loop.
+.PHONY: test-quick
+test-quick: $(VENV)/.installed-test
+	$(BIN)/pytest -q -m "not postgres and not systemd and not browser and not prometheus and not slow"
+
 # 100 kill -9 cycles while jobs finish: prints lost and repeated events (expected 0
 # outside the in-flight window); `make test` runs 10 of them.
 soak: $(VENV)/.installed-test

@@ -401,3 +401,39 @@ async def postgres(postgres_server: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+# -- markers: what a test needs beyond Python, and the quick loop ------------------------
+
+# Modules whose every test needs a system part (or runs for long): `make test-quick`
+# leaves them out; `make test` runs everything.
+_MODULE_NEEDS = {
+    "test_systemd": "systemd",
+    "test_browser": "browser",
+    "test_chaos": "slow",
+    "test_soak": "slow",
+    "test_postgres": "postgres",
+}
+_TEST_NEEDS = {"test_metrics_follow_the_exposition_format_and_survive_a_reload": "prometheus"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, what in (
+        ("postgres", "a real PostgreSQL server"),
+        ("systemd", "a real systemd, booted in namespaces of its own"),
+        ("browser", "Chromium, driven by Playwright"),
+        ("prometheus", "promtool, Prometheus' own checker"),
+        ("slow", "many daemon restarts (soak and chaos)"),
+    ):
+        config.addinivalue_line("markers", f"{name}: needs {what}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        needs = {_MODULE_NEEDS.get(module), _TEST_NEEDS.get(getattr(item, "originalname", ""))}
+        if "postgres" in getattr(item, "fixturenames", ()):
+            needs.add("postgres")
+        for need in needs - {None}:
+            assert need is not None
+            item.add_marker(getattr(pytest.mark, need))

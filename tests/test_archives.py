@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from jobherald.config.paths import unit_problem
-from jobherald.schedule.archiver import ArchiveProblem, Transfer, archive_file_name
+from jobherald.errors import ArchiveProblem
+from jobherald.schedule.archiver import Transfer, archive_file_name
 from jobherald.simulator import SimJob, Simulator, make_archive, running, succeeded
 from tests.conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
 

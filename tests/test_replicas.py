@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import math
+import os
 import re
 import signal
 import statistics
@@ -418,6 +419,8 @@ def test_the_lock_file_is_beside_the_database(tmp_path: Path) -> None:
     lock = DatabaseLock(tmp_path / "jh.db")
     lock.acquire("a test")
     try:
+        assert [p.name for p in tmp_path.iterdir()] == ["jh.db.lock"]  # beside the database
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()  # who holds it
         other = DatabaseLock(tmp_path / "jh.db")
         with pytest.raises(Exception, match=r"jh\.db is in use by a test on host \S+ \(pid \d+\)"):
             other.acquire("another")
@@ -426,6 +429,7 @@ def test_the_lock_file_is_beside_the_database(tmp_path: Path) -> None:
     again = DatabaseLock(tmp_path / "jh.db")
     again.acquire("after release")
     again.release()
+    assert again.path == tmp_path / "jh.db.lock"
 
 
 # -- the parts, in one process ---------------------------------------------------------

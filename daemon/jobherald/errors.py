@@ -111,3 +111,21 @@ class FetchError(JobheraldError):
         if self.request_id:
             return f"{self.summary} (request {self.request_id})"
         return self.summary
+
+
+class TemplateProblem(JobheraldError, ValueError):
+    """A template that does not compile or does not render."""
+
+
+class ArchiveProblem(JobheraldError):
+    """A download that arrived but is not a whole archive, or may not be kept."""
+
+    # It cost a transfer (or would again): retried after a minute at the soonest.
+    costly = True
+
+
+class UntrustedFile(ArchiveProblem):
+    """A symlink, or anything but a regular file, where an archive goes: never followed,
+    never kept; said at once (an error event), not after error_after."""
+
+    costly = False

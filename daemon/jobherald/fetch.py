@@ -33,6 +33,7 @@ from tenacity.stop import stop_base
 
 from jobherald import __version__
 from jobherald.errors import FetchError
+from jobherald.timing import backoff
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +276,9 @@ class Fetcher:
 
     def _backoff(self, attempt: int) -> float:
         policy = self.policy
-        base = min(policy.backoff * 2 ** (attempt - 1), policy.max_backoff)
-        return float(base + random.uniform(0, policy.backoff))
+        return backoff(policy.backoff, policy.max_backoff, attempt) + random.uniform(
+            0, policy.backoff
+        )
 
     def _wait(self, state: RetryCallState) -> float:
         wait = _retry_after_of(state)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from jobherald.timing import backoff
+
 
 class State(enum.StrEnum):
     PENDING = "pending"
@@ -522,8 +524,7 @@ def backoff_interval(base: float, failures: int) -> float:
     """
     if failures <= 0:
         return base
-    cap = max(base, min(base * 10.0, 600.0))
-    return float(min(base * (2.0 ** min(failures, 20)), cap))
+    return backoff(2.0 * base, max(base, min(base * 10.0, 600.0)), failures)
 
 
 def _at(value: datetime | None) -> str:

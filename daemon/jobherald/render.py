@@ -31,10 +31,6 @@ START_TIMEOUT = 30.0
 Job = tuple[str, str, str, Mapping[str, Any]]
 
 
-class RenderTimeout(Exception):
-    """The child did not finish within its budget (it has been killed)."""
-
-
 class Renderer:
     """The child process, started on first use; thread-safe (one batch at a time)."""
 
@@ -105,6 +101,25 @@ def shared() -> Renderer:
         if _shared is None:
             _shared = Renderer()
         return _shared
+
+
+def check_template(text: str, *, digest: bool = False) -> str | None:
+    """None when the template compiles and renders every sample event (with ``digest``:
+    sample digests of 1, 5 and 200 events) within the render budget (in the render
+    process: a template that hangs or recurses is refused), else why not."""
+    from jobherald import templates  # Jinja2 only when a notifier has templates
+
+    if digest:
+        jobs = [(text, templates.DIGEST, "", payload) for payload in templates.digest_samples()]
+    else:
+        jobs = [
+            (text, kind, templates.SAMPLE_EVENT_ID, payload)
+            for kind, payload in templates.samples()
+        ]
+    for ok, why in shared().render(jobs):
+        if not ok:
+            return f"{why} on a sample event" if why.endswith("stopped") else why
+    return None
 
 
 def _serve(conn: Connection) -> None:  # pragma: no cover (runs in the child)

@@ -7,17 +7,13 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from jobherald.timing import iso
+
 if TYPE_CHECKING:
     from jobherald.config import Config, WatchedJob
     from jobherald.store import JobFilter, Store
 
 TERMINAL = ("succeeded", "failed", "lost")
-
-
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def archive_fields(row: Any) -> dict[str, Any]:

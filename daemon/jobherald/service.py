@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.engine import make_url
 
@@ -31,9 +31,23 @@ from jobherald.schedule.queue import Entry
 from jobherald.schedule.replicas import Replica
 from jobherald.store import DatabaseLock, Store
 from jobherald.store.schema import shown_url
+from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)
 
+# What a reload cannot change in a running daemon: kept until the next restart (said so).
+RESTART_ONLY = (
+    "database_url",
+    "concurrency",
+    "host_concurrency",
+    "retries",
+    "event_loop",
+    "replica",
+    "lease",
+    "http",
+    "heartbeat_url",
+    "heartbeat_every",
+)
 # Poll times of polls that changed nothing are written this often (and at shutdown).
 FLUSH_EVERY = 300.0
 REMIND_EVERY = 60.0
@@ -142,14 +156,10 @@ class SystemdNotifier:
             self._socket = None
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Daemon:
     """jobherald's parts wired together; ``run_once`` for one pass, ``run`` until stopped."""
 
-    def __init__(self, config: Config, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow) -> None:
         self.config = config
         self.clock = clock
         self.stopping = asyncio.Event()
@@ -451,33 +461,10 @@ class Daemon:
             log.error("reload refused: still running the previous configuration")
             self.systemd.send("READY=1", f"STATUS=reload refused; {self._status(watcher)}")
             return
-        for key in (
-            "database_url",
-            "concurrency",
-            "host_concurrency",
-            "retries",
-            "event_loop",
-            "replica",
-            "lease",
-            "http",
-            "heartbeat_url",
-            "heartbeat_every",
-        ):
+        for key in RESTART_ONLY:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: a change of %s takes effect at the next restart", key)
-        new = replace(
-            new,
-            database_url=old.database_url,
-            concurrency=old.concurrency,
-            host_concurrency=old.host_concurrency,
-            retries=old.retries,
-            event_loop=old.event_loop,
-            replica=old.replica,
-            lease=old.lease,
-            http=old.http,
-            heartbeat_url=old.heartbeat_url,
-            heartbeat_every=old.heartbeat_every,
-        )
+        new = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
         try:  # registering the jobs in the database first: when it fails, nothing changed
             changed, removed = await watcher.reconfigure(new)
         except Exception as exc:

@@ -23,6 +23,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from jobherald.errors import TemplateProblem
 from jobherald.model import MAX_REASONS
 
 FORMATS = ("text", "markdown", "html")
@@ -51,10 +52,6 @@ JOB_FIELDS = (
     "eta",
     "typical_duration",
 )
-
-
-class TemplateProblem(ValueError):
-    """A template that does not compile or does not render."""
 
 
 # The most a ``*`` may make (a text, a list) and the largest exponent of ``**``: beyond
@@ -283,19 +280,3 @@ def digest_samples() -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def check(text: str, *, digest: bool = False) -> str | None:
-    """None when the template compiles and renders every sample event (with ``digest``:
-    sample digests of 1, 5 and 200 events) within the render budget (in the render
-    process: a template that hangs or recurses is refused), else why not."""
-    from jobherald import render as render_module
-
-    if digest:
-        jobs = [(text, DIGEST, "", payload) for payload in digest_samples()]
-    else:
-        jobs = [(text, kind, SAMPLE_EVENT_ID, payload) for kind, payload in samples()]
-    for ok, why in render_module.shared().render(jobs):
-        if not ok:
-            return f"{why} on a sample event" if why.endswith("stopped") else why
-    return None

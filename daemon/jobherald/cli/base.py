@@ -118,12 +118,6 @@ config_option = click.option(
 )
 
 
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
 @click.version_option(package_name="jobherald")

@@ -13,12 +13,12 @@ from jobherald.cli.base import (
     cli,
     config_option,
     fail,
-    iso,
     load_config,
     print_table,
     run_async,
     with_store,
 )
+from jobherald.timing import iso
 
 if TYPE_CHECKING:
     pass

@@ -364,7 +364,7 @@ def _describe(err: Any, label: str, raw: dict[str, Any] | None = None) -> str:
         message = f"required key 'method' is missing ({', '.join(methods)})"
     else:
         message = str(err["msg"]).removeprefix("Value error, ")
-        if kind == "literal_error" and loc and loc[-2:-1] == ["on"]:
+        if kind in ("literal_error", "enum") and loc and loc[-2:-1] == ["on"]:
             message = f"unknown event {err.get('input')!r} (known: {', '.join(EVENTS)})"
         elif kind.endswith(("_type", "_parsing")) or kind == "literal_error":
             message += _given(err, loc)
@@ -503,9 +503,9 @@ def _resolve_notifier(
         text = getattr(section, key)
         if text is None:
             continue
-        from jobherald import templates  # Jinja2 only when a notifier has templates
+        from jobherald.render import check_template
 
-        if (why := templates.check(text, digest=key.startswith("digest_"))) is not None:
+        if (why := check_template(text, digest=key.startswith("digest_"))) is not None:
             problems.append(f"{where}.{key}: {why}")
     return Notifier(
         name=name,

@@ -139,17 +139,17 @@ class Notifier:
     digest_title: str | None = None
     digest_body: str | None = None
 
-    def hears(self, kind: str, job_id: str, job_name: str, source: str) -> bool:
-        """Whether this notifier wants this event about this job."""
+    def hears(self, kind: str, source: str, job: WatchedJob | None = None) -> bool:
+        """Whether this notifier wants this event of this source, about this job (None:
+        an event of the source itself, which every notifier of the source hears, whatever
+        its ``jobs`` patterns). The one place routing is decided."""
         if kind not in self.on:
             return False
         if self.sources is not None and source not in self.sources:
             return False
-        if self.jobs is not None:
-            return any(
-                fnmatch.fnmatchcase(job_name, p) or fnmatch.fnmatchcase(job_id, p)
-                for p in self.jobs
-            )
+        if self.jobs is not None and job is not None:
+            names = {job.name, job.id, job.upstream_id}
+            return any(fnmatch.fnmatchcase(n, p) for p in self.jobs for n in names)
         return True
 
 

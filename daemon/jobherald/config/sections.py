@@ -17,40 +17,15 @@ from pydantic import (
     field_validator,
 )
 
-from jobherald.model import Rules
+from jobherald.model import EventKind, Rules
 
 DEFAULT_CONFIG_PATH = Path("/etc/jobherald/config.toml")
-Event = Literal[
-    "succeeded",
-    "failed",
-    "started",
-    "progress",
-    "stalled",
-    "lost",
-    "error",
-    "recovered",
-    "archived",
-]
-EVENTS: tuple[Event, ...] = (
-    "succeeded",
-    "failed",
-    "started",
-    "progress",
-    "stalled",
-    "lost",
-    "error",
-    "recovered",
-    "archived",
-)
+# The events a notifier may hear: the kinds the model raises, spelled once (EventKind).
+Event = EventKind
+EVENTS: tuple[EventKind, ...] = tuple(EventKind)
 # What a notifier hears when its `on` is not given: the outcomes, and what needs a person.
-DEFAULT_EVENTS: tuple[Event, ...] = (
-    "succeeded",
-    "failed",
-    "stalled",
-    "lost",
-    "error",
-    "recovered",
-    "archived",
+DEFAULT_EVENTS: tuple[EventKind, ...] = tuple(
+    k for k in EventKind if k not in (EventKind.STARTED, EventKind.PROGRESS)
 )
 AUTH_METHODS = ("token", "password", "aksk")
 

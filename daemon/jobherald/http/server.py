@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -26,8 +26,24 @@ from jobherald.errors import ListenError
 from jobherald.http.guard import Door
 
 if TYPE_CHECKING:
-    from jobherald.service import Daemon
-    from jobherald.store import JobFilter
+    from jobherald.config import Config
+    from jobherald.metrics import Metrics
+    from jobherald.schedule.pool import Pool
+    from jobherald.store import JobFilter, Store
+
+
+class Served(Protocol):
+    """What the listener reads of the daemon it serves (and nothing more)."""
+
+    config: Config
+    ready: bool
+    store: Store | None
+    pool: Pool | None
+    metrics: Metrics
+
+    def problem(self) -> str | None:
+        """Why the daemon is not healthy now (None: it is)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +99,7 @@ class MalformedRequests(logging.Filter):
 class HttpServer:
     """Serves one daemon's routes; ``start`` binds (or raises ListenError), ``stop`` closes."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Served) -> None:
         from jobherald.http import pages
 
         self.daemon = daemon

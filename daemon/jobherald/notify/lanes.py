@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from jobherald.aio import PassFailures, first_of
@@ -26,6 +25,7 @@ from jobherald.notify.messages import Item
 from jobherald.notify.sender import Sender
 from jobherald.store import CLAIM_FOR, Claimer, Delivery, Lane, Store
 from jobherald.store.schema import DATABASE_AWAY
+from jobherald.timing import backoff, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,7 @@ FAILED_PAUSE = 5.0
 
 def retry_delay(attempts: int) -> float:
     """Seconds before the next try after ``attempts`` failures: doubling, capped, jittered."""
-    base = min(RETRY_FIRST * (2 ** max(attempts - 1, 0)), RETRY_MAX)
-    return float(base * random.uniform(0.8, 1.2))
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+    return backoff(RETRY_FIRST, RETRY_MAX, attempts, jitter=0.2)
 
 
 def _subject(delivery: Delivery) -> str:
@@ -66,7 +61,7 @@ class Dispatcher:
         self,
         store: Store,
         notifiers: Mapping[str, Notifier],
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         claimer: Callable[[], Claimer | None] | None = None,
         public_url: str | None = None,
     ) -> None:

@@ -19,22 +19,22 @@ import errno
 import hashlib
 import logging
 import os
-import random
 import stat
 import time
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from jobherald.aio import PassFailures, first_of
 from jobherald.config import Source, WatchedJob
-from jobherald.errors import FetchError
+from jobherald.errors import ArchiveProblem, FetchError, UntrustedFile
 from jobherald.model import Event, EventKind, JobView, format_duration
 from jobherald.store import ArchiveClaim, Claimer, Kept, NewEvent
 from jobherald.store.schema import DATABASE_AWAY
+from jobherald.timing import backoff, utcnow
 
 if TYPE_CHECKING:
     from jobherald.schedule.watcher import Watcher
@@ -57,20 +57,6 @@ RATE_WINDOW = 60.0
 FREE_MARGIN = 64 * 2**20
 # "No such archive" this many times in a row: it was downloaded elsewhere, or expired.
 GONE_AFTER = 3
-
-
-class ArchiveProblem(Exception):
-    """A download that arrived but is not a whole archive."""
-
-    # It cost a transfer (or would again): retried after COSTLY_FIRST at the soonest.
-    costly = True
-
-
-class UntrustedFile(ArchiveProblem):
-    """A symlink, or anything but a regular file, where an archive goes: never followed,
-    never kept; said at once (an error event), not after error_after."""
-
-    costly = False
 
 
 class Transfer:
@@ -148,13 +134,7 @@ def archive_file_name(name: str, archive_id: str) -> str:
 def retry_delay(attempts: int, first: float, costly: bool = False) -> float:
     """Seconds before the next try after ``attempts`` failures: ``first`` (at least
     COSTLY_FIRST after a failure that cost a transfer), then doubling, capped, jittered."""
-    first = max(first, COSTLY_FIRST if costly else RETRY_FIRST)
-    base = min(first * 2 ** min(max(attempts - 1, 0), 20), RETRY_MAX)
-    return float(base * random.uniform(0.8, 1.2))
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+    return backoff(max(first, COSTLY_FIRST if costly else RETRY_FIRST), RETRY_MAX, attempts, 0.2)
 
 
 class Archiver:
@@ -164,7 +144,7 @@ class Archiver:
         self,
         watcher: Watcher,
         claimer: Callable[[], Claimer | None],
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.watcher = watcher
         self.store = watcher.store
@@ -454,9 +434,7 @@ class Archiver:
     ) -> list[NewEvent]:
         from jobherald.schedule.watcher import event_payload
 
-        targets = self.watcher.targets_for(
-            job.notify, event.kind.value, job.id, job.name, job.source
-        )
+        targets = self.watcher.targets_for(job.notify, event.kind.value, job.source, job)
         if not targets:
             return []
         advice = (

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from jobherald.config import Config, WatchedJob
@@ -35,12 +35,9 @@ from jobherald.notify import Dispatcher, advice
 from jobherald.schedule.pool import PollResult
 from jobherald.sources import JobSource, make_source
 from jobherald.store import JobIdentity, Kept, NewEvent, Store, Target
+from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -161,7 +158,7 @@ class Watcher:
         store: Store,
         fetcher: Fetcher,
         dispatcher: Dispatcher,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
         self.store = store
@@ -391,7 +388,7 @@ class Watcher:
         source = self.config.sources[job.source]
         new_events = []
         for event in outcome.events:
-            targets = self.targets_for(job.notify, event.kind.value, job.id, job.name, job.source)
+            targets = self.targets_for(job.notify, event.kind.value, job.source, job)
             if not targets:
                 continue  # nobody listens: the transition and the log line are the record
             payload = event_payload(
@@ -522,7 +519,7 @@ class Watcher:
                         "error_since": _iso(health.error_since),
                     },
                 },
-                targets=self.targets_for(listeners, event.kind.value, None, None, name),
+                targets=self.targets_for(listeners, event.kind.value, name),
             )
             for event in events
         ]
@@ -537,27 +534,14 @@ class Watcher:
         return True
 
     def targets_for(
-        self,
-        names: Iterable[str],
-        kind: str,
-        job_id: str | None,
-        job_name: str | None,
-        source: str,
+        self, names: Iterable[str], kind: str, source: str, job: WatchedJob | None = None
     ) -> list[Target]:
         """Every URL of every notifier that hears this event (one delivery each)."""
         notifiers = self.config.notifiers
         targets: list[Target] = []
         for name in names:
             notifier = notifiers.get(name)
-            if notifier is None:
-                continue
-            if job_id is None or job_name is None:
-                wanted = kind in notifier.on and (
-                    notifier.sources is None or source in notifier.sources
-                )
-            else:
-                wanted = notifier.hears(kind, job_id, job_name, source)
-            if wanted:
+            if notifier is not None and notifier.hears(kind, source, job):
                 targets.extend(self.dispatcher.sender.targets(name))
         return targets
 
@@ -589,7 +573,7 @@ class Watcher:
                     sent = last.get((job.id, kind))
                     if sent is None or (now - sent).total_seconds() < notifier.reminder:
                         continue
-                    if not notifier.hears(kind, job.id, job.name, job.source):
+                    if not notifier.hears(kind, job.source, job):
                         continue
                     event = Event(EventKind(kind), f"{_STILL[kind]} (last said {_ago(sent, now)})")
                     payload = event_payload(event, job, view, view, now, None)

@@ -30,6 +30,7 @@ from jobherald.config import (
 from jobherald.errors import FetchError
 from jobherald.fetch import JSON_TYPE, Fetcher, Response
 from jobherald.sources.base import BODY_PREVIEW, load_json, parse_time
+from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ TOKEN_MARGIN = timedelta(minutes=10)
 FAILURE_HOLD = timedelta(seconds=30)
 SIGNING_ALGORITHM = "SDK-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Credentials(Protocol):
@@ -121,7 +118,7 @@ class IamPassword:
     method = "password"
 
     def __init__(
-        self, config: PasswordAuth, *, timeout: float, clock: Callable[[], datetime] = _utcnow
+        self, config: PasswordAuth, *, timeout: float, clock: Callable[[], datetime] = utcnow
     ) -> None:
         self.config = config
         self.timeout = timeout
@@ -231,7 +228,7 @@ class AkSkSigner:
     method = "aksk"
 
     def __init__(
-        self, config: AkSkAuth, project_id: str, clock: Callable[[], datetime] = _utcnow
+        self, config: AkSkAuth, project_id: str, clock: Callable[[], datetime] = utcnow
     ) -> None:
         self.config = config
         self.project_id = project_id
@@ -311,7 +308,7 @@ def _fingerprint(token: str) -> str:
 
 
 def make_credentials(
-    config: AuthConfig, project_id: str, timeout: float, clock: Callable[[], datetime] = _utcnow
+    config: AuthConfig, project_id: str, timeout: float, clock: Callable[[], datetime] = utcnow
 ) -> Credentials:
     if isinstance(config, TokenAuth):
         return StaticToken(config)

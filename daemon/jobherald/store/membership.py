@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from jobherald.errors import StoreError
 from jobherald.store.base import StoreBase
 from jobherald.store.schema import archives, deliveries, lanes, replicas
 
@@ -81,7 +82,7 @@ class Membership(StoreBase):
         for name in names:
             if await self._take(name, me):
                 return name
-        raise RuntimeError(f"no free replica name from {wanted!r}")
+        raise StoreError(f"no free replica name from {wanted!r} (999 are taken)")
 
     async def _take(self, name: str, me: Joining) -> bool:
         now = self.db_time()
