@@ -46,10 +46,11 @@ system-packages:
 test: system-packages lint
 	$(BIN)/pytest
 
-# What needs no PostgreSQL, systemd, Chromium or Prometheus, nor the soak: a quick loop.
+# A quick loop (under a minute): no PostgreSQL, systemd, Chromium or Prometheus, no
+# daemon started; `make test` runs everything.
 .PHONY: test-quick
 test-quick: $(VENV)/.installed-test
-	$(BIN)/pytest -q -m "not postgres and not systemd and not browser and not prometheus and not slow"
+	$(BIN)/pytest -q -m quick
 
 # 100 kill -9 cycles while jobs finish: prints lost and repeated events (expected 0
 # outside the in-flight window); `make test` runs 10 of them.

@@ -405,8 +405,8 @@ async def postgres(postgres_server: str) -> AsyncIterator[str]:
 
 # -- markers: what a test needs beyond Python, and the quick loop ------------------------
 
-# Modules whose every test needs a system part (or runs for long): `make test-quick`
-# leaves them out; `make test` runs everything.
+# Modules whose every test needs a system part (or runs for long); `make test` runs
+# everything.
 _MODULE_NEEDS = {
     "test_systemd": "systemd",
     "test_browser": "browser",
@@ -415,6 +415,21 @@ _MODULE_NEEDS = {
     "test_postgres": "postgres",
 }
 _TEST_NEEDS = {"test_metrics_follow_the_exposition_format_and_survive_a_reload": "prometheus"}
+# The modules of the quick loop (`make test-quick`, under a minute): the model, the
+# config, the store on SQLite and the sources against the simulator, no daemon started.
+_QUICK = {
+    "test_model",
+    "test_queue",
+    "test_config",
+    "test_eta",
+    "test_fuzz",
+    "test_notify",
+    "test_store",
+    "test_auth",
+    "test_sources",
+    "test_faults",
+    "test_huawei_job",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -424,6 +439,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ("browser", "Chromium, driven by Playwright"),
         ("prometheus", "promtool, Prometheus' own checker"),
         ("slow", "many daemon restarts (soak and chaos)"),
+        ("quick", "nothing but Python and local fakes (make test-quick)"),
     ):
         config.addinivalue_line("markers", f"{name}: needs {what}")
 
@@ -434,6 +450,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         needs = {_MODULE_NEEDS.get(module), _TEST_NEEDS.get(getattr(item, "originalname", ""))}
         if "postgres" in getattr(item, "fixturenames", ()):
             needs.add("postgres")
+        elif module in _QUICK:
+            needs.add("quick")
         for need in needs - {None}:
             assert need is not None
             item.add_marker(getattr(pytest.mark, need))

@@ -7,12 +7,11 @@ Nothing here does I/O or imports the rest of the package. Every decision takes
 from __future__ import annotations
 
 import enum
+import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-
-from jobherald.timing import backoff
 
 
 class State(enum.StrEnum):
@@ -514,6 +513,17 @@ def typical_duration(durations: Sequence[float]) -> float | None:
         return None
     middle = len(known) // 2
     return known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
+
+
+def backoff(first: float, cap: float, attempt: int, jitter: float = 0.0) -> float:
+    """The wait before try ``attempt + 1`` after ``attempt`` failures: ``first``, then
+    twice as long each time, at most ``cap``; scaled by a random factor within
+    ``1 ± jitter`` so that many waiting together do not all come back at once. Every
+    backoff of jobherald (polls, retries of a request, deliveries, downloads) is this."""
+    wait = min(first * 2.0 ** min(max(attempt - 1, 0), 30), cap)
+    if jitter:
+        wait *= random.uniform(1.0 - jitter, 1.0 + jitter)
+    return float(wait)
 
 
 def backoff_interval(base: float, failures: int) -> float:
