@@ -446,7 +446,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        owner = getattr(item, "module", None)
+        module = owner.__name__.rsplit(".", 1)[-1] if owner is not None else ""
         needs = {_MODULE_NEEDS.get(module), _TEST_NEEDS.get(getattr(item, "originalname", ""))}
         if "postgres" in getattr(item, "fixturenames", ()):
             needs.add("postgres")
