@@ -16,10 +16,11 @@ from jobherald.model import (
     Snapshot,
     State,
     estimate_eta,
+    eta_samples,
+    job_eta,
     observe,
     typical_duration,
 )
-from jobherald.schedule.watcher import eta_samples, job_eta
 from jobherald.service import Daemon
 from jobherald.simulator import SimJob, Simulator, succeeded
 from jobherald.simulator import running as sim_running

@@ -568,3 +568,32 @@ def format_duration(seconds: float | None) -> str | None:
     if secs or not parts:
         parts.append(f"{secs}s")
     return " ".join(parts)
+
+
+def eta_samples(
+    view: JobView, recorded: Sequence[tuple[datetime, float]], latest_at: datetime | None
+) -> list[tuple[datetime, float]]:
+    """The (time, progress) points of a job's current run an ETA is drawn from: its start
+    at 0, the recorded progress changes since, the latest change and the latest poll."""
+    start = view.begin_time or view.running_since
+    points = [(start, 0.0)] if start is not None else []
+    points += [(at, p) for at, p in recorded if start is None or at >= start]
+    if view.progress is not None:
+        if view.progress_changed_at is not None:
+            points.append((view.progress_changed_at, view.progress))
+        if latest_at is not None:
+            points.append((latest_at, view.progress))
+    points.sort(key=lambda point: point[0])
+    return points
+
+
+def job_eta(
+    view: JobView,
+    recorded: Sequence[tuple[datetime, float]],
+    latest_at: datetime | None,
+    now: datetime,
+) -> datetime | None:
+    """A running job's estimated end (see ``model.estimate_eta``); None for any other."""
+    if view.state is not State.RUNNING or view.progress is None:
+        return None
+    return estimate_eta(eta_samples(view, recorded, latest_at), now)

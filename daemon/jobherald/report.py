@@ -85,9 +85,8 @@ async def rows_of(
 ) -> list[dict[str, Any]]:
     """These stored jobs as `status --json` shows them; what each needs beside its row
     (progress samples, typical durations, archives) is read for these jobs only."""
-    from jobherald.model import typical_duration
+    from jobherald.model import job_eta, typical_duration
     from jobherald.schedule.replicas import owner
-    from jobherald.schedule.watcher import job_eta
     from jobherald.store import reasons_of, view_of
 
     if not stored:

@@ -56,7 +56,7 @@ def advice(kind: EventKind, error: FetchError | None, source: Source, words: Adv
             "or ask for a higher quota."
         )
     if error.source_wide:
-        return _auth_advice(error, source)
+        return words.credentials(error, source)
     if error.kind in ("timeout", "connection"):
         return f"Check that {source.endpoint} is reachable from this machine."
     if error.kind == "body":
@@ -66,21 +66,6 @@ def advice(kind: EventKind, error: FetchError | None, source: Source, words: Adv
     if error.status in (400, 404):
         return words.not_found
     return "The service is failing; jobherald keeps trying, less often while it fails."
-
-
-def _auth_advice(error: FetchError, source: Source) -> str:
-    where = f"source {source.name}"
-    method = source.auth.method
-    if method == "password":
-        if error.kind == "auth" and error.retryable:
-            return f"Check that iam_endpoint of {where} is reachable from this machine."
-        return f"Token rejected by IAM: check user, password_file, domain and project of {where}."
-    if method == "aksk":
-        return f"Signature rejected: check ak and sk_file of {where}, and this machine's clock."
-    return (
-        f"Token rejected: put a new token in token_file (or token) of {where}; "
-        "IAM tokens expire after 24 hours."
-    )
 
 
 def render(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:

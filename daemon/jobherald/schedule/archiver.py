@@ -4,7 +4,7 @@ An archive to keep is noted in the database with its job's success. The archiver
 claims it (one downloader across replicas), streams it to a hidden ``.part`` file in
 the same folder, fsyncs it, checks it is a whole zip, renames it into place as
 ``<name or id>-<archive_id>.zip`` and records path, size and sha256 together with
-the ``archived`` event. ROMA Connect lets an archive be downloaded once, so a file
+the ``archived`` event. A source may let an archive be downloaded once, so a file
 that is already whole on disk (from a run killed after the transfer) is taken as it
 is, never fetched again. A failed download is retried with backoff (from the job's
 poll interval, doubling up to 15 minutes) and, after the job's ``error_after``, raises
@@ -291,12 +291,11 @@ class Archiver:
     async def _download(
         self, source: Source, job: WatchedJob, claim: ArchiveClaim, partial: Path, final: Path
     ) -> Kept:
-        from jobherald.sources.roma import RomaConnect
-        from jobherald.sources.roma_assets import RomaAssets
+        from jobherald.sources.base import ArchiveSource
 
-        roma = self.watcher.sources.get(source.name)
-        if not isinstance(roma, RomaConnect):
-            raise ArchiveProblem(f"source {source.name} is not a roma-connect source")
+        keeper = self.watcher.sources.get(source.name)
+        if not isinstance(keeper, ArchiveSource):
+            raise ArchiveProblem(f"source {source.name} ({source.type}) keeps no archives")
         digest = hashlib.sha256()
         transfer = Transfer(partial.parent, source.max_archive_size)
         handle: IO[bytes] = await asyncio.to_thread(_open_new, partial)
@@ -310,12 +309,8 @@ class Archiver:
             log.info("job %s (%s): downloading archive %s", job.name, job.id, claim.archive_id)
             try:
                 async with asyncio.timeout(source.archive_timeout):
-                    response = await RomaAssets(roma).download(
-                        self.watcher.fetcher,
-                        job.instance_id,
-                        claim.archive_id,
-                        sink,
-                        on_headers=transfer.headers,
+                    response = await keeper.download_archive(
+                        self.watcher.fetcher, job, claim.archive_id, sink, transfer.headers
                     )
             except TimeoutError:
                 raise ArchiveProblem(
@@ -432,14 +427,14 @@ class Archiver:
         kept: Kept | None = None,
         about: bool = False,
     ) -> list[NewEvent]:
-        from jobherald.schedule.watcher import event_payload
+        from jobherald.payload import event_payload
 
         targets = self.watcher.targets_for(job.notify, event.kind.value, job.source, job)
         if not targets:
             return []
         advice = (
             f"Check that {job.source}'s archive_dir is writable and that the archive "
-            "still exists in ROMA Connect; jobherald keeps trying."
+            "still exists upstream; jobherald keeps trying."
             if about
             else None
         )

@@ -9,14 +9,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
 
 from jobherald.config import Config, WatchedJob
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher
 from jobherald.model import (
     Event,
-    EventKind,
     JobView,
     Outcome,
     Snapshot,
@@ -24,7 +22,7 @@ from jobherald.model import (
     State,
     cut,
     duration_seconds,
-    estimate_eta,
+    job_eta,
     observe,
     observe_error,
     observe_source_error,
@@ -32,9 +30,11 @@ from jobherald.model import (
     typical_duration,
 )
 from jobherald.notify import Dispatcher, advice
+from jobherald.payload import event_payload
 from jobherald.schedule.pool import PollResult
+from jobherald.schedule.reminders import remind_unresolved
 from jobherald.sources import JobSource, make_source
-from jobherald.store import JobIdentity, Kept, NewEvent, Store, Target
+from jobherald.store import JobIdentity, NewEvent, Store, Target
 from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)
@@ -42,111 +42,6 @@ log = logging.getLogger(__name__)
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-_STILL = {
-    "error": "polling still fails",
-    "stalled": "the job is still stalled",
-    "lost": "the job is still lost",
-}
-
-
-def _unresolved(view: JobView) -> list[str]:
-    """The problems of a job that were announced and have not gone away."""
-    kinds = []
-    if view.error_notified and view.error is not None:
-        kinds.append("error")
-    if view.state is State.RUNNING and (view.stall_notified or view.overdue_notified):
-        kinds.append("stalled")
-    if view.state is State.LOST:
-        kinds.append("lost")
-    return kinds
-
-
-def _ago(then: datetime, now: datetime) -> str:
-    from jobherald.model import format_duration
-
-    return f"{format_duration((now - then).total_seconds())} ago"
-
-
-def event_payload(
-    event: Event,
-    job: WatchedJob,
-    before: JobView,
-    after: JobView,
-    at: datetime,
-    advice: str | None,
-    archive: Kept | None = None,
-    about: str | None = None,
-    eta: datetime | None = None,
-    typical: float | None = None,
-) -> dict[str, Any]:
-    """Everything a message about this event may show, frozen at the time it happened.
-
-    ``archive`` is the job's kept export archive; ``about`` says what an event is about
-    when it is not the job's polling (``archive``: keeping its archive)."""
-    return {
-        "event": {
-            "kind": event.kind.value,
-            "at": at.isoformat(),
-            "detail": event.detail,
-            "advice": advice,
-            **({"about": about} if about else {}),
-        },
-        "job": {
-            "id": job.upstream_id,
-            "key": job.id,
-            "name": job.name,
-            "source": job.source,
-            "instance_id": job.instance_id,
-            "type": after.type,
-            "state": after.state.value,
-            "previous_state": before.state.value,
-            "raw_status": after.raw_status,
-            "progress": after.progress,
-            "archive_id": after.archive_id,
-            "reasons": [r.as_dict() for r in after.reasons],
-            "begin_time": _iso(after.begin_time),
-            "end_time": _iso(after.end_time),
-            "duration": duration_seconds(after),
-            "error": after.error,
-            "link": after.link,
-            "archive_path": archive.path if archive else None,
-            "archive_size": archive.size if archive else None,
-            "archive_sha256": archive.sha256 if archive else None,
-            "eta": _iso(eta),
-            "typical_duration": typical,
-        },
-    }
-
-
-def eta_samples(
-    view: JobView, recorded: Sequence[tuple[datetime, float]], latest_at: datetime | None
-) -> list[tuple[datetime, float]]:
-    """The (time, progress) points of a job's current run an ETA is drawn from: its start
-    at 0, the recorded progress changes since, the latest change and the latest poll."""
-    start = view.begin_time or view.running_since
-    points = [(start, 0.0)] if start is not None else []
-    points += [(at, p) for at, p in recorded if start is None or at >= start]
-    if view.progress is not None:
-        if view.progress_changed_at is not None:
-            points.append((view.progress_changed_at, view.progress))
-        if latest_at is not None:
-            points.append((latest_at, view.progress))
-    points.sort(key=lambda point: point[0])
-    return points
-
-
-def job_eta(
-    view: JobView,
-    recorded: Sequence[tuple[datetime, float]],
-    latest_at: datetime | None,
-    now: datetime,
-) -> datetime | None:
-    """A running job's estimated end (see ``model.estimate_eta``); None for any other."""
-    if view.state is not State.RUNNING or view.progress is None:
-        return None
-    return estimate_eta(eta_samples(view, recorded, latest_at), now)
 
 
 class Watcher:
@@ -556,32 +451,14 @@ class Watcher:
                 # Other replicas poll most jobs: remind from what is stored, not from memory.
                 stored = await self.store.views()
                 self.views.update((i, v) for i, v in stored.items() if i in self.jobs)
-            return await self._remind()
-
-    async def _remind(self) -> int:
-        now = self.clock()
-        made = 0
-        for notifier in self.config.notifiers.values():
-            if notifier.reminder is None:
-                continue
-            last = await self.store.last_reminded(notifier.name)
-            for job in self.jobs.values():
-                if notifier.name not in job.notify:
-                    continue
-                view = self.views[job.id]
-                for kind in _unresolved(view):
-                    sent = last.get((job.id, kind))
-                    if sent is None or (now - sent).total_seconds() < notifier.reminder:
-                        continue
-                    if not notifier.hears(kind, job.source, job):
-                        continue
-                    event = Event(EventKind(kind), f"{_STILL[kind]} (last said {_ago(sent, now)})")
-                    payload = event_payload(event, job, view, view, now, None)
-                    targets = self.dispatcher.sender.targets(notifier.name)
-                    await self.store.record_events(
-                        [NewEvent(kind, payload, targets)], now, job_id=job.id
-                    )
-                    made += 1
+            made = await remind_unresolved(
+                self.config.notifiers.values(),
+                self.jobs,
+                self.views,
+                self.store,
+                self.dispatcher.sender.targets,
+                self.clock(),
+            )
         if made:
             log.info("reminded of %d unresolved problems", made)
             self.dispatcher.wake()

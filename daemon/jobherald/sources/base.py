@@ -8,11 +8,11 @@ and ``advice`` says what a person can do when polling it fails.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from jobherald.config import Source, WatchedJob
 from jobherald.errors import FetchError
@@ -33,6 +33,33 @@ class Advice:
     # What to check after a 403, and after a 400 or 404.
     forbidden: str
     not_found: str
+    # What to do when the service refuses the source's credentials (by auth method).
+    credentials: Callable[[FetchError, Source], str]
+
+
+def plain_credentials_advice(error: FetchError, source: Source) -> str:
+    """Advice on refused credentials of the vendor-neutral methods (token, basic)."""
+    where = f"source {source.name}"
+    if source.auth.method == "basic":
+        return f"Credentials rejected: check user and password_file of {where}."
+    return f"Token rejected: put a new token in token_file (or token) of {where}."
+
+
+@runtime_checkable
+class ArchiveSource(Protocol):
+    """A source whose jobs may leave an archive to keep (an export's file)."""
+
+    async def download_archive(
+        self,
+        fetcher: Fetcher,
+        job: WatchedJob,
+        archive_id: str,
+        sink: Callable[[bytes], Awaitable[None]],
+        on_headers: Callable[[Mapping[str, str]], None] | None = None,
+    ) -> Response:
+        """Stream the archive into ``sink`` (``on_headers`` sees the answer's headers
+        first); FetchError when it is not given."""
+        ...
 
 
 class JobSource(Protocol):

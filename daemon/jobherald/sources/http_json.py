@@ -28,6 +28,7 @@ from jobherald.sources.base import (
     Advice,
     http_error,
     json_body,
+    plain_credentials_advice,
     request_id,
     shorter,
     text,
@@ -36,15 +37,25 @@ from jobherald.sources.base import (
 from jobherald.sources.huawei_auth import (
     Credentials,
     StaticToken,
+    credentials_advice,
     make_credentials,
     send_with_credentials,
 )
+
+
+def _credentials_advice(error: FetchError, source: Source) -> str:
+    # password and aksk are Huawei Cloud's IAM; bearer and basic are the service's own.
+    if source.auth.method in ("password", "aksk"):
+        return credentials_advice(error, source)
+    return plain_credentials_advice(error, source)
+
 
 ADVICE = Advice(
     console="the service's own page for the job",
     api="the JSON this source's expressions expect",
     forbidden="Check that the source's credentials may read this job.",
     not_found="Check the job's id and params, and the source's url.",
+    credentials=_credentials_advice,
 )
 
 

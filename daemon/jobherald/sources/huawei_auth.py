@@ -415,3 +415,19 @@ def error_fields(body: bytes) -> tuple[str | None, str | None]:
         code[:BODY_PREVIEW] if code is not None else None,
         str(message)[:BODY_PREVIEW] if message else None,
     )
+
+
+def credentials_advice(error: FetchError, source: Source) -> str:
+    """What to do when Huawei Cloud refuses a source's credentials, by auth method."""
+    where = f"source {source.name}"
+    method = source.auth.method
+    if method == "password":
+        if error.kind == "auth" and error.retryable:
+            return f"Check that iam_endpoint of {where} is reachable from this machine."
+        return f"Token rejected by IAM: check user, password_file, domain and project of {where}."
+    if method == "aksk":
+        return f"Signature rejected: check ak and sk_file of {where}, and this machine's clock."
+    return (
+        f"Token rejected: put a new token in token_file (or token) of {where}; "
+        "IAM tokens expire after 24 hours."
+    )

@@ -13,6 +13,7 @@ from jobherald.config import WatchedJob
 from jobherald.model import Reason, Snapshot, State
 from jobherald.sources.base import Advice, status_of, text, time_of
 from jobherald.sources.huawei import HuaweiApi
+from jobherald.sources.huawei_auth import credentials_advice
 
 STATUS_WORDS: dict[str, State] = {
     "SUCCESS": State.SUCCEEDED,
@@ -27,6 +28,7 @@ ADVICE = Advice(
     api="Huawei Cloud's job API (GET /v1/{project_id}/jobs/{job_id})",
     forbidden="Check that the account may read this project's jobs.",
     not_found="Check the job's id, and the source's endpoint (the service's region) and project_id.",
+    credentials=credentials_advice,
 )
 
 

@@ -6,14 +6,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 from jobherald.config import WatchedJob
+from jobherald.fetch import Fetcher, Response
 from jobherald.model import Reason, Snapshot, State
 from jobherald.sources.base import Advice, shorter, status_of, text, time_of
 from jobherald.sources.huawei import HuaweiApi
-from jobherald.sources.huawei_auth import GATEWAY_AUTH_CODES
+from jobherald.sources.huawei_auth import GATEWAY_AUTH_CODES, credentials_advice
 
 # Answers that say the credentials are bad (not that they lack a permission).
 AUTH_CODES = GATEWAY_AUTH_CODES | {"ROMA.1000", "ROMA.1002"}
@@ -34,6 +36,7 @@ ADVICE = Advice(
     api="ROMA Connect's job API",
     forbidden="Check that the account may read this instance's asset jobs.",
     not_found="Check the job's id and instance_id.",
+    credentials=credentials_advice,
 )
 
 
@@ -48,6 +51,21 @@ class RomaConnect(HuaweiApi):
     advice = ADVICE
     auth_codes = AUTH_CODES
     not_found_codes = NOT_FOUND_CODES
+
+    async def download_archive(
+        self,
+        fetcher: Fetcher,
+        job: WatchedJob,
+        archive_id: str,
+        sink: Callable[[bytes], Awaitable[None]],
+        on_headers: Callable[[Mapping[str, str]], None] | None = None,
+    ) -> Response:
+        """An export's archive (see ``ArchiveSource``); ROMA Connect gives it once."""
+        from jobherald.sources.roma_assets import RomaAssets
+
+        return await RomaAssets(self).download(
+            fetcher, job.instance_id, archive_id, sink, on_headers=on_headers
+        )
 
     def make_url(self, job: WatchedJob) -> str:
         c = self.config

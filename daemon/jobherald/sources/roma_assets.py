@@ -17,8 +17,8 @@ from urllib.parse import quote, urlencode
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher, Response
 from jobherald.sources.base import http_error, json_body, request_id
+from jobherald.sources.huawei import HuaweiApi
 from jobherald.sources.huawei_auth import error_fields, rejects_credentials, send_with_credentials
-from jobherald.sources.roma import RomaConnect
 
 # The multipart field ROMA Connect reads the package from.
 IMPORT_FIELD = "ImportAssetRequestBody"
@@ -39,7 +39,7 @@ class Upload:
 class RomaAssets:
     """One ROMA Connect source's asset calls."""
 
-    def __init__(self, source: RomaConnect) -> None:
+    def __init__(self, source: HuaweiApi) -> None:
         self.source = source
         self.config = source.config
 
