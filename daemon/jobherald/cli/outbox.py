@@ -18,7 +18,6 @@ from jobherald.cli.base import (
     run_async,
     with_store,
 )
-from jobherald.timing import iso
 
 if TYPE_CHECKING:
     pass
@@ -37,26 +36,7 @@ def deliveries(ctx: click.Context, config_path: str | None, as_json: bool, show_
     cfg = load_config(ctx, None, secrets=False)
     states = ["pending", "abandoned"] + (["delivered", "dropped"] if show_all else [])
     rows = run_async(with_store(cfg, lambda store: store.deliveries(states)))
-    items = [
-        {
-            "id": r.id,
-            "event_id": r.event_id,
-            "kind": r.kind,
-            "job_id": r.job_id,
-            "source": r.source,
-            "notifier": r.notifier,
-            "url": r.url,
-            "state": r.state,
-            "attempts": r.attempts,
-            "created_at": iso(r.at),
-            "next_attempt_at": iso(r.next_attempt_at) if r.state == "pending" else None,
-            "delivered_at": iso(r.delivered_at),
-            "last_error": r.last_error,
-            "sent_by": r.sent_by,
-            "digest_id": r.digest_id,
-        }
-        for r in rows
-    ]
+    items = [r.as_json() for r in rows]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return

@@ -30,7 +30,7 @@ from jobherald.store.jobs import (
 )
 from jobherald.store.lock import DatabaseLock
 from jobherald.store.membership import Joining, Member, Membership
-from jobherald.store.outbox import CLAIM_FOR, Batch, Claimer, Delivery, Lane, Outbox
+from jobherald.store.outbox import CLAIM_FOR, Batch, Claimer, Delivery, DeliveryRow, Lane, Outbox
 from jobherald.store.schema import (
     SCHEMA_HEAD,
     UTCDateTime,
@@ -49,6 +49,7 @@ __all__ = [
     "Claimer",
     "DatabaseLock",
     "Delivery",
+    "DeliveryRow",
     "JobFilter",
     "JobIdentity",
     "Joining",

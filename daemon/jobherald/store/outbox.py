@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from jobherald.store.base import StoreBase
 from jobherald.store.schema import deliveries, events, lanes
+from jobherald.timing import iso
 
 # The longest a claim holds while its sender lives: a send takes seconds, and a claim
 # whose replica stopped heart-beating is taken over at once, without waiting for this.
@@ -56,6 +57,35 @@ class Batch:
 
     deliveries: list[Delivery]
     digest: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """One delivery as `deliveries` lists it: its event, its URL, where it stands."""
+
+    id: int
+    event_id: str
+    kind: str
+    job_id: str | None
+    source: str | None
+    notifier: str
+    url: str | None
+    state: str
+    attempts: int
+    created_at: datetime
+    # When it is tried next (pending ones only).
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_error: str | None
+    sent_by: str | None
+    digest_id: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The object `deliveries --json` prints (times as ISO 8601 UTC)."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("created_at", "next_attempt_at", "delivered_at"):
+            out[name] = iso(out[name])
+        return out
 
 
 class Outbox(StoreBase):
@@ -321,7 +351,7 @@ class Outbox(StoreBase):
             result = await conn.execute(self._failed(delivery_id, error, retry_at, claimer))
             return bool(result.rowcount)
 
-    async def deliveries(self, states: Sequence[str]) -> list[sa.Row[Any]]:
+    async def deliveries(self, states: Sequence[str]) -> list[DeliveryRow]:
         """Deliveries in the given states, oldest first, with their event and job."""
         query = (
             sa.select(
@@ -346,7 +376,27 @@ class Outbox(StoreBase):
             .order_by(deliveries.c.id)
         )
         async with self.engine.connect() as conn:
-            return list((await conn.execute(query)).all())
+            rows = (await conn.execute(query)).all()
+        return [
+            DeliveryRow(
+                id=r.id,
+                event_id=r.event_id,
+                kind=r.kind,
+                job_id=r.job_id,
+                source=r.source,
+                notifier=r.notifier,
+                url=r.url,
+                state=r.state,
+                attempts=r.attempts,
+                created_at=r.at,
+                next_attempt_at=r.next_attempt_at if r.state == "pending" else None,
+                delivered_at=r.delivered_at,
+                last_error=r.last_error,
+                sent_by=r.sent_by,
+                digest_id=r.digest_id,
+            )
+            for r in rows
+        ]
 
     async def retry_deliveries(self, ids: Sequence[int] | None, now: datetime) -> int:
         """Make pending or abandoned deliveries (all of them when ``ids`` is None) due now."""
