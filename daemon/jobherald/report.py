@@ -87,7 +87,7 @@ async def rows_of(
     (progress samples, typical durations, archives) is read for these jobs only."""
     from jobherald.model import job_eta, typical_duration
     from jobherald.schedule.replicas import owner
-    from jobherald.store import reasons_of, view_of
+    from jobherald.store import view_of
 
     if not stored:
         return []
@@ -102,33 +102,42 @@ async def rows_of(
     limited = any(src.max_rate is not None for src in cfg.sources.values())
     active = await store.active_per_source() if limited else {}
     configured = configured_jobs(cfg)
+    none = archive_fields(None)
+    single = live[0] if len(live) == 1 else None
     rows = []
     for row in stored:
         view = view_of(row)
-        others = [d for i, d in durations.get((row.name, row.source), ()) if i != row.id]
-        eta = job_eta(view, samples.get(row.id, ()), row.last_polled_at, now)
-        job = configured.get(row.id)
-        item = {
-            **_blank(
-                row.id, row.name, row.source, effective_interval(cfg, job, active), row.remote_id
-            ),
-            "status": row.state,
-            "raw_status": row.raw_status,
-            "progress": row.progress,
-            "archive_id": row.archive_id,
-            "link": row.link,
-            "reasons": reasons_of(row),
-            "last_polled_at": iso(row.last_polled_at),
-            "last_changed_at": iso(row.last_changed_at),
-            "error": row.error,
-            "eta": iso(eta),
-            "typical_duration": typical_duration(others),
-            **archive_fields(archives.get(row.id)),
-        }
+        key, name, source = view.id, row.name, row.source
+        durations_here = durations.get((name, source))
+        others = [d for i, d in durations_here if i != key] if durations_here else []
+        eta = job_eta(view, samples.get(key, ()), row.last_polled_at, now)
+        job = configured.get(key)
+        polled = job is not None and view.state.value not in TERMINAL
         # The replica polling it now: the same rendezvous hash every replica computes.
-        if job is not None and row.state not in TERMINAL:
-            item["owner"] = owner(row.id, live)
-        rows.append(item)
+        who = (single or owner(key, live)) if polled else None
+        kept = archives.get(key)
+        rows.append(
+            {
+                "id": row.remote_id or key,
+                "key": key,
+                "name": name,
+                "source": source,
+                "status": view.state.value,
+                "raw_status": view.raw_status,
+                "progress": view.progress,
+                "archive_id": view.archive_id,
+                "link": view.link,
+                "reasons": [r.as_dict() for r in view.reasons],
+                "last_polled_at": iso(row.last_polled_at),
+                "last_changed_at": iso(view.last_changed_at),
+                "error": view.error,
+                "owner": who,
+                **(none if kept is None else archive_fields(kept)),
+                "eta": iso(eta),
+                "typical_duration": typical_duration(others) if others else None,
+                "interval": effective_interval(cfg, job, active),
+            }
+        )
     return rows
 
 
