@@ -16,7 +16,7 @@ from jobherald import config as config_module
 from jobherald.errors import ConfigError
 from jobherald.fetch import parse_retry_after
 from jobherald.model import MAX_REASON_TEXT, MAX_REASONS, MAX_TEXT, Snapshot
-from jobherald.render import check_template
+from jobherald.renderer import check_template
 from jobherald.sources import huawei_job, roma
 from jobherald.sources.base import load_json
 from jobherald.sources.huawei_auth import error_fields

@@ -145,7 +145,7 @@ def context(kind: str, event_id: str, payload: Mapping[str, Any]) -> dict[str, A
     return {"event": event, "job": job, "source": source}
 
 
-def render(
+def fill(
     template: Any,
     kind: str,
     event_id: str,

@@ -131,10 +131,10 @@ def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool
     import os
 
     from jobherald import config as config_module
-    from jobherald.config.sections import _JOB_ID
+    from jobherald.config.sections import JOB_ID_PATTERN
     from jobherald.errors import ConfigError
 
-    if not _JOB_ID.match(job_id):  # it names the file: a/b or ../x would go elsewhere
+    if not JOB_ID_PATTERN.match(job_id):  # it names the file: a/b or ../x would go elsewhere
         fail(f"bad job id {job_id!r}: letters, digits and _.:- only", EXIT_USAGE)
     folder, pattern = _dropin_folder(cfg)
     # One file per job: a second job with this id (another source, instance or

@@ -88,9 +88,9 @@ def _start(
     except FetchError as exc:
         fail(f"ROMA Connect refused the {what} ({source}): {exc.detail}", EXIT_FAILURE)
         return
-    from jobherald.config.sections import _JOB_ID
+    from jobherald.config.sections import JOB_ID_PATTERN
 
-    if not _JOB_ID.match(job_id):
+    if not JOB_ID_PATTERN.match(job_id):
         fail(f"started job {job_id!r}, but its id cannot be watched (not a plain id)")
     try:
         # The drop-in is on disk (fsynced) before the id is printed: a kill between the

@@ -503,7 +503,7 @@ def _resolve_notifier(
         text = getattr(section, key)
         if text is None:
             continue
-        from jobherald.render import check_template
+        from jobherald.renderer import check_template
 
         if (why := check_template(text, digest=key.startswith("digest_"))) is not None:
             problems.append(f"{where}.{key}: {why}")

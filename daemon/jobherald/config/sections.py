@@ -32,7 +32,7 @@ AUTH_METHODS = ("token", "password", "aksk")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -381,7 +381,7 @@ class JobSection(RuleFields):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not _JOB_ID.match(value):
+        if not JOB_ID_PATTERN.match(value):
             raise ValueError(f"bad job id {value!r}: letters, digits and _.:- only")
         return value
 

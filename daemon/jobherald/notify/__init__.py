@@ -10,10 +10,10 @@ from jobherald.notify.messages import (
     Item,
     Message,
     advice,
+    default_digest,
+    default_message,
     notify_type,
     reason_count,
-    render,
-    render_digest,
 )
 from jobherald.notify.sender import Sender, url_key
 
@@ -24,10 +24,10 @@ __all__ = [
     "Message",
     "Sender",
     "advice",
+    "default_digest",
+    "default_message",
     "notify_type",
     "reason_count",
-    "render",
-    "render_digest",
     "retry_delay",
     "url_key",
 ]

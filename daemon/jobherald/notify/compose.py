@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 
 from jobherald.config import Notifier
-from jobherald.notify.messages import Item, Message, render, render_digest
+from jobherald.notify.messages import Item, Message, default_digest, default_message
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Composer:
 
     async def message(self, notifier: Notifier, item: Item) -> Message:
         """The message for one event."""
-        default = render(item.kind, item.event_id, item.payload)
+        default = default_message(item.kind, item.event_id, item.payload)
         texts = (notifier.title, notifier.body)
         rendered = await self._templates(notifier, texts, (item.kind, item.event_id, item.payload))
         if rendered is None:
@@ -42,10 +42,10 @@ class Composer:
     async def digest(
         self, notifier: Notifier, items: Sequence[Item], public_url: str | None
     ) -> Message:
-        """One message for many events (see messages.render_digest)."""
+        """One message for many events (see messages.default_digest)."""
         from jobherald.templates import DIGEST
 
-        default = render_digest(items, public_url, notifier.format)
+        default = default_digest(items, public_url, notifier.format)
         texts = (notifier.digest_title, notifier.digest_body)
         payload = {
             "events": [(i.kind, i.event_id, i.payload) for i in items],
@@ -72,13 +72,13 @@ class Composer:
         given = [t for t in texts if t is not None]
         if not given:
             return None
-        from jobherald import render as render_module
+        from jobherald import renderer
 
         if any(t in self._hazards for t in given):
             results = [(False, "template took too long before: not tried again")] * len(given)
         else:
             jobs = [(t, *event) for t in given]
-            results = await asyncio.to_thread(render_module.shared().render, jobs)  # type: ignore[arg-type]
+            results = await asyncio.to_thread(renderer.shared().render, jobs)  # type: ignore[arg-type]
         problems = [why for ok, why in results if not ok]
         if problems:
             self._hazards.update(

@@ -68,7 +68,7 @@ def advice(kind: EventKind, error: FetchError | None, source: Source, words: Adv
     return "The service is failing; jobherald keeps trying, less often while it fails."
 
 
-def render(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
+def default_message(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
     """The title, body and apprise notify type of one event."""
     event = payload.get("event", {})
     if payload.get("job") is None:
@@ -204,7 +204,7 @@ def digest_type(items: Sequence[Item]) -> str:
     return next((t for t in _WORST_FIRST if t in types), "info")
 
 
-def render_digest(items: Sequence[Item], public_url: str | None, body_format: str) -> Message:
+def default_digest(items: Sequence[Item], public_url: str | None, body_format: str) -> Message:
     """One message for many events: ``12 jobs: 10 succeeded, 2 failed``, a line per
     event (at most DIGEST_LINES, then how many more), links to the status page when
     ``public_url`` is set, and every event id in one footer line."""

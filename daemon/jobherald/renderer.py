@@ -162,7 +162,7 @@ def _one(
 ) -> tuple[bool, str]:  # pragma: no cover (runs in the child)
     try:
         template = templates.compile_template(text)
-        return True, templates.render(template, kind, event_id, payload, limit=MAX_OUTPUT)
+        return True, templates.fill(template, kind, event_id, payload, limit=MAX_OUTPUT)
     except templates.TemplateProblem as exc:
         return False, str(exc)
     except MemoryError:
