@@ -363,6 +363,9 @@ async def test_two_replicas_on_postgres_download_each_archive_once(
         ids,
         daemon={"database": postgres, "poll_interval": "300ms", "lease": "4s"},
         source={"archive_dir": str(archive_dir)},
+        # One message per event, each checked by its title (downloads run side by side,
+        # and their events due together would otherwise be one digest).
+        notifiers={"ops": {"urls": [receiver.url()], "digest_after": 0}},
     )
     log = configs.folder / "replicas.log"
     procs = [await spawn_daemon(config, log) for _ in range(2)]
@@ -441,7 +444,8 @@ async def test_a_trickling_download_holds_up_no_other_and_ends_at_archive_timeou
     sim.add(SimJob("other", [running(0.5), succeeded()], archive_id="arch-other"))
     source = {"archive_dir": str(archive_dir), "archive_timeout": "4s"}
     settings = {"include": ["jobs.d/*.toml"], "poll_interval": "300ms"}
-    config = configs.write([], daemon=settings, source=source)
+    one_each = {"ops": {"urls": [receiver.url()], "digest_after": 0}}  # titles checked
+    config = configs.write([], daemon=settings, source=source, notifiers=one_each)
     write_jobs(configs, "slow", "later", "other")
     await daemons.start()
     # The exports that succeeded later are kept while the first one still trickles.
@@ -474,7 +478,8 @@ async def test_archives_past_max_archive_size_are_refused_announced_or_not(
     sim.add(SimJob("small", [succeeded()], archive_id="arch-small"))
     source = {"archive_dir": str(archive_dir), "max_archive_size": "1MB"}
     settings = {"include": ["jobs.d/*.toml"], "poll_interval": "300ms"}
-    config = configs.write([], daemon=settings, source=source)
+    one_each = {"ops": {"urls": [receiver.url()], "digest_after": 0}}  # titles checked
+    config = configs.write([], daemon=settings, source=source, notifiers=one_each)
     write_jobs(configs, "big", "endless", "small")
     await daemons.start()
     await wait_for(lambda: daemons.output().count("max_archive_size") >= 2, 30, "both refused")

@@ -12,7 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy.engine import make_url
@@ -156,6 +156,25 @@ class SystemdNotifier:
             self._socket = None
 
 
+@dataclass(slots=True)
+class Running:
+    """A started daemon's parts: built by ``Daemon._start``, taken down by ``_stop``."""
+
+    store: Store
+    dispatcher: Dispatcher
+    watcher: Watcher
+    pool: Pool
+    replica: Replica
+    periodic: Periodic
+    sender: asyncio.Task[None]
+    delivering: asyncio.Event
+    keeper: asyncio.Task[None]
+    archiving: asyncio.Event
+    membership: asyncio.Task[None]
+    membership_ends: asyncio.Event
+    heartbeat: asyncio.Task[None]
+
+
 class Daemon:
     """jobherald's parts wired together; ``run_once`` for one pass, ``run`` until stopped."""
 
@@ -167,17 +186,24 @@ class Daemon:
         env = systemd_environment()
         self.systemd = SystemdNotifier(env.notify_socket)
         self.watchdog_usec = env.watchdog_usec
-        # The running parts, for whoever drives the daemon in-process (the benchmarks) and
-        # for the HTTP listener.
-        self.pool: Pool | None = None
-        self.watcher: Watcher | None = None
-        self.replica: Replica | None = None
-        self.store: Store | None = None
-        self.periodic: Periodic | None = None
-        self.membership: asyncio.Task[None] | None = None
+        # The running parts (None until started): built by _start, taken down by _stop.
+        self.running: Running | None = None
         self.metrics = Metrics()
         # Config loaded, database open and polling started (what /readyz says).
         self.ready = False
+
+    # What the listener and those who drive the daemon in-process read of it.
+    @property
+    def store(self) -> Store | None:
+        return self.running.store if self.running is not None else None
+
+    @property
+    def pool(self) -> Pool | None:
+        return self.running.pool if self.running is not None else None
+
+    @property
+    def watcher(self) -> Watcher | None:
+        return self.running.watcher if self.running is not None else None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -185,12 +211,13 @@ class Daemon:
     def problem(self) -> str | None:
         """Why polling has stopped, or None while it works: what gates the watchdog and
         /healthz alike."""
-        if self.pool is None:
+        running = self.running
+        if running is None:
             return "not started yet" if not self.ready else None
-        problem = self.pool.health(asyncio.get_running_loop().time())
-        if problem is None and self.periodic is not None and not self.periodic.alive(self.clock()):
+        problem = running.pool.health(asyncio.get_running_loop().time())
+        if problem is None and not running.periodic.alive(self.clock()):
             problem = "the periodic chores have stopped"
-        if problem is None and self.membership is not None and self.membership.done():
+        if problem is None and running.membership.done():
             problem = "the replica's heartbeats have stopped"
         return problem
 
@@ -275,98 +302,121 @@ class Daemon:
         )
         # The port first: a start refused for it changes nothing (no migration, no rows).
         async with self._listening(), self._parts() as (store, dispatcher, watcher):
-            if waiting := await store.waiting_retries():
-                # Each keeps its backoff: a restart does not make them all due at once.
-                log.info(
-                    "%d undelivered messages wait for their next attempt "
-                    "(`jobherald deliveries retry --all` sends them now)",
-                    waiting,
-                )
-            dispatcher.sender.load()
-            pool = Pool(watcher.poll, self.config.concurrency, stuck_after=self._stuck_after())
-            self._gate(pool, watcher)
-            replica = self._replica(store, watcher, dispatcher, pool)
-            self.pool, self.watcher, self.replica, self.store = pool, watcher, replica, store
-            self._count(watcher, dispatcher, pool)
-            periodic = Periodic()
-            self.periodic = periodic
-            periodic.every(FLUSH_EVERY, "writing poll times", watcher.flush)
-            periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
-            if self.config.heartbeat_url is not None:
-                switch = DeadMansSwitch(self, store, watcher.fetcher)
-                periodic.every(self.config.heartbeat_every, "pinging heartbeat_url", switch.ping)
-            delivering = asyncio.Event()
-            sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
-            archiver = Archiver(watcher, replica.claimer, self.clock)
-            archiver.on_result = lambda result: self.metrics.archives.labels(result).inc()
-            archiver.max_sleep = dispatcher.max_sleep
-            watcher.on_archive = archiver.wake
-            archiving = asyncio.Event()
-            keeper = asyncio.create_task(archiver.run(archiving), name="archiver")
-            pool.start()
-            await replica.join()
-            membership_ends = asyncio.Event()
-            membership = asyncio.create_task(replica.run(membership_ends), name="membership")
-            self.membership = membership
-            periodic.start()
-            active = len(watcher.active())
-            log.info(
-                "watching %s (%d already finished%s) with %d pollers on the %s loop",
-                counted(active, "job"),
-                len(watcher.jobs) - active,
-                f"; {replica.status(active)}" if store.shared else "",
-                pool.size,
-                self.config.event_loop,
-            )
-            heartbeat = asyncio.create_task(self._heartbeat(watcher), name="heartbeat")
-            # What start-up built (modules, config, views) lives as long as the daemon: keep
-            # it out of the garbage collector's scans, which then cover only what polls make.
-            gc.collect()
-            gc.freeze()
-            gc.enable()
-            self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
-            self.ready = True
+            running = await self._start(store, dispatcher, watcher)
             try:
                 while not self.stopping.is_set():
                     await first_of(self.stopping, self.reloading)
                     if self.reloading.is_set() and not self.stopping.is_set():
                         self.reloading.clear()
-                        await self._reload(watcher, dispatcher, pool, replica)
+                        await self._reload(watcher, dispatcher, running.pool, running.replica)
             except BaseException:  # no poll may outlive the session it uses
-                heartbeat.cancel()
-                periodic.stop()
-                await pool.stop(0)
+                running.heartbeat.cancel()
+                running.periodic.stop()
+                await running.pool.stop(0)
                 raise
-            self.systemd.send("STOPPING=1", "STATUS=stopping: finishing polls and deliveries")
-            self.ready = False
-            heartbeat.cancel()
-            log.info("stopping: finishing polls and deliveries in flight")
-            deadline = time.monotonic() + self.config.shutdown_timeout
-            periodic.stop()
-            cut = await pool.stop(self.config.shutdown_timeout)
-            try:
-                await watcher.flush()
-            except Exception:
-                log.exception("writing poll times at shutdown failed")
-            archiving.set()
-            await self._finish_archives(keeper, deadline)
-            delivering.set()
-            await self._finish(sender, dispatcher, deadline)
-            # Only now, with nothing in flight, hand every job and claim to the others.
-            membership_ends.set()
-            await membership
-            await replica.leave()
-            counts = await store.delivery_counts()
-            log.info(
-                "stopped after %.0fs: %d polls, %s; deliveries pending %d, delivered %d%s",
-                time.monotonic() - started,
-                watcher.polls,
-                ", ".join(f"{n} {s}" for s, n in sorted(watcher.counts().items())) or "no jobs",
-                counts.get("pending", 0),
-                counts.get("delivered", 0),
-                f"; {cut} polls cut off" if cut else "",
-            )
+            await self._stop(running, started)
         self.systemd.close()
+
+    async def _start(self, store: Store, dispatcher: Dispatcher, watcher: Watcher) -> Running:
+        """Start polling, delivering, keeping archives and heart-beating; say READY=1."""
+        if waiting := await store.waiting_retries():
+            # Each keeps its backoff: a restart does not make them all due at once.
+            log.info(
+                "%d undelivered messages wait for their next attempt "
+                "(`jobherald deliveries retry --all` sends them now)",
+                waiting,
+            )
+        dispatcher.sender.load()
+        pool = Pool(watcher.poll, self.config.concurrency, stuck_after=self._stuck_after())
+        self._gate(pool, watcher)
+        replica = self._replica(store, watcher, dispatcher, pool)
+        self._count(watcher, dispatcher, pool)
+        periodic = Periodic()
+        periodic.every(FLUSH_EVERY, "writing poll times", watcher.flush)
+        periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
+        if self.config.heartbeat_url is not None:
+            switch = DeadMansSwitch(self, store, watcher.fetcher)
+            periodic.every(self.config.heartbeat_every, "pinging heartbeat_url", switch.ping)
+        delivering = asyncio.Event()
+        sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
+        archiver = Archiver(watcher, replica.claimer, self.clock)
+        archiver.on_result = lambda result: self.metrics.archives.labels(result).inc()
+        archiver.max_sleep = dispatcher.max_sleep
+        watcher.on_archive = archiver.wake
+        archiving = asyncio.Event()
+        keeper = asyncio.create_task(archiver.run(archiving), name="archiver")
+        pool.start()
+        await replica.join()
+        membership_ends = asyncio.Event()
+        membership = asyncio.create_task(replica.run(membership_ends), name="membership")
+        periodic.start()
+        active = len(watcher.active())
+        log.info(
+            "watching %s (%d already finished%s) with %d pollers on the %s loop",
+            counted(active, "job"),
+            len(watcher.jobs) - active,
+            f"; {replica.status(active)}" if store.shared else "",
+            pool.size,
+            self.config.event_loop,
+        )
+        heartbeat = asyncio.create_task(self._heartbeat(watcher), name="heartbeat")
+        self.running = Running(
+            store=store,
+            dispatcher=dispatcher,
+            watcher=watcher,
+            pool=pool,
+            replica=replica,
+            periodic=periodic,
+            sender=sender,
+            delivering=delivering,
+            keeper=keeper,
+            archiving=archiving,
+            membership=membership,
+            membership_ends=membership_ends,
+            heartbeat=heartbeat,
+        )
+        # What start-up built (modules, config, views) lives as long as the daemon: keep
+        # it out of the garbage collector's scans, which then cover only what polls make.
+        gc.collect()
+        gc.freeze()
+        gc.enable()
+        self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
+        self.ready = True
+        return self.running
+
+    async def _stop(self, running: Running, started: float) -> None:
+        """Finish what is in flight (within shutdown_timeout), then hand every job and
+        claim to the other replicas."""
+        self.systemd.send("STOPPING=1", "STATUS=stopping: finishing polls and deliveries")
+        self.ready = False
+        running.heartbeat.cancel()
+        log.info("stopping: finishing polls and deliveries in flight")
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        running.periodic.stop()
+        cut = await running.pool.stop(self.config.shutdown_timeout)
+        watcher = running.watcher
+        try:
+            await watcher.flush()
+        except Exception:
+            log.exception("writing poll times at shutdown failed")
+        running.archiving.set()
+        await self._finish_archives(running.keeper, deadline)
+        running.delivering.set()
+        await self._finish(running.sender, running.dispatcher, deadline)
+        # Only now, with nothing in flight, hand every job and claim to the others.
+        running.membership_ends.set()
+        await running.membership
+        await running.replica.leave()
+        counts = await running.store.delivery_counts()
+        log.info(
+            "stopped after %.0fs: %d polls, %s; deliveries pending %d, delivered %d%s",
+            time.monotonic() - started,
+            watcher.polls,
+            ", ".join(f"{n} {s}" for s, n in sorted(watcher.counts().items())) or "no jobs",
+            counts.get("pending", 0),
+            counts.get("delivered", 0),
+            f"; {cut} polls cut off" if cut else "",
+        )
 
     def _gate(self, pool: Pool, watcher: Watcher) -> None:
         """Hold the pool's polls to each source's budget (``max_rate``) and pauses, the
@@ -525,8 +575,9 @@ class Daemon:
         line = f"watching {counted(len(active), 'job')}" + (
             f": {', '.join(parts)}" if parts else ""
         )
-        if self.replica is not None and (self.replica.store.shared or not self.replica.valid()):
-            line = f"{self.replica.status(len(active))}; {line}"
+        replica = self.running.replica if self.running is not None else None
+        if replica is not None and (replica.store.shared or not replica.valid()):
+            line = f"{replica.status(len(active))}; {line}"
         if watcher.last_poll_at is not None:
             ago = max(0.0, (self.clock() - watcher.last_poll_at).total_seconds())
             line += f"; last poll {ago:.0f} s ago"

@@ -37,9 +37,15 @@ class Served(Protocol):
 
     config: Config
     ready: bool
-    store: Store | None
-    pool: Pool | None
     metrics: Metrics
+
+    @property
+    def store(self) -> Store | None:
+        """The database, once the daemon has started."""
+
+    @property
+    def pool(self) -> Pool | None:
+        """The pollers, once the daemon has started."""
 
     def problem(self) -> str | None:
         """Why the daemon is not healthy now (None: it is)."""
