@@ -62,11 +62,18 @@ _INDEX: tuple[Config, dict[str, WatchedJob]] | None = None
 
 
 def configured_jobs(cfg: Config) -> dict[str, WatchedJob]:
-    """The config's jobs by id (made once per config, not per request)."""
+    """The config's jobs by key (made once per config, not per request)."""
     global _INDEX
     if _INDEX is None or _INDEX[0] is not cfg:
         _INDEX = (cfg, {j.id: j for j in cfg.jobs})
     return _INDEX[1]
+
+
+def index_jobs(cfg: Config, by_key: dict[str, WatchedJob]) -> None:
+    """Take a daemon's own index of the config's jobs (the first page served then builds
+    none: 100,000 jobs would take a tenth of a second and 4 MB more)."""
+    global _INDEX
+    _INDEX = (cfg, by_key)
 
 
 def effective_interval(cfg: Config, job: WatchedJob | None, active: dict[str, int]) -> float | None:

@@ -25,6 +25,7 @@ from jobherald.fetch import Fetcher, RetryPolicy
 from jobherald.metrics import Metrics
 from jobherald.model import counted
 from jobherald.notify import Dispatcher
+from jobherald.report import index_jobs
 from jobherald.schedule import Periodic, Pool, Watcher, poll_once
 from jobherald.schedule.archiver import Archiver
 from jobherald.schedule.queue import Entry
@@ -360,6 +361,7 @@ class Daemon:
             self.config.event_loop,
         )
         heartbeat = asyncio.create_task(self._heartbeat(watcher), name="heartbeat")
+        index_jobs(self.config, watcher.jobs)
         self.running = Running(
             store=store,
             dispatcher=dispatcher,
@@ -538,6 +540,7 @@ class Daemon:
         pool.remove(removed)
         pool.remove(j.id for j in changed if watcher.views[j.id].state.terminal)
         self.config = new
+        index_jobs(new, watcher.jobs)
         try:
             await replica.rebalance()  # new jobs to their owners, removed ones dropped
         except Exception as exc:  # membership's own rounds rebalance again
