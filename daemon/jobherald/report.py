@@ -13,8 +13,6 @@ if TYPE_CHECKING:
     from jobherald.config import Config, WatchedJob
     from jobherald.store import JobFilter, Store
 
-TERMINAL = ("succeeded", "failed", "lost")
-
 
 def archive_fields(row: Any) -> dict[str, Any]:
     """An export's archive as `status --json` shows it: where it is kept, or why not."""
@@ -119,7 +117,7 @@ async def rows_of(
         others = [d for i, d in durations_here if i != key] if durations_here else []
         eta = job_eta(view, samples.get(key, ()), row.last_polled_at, now)
         job = configured.get(key)
-        polled = job is not None and view.state.value not in TERMINAL
+        polled = job is not None and not view.state.terminal
         # The replica polling it now: the same rendezvous hash every replica computes.
         who = (single or owner(key, live)) if polled else None
         kept = archives.get(key)

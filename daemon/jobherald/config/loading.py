@@ -80,22 +80,19 @@ def load(
     """
     reading = READ_SECRETS.set(read_secrets)
     try:
-        return _load(main=config_path(path), given=path, extra=extra, check_urls=check_urls,
-                     check_dirs=check_dirs, check_templates=check_templates)  # fmt: skip
+        return _load(path, extra, check_urls, check_dirs, check_templates)
     finally:
         READ_SECRETS.reset(reading)
 
 
 def _load(
-    *,
-    main: Path,
-    given: str | os.PathLike[str] | None,
+    path: str | os.PathLike[str] | None,
     extra: Sequence[Path],
     check_urls: bool,
     check_dirs: bool | None,
     check_templates: bool | None,
 ) -> Config:
-    path = given
+    main = config_path(path)
     label = str(path) if path else str(main)
     raw = _read_toml(main, label)
     problems: list[str] = []

@@ -73,7 +73,7 @@ class DeliveryRow:
     state: str
     attempts: int
     created_at: datetime
-    # When it is tried next (pending ones only).
+    # When it is tried next (said of pending ones only).
     next_attempt_at: datetime | None
     delivered_at: datetime | None
     last_error: str | None
@@ -85,6 +85,8 @@ class DeliveryRow:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in ("created_at", "next_attempt_at", "delivered_at"):
             out[name] = iso(out[name])
+        if self.state != "pending":
+            out["next_attempt_at"] = None
         return out
 
 
@@ -354,49 +356,29 @@ class Outbox(StoreBase):
     async def deliveries(self, states: Sequence[str]) -> list[DeliveryRow]:
         """Deliveries in the given states, oldest first, with their event and job."""
         query = (
-            sa.select(
+            sa.select(  # in DeliveryRow's order, by its names
                 deliveries.c.id,
                 deliveries.c.event_id,
+                events.c.kind,
+                events.c.job_id,
+                events.c.source,
                 deliveries.c.notifier,
                 deliveries.c.url,
                 deliveries.c.state,
                 deliveries.c.attempts,
+                events.c.at.label("created_at"),
                 deliveries.c.next_attempt_at,
-                deliveries.c.last_error,
                 deliveries.c.delivered_at,
+                deliveries.c.last_error,
                 deliveries.c.sent_by,
                 deliveries.c.digest_id,
-                events.c.kind,
-                events.c.at,
-                events.c.job_id,
-                events.c.source,
             )
             .join(events, events.c.id == deliveries.c.event_id)
             .where(deliveries.c.state.in_(states))
             .order_by(deliveries.c.id)
         )
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            DeliveryRow(
-                id=r.id,
-                event_id=r.event_id,
-                kind=r.kind,
-                job_id=r.job_id,
-                source=r.source,
-                notifier=r.notifier,
-                url=r.url,
-                state=r.state,
-                attempts=r.attempts,
-                created_at=r.at,
-                next_attempt_at=r.next_attempt_at if r.state == "pending" else None,
-                delivered_at=r.delivered_at,
-                last_error=r.last_error,
-                sent_by=r.sent_by,
-                digest_id=r.digest_id,
-            )
-            for r in rows
-        ]
+            return [DeliveryRow(**row._mapping) for row in await conn.execute(query)]
 
     async def retry_deliveries(self, ids: Sequence[int] | None, now: datetime) -> int:
         """Make pending or abandoned deliveries (all of them when ``ids`` is None) due now."""
