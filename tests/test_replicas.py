@@ -20,8 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from jobherald.model import Outcome, State, Transition
-from jobherald.schedule.replicas import owner
+from jobherald.model import Outcome, State, Transition, owner
 from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
 from jobherald.store import Claimer, JobIdentity, Joining, Lane, NewEvent, Store, Target
 from tests.conftest import (

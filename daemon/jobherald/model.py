@@ -7,6 +7,7 @@ Nothing here does I/O or imports the rest of the package. Every decision takes
 from __future__ import annotations
 
 import enum
+import hashlib
 import random
 import sys
 from collections.abc import Sequence
@@ -484,20 +485,26 @@ def estimate_eta(samples: Sequence[tuple[datetime, float]], now: datetime) -> da
     there are fewer than two samples, progress does not move (or goes back), or the job
     is done; never earlier than ``now``.
     """
-    points = list(samples)[-ETA_SAMPLES:]
-    if len(points) < 2:
+    points = samples[-ETA_SAMPLES:]
+    n = len(points)
+    if n < 2:
         return None
     last_at, last = points[-1]
     if last >= 1.0:
         return None
     origin = points[0][0]
     xs = [(at - origin).total_seconds() for at, _ in points]
-    ys = [value for _, value in points]
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    spread = sum((x - mean_x) ** 2 for x in xs)
+    mean_x = sum(xs) / n
+    mean_y = sum([value for _, value in points]) / n
+    spread = 0.0
+    moment = 0.0
+    for x, (_, y) in zip(xs, points, strict=True):
+        dx = x - mean_x
+        spread += dx * dx
+        moment += dx * (y - mean_y)
     if spread <= 0:
         return None
-    pace = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    pace = moment / spread
     if pace <= 1e-12:
         return None
     remaining = (1.0 - last) / pace
@@ -597,3 +604,20 @@ def job_eta(
     if view.state is not State.RUNNING or view.progress is None:
         return None
     return estimate_eta(eta_samples(view, recorded, latest_at), now)
+
+
+def _score(name: str, job_id: str) -> int:
+    digest = hashlib.blake2b(f"{name}\0{job_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(job_id: str, names: Sequence[str]) -> str | None:
+    """The live replica that polls this job (rendezvous hashing: every replica computes
+    the same), or None if none is live."""
+    best: str | None = None
+    best_score = -1
+    for name in names:
+        score = _score(name, job_id)
+        if score > best_score:
+            best, best_score = name, score
+    return best

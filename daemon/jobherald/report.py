@@ -3,7 +3,9 @@ show it: the same objects for the command line and the daemon's HTTP API."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -85,27 +87,57 @@ def effective_interval(cfg: Config, job: WatchedJob | None, active: dict[str, in
     return max(job.poll_interval, active.get(job.source, 0) / source.max_rate)
 
 
+@dataclass(frozen=True, slots=True)
+class _Beside:
+    """What rows are shown with beside their own columns, read once for a whole listing:
+    the live replicas, the jobs still polled per source (for rate-limited sources), and,
+    when given, every finished run's duration and every archive (else per chunk)."""
+
+    live: list[str]
+    active: dict[str, int]
+    durations: dict[tuple[str, str], list[tuple[str, float]]] | None = None
+    archives: dict[str, Any] | None = None
+
+
+async def _beside(cfg: Config, store: Store, whole: bool = False) -> _Beside:
+    members, _ = await store.members()
+    limited = any(src.max_rate is not None for src in cfg.sources.values())
+    return _Beside(
+        live=[m.name for m in members if m.live],
+        active=await store.active_per_source() if limited else {},
+        durations=await store.durations_of(None) if whole else None,
+        archives=await store.archive_rows() if whole else None,
+    )
+
+
 async def rows_of(
-    cfg: Config, store: Store, stored: Sequence[Any], now: datetime | None = None
+    cfg: Config,
+    store: Store,
+    stored: Sequence[Any],
+    now: datetime | None = None,
+    beside: _Beside | None = None,
+    samples: dict[str, list[tuple[datetime, float]]] | None = None,
 ) -> list[dict[str, Any]]:
     """These stored jobs as `status --json` shows them; what each needs beside its row
-    (progress samples, typical durations, archives) is read for these jobs only."""
-    from jobherald.model import job_eta, typical_duration
-    from jobherald.schedule.replicas import owner
+    (progress samples, typical durations, archives) is read for these jobs only, unless
+    ``beside`` or ``samples`` (the running jobs' progress) hold it already."""
+    from jobherald.model import job_eta, owner, typical_duration
     from jobherald.store import view_of
 
     if not stored:
         return []
     now = now or datetime.now(UTC)
-    members, _ = await store.members()
-    live = [m.name for m in members if m.live]
-    ids = [r.id for r in stored]
-    running = [r.id for r in stored if r.state == "running"]
-    samples = await store.progress_samples(running) if running else {}
-    durations = await store.durations_of({(r.name, r.source) for r in stored})
-    archives = await store.archive_rows(ids)
-    limited = any(src.max_rate is not None for src in cfg.sources.values())
-    active = await store.active_per_source() if limited else {}
+    beside = beside or await _beside(cfg, store)
+    live, active = beside.live, beside.active
+    if samples is None:
+        running = [r.id for r in stored if r.state == "running"]
+        samples = await store.progress_samples(running) if running else {}
+    durations = beside.durations
+    if durations is None:
+        durations = await store.durations_of({(r.name, r.source) for r in stored})
+    archives = beside.archives
+    if archives is None:
+        archives = await store.archive_rows([r.id for r in stored])
     configured = configured_jobs(cfg)
     none = archive_fields(None)
     single = live[0] if len(live) == 1 else None
@@ -176,19 +208,36 @@ async def iter_rows(
 
     wanted = wanted or JobFilter()
     seen: set[str] = set()
-    after: tuple[Any, ...] | None = None
-    while store is not None:
-        rows, after = await page_rows(cfg, store, wanted, chunk, after, by_state=False)
-        for row in rows:
-            seen.add(row["key"])
-            yield row
-        if after is None:
-            break
+    if store is not None:
+        from jobherald.store.jobs import sort_key
+
+        beside = await _beside(cfg, store, whole=True)
+
+        async def read(after: tuple[Any, ...] | None) -> tuple[list[Any], dict[str, Any]]:
+            page = store.page(wanted, chunk + 1, after, by_state=False)
+            progress = store.page_progress(wanted, chunk + 1, after, by_state=False)
+            rows, samples = await asyncio.gather(page, progress)
+            return rows, samples
+
+        # The next chunk is read while this one is shaped (the database's threads work
+        # beside this one).
+        reading: asyncio.Task[tuple[list[Any], dict[str, Any]]] | None
+        reading = asyncio.create_task(read(None))
+        while reading is not None:
+            stored, samples = await reading
+            more = len(stored) > chunk
+            stored = stored[:chunk]
+            reading = None
+            if more and stored:
+                reading = asyncio.create_task(read(sort_key(stored[-1], False)))
+            for row in await rows_of(cfg, store, stored, beside=beside, samples=samples):
+                seen.add(row["key"])
+                yield row
     if wanted.text or (wanted.state or "pending") != "pending":
         return
-    stored = await store.job_ids() if store is not None else set()
+    known = await store.job_ids() if store is not None else set()
     for job in cfg.jobs:
-        if job.id not in seen and job.id not in stored and wanted.source in (None, job.source):
+        if job.id not in seen and job.id not in known and wanted.source in (None, job.source):
             yield _blank(job.id, job.name, job.source, job.poll_interval, job.remote)
 
 

@@ -94,9 +94,10 @@ def _load(
 ) -> Config:
     main = config_path(path)
     label = str(path) if path else str(main)
-    raw = _read_toml(main, label)
+    raw, dollars = _read_toml(main, label)
     problems: list[str] = []
-    raw = _expand(raw, label, "", problems)
+    if dollars:  # a file without a "$" has no ${VAR}: its 100,000 jobs are not walked
+        raw = _expand(raw, label, "", problems)
     if problems:
         raise ConfigError(problems)
     # The jobs are validated and resolved one by one, each table dropped once it is a
@@ -108,11 +109,11 @@ def _load(
     for dropin in [*_included(main.parent, parsed.daemon.include if parsed else (), label), *extra]:
         extra_label = _display(dropin, main.parent)
         try:  # each drop-in that cannot be read is a line of its own; the others are read
-            read = _read_toml(dropin, extra_label)
+            read, dollars = _read_toml(dropin, extra_label)
         except ConfigError as exc:
             unreadable += exc.problems
             continue
-        extra_raw = _expand(read, extra_label, "", problems)
+        extra_raw = _expand(read, extra_label, "", problems) if dollars else read
         if problems:
             raise ConfigError(problems)
         tables.append((_pop_jobs(extra_raw), extra_label))
@@ -171,7 +172,8 @@ def _display(path: Path, base: Path) -> str:
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
-def _read_toml(path: Path, label: str) -> dict[str, Any]:
+def _read_toml(path: Path, label: str) -> tuple[dict[str, Any], bool]:
+    """The file's tables, and whether it holds a "$" anywhere."""
     try:
         # Opened without blocking: a FIFO would wait for a writer for ever.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -184,7 +186,8 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
             data = handle.read(MAX_CONFIG_BYTES + 1)
             if len(data) > MAX_CONFIG_BYTES:
                 raise ConfigError([f"{label}: larger than {MAX_CONFIG_BYTES // 2**20} MB"])
-            return tomli.loads(data.decode("utf-8"))
+            text = data.decode("utf-8")
+            return tomli.loads(text), "$" in text
     except FileNotFoundError:
         raise ConfigError([f"{label}: file not found"]) from None
     except IsADirectoryError:

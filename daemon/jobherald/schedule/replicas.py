@@ -15,7 +15,6 @@ that it must join again, with a new token, before it does anything at all.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import socket
@@ -26,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 from jobherald.aio import first_of
-from jobherald.model import counted
+from jobherald.model import counted, owner
 from jobherald.store import Claimer, Joining, Member, Store
 
 log = logging.getLogger(__name__)
@@ -36,22 +35,6 @@ log = logging.getLogger(__name__)
 MARGIN = 1.0
 # A heartbeat that failed is tried again this soon.
 RETRY_EVERY = 1.0
-
-
-def _score(name: str, job_id: str) -> int:
-    digest = hashlib.blake2b(f"{name}\0{job_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
-def owner(job_id: str, names: Sequence[str]) -> str | None:
-    """The live replica that polls this job (rendezvous hashing), or None if none is live."""
-    best: str | None = None
-    best_score = -1
-    for name in names:
-        score = _score(name, job_id)
-        if score > best_score:
-            best, best_score = name, score
-    return best
 
 
 class Replica:

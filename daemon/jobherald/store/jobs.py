@@ -519,17 +519,23 @@ class Jobs(StoreBase):
         """Up to ``limit`` jobs, filtered and sorted by the database: by state, name and
         id (``by_state``), else in the order they were registered; those after ``after``,
         the sort key of the last one shown (see ``sort_key``)."""
-        rank = state_rank()
-        order = (rank, jobs.c.name, jobs.c.id) if by_state else (jobs.c.created_at, jobs.c.id)
-        query = wanted.where(sa.select(*JOB_COLUMNS, rank.label("rank")))
-        if after is not None:
-            values = [sa.literal(v) for v in after]
-            if not by_state:  # a time: bound as the column stores it
-                values[0] = sa.literal(after[0], UTCDateTime)
-            query = query.where(sa.tuple_(*order) > sa.tuple_(*values))
-        query = query.order_by(*order).limit(limit)
         async with self.engine.connect() as conn:
-            return list((await conn.execute(query)).all())
+            return list((await conn.execute(_page(wanted, limit, after, by_state))).all())
+
+    async def page_progress(
+        self,
+        wanted: JobFilter,
+        limit: int,
+        after: tuple[Any, ...] | None = None,
+        *,
+        by_state: bool = True,
+    ) -> dict[str, list[tuple[datetime, float]]]:
+        """``progress_samples`` of the running jobs of that page (see ``page``), in one
+        query however many they are."""
+        shown = _page(wanted, limit, after, by_state).subquery()
+        running = sa.select(shown.c.id).where(shown.c.state == "running")
+        async with self.engine.connect() as conn:
+            return await _samples(conn, transitions.c.job_id.in_(running))
 
     async def job_ids(self) -> set[str]:
         """The ids of every stored job."""
@@ -555,25 +561,26 @@ class Jobs(StoreBase):
             return {source: int(n) for source, n in (await conn.execute(query)).all()}
 
     async def durations_of(
-        self, keys: Iterable[tuple[str, str]]
+        self, keys: Iterable[tuple[str, str]] | None
     ) -> dict[tuple[str, str], list[tuple[str, float]]]:
-        """Finished runs' durations of jobs with these (name, source): key -> (id, seconds)."""
-        wanted = set(keys)
-        names = sorted({name for name, _ in wanted})
+        """Finished runs' durations of jobs with these (name, source), of all when None:
+        (name, source) -> [(key, seconds)]."""
+        wanted = None if keys is None else set(keys)
         out: dict[tuple[str, str], list[tuple[str, float]]] = {}
-        if not names:
-            return out
         query = sa.select(
             jobs.c.id, jobs.c.name, jobs.c.source, jobs.c.begin_time, jobs.c.end_time
         ).where(
-            jobs.c.name.in_(names),
             jobs.c.state == "succeeded",
             jobs.c.begin_time.is_not(None),
             jobs.c.end_time.is_not(None),
         )
+        if wanted is not None:
+            if not wanted:
+                return out
+            query = query.where(jobs.c.name.in_(sorted({name for name, _ in wanted})))
         async with self.engine.connect() as conn:
             for r in await conn.execute(query):
-                if (r.name, r.source) in wanted:
+                if wanted is None or (r.name, r.source) in wanted:
                     seconds = (r.end_time - r.begin_time).total_seconds()
                     out.setdefault((r.name, r.source), []).append((r.id, seconds))
         return out
@@ -607,16 +614,8 @@ class Jobs(StoreBase):
         out: dict[str, list[tuple[datetime, float]]] = {}
         async with self.engine.connect() as conn:
             for start in range(0, len(wanted), 5000):
-                query = (
-                    sa.select(transitions.c.job_id, transitions.c.at, transitions.c.progress)
-                    .where(
-                        transitions.c.job_id.in_(wanted[start : start + 5000]),
-                        transitions.c.progress.is_not(None),
-                    )
-                    .order_by(transitions.c.job_id, transitions.c.id)
-                )
-                for row in await conn.execute(query):
-                    out.setdefault(row.job_id, []).append((row.at, row.progress))
+                some = transitions.c.job_id.in_(wanted[start : start + 5000])
+                out.update(await _samples(conn, some))
         return out
 
     async def answering_to(self, given: str) -> list[tuple[str, str, str]]:
@@ -638,6 +637,35 @@ class Jobs(StoreBase):
                 .order_by(transitions.c.id)
             )
             return list(rows)
+
+
+def _page(
+    wanted: JobFilter, limit: int, after: tuple[Any, ...] | None, by_state: bool
+) -> sa.Select[Any]:
+    rank = state_rank()
+    order = (rank, jobs.c.name, jobs.c.id) if by_state else (jobs.c.created_at, jobs.c.id)
+    query = wanted.where(sa.select(*JOB_COLUMNS, rank.label("rank")))
+    if after is not None:
+        values = [sa.literal(v) for v in after]
+        if not by_state:  # a time: bound as the column stores it
+            values[0] = sa.literal(after[0], UTCDateTime)
+        query = query.where(sa.tuple_(*order) > sa.tuple_(*values))
+    return query.order_by(*order).limit(limit)
+
+
+async def _samples(
+    conn: AsyncConnection, which: sa.ColumnElement[bool]
+) -> dict[str, list[tuple[datetime, float]]]:
+    """The recorded progress of the jobs ``which`` picks, by job, oldest first."""
+    query = (
+        sa.select(transitions.c.job_id, transitions.c.at, transitions.c.progress)
+        .where(which, transitions.c.progress.is_not(None))
+        .order_by(transitions.c.job_id, transitions.c.id)
+    )
+    out: dict[str, list[tuple[datetime, float]]] = {}
+    for job_id, at, progress in await conn.execute(query):
+        out.setdefault(job_id, []).append((at, progress))
+    return out
 
 
 def _transition_row(job_id: str, t: Transition) -> dict[str, Any]:
