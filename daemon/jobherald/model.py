@@ -584,13 +584,15 @@ def eta_samples(
     at 0, the recorded progress changes since, the latest change and the latest poll."""
     start = view.begin_time or view.running_since
     points = [(start, 0.0)] if start is not None else []
-    points += [(at, p) for at, p in recorded if start is None or at >= start]
+    # Recorded oldest first: only the latest few can be among the points an ETA reads.
+    latest = recorded[-ETA_SAMPLES:]
+    points += latest if start is None else [(at, p) for at, p in latest if at >= start]
     if view.progress is not None:
         if view.progress_changed_at is not None:
             points.append((view.progress_changed_at, view.progress))
         if latest_at is not None:
             points.append((latest_at, view.progress))
-    points.sort(key=lambda point: point[0])
+    points.sort()
     return points
 
 

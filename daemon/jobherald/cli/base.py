@@ -6,6 +6,7 @@ Heavy imports happen inside the commands, so each command loads only what it use
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import sys
 from collections.abc import Callable, Coroutine, Iterable
@@ -72,6 +73,11 @@ def load_config(
     from jobherald import config
     from jobherald.errors import ConfigError
 
+    # 100,000 jobs are millions of objects: the garbage collector does not scan them over
+    # and over while they are made, nor again while a command reads on (they live as long
+    # as it does). `run` turns the collector off itself, and back on once it polls.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return config.load(
             path or ctx.obj.get("config"),
@@ -84,6 +90,10 @@ def load_config(
         for line in exc.problems:
             click.echo(line, err=True)
         sys.exit(EXIT_USAGE)
+    finally:
+        if collecting:
+            gc.freeze()
+            gc.enable()
 
 
 def run_async(coro: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
