@@ -53,7 +53,14 @@ async def _run(python: str, config: Path, seconds: float, code: Path | None = No
 
 
 async def finishing(
-    python: str, base: str, count: int, rate: float, *, urgent: bool, window: float
+    python: str,
+    base: str,
+    count: int,
+    rate: float,
+    *,
+    urgent: bool,
+    window: float,
+    code: Path | None = None,
 ) -> dict[str, Any]:
     """Jobs ending over ``window`` seconds after a first round of polls; with ``urgent``
     polled every 10 s under ``max_rate`` (the budget goes to the jobs about to end), else
@@ -82,7 +89,7 @@ async def finishing(
             per_second: list[int] = []
             sampler = asyncio.create_task(_count_each_second(base, per_second))
             try:
-                await _run(python, config, first_round + window + interval + 15)
+                await _run(python, config, first_round + window + interval + 15, code)
             finally:
                 sampler.cancel()
     delays = [arrivals[j] - end for j, end in ends.items() if j in arrivals]
@@ -139,8 +146,19 @@ def rows(
     round_robin: dict[str, Any],
     storms: list[tuple[str, dict[str, Any]]],
     rate: float,
+    urgent_before: dict[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
-    out = [
+    out = []
+    if urgent_before is not None:
+        out.append(
+            (
+                f"before: max_rate {rate:g}, most urgent first: end to message p50 / p99",
+                f"{urgent_before['p50']:.1f} s / {urgent_before['p99']:.1f} s "
+                f"({urgent_before['received']} of {urgent_before['jobs']}, busiest second "
+                f"{urgent_before['busiest_second']})",
+            )
+        )
+    out += [
         (
             f"max_rate {rate:g}, most urgent first (interval 10 s): end to message p50 / p99",
             f"{urgent['p50']:.1f} s / {urgent['p99']:.1f} s ({urgent['received']} of {urgent['jobs']})",

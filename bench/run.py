@@ -597,6 +597,11 @@ def polite_table(quick: bool, before: Path | None) -> str:
 
     count, rate, window = (500, 50.0, 30.0) if quick else (5_000, 50.0, 120.0)
     with upstream() as base:
+        urgent_before = None
+        if before is not None:
+            urgent_before = asyncio.run(
+                finishing(DPY, base, count, rate, urgent=True, window=window, code=before)
+            )
         urgent = asyncio.run(finishing(DPY, base, count, rate, urgent=True, window=window))
         plain = asyncio.run(finishing(DPY, base, count, rate, urgent=False, window=window))
         storms = []
@@ -605,7 +610,7 @@ def polite_table(quick: bool, before: Path | None) -> str:
         storms.append(("now", asyncio.run(storm(DPY, base))))
     return table(
         f"Polite: {count:,} jobs ending over {window:.0f} s under max_rate {rate:g}; a 429 storm",
-        rows(urgent, plain, storms, rate),
+        rows(urgent, plain, storms, rate, urgent_before),
     )
 
 

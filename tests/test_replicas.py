@@ -352,6 +352,41 @@ async def _live_with_jobs(url: str, count: int, jobs: int) -> bool:
     )
 
 
+@pytest.mark.timeout(120)
+async def test_two_replicas_split_a_sources_request_budget_between_them(
+    postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    # 60 polls a second are due; the source allows 10 a second in all, not 10 per replica.
+    ids = running_jobs(sim, "b", 60)
+    config = configs.write(
+        ids,
+        daemon={"database": postgres, "poll_interval": "1s", "lease": "4s"},
+        source={"max_rate": 10},
+    )
+    logs = [configs.folder / "one.log", configs.folder / "two.log"]
+    procs = [await spawn_daemon(config, log) for log in logs]
+    try:
+        await wait_until(
+            lambda: _live_with_jobs(postgres, 2, len(ids)), 60, "two replicas sharing the jobs"
+        )
+        began = time.monotonic()
+        await asyncio.sleep(6)  # the window the requests are counted in
+        sent = [
+            (at, who)
+            for polls in polls_by_job(sim).values()
+            for at, _, who in polls
+            if began + 1 <= at < began + 6
+        ]
+    finally:
+        assert await stop_all(procs) == [0, 0]
+    text = "".join(log.read_text() for log in logs)
+    assert "Traceback" not in text
+    # Both replicas poll, and together they keep to the source's 10 a second (each bucket
+    # allows a tenth of a second of burst); unsplit, the two would send 20 a second.
+    assert len({who for _, who in sent}) == 2, Counter(who for _, who in sent)
+    assert 35 <= len(sent) <= 55, len(sent)
+
+
 async def test_one_replica_polls_each_job_once_per_interval(
     postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
 ) -> None:

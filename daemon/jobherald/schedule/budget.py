@@ -2,8 +2,9 @@
 
 A source with ``max_rate`` has a token bucket shared by all its jobs (split among the
 live replicas). Polls due faster than it allows wait in the source's waiting room and
-leave it most urgent first: jobs whose ETA is near or past (they are about to finish),
-then the longest overdue. A 429 or 503 with ``Retry-After`` pauses every job of the
+leave it most urgent first: jobs whose ETA is past (they have most likely finished),
+then the longest overdue; a job whose ETA is near waits for it rather than being polled
+just before. A 429 or 503 with ``Retry-After`` pauses every job of the
 source until then (at most ``max_retry_after_source``); when the pause ends one poll
 goes first, and the others follow only once it was not refused again, so a source that
 still says stop hears one request, not every job's.
@@ -53,6 +54,10 @@ class TokenBucket:
             return True
         return False
 
+    def give_back(self) -> None:
+        """A token taken and not spent."""
+        self.tokens = min(self.capacity, self.tokens + 1.0)
+
     def wait(self, now: float) -> float:
         """Seconds until a token is there."""
         self._fill(now)
@@ -76,6 +81,7 @@ class Gate:
     waiting: dict[int, Entry] = field(default_factory=dict)
     by_due: list[tuple[float, int]] = field(default_factory=list)
     by_eta: list[tuple[float, int]] = field(default_factory=list)
+    ends: dict[int, float] = field(default_factory=dict)  # the ETAs of those that have one
     deferred: int = 0
     timer: asyncio.TimerHandle | None = None
     timer_at: float = 0.0  # when the timer fires (uvloop's handles do not say)
@@ -97,8 +103,8 @@ class Gates:
     ) -> None:
         self._hand = hand
         self._source_of = source_of
-        # A job's estimated end (epoch seconds), or None: a job whose end is near or past
-        # leaves the waiting room first, earliest end first; then the longest overdue.
+        # A job's estimated end (epoch seconds), or None: a job whose end is past leaves
+        # the waiting room first, earliest end first; then the longest overdue.
         self._eta = eta or (lambda entry: None)
         self._gates: dict[str, Gate] = {}
         self._seq = itertools.count()
@@ -225,36 +231,46 @@ class Gates:
         heapq.heappush(gate.by_due, (entry.due, seq))
         if (eta := self._eta(entry)) is not None:
             heapq.heappush(gate.by_eta, (eta, seq))
+            gate.ends[seq] = eta
 
     @staticmethod
-    def _next(gate: Gate) -> Entry | None:
-        """The most urgent waiting poll, taken out of the room: a job whose end is near
-        (within its interval) or past, earliest first; else the one due longest ago."""
-        waiting = gate.waiting
+    def _next(gate: Gate, wall: float, hold_near: bool = True) -> Entry | None:
+        """The most urgent waiting poll, taken out of the room: a job whose end is past,
+        earliest first; else the one due longest ago. A job whose end is near (within its
+        interval) is held until then (``hold_near``): polled before its end it would
+        most likely still run, and the budget would pay for it twice."""
+        waiting, ends = gate.waiting, gate.ends
         by_eta, by_due = gate.by_eta, gate.by_due
         while by_eta and by_eta[0][1] not in waiting:
             heapq.heappop(by_eta)
-        if by_eta:
-            eta, seq = by_eta[0]
-            if eta - time.time() <= waiting[seq].interval:
-                heapq.heappop(by_eta)
-                return waiting.pop(seq)
-        while by_due and by_due[0][1] not in waiting:
-            heapq.heappop(by_due)
-        if by_due:
-            return waiting.pop(heapq.heappop(by_due)[1])
+        if by_eta and (by_eta[0][0] <= wall or not hold_near):
+            seq = heapq.heappop(by_eta)[1]
+            del ends[seq]
+            return waiting.pop(seq)
+        while by_due:
+            seq = heapq.heappop(by_due)[1]
+            entry = waiting.get(seq)
+            if entry is None:
+                continue
+            end = ends.get(seq)
+            if end is not None and end - wall <= entry.interval:
+                continue  # near its end: it stays in the room, for its end
+            del waiting[seq]
+            ends.pop(seq, None)
+            return entry
         return None
 
     def _drain(self, gate: Gate) -> None:
         """Hand on the most urgent waiting polls the budget allows now; arm the gate's
         timer for the next."""
         now = self._now()
+        wall = time.time()
         if gate.probing:
             if gate.probe is not None or now < gate.paused_until:
                 if gate.probe is None:
                     self._arm(gate, gate.paused_until)
                 return  # paused, or its probe still out
-            if (first := self._next(gate)) is not None:
+            if (first := self._next(gate, wall, hold_near=False)) is not None:
                 gate.probe = first
                 self._hand(first)
             else:
@@ -264,8 +280,12 @@ class Gates:
             if gate.bucket is not None and not gate.bucket.take(now):
                 self._arm(gate, now + gate.bucket.wait(now))
                 return
-            entry = self._next(gate)
-            if entry is None:
+            entry = self._next(gate, wall)
+            if entry is None:  # only jobs near their end wait: the first end wakes the gate
+                if gate.bucket is not None:
+                    gate.bucket.give_back()
+                if gate.by_eta:
+                    self._arm(gate, now + max(0.0, gate.by_eta[0][0] - wall))
                 break
             if now - entry.due > entry.current_interval:
                 gate.deferred += 1
