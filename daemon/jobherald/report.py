@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from jobherald.timing import iso
 
@@ -16,12 +16,83 @@ if TYPE_CHECKING:
     from jobherald.store import JobFilter, Store
 
 
-def archive_fields(row: Any) -> dict[str, Any]:
+class ArchiveFields(TypedDict):
+    """An export's archive as `status --json` shows it: where it is kept, or why not."""
+
+    archive_state: str | None
+    archive_path: str | None
+    archive_size: int | None
+    archive_sha256: str | None
+    archive_error: str | None
+
+
+class JobStatus(ArchiveFields):
+    """One job as `status --json`, `/api/jobs` and the status page show it."""
+
+    id: str
+    # What the job is stored and asked for under: its id, or "source/id..." when another
+    # configured job has the same id.
+    key: str
+    name: str
+    source: str
+    status: str
+    raw_status: str | None
+    progress: float | None
+    archive_id: str | None
+    link: str | None
+    reasons: list[dict[str, Any]]
+    last_polled_at: str | None
+    last_changed_at: str | None
+    error: str | None
+    # The replica polling it (None: none, or it is finished).
+    owner: str | None
+    eta: str | None
+    typical_duration: float | None
+    # Seconds between its polls now (longer than configured under a request budget).
+    interval: float | None
+
+
+# One transition as `history --json` shows it ("from" is a keyword: hence this form); the
+# archive kept (or given up) is an entry of its own, with ``event`` and its fields.
+HistoryEntry = TypedDict(
+    "HistoryEntry",
+    {
+        "at": str | None,
+        "from": str | None,
+        "to": str,
+        "progress": float | None,
+        "raw_status": str | None,
+        "event": NotRequired[str],
+        "archive_path": NotRequired[str | None],
+        "archive_size": NotRequired[int | None],
+        "archive_sha256": NotRequired[str | None],
+        "archive_error": NotRequired[str | None],
+    },
+)
+
+
+class ReplicaStatus(TypedDict):
+    """One replica as `replicas --json` shows it."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: str | None
+    heartbeat_at: str | None
+    jobs: int
+    live: bool
+
+
+def archive_fields(row: Any) -> ArchiveFields:
     """An export's archive as `status --json` shows it: where it is kept, or why not."""
     if row is None:
-        return dict.fromkeys(
-            ("archive_state", "archive_path", "archive_size", "archive_sha256", "archive_error")
-        )
+        return {
+            "archive_state": None,
+            "archive_path": None,
+            "archive_size": None,
+            "archive_sha256": None,
+            "archive_error": None,
+        }
     return {
         "archive_state": row.state,
         "archive_path": row.path,
@@ -33,7 +104,7 @@ def archive_fields(row: Any) -> dict[str, Any]:
 
 def _blank(
     key: str, name: str, source: str, interval: float | None = None, remote: str | None = None
-) -> dict[str, Any]:
+) -> JobStatus:
     return {
         "id": remote or key,
         # What the job is stored and asked for under: its id, or "source/id..." when
@@ -51,7 +122,11 @@ def _blank(
         "last_changed_at": None,
         "error": None,
         "owner": None,
-        **archive_fields(None),
+        "archive_state": None,
+        "archive_path": None,
+        "archive_size": None,
+        "archive_sha256": None,
+        "archive_error": None,
         "eta": None,
         "typical_duration": None,
         "interval": interval,
@@ -117,7 +192,7 @@ async def rows_of(
     now: datetime | None = None,
     beside: _Beside | None = None,
     samples: dict[str, list[tuple[datetime, float]]] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[JobStatus]:
     """These stored jobs as `status --json` shows them; what each needs beside its row
     (progress samples, typical durations, archives) is read for these jobs only, unless
     ``beside`` or ``samples`` (the running jobs' progress) hold it already."""
@@ -141,7 +216,7 @@ async def rows_of(
     configured = configured_jobs(cfg)
     none = archive_fields(None)
     single = live[0] if len(live) == 1 else None
-    rows = []
+    rows: list[JobStatus] = []
     for row in stored:
         view = view_of(row)
         key, name, source = view.id, row.name, row.source
@@ -153,6 +228,7 @@ async def rows_of(
         # The replica polling it now: the same rendezvous hash every replica computes.
         who = (single or owner(key, live)) if polled else None
         kept = archives.get(key)
+        kept_as = none if kept is None else archive_fields(kept)
         rows.append(
             {
                 "id": row.remote_id or key,
@@ -169,7 +245,11 @@ async def rows_of(
                 "last_changed_at": iso(view.last_changed_at),
                 "error": view.error,
                 "owner": who,
-                **(none if kept is None else archive_fields(kept)),
+                "archive_state": kept_as["archive_state"],
+                "archive_path": kept_as["archive_path"],
+                "archive_size": kept_as["archive_size"],
+                "archive_sha256": kept_as["archive_sha256"],
+                "archive_error": kept_as["archive_error"],
                 "eta": iso(eta),
                 "typical_duration": typical_duration(others) if others else None,
                 "interval": effective_interval(cfg, job, active),
@@ -186,7 +266,7 @@ async def page_rows(
     after: tuple[Any, ...] | None = None,
     *,
     by_state: bool = True,
-) -> tuple[list[dict[str, Any]], tuple[Any, ...] | None]:
+) -> tuple[list[JobStatus], tuple[Any, ...] | None]:
     """One page of jobs as `status --json` shows them, and where the next page starts
     (None: this was the last)."""
     from jobherald.store.jobs import sort_key
@@ -200,7 +280,7 @@ async def page_rows(
 
 async def iter_rows(
     cfg: Config, store: Store | None, wanted: JobFilter | None = None, chunk: int = 1000
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[JobStatus]:
     """Every known job as `status --json` shows it, in the order they were registered,
     read ``chunk`` at a time (memory stays flat however many there are); configured jobs
     the database does not know yet come last, as pending."""
@@ -241,7 +321,7 @@ async def iter_rows(
             yield _blank(job.id, job.name, job.source, job.poll_interval, job.remote)
 
 
-async def one_row(cfg: Config, store: Store | None, job_id: str) -> dict[str, Any] | None:
+async def one_row(cfg: Config, store: Store | None, job_id: str) -> JobStatus | None:
     """One job as `status --json` shows it (None: no such job)."""
     row = await store.job(job_id) if store is not None else None
     if row is not None:
@@ -255,11 +335,11 @@ async def one_row(cfg: Config, store: Store | None, job_id: str) -> dict[str, An
     )
 
 
-async def history_rows(store: Store, job_id: str) -> list[dict[str, Any]] | None:
+async def history_rows(store: Store, job_id: str) -> list[HistoryEntry] | None:
     """The job's transitions as `history --json` shows them (None: no such job stored)."""
     if await store.job(job_id) is None:
         return None
-    items: list[dict[str, Any]] = [
+    items: list[HistoryEntry] = [
         {
             "at": iso(t.at),
             "from": t.from_state,
@@ -289,7 +369,7 @@ async def history_rows(store: Store, job_id: str) -> list[dict[str, Any]] | None
     return items
 
 
-async def replica_rows(store: Store) -> list[dict[str, Any]]:
+async def replica_rows(store: Store) -> list[ReplicaStatus]:
     """The replicas as `replicas --json` shows them."""
     members, _ = await store.members()
     return [

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -27,6 +27,7 @@ from jobherald.cli.base import (
 
 if TYPE_CHECKING:
     from jobherald.config import Config
+    from jobherald.report import HistoryEntry, JobStatus, ReplicaStatus
     from jobherald.store import JobFilter
 
 # The states a job can be in (what `status --state` takes).
@@ -35,7 +36,7 @@ STATES = ("pending", "running", "succeeded", "failed", "unknown", "lost")
 
 async def _rows(
     cfg: Config, wanted: JobFilter | None = None, limit: int | None = None
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+) -> tuple[list[JobStatus], dict[str, int]]:
     """The known jobs as `status --json` shows them (the first ``limit``), and the
     deliveries counted by state."""
     from jobherald.report import iter_rows
@@ -43,7 +44,7 @@ async def _rows(
 
     store = await Store.open(cfg.database_url) if database_exists(cfg.database_url) else None
     try:
-        rows: list[dict[str, Any]] = []
+        rows: list[JobStatus] = []
         async for row in iter_rows(cfg, store, wanted, chunk=min(limit or 1000, 1000)):
             rows.append(row)
             if limit is not None and len(rows) >= limit:
@@ -66,7 +67,7 @@ async def _stream_json(cfg: Config, wanted: JobFilter, limit: int | None) -> Non
     store = await Store.open(cfg.database_url) if database_exists(cfg.database_url) else None
     out = sys.stdout.buffer
     written = 0
-    chunk: list[dict[str, object]] = []
+    chunk: list[JobStatus] = []
 
     def flush() -> None:
         if chunk:
@@ -95,7 +96,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
 
-def _bar(row: dict[str, Any]) -> str:
+def _bar(row: JobStatus) -> str:
     if row["progress"] is None:
         return "-"
     if row["status"] != "running":
@@ -118,7 +119,7 @@ STATUS_HEADERS = [
 ]
 
 
-def _status_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+def _status_rows(rows: list[JobStatus]) -> list[list[str]]:
     from datetime import UTC
 
     now = datetime.now(UTC)
@@ -148,7 +149,7 @@ def _eta(value: str | None, now: datetime) -> str:
     return f"in {format_duration(max(seconds, 0))}"
 
 
-def _state(row: dict[str, Any]) -> str:
+def _state(row: JobStatus) -> str:
     if row["status"] == "unknown":
         return f"unknown ({row['raw_status']})"
     archive = row["archive_state"]
@@ -211,7 +212,7 @@ def _watch_status(cfg: Config, every: float) -> None:
     from rich.live import Live
     from rich.table import Table
 
-    def render(rows: list[dict[str, Any]]) -> Table:
+    def render(rows: list[JobStatus]) -> Table:
         table = Table(box=None, pad_edge=False, header_style="bold", title="jobherald status")
         for header in STATUS_HEADERS:
             table.add_column(header)
@@ -221,7 +222,7 @@ def _watch_status(cfg: Config, every: float) -> None:
 
     async def loop() -> None:
         console = Console(width=None if sys.stdout.isatty() else 10_000)
-        seen: list[dict[str, Any]] | None = None
+        seen: list[dict[str, object]] | None = None
         if console.is_terminal:
             with Live(render([]), console=console, auto_refresh=False) as view:
                 while True:
@@ -252,7 +253,7 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
 
     configured = [(j.id, j.upstream_id, j.source) for j in cfg.jobs]
 
-    async def fetch() -> list[dict[str, Any]] | None:
+    async def fetch() -> list[HistoryEntry] | None:
         from jobherald.report import history_rows
         from jobherald.store import Store
 
@@ -301,7 +302,7 @@ def replicas(ctx: click.Context, config_path: str | None, as_json: bool) -> None
     """The daemons sharing this database: live or not, and how many jobs each polls."""
     cfg = load_config(ctx, config_path, secrets=False)
 
-    async def fetch() -> list[dict[str, Any]]:
+    async def fetch() -> list[ReplicaStatus]:
         from jobherald.report import replica_rows
 
         if not database_exists(cfg.database_url):

@@ -14,6 +14,7 @@ from jinja2 import Environment, select_autoescape
 
 if TYPE_CHECKING:
     from jobherald.config import Config
+    from jobherald.report import HistoryEntry, JobStatus
     from jobherald.store import JobFilter
 
 STATES = ("running", "pending", "unknown", "succeeded", "failed", "lost")
@@ -87,7 +88,7 @@ def _sources(cfg: Config) -> dict[str, dict[str, str]]:
 
 def index(
     cfg: Config,
-    rows: list[dict[str, Any]],
+    rows: list[JobStatus],
     counts: dict[str, int],
     wanted: JobFilter,
     *,
@@ -115,7 +116,7 @@ def index(
     )
 
 
-def job(cfg: Config, row: dict[str, Any], history: list[dict[str, Any]]) -> str:
+def job(cfg: Config, row: JobStatus, history: list[HistoryEntry]) -> str:
     return str(
         _template("job.html").render(
             job=row,
@@ -131,15 +132,17 @@ def not_found(job_id: str) -> str:
     return str(_template("missing.html").render(job_id=job_id))
 
 
-def chart(row: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any] | None:
+def chart(row: JobStatus, history: list[HistoryEntry]) -> dict[str, Any] | None:
     """Progress over time as SVG coordinates: the recorded progress of each transition,
     and the latest progress at the latest poll. None with fewer than two points."""
     points: list[tuple[datetime, float]] = []
     for item in history:
-        if item.get("progress") is not None and item.get("at") and "event" not in item:
-            points.append((_parse(item["at"]), float(item["progress"])))
-    if row.get("progress") is not None and row.get("last_polled_at"):
-        points.append((_parse(row["last_polled_at"]), float(row["progress"])))
+        at, progress = item["at"], item["progress"]
+        if progress is not None and at and "event" not in item:
+            points.append((_parse(at), progress))
+    polled, progress = row["last_polled_at"], row["progress"]
+    if progress is not None and polled:
+        points.append((_parse(polled), progress))
     points.sort(key=lambda p: p[0])
     if len(points) < 2:
         return None

@@ -28,6 +28,7 @@ from jobherald.http.guard import Door
 if TYPE_CHECKING:
     from jobherald.config import Config
     from jobherald.metrics import Metrics
+    from jobherald.report import JobStatus
     from jobherald.schedule.pool import Pool
     from jobherald.store import JobFilter, Store
 
@@ -243,9 +244,7 @@ class HttpServer:
             body=self.daemon.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    async def _page(
-        self, request: web.Request
-    ) -> tuple[list[dict[str, Any]], str | None, JobFilter]:
+    async def _page(self, request: web.Request) -> tuple[list[JobStatus], str | None, JobFilter]:
         """The page of jobs a request asks for (``limit``, ``cursor``, ``state``, ``source``,
         ``q``), read from the database: filtered, sorted and cut there; and the next page's
         cursor (None: the last page)."""
