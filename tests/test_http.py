@@ -23,7 +23,7 @@ from aiohttp import web
 from jobherald import config as config_module
 from jobherald.errors import ConfigError
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, running, succeeded
 from tests.conftest import (
     ConfigWriter,
     LocalApp,
@@ -383,7 +383,7 @@ async def test_healthz_fails_and_the_dead_mans_switch_goes_quiet_when_polling_st
         )
         # A poller dies: /healthz says so, and no heartbeat goes out while it is so.
         assert daemon.pool is not None
-        daemon.pool._pollers[0].cancel()
+        daemon.pool.pollers[0].cancel()
         await wait_for(lambda: daemon.problem() is not None, 5, "the stopped poller seen")
         status, text, _ = await get(f"{base}/healthz")
         assert (status, text) == (503, "stuck: poller 0 has stopped\n")

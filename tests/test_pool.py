@@ -10,7 +10,7 @@ import pytest
 
 from jobherald.schedule.pool import PollResult, Pool
 from jobherald.service import Daemon
-from jobherald.simulator import Answer, SimJob, Simulator
+from jobherald.sources.simulator import Answer, SimJob, Simulator
 
 from .conftest import ConfigWriter, NotifyListener, wait_for
 
@@ -89,7 +89,7 @@ async def test_a_pool_with_a_dead_poller_says_so() -> None:
 
     pool = Pool(poll, 3)
     pool.start()
-    pool._pollers[1].cancel()  # the outermost edge: a task that ended
+    pool.pollers[1].cancel()  # the outermost edge: a task that ended
     await asyncio.sleep(0)
     assert pool.health(pool.now()) == "poller 1 has stopped"
     await pool.stop(0.1)
@@ -153,7 +153,7 @@ async def test_a_stopped_poller_stops_the_watchdog_pings(
     try:
         await wait_for(lambda: sum("WATCHDOG=1" in m for m in drain()) >= 2, 20, "pings")
         assert daemon.pool is not None
-        daemon.pool._pollers[0].cancel()  # the outermost edge: a poller task that ended
+        daemon.pool.pollers[0].cancel()  # the outermost edge: a poller task that ended
         await wait_for(
             lambda: any("STATUS=stuck: poller 0 has stopped" in m for m in drain()), 10, "stuck"
         )

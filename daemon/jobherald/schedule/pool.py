@@ -261,6 +261,11 @@ class Pool:
 
     # -- health and shutdown --------------------------------------------------------
 
+    @property
+    def pollers(self) -> tuple[asyncio.Task[None], ...]:
+        """The poller tasks, by index (what ``health`` looks at)."""
+        return tuple(self._pollers)
+
     def in_flight(self) -> int:
         return sum(1 for p in self._polling if p is not None)
 
