@@ -4,13 +4,72 @@ the time it happened (the renderer and templates read it; nothing recomputes it)
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from jobherald.config import WatchedJob
-from jobherald.model import Event, JobView, duration_seconds
+from jobherald.model import Event, JobView, SourceHealth, duration_seconds
 
 if TYPE_CHECKING:
+    from jobherald.config import WatchedJob
     from jobherald.store import Kept
+
+
+class EventPart(TypedDict, total=False):
+    """What happened: its kind, when, what it was, what to do about it."""
+
+    kind: str
+    at: str
+    detail: str
+    advice: str | None
+    # What the event is about when it is not the job's polling ("archive").
+    about: str
+
+
+class JobPart(TypedDict, total=False):
+    """The job an event is about, as it stood then."""
+
+    id: str
+    key: str
+    name: str
+    source: str
+    instance_id: str
+    type: str | None
+    state: str
+    previous_state: str
+    raw_status: str | None
+    progress: float | None
+    archive_id: str | None
+    reasons: list[dict[str, Any]]
+    begin_time: str | None
+    end_time: str | None
+    duration: float | None
+    error: str | None
+    link: str | None
+    archive_path: str | None
+    archive_size: int | None
+    archive_sha256: str | None
+    eta: str | None
+    typical_duration: float | None
+
+
+class SourcePart(TypedDict, total=False):
+    """The source an event is about (its credentials, its health), as it stood then."""
+
+    name: str
+    endpoint: str
+    auth: str
+    error: str | None
+    error_since: str | None
+
+
+class EventPayload(TypedDict, total=False):
+    """One event's payload: what the outbox keeps, the renderer and templates read. A job's
+    event has ``job``, a source's (credentials, outage) ``source``. Every key is optional
+    to its readers: payloads written by older versions lack newer keys, so readers
+    ``get`` them; the writers here give every one."""
+
+    event: EventPart
+    job: JobPart
+    source: SourcePart
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -28,19 +87,21 @@ def event_payload(
     about: str | None = None,
     eta: datetime | None = None,
     typical: float | None = None,
-) -> dict[str, Any]:
+) -> EventPayload:
     """Everything a message about this event may show, frozen at the time it happened.
 
     ``archive`` is the job's kept export archive; ``about`` says what an event is about
     when it is not the job's polling (``archive``: keeping its archive)."""
+    said: EventPart = {
+        "kind": event.kind.value,
+        "at": at.isoformat(),
+        "detail": event.detail,
+        "advice": advice,
+    }
+    if about:
+        said["about"] = about
     return {
-        "event": {
-            "kind": event.kind.value,
-            "at": at.isoformat(),
-            "detail": event.detail,
-            "advice": advice,
-            **({"about": about} if about else {}),
-        },
+        "event": said,
         "job": {
             "id": job.upstream_id,
             "key": job.id,
@@ -64,5 +125,34 @@ def event_payload(
             "archive_sha256": archive.sha256 if archive else None,
             "eta": _iso(eta),
             "typical_duration": typical,
+        },
+    }
+
+
+def source_payload(
+    event: Event,
+    name: str,
+    endpoint: str,
+    auth: str,
+    health: SourceHealth,
+    error: str | None,
+    at: datetime,
+    advice: str | None,
+) -> EventPayload:
+    """Everything a message about a source's event may show (bad credentials, an outage,
+    its recovery), frozen at the time it happened."""
+    return {
+        "event": {
+            "kind": event.kind.value,
+            "at": at.isoformat(),
+            "detail": event.detail,
+            "advice": advice,
+        },
+        "source": {
+            "name": name,
+            "endpoint": endpoint,
+            "auth": auth,
+            "error": health.error or error,
+            "error_since": _iso(health.error_since),
         },
     }

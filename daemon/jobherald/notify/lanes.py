@@ -42,8 +42,16 @@ def retry_delay(attempts: int) -> float:
 
 
 def _subject(delivery: Delivery) -> str:
-    job = delivery.payload.get("job") or {}
-    return str(job.get("name") or f"source {(delivery.payload.get('source') or {}).get('name')}")
+    job = delivery.payload.get("job")
+    if job and job.get("name"):
+        return str(job.get("name"))
+    source = delivery.payload.get("source")
+    return f"source {source.get('name') if source else None}"
+
+
+def _job_id(delivery: Delivery) -> str:
+    job = delivery.payload.get("job")
+    return str(job.get("id") or "source") if job else "source"
 
 
 def _item(delivery: Delivery) -> Item:
@@ -256,7 +264,7 @@ class Dispatcher:
                 "delivered %s of %s (%s) to %s",
                 delivery.kind,
                 _subject(delivery),
-                (delivery.payload.get("job") or {}).get("id") or "source",
+                _job_id(delivery),
                 delivery.notifier,
             )
             return True

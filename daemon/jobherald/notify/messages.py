@@ -14,6 +14,7 @@ from jobherald.errors import FetchError
 from jobherald.model import EventKind, counted, format_duration
 
 if TYPE_CHECKING:
+    from jobherald.payload import EventPayload
     from jobherald.sources.base import Advice
 
 _NOTIFY_TYPES = {
@@ -68,20 +69,21 @@ def advice(kind: EventKind, error: FetchError | None, source: Source, words: Adv
     return "The service is failing; jobherald keeps trying, less often while it fails."
 
 
-def default_message(kind: str, event_id: str, payload: Mapping[str, Any]) -> Message:
+def default_message(kind: str, event_id: str, payload: EventPayload) -> Message:
     """The title, body and apprise notify type of one event."""
     event = payload.get("event", {})
     if payload.get("job") is None:
         return _render_source(kind, event_id, event, payload.get("source") or {})
     job = payload["job"]
-    name = job.get("name") or job.get("id")
+    name = job.get("name") or job.get("id") or "?"
     lines = [_headline(kind, name, event), f"id: {job.get('id')}"]
     if job.get("type"):
         lines.append(f"type: {job['type']}")
     if job.get("source"):
         lines.append(f"source: {job['source']}")
-    if kind in ("started", "progress", "stalled") and job.get("progress") is not None:
-        lines.append(f"progress: {job['progress'] * 100:.0f}%")
+    progress = job.get("progress")
+    if kind in ("started", "progress", "stalled") and progress is not None:
+        lines.append(f"progress: {progress * 100:.0f}%")
     duration = format_duration(job.get("duration"))
     if duration:
         lines.append(f"duration: {duration}")
@@ -186,7 +188,7 @@ class Item:
 
     kind: str
     event_id: str
-    payload: Mapping[str, Any]
+    payload: EventPayload
 
 
 def digest_counts(items: Sequence[Item]) -> dict[str, int]:

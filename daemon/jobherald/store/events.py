@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobherald.store.schema import deliveries, events
+
+if TYPE_CHECKING:
+    from jobherald.payload import EventPayload
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +30,7 @@ class Target:
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     kind: str
-    payload: Mapping[str, Any]
+    payload: EventPayload
     targets: Sequence[Target]
 
 

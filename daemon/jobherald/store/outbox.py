@@ -7,16 +7,19 @@ one batch at a time (a message, a few in flight, or a digest of many).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from jobherald.store.base import StoreBase
 from jobherald.store.schema import deliveries, events, lanes
 from jobherald.timing import iso
+
+if TYPE_CHECKING:
+    from jobherald.payload import EventPayload
 
 # The longest a claim holds while its sender lives: a send takes seconds, and a claim
 # whose replica stopped heart-beating is taken over at once, without waiting for this.
@@ -39,7 +42,7 @@ class Delivery:
     notifier: str
     target: str
     attempts: int
-    payload: Mapping[str, Any]
+    payload: EventPayload
     at: datetime
 
 
