@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from jobherald import config as config_module
-from jobherald.simulator import Simulator
+from jobherald.sources.simulator import Simulator
 
 
 class LocalApp:

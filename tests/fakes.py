@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from jobherald.simulator import Simulator
+from jobherald.sources.simulator import Simulator
 from tests.conftest import LocalApp
 
 

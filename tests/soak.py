@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, running, succeeded
 from tests.conftest import Receiver, carried, spawn_daemon, wait_for
 
 # A daemon's life in a cycle, on average; polls per second kept to what this machine

@@ -15,7 +15,7 @@ import pytest
 from jobherald.config.paths import unit_problem
 from jobherald.errors import ArchiveProblem
 from jobherald.schedule.archiver import Transfer, archive_file_name
-from jobherald.simulator import SimJob, Simulator, make_archive, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, make_archive, running, succeeded
 from tests.conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
 
 

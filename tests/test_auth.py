@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from jobherald.config import AkSkAuth, AuthConfig, PasswordAuth, Source, TokenAuth, WatchedJob
+from jobherald.config import AuthConfig, Source, TokenAuth, WatchedJob
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher
-from jobherald.simulator import SimJob, Simulator, running
-from jobherald.sources import RomaConnect
 from jobherald.sources.huawei_auth import sign
+from jobherald.sources.huawei_config import AkSkAuth, PasswordAuth
+from jobherald.sources.roma import RomaConnect
+from jobherald.sources.simulator import SimJob, Simulator, running
 from tests.conftest import Clock
 from tests.fakes import FakeIam, sdk_signature_check
 
@@ -36,7 +37,9 @@ async def iam(sim: Simulator) -> AsyncIterator[FakeIam]:
 
 
 def source(sim: Simulator, auth: AuthConfig, clock: Clock | None = None) -> RomaConnect:
-    config = Source("roma", sim.url, sim.project_id, "sim-instance", auth, 2.0, True)
+    config = Source(
+        "roma", sim.url, sim.project_id, "sim-instance", auth, 2.0, True, "roma-connect"
+    )
     return RomaConnect(config, clock)
 
 

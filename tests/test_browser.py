@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, running, succeeded
 from tests.conftest import ConfigWriter, Receiver, spawn_daemon
 from tests.test_http import TOKEN, free_port, get, http_section
 

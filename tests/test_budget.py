@@ -16,7 +16,7 @@ import pytest
 from jobherald.config import Config
 from jobherald.schedule.budget import TokenBucket
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, http_error, running
+from jobherald.sources.simulator import SimJob, Simulator, http_error, running
 from tests.conftest import ConfigWriter, Receiver, wait_for
 from tests.test_http import free_port
 

@@ -8,6 +8,7 @@ import pytest
 from jobherald import config
 from jobherald.errors import ConfigError
 from jobherald.model import Rules
+from jobherald.sources.huawei_config import AkSkAuth, PasswordAuth
 from tests.conftest import jobherald
 
 BASE = """\
@@ -492,7 +493,7 @@ def test_password_auth_reads_its_password_file(tmp_path: Path) -> None:
     (tmp_path / "iam.password").write_text("pw\n")
     path = write(tmp_path, BASE.replace('token = "s3cret-token"\n', "") + PASSWORD_AUTH)
     auth = config.load(path).sources["roma-prod"].auth
-    assert isinstance(auth, config.PasswordAuth)
+    assert isinstance(auth, PasswordAuth)
     assert (auth.user, auth.password.get_secret_value(), auth.project) == (
         "ops-bot",
         "pw",
@@ -509,7 +510,7 @@ def test_aksk_auth_reads_its_secret_key(tmp_path: Path) -> None:
         + '[sources.roma-prod.auth]\nmethod = "aksk"\nak = "AK1"\nsk_file = "roma.sk"\n',
     )
     auth = config.load(path).sources["roma-prod"].auth
-    assert isinstance(auth, config.AkSkAuth)
+    assert isinstance(auth, AkSkAuth)
     assert (auth.ak, auth.sk.get_secret_value(), auth.security_token) == ("AK1", "the-sk", None)
 
 

@@ -7,7 +7,15 @@ import sqlite3
 from pathlib import Path
 
 from jobherald.service import Daemon
-from jobherald.simulator import Answer, SimJob, Simulator, failed, http_error, running, succeeded
+from jobherald.sources.simulator import (
+    Answer,
+    SimJob,
+    Simulator,
+    failed,
+    http_error,
+    running,
+    succeeded,
+)
 from tests.conftest import Clock, ConfigWriter, Receiver, jobherald
 
 REASONS = [

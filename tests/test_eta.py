@@ -22,8 +22,8 @@ from jobherald.model import (
     typical_duration,
 )
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, succeeded
-from jobherald.simulator import running as sim_running
+from jobherald.sources.simulator import SimJob, Simulator, succeeded
+from jobherald.sources.simulator import running as sim_running
 from tests.conftest import ConfigWriter, Receiver, jobherald
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -165,7 +165,7 @@ async def test_a_run_slower_than_earlier_runs_of_its_name_is_stalled_once(
 
 
 def test_the_demos_etas_fit_the_demos_pace() -> None:
-    from jobherald.demo import demo_jobs
+    from jobherald.sources.demo import demo_jobs
 
     interval = 1.0
     for name, job, _ in demo_jobs(interval):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, http_error, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, http_error, running, succeeded
 from tests.conftest import Clock, ConfigWriter, Receiver
 
 EVERYTHING = ["succeeded", "failed", "started", "progress", "stalled", "lost", "error", "recovered"]

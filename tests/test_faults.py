@@ -13,8 +13,8 @@ from jobherald.config import Source, TokenAuth, WatchedJob
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher, RetryPolicy, parse_retry_after
 from jobherald.model import State
-from jobherald.simulator import Answer, SimJob, Simulator, http_error, running
-from jobherald.sources import RomaConnect
+from jobherald.sources.roma import RomaConnect
+from jobherald.sources.simulator import Answer, SimJob, Simulator, http_error, running
 
 
 class Sleeps:
@@ -41,7 +41,9 @@ async def fetcher(sleeps: Sleeps) -> AsyncIterator[Fetcher]:
 
 def source(sim: Simulator, timeout: float = 2.0) -> RomaConnect:
     auth = TokenAuth(SecretStr(sim.token), None)
-    return RomaConnect(Source("roma", sim.url, sim.project_id, "sim-instance", auth, timeout, True))
+    return RomaConnect(
+        Source("roma", sim.url, sim.project_id, "sim-instance", auth, timeout, True, "roma-connect")
+    )
 
 
 def job(job_id: str = "j1") -> WatchedJob:

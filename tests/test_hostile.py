@@ -18,7 +18,7 @@ import pytest
 from jobherald import config as config_module
 from jobherald.errors import ConfigError
 from jobherald.fetch import parse_retry_after
-from jobherald.simulator import Answer, SimJob, Simulator, http_error, running, succeeded
+from jobherald.sources.simulator import Answer, SimJob, Simulator, http_error, running, succeeded
 from jobherald.store import SCHEMA_HEAD
 from tests.conftest import ConfigWriter, Receiver, Running, jobherald, start, wait_for
 

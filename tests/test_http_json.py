@@ -16,7 +16,7 @@ from aiohttp import web
 from jobherald import config as config_module
 from jobherald.errors import ConfigError
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, running, succeeded
 from tests.conftest import Clock, LocalApp, Receiver, jobherald
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from jobherald import config as config_module
-from jobherald import sources
 from jobherald.errors import ConfigError
 from jobherald.model import Reason, State
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, failed, http_error, running, succeeded
+from jobherald.sources import registry
 from jobherald.sources.huawei_job import parse_job
+from jobherald.sources.simulator import SimJob, Simulator, failed, http_error, running, succeeded
 from tests.conftest import Clock, ConfigWriter, Receiver, jobherald
 
 # An answer of ShowJob as Huawei Cloud's API reference gives it (ECS, batch creation).
@@ -195,7 +195,7 @@ async def test_a_config_mixing_roma_and_huawei_jobs_tells_each_finish_once(
 
 
 def test_source_types_are_the_same_in_the_config_and_the_registry() -> None:
-    assert set(config_module.SOURCE_TYPES) == set(sources.SOURCE_TYPES)
+    assert set(config_module.SOURCE_TYPES) == set(registry.SOURCE_TYPES)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import pytest
 from jobherald import config as config_module
 from jobherald.errors import ConfigError
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, running, succeeded
 from tests.conftest import (
     Clock,
     ConfigWriter,

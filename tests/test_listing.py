@@ -12,7 +12,7 @@ import pytest
 
 from jobherald.config import Config
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, running, succeeded
 from tests.conftest import ConfigWriter, jobherald, wait_for
 from tests.test_http import free_port
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, failed, http_error, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, http_error, running, succeeded
 from tests.conftest import Clock, ConfigWriter, Receiver, jobherald
 from tests.fakes import FakeNtfy, Mailbox
 

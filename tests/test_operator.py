@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, running
+from jobherald.sources.simulator import SimJob, Simulator, running
 from jobherald.store import Store, head_revision
 from tests.conftest import ConfigWriter, Receiver, Running, jobherald, start, wait_for
 

@@ -7,7 +7,7 @@ import json
 import asyncpg
 
 from jobherald.service import Daemon
-from jobherald.simulator import SimJob, Simulator, failed, http_error, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, http_error, running, succeeded
 from jobherald.store import Store, head_revision
 from tests.conftest import Clock, ConfigWriter, Receiver, jobherald
 
@@ -73,7 +73,7 @@ async def test_the_daemon_on_postgres_tells_once_and_not_again_after_a_restart(
 async def test_long_texts_from_an_upstream_or_a_person_fit_on_postgres(
     postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
 ) -> None:
-    from jobherald.simulator import Answer
+    from jobherald.sources.simulator import Answer
 
     long_status = "Running-" + "r" * 300
     sim.add(SimJob("a", [running(0.5, status=long_status), succeeded()], archive_id="z" * 900))

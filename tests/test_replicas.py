@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from jobherald.model import Outcome, State, Transition, owner
-from jobherald.simulator import SimJob, Simulator, failed, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, running, succeeded
 from jobherald.store import Claimer, JobIdentity, Joining, Lane, NewEvent, Store, Target
 from tests.conftest import (
     ConfigWriter,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobherald import config as config_module
-from jobherald.simulator import Simulator
+from jobherald.sources.simulator import Simulator
 from tests.conftest import ConfigWriter, jobherald
 from tests.fakes import sdk_signature_check
 
@@ -233,7 +233,7 @@ async def test_an_archive_downloads_once_then_its_export_reads_finished(
     from jobherald.config import WatchedJob
     from jobherald.errors import FetchError
     from jobherald.fetch import Fetcher
-    from jobherald.sources import make_source
+    from jobherald.sources.registry import make_source
     from jobherald.sources.roma import RomaConnect
     from jobherald.sources.roma_assets import RomaAssets
 

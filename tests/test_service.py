@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobherald.simulator import SimJob, Simulator, failed, http_error, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, failed, http_error, running, succeeded
 from tests.conftest import (
     ConfigWriter,
     NotifyListener,

@@ -14,7 +14,7 @@ import pytest
 
 from jobherald.config import load
 from jobherald.service import Daemon
-from jobherald.simulator import (
+from jobherald.sources.simulator import (
     Answer,
     SimJob,
     Simulator,

@@ -10,8 +10,16 @@ from jobherald.config import Source, TokenAuth, WatchedJob
 from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher
 from jobherald.model import Reason, Snapshot, State
-from jobherald.simulator import Answer, SimJob, Simulator, failed, http_error, running, succeeded
 from jobherald.sources.roma import RomaConnect, parse_job
+from jobherald.sources.simulator import (
+    Answer,
+    SimJob,
+    Simulator,
+    failed,
+    http_error,
+    running,
+    succeeded,
+)
 
 REASONS = [
     {
@@ -38,6 +46,7 @@ def source_for(sim: Simulator, **overrides: object) -> RomaConnect:
         "auth": TokenAuth(SecretStr(sim.token), None),
         "timeout": 2.0,
         "verify_tls": True,
+        "type": "roma-connect",
     }
     values.update(overrides)
     return RomaConnect(Source(**values))  # type: ignore[arg-type]
@@ -211,7 +220,16 @@ async def test_a_slow_answer_is_a_timeout(sim: Simulator, fetcher: Fetcher) -> N
 
 async def test_a_closed_port_is_a_connection_error(fetcher: Fetcher) -> None:
     source = RomaConnect(
-        Source("roma", "http://127.0.0.1:9", "p", "i", TokenAuth(SecretStr("t"), None), 1.0, True)
+        Source(
+            "roma",
+            "http://127.0.0.1:9",
+            "p",
+            "i",
+            TokenAuth(SecretStr("t"), None),
+            1.0,
+            True,
+            "roma-connect",
+        )
     )
     with pytest.raises(FetchError) as caught:
         await source.poll(fetcher, watched("j1"))

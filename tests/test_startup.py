@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
-from jobherald.simulator import SimJob, Simulator, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, running, succeeded
 
 from .conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
 
@@ -121,3 +123,39 @@ def test_every_module_imports_on_its_own_with_no_import_cycle() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout) > 30
+
+
+# A vendor's modules, and its words (ROMA, IAM, Huawei) or auth method (AK/SK signing).
+VENDOR_MODULE = re.compile(r"^jobherald\.sources\.(roma|roma_assets|huawei\w*)$")
+VENDOR_WORD = re.compile(r"\bROMA\b|Roma|\bIAM\b|(?i:huawei|aksk)")
+
+
+def test_no_module_outside_the_sources_knows_a_vendor() -> None:
+    """Vendor knowledge lives in ``sources/`` (and the CLI's ``roma`` group): no other
+    module imports a vendor's module or speaks of it. The names users type, a source type
+    (``type = "roma-connect"``) and a command (``jobherald roma``), may appear."""
+    import ast
+
+    import jobherald
+
+    package = Path(jobherald.__file__).parent
+    looked = 0
+    for path in sorted(package.rglob("*.py")):
+        inside = path.relative_to(package)
+        if inside.parts[0] == "sources" or inside == Path("cli/roma.py"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {
+            f"{n.module}.{a.name}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module
+            for a in n.names
+        }
+        assert not [m for m in imported if VENDOR_MODULE.match(m)], (inside, imported)
+        words = [m[0] for m in VENDOR_WORD.finditer(text)]
+        assert not words, (inside, words)
+        looked += 1
+    assert looked > 30

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from jobherald.simulator import SimJob, Simulator, running, succeeded
+from jobherald.sources.simulator import SimJob, Simulator, running, succeeded
 from tests.conftest import Receiver, wait_for
 from tests.test_http import free_port, get
 

@@ -181,7 +181,7 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
     job = {
         "id": "ff8080814dbd65d7014dbe0d84db0013",
         "name": "nightly export",
-        "source": "roma-prod",
+        "source": "exports-prod",
         "instance_id": "ab12",
         "type": "exportAsset",
         "state": "succeeded",
@@ -228,7 +228,7 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
             {
                 "resource_type": "task",
                 "resource_name": f"sync{i}",
-                "error_code": "ROMA.1",
+                "error_code": "E.1",
                 "error_msg": "broken " * 40,
             }
             for i in range(MAX_REASONS)
@@ -237,7 +237,7 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
     pending = {name: None for name in JOB_FIELDS} | {
         "id": "j2",
         "name": "j2",
-        "source": "roma-prod",
+        "source": "exports-prod",
         "state": "pending",
         "previous_state": "pending",
         "reasons": [],
@@ -245,10 +245,10 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
     }
     event = {"at": "2026-01-01T00:04:13+00:00", "detail": "what happened", "advice": "what to do"}
     source = {
-        "name": "roma-prod",
-        "endpoint": "https://roma",
+        "name": "exports-prod",
+        "endpoint": "https://jobs.example.com",
         "auth": "token",
-        "error": "HTTP 401 APIG.1002: bad token",
+        "error": "HTTP 401: bad token",
         "error_since": None,
     }
     return [

@@ -161,7 +161,7 @@ def db_upgrade(ctx: click.Context, config_path: str | None) -> None:
 @cli.command()
 @click.option("--speed", type=float, default=1.0, help="Faster (2) or slower (0.5) jobs.")
 def demo(speed: float) -> None:
-    """A self-contained show: simulated ROMA Connect jobs, notifications in the terminal."""
-    from jobherald.demo import run_demo
+    """A self-contained show: simulated cloud jobs, notifications in the terminal."""
+    from jobherald.sources.demo import run_demo
 
     sys.exit(asyncio.run(run_demo(speed)))

@@ -183,7 +183,9 @@ def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool
 @click.argument("job_id")
 @click.option("--source", "-s", required=True, help="The source the job belongs to.")
 @click.option("--name", "-n", help="A name for messages and status (default: the id).")
-@click.option("--instance-id", help="roma-connect: the instance, when not the source's.")
+@click.option(
+    "--instance-id", help="For a source with instances: the job's, when not the source's."
+)
 @click.option(
     "--param",
     "params",

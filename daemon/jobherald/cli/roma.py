@@ -72,7 +72,7 @@ def _start(
     from jobherald.cli.base import run_async
     from jobherald.errors import FetchError
     from jobherald.fetch import Fetcher, RetryPolicy
-    from jobherald.sources import make_source
+    from jobherald.sources.registry import make_source
     from jobherald.sources.roma import RomaConnect
     from jobherald.sources.roma_assets import RomaAssets
 

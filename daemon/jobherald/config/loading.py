@@ -15,38 +15,37 @@ from typing import Any
 import tomli
 from pydantic import BaseModel, ValidationError
 
+from jobherald.auth import READ_SECRETS, SECRET_KEYS
 from jobherald.config.model import (
     Config,
     HttpConfig,
-    HttpJsonSettings,
     Notifier,
     WatchedJob,
 )
 from jobherald.config.sections import (
     _NAME,
     _VAR,
-    AUTH_METHODS,
     DEFAULT_CONFIG_PATH,
     EVENTS,
-    HTTP_AUTH_METHODS,
-    SOURCE_TYPES,
     DropInFile,
-    HttpJsonSource,
     HttpSection,
     JobSection,
     M,
     MainFile,
     NotifierSection,
-    RomaConnectSource,
-    RuleFields,
 )
-from jobherald.config.sources import (
-    READ_SECRETS,
-    SECRET_KEYS,
-    _resolve_source,
-)
+from jobherald.config.sources import _resolve_source
 from jobherald.errors import ConfigError
+from jobherald.fields import RuleFields
 from jobherald.model import Rules
+from jobherald.sources.http_json_config import HttpJsonSettings
+from jobherald.sources.sections import (
+    AUTH_METHODS,
+    HTTP_AUTH_METHODS,
+    SOURCE_TYPES,
+    WITH_INSTANCES,
+    WITH_PARAMS,
+)
 
 
 def config_path(given: str | os.PathLike[str] | None) -> Path:
@@ -291,9 +290,10 @@ _SECRET_KEYS = frozenset(
 def _known_keys() -> list[str]:
     """Every key any section takes: what an unknown key is compared with."""
     from jobherald.config import sections
+    from jobherald.sources.sections import tables
 
     names: set[str] = set()
-    for model in vars(sections).values():
+    for model in [*vars(sections).values(), *tables()]:
         if isinstance(model, type) and issubclass(model, BaseModel):
             names.update(model.model_fields)
     return sorted(names)
@@ -592,9 +592,10 @@ class _JobTables:
                     f"(known: {self.known_notifiers})"
                 )
         params = tuple(sorted(job.params.items())) if job.params else ()
-        if job.params is not None and not isinstance(section, HttpJsonSource):
+        if job.params is not None and not section.params:
             problems.append(
-                f"{where()}.params: only for http-json sources ({job.source!r} is {section.type})"
+                f"{where()}.params: only for {' and '.join(WITH_PARAMS)} sources "
+                f"({job.source!r} is {section.type})"
             )
             return
         source = self.resolving.sources.get(job.source)
@@ -608,16 +609,16 @@ class _JobTables:
                     f"give {', '.join(missing)} in this job's params"
                 )
                 return
-        if not isinstance(section, RomaConnectSource):
+        if not section.instances:
             if job.instance_id is not None:
                 problems.append(
-                    f"{where()}.instance_id: only for roma-connect sources "
+                    f"{where()}.instance_id: only for {' and '.join(WITH_INSTANCES)} sources "
                     f"({job.source!r} is {section.type})"
                 )
                 return
             instance_id = ""
         else:
-            instance_id = job.instance_id or section.instance_id or ""
+            instance_id = job.instance_id or getattr(section, "instance_id", None) or ""
             if not instance_id:
                 problems.append(
                     f"{where()}.instance_id: required, as source {job.source!r} sets no instance_id"
@@ -701,7 +702,7 @@ def _http(section: HttpSection, base: Path, label: str, problems: list[str]) -> 
     (inline or from a file) is required off loopback."""
     import ipaddress
 
-    from jobherald.config.sources import _Secrets
+    from jobherald.auth import Secrets
 
     where = f"{label}: http"
     if not section.listen.strip():
@@ -724,7 +725,7 @@ def _http(section: HttpSection, base: Path, label: str, problems: list[str]) -> 
         loopback = host in LOOPBACK_NAMES
     token = None
     if section.token is not None or section.token_file is not None:
-        token = _Secrets(where, base, problems).get("token", section.token, section.token_file)
+        token = Secrets(where, base, problems).get("token", section.token, section.token_file)
         if token is None:
             return None
     elif not loopback:

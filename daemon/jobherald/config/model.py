@@ -13,82 +13,11 @@ from pydantic import (
     SecretStr,
 )
 
+from jobherald.auth import Credentials
 from jobherald.model import Rules
 
-
-@dataclass(frozen=True, slots=True)
-class TokenAuth:
-    """A fixed token, inline or from a file re-read whenever it changes: an IAM token
-    (sent as X-Auth-Token), or for http-json sources a bearer token."""
-
-    token: SecretStr | None
-    token_file: Path | None
-    method: str = "token"
-    bearer: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BasicAuth:
-    """HTTP basic authentication."""
-
-    user: str
-    password: SecretStr
-    method: str = "basic"
-
-
-@dataclass(frozen=True, slots=True)
-class NoAuth:
-    """No credentials at all (an open API, or one reached through a local proxy)."""
-
-    method: str = "none"
-
-
-@dataclass(frozen=True, slots=True)
-class PasswordAuth:
-    """An IAM token fetched with a password, and fetched again before it expires."""
-
-    iam_endpoint: str
-    user: str
-    password: SecretStr
-    domain: str
-    project: str | None
-    project_id: str | None
-    method: str = "password"
-
-
-@dataclass(frozen=True, slots=True)
-class AkSkAuth:
-    """Every request signed with an access key and secret key (SDK-HMAC-SHA256)."""
-
-    ak: str
-    sk: SecretStr
-    security_token: SecretStr | None
-    method: str = "aksk"
-
-
-AuthConfig = TokenAuth | PasswordAuth | AkSkAuth | BasicAuth | NoAuth
-
-
-@dataclass(frozen=True, slots=True)
-class HttpJsonSettings:
-    """An http-json source's request and how to read its answer (JMESPath texts, each
-    compiled once at load to check it, and again by the source)."""
-
-    url: str
-    method: str
-    headers: tuple[tuple[str, str], ...]
-    placeholders: frozenset[str]
-    status: str
-    succeeded: tuple[str, ...]
-    failed: tuple[str, ...]
-    running: tuple[str, ...]
-    progress: str | None
-    progress_scale: float
-    reasons: str | None
-    begin_time: str | None
-    end_time: str | None
-    link: str | None
-    not_found: frozenset[int]
+# A source's credentials: jobherald.auth's, or those a source type declares beside it.
+AuthConfig = Credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +29,11 @@ class Source:
     auth: AuthConfig
     timeout: float
     verify_tls: bool
+    type: str  # its config name: which source module reads it
     rules: Rules = field(default_factory=Rules)
-    type: str = "roma-connect"
-    # What a type needs beyond the common keys (http-json: its HttpJsonSettings).
+    # What a type needs beyond the common keys (http-json: its settings).
     settings: Any = None
-    # roma-connect: where export archives are kept (None: they are left to the user).
+    # A source offering archives (an export's): where they are kept (None: left to the user).
     archive_dir: Path | None = None
     # A download longer than this, or an archive larger than this, is given up (and tried
     # again with backoff).

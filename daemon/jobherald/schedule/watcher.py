@@ -30,18 +30,15 @@ from jobherald.model import (
     typical_duration,
 )
 from jobherald.notify import Dispatcher, advice
-from jobherald.payload import event_payload
+from jobherald.payload import event_payload, source_payload
 from jobherald.schedule.pool import PollResult
 from jobherald.schedule.reminders import remind_unresolved
-from jobherald.sources import JobSource, make_source
+from jobherald.sources.base import JobSource
+from jobherald.sources.registry import make_source
 from jobherald.store import JobIdentity, NewEvent, Store, Target
 from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 class Watcher:
@@ -122,7 +119,7 @@ class Watcher:
     async def reconfigure(self, config: Config) -> tuple[list[WatchedJob], list[str]]:
         """Take a new configuration; return the jobs to (re)schedule and the ids to drop.
 
-        Sources whose settings did not change keep their state (an IAM token among it).
+        Sources whose settings did not change keep their state (a fetched token among it).
         The jobs are registered in the database first: when that fails, nothing changed.
         """
         jobs = {j.id: j for j in config.jobs}
@@ -399,21 +396,16 @@ class Watcher:
         new_events = [
             NewEvent(
                 kind=event.kind.value,
-                payload={
-                    "event": {
-                        "kind": event.kind.value,
-                        "at": now.isoformat(),
-                        "detail": event.detail,
-                        "advice": advice(event.kind, error, source, self.sources[name].advice),
-                    },
-                    "source": {
-                        "name": name,
-                        "endpoint": source.endpoint,
-                        "auth": source.auth.method,
-                        "error": health.error or (error.detail if error else None),
-                        "error_since": _iso(health.error_since),
-                    },
-                },
+                payload=source_payload(
+                    event,
+                    name,
+                    source.endpoint,
+                    source.auth.method,
+                    health,
+                    error.detail if error else None,
+                    now,
+                    advice(event.kind, error, source, self.sources[name].advice),
+                ),
                 targets=self.targets_for(listeners, event.kind.value, name),
             )
             for event in events

@@ -19,17 +19,12 @@ from urllib.parse import quote, unquote
 
 from yarl import URL
 
-from jobherald.config import (
-    AkSkAuth,
-    AuthConfig,
-    PasswordAuth,
-    Source,
-    TokenAuth,
-    read_secret,
-)
+from jobherald.auth import TokenAuth, read_secret
+from jobherald.config import AuthConfig, Source
 from jobherald.errors import FetchError
 from jobherald.fetch import JSON_TYPE, Fetcher, Response
 from jobherald.sources.base import BODY_PREVIEW, load_json, parse_time
+from jobherald.sources.huawei_config import AkSkAuth, PasswordAuth
 from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)
