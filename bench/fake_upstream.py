@@ -2,7 +2,8 @@
 
 Every job id answers RUNNING at 50 %, except ids of the form ``flip-<epoch_ms>-<n>``,
 which answer SUCCEEDED from that instant on, and ``ramp-<begin_ms>-<end_ms>-<n>``, which
-run from ``begin`` (their begin_time) with progress growing evenly to SUCCEEDED at ``end``.
+run from ``begin`` (their begin_time) with progress growing evenly to SUCCEEDED at ``end``;
+``blind-<begin_ms>-<end_ms>-<n>`` run and end alike but say no progress (no ETA).
 ``POST /control/storm?seconds=S&retry_after=R`` makes every answer a 429 with
 ``Retry-After: R`` for S seconds; ``GET /control/count`` gives the job requests answered
 so far. Prints ``PORT <n>`` once it listens.
@@ -47,7 +48,7 @@ def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
 
 
-def _ramp(job_id: str) -> bytes:
+def _ramp(job_id: str, progress_shown: bool = True) -> bytes:
     _, begin_ms, end_ms, _ = job_id.split("-")
     begin, end, now = int(begin_ms) / 1000, int(end_ms) / 1000, time.time()
     if now >= end:
@@ -62,6 +63,10 @@ def _ramp(job_id: str) -> bytes:
             }
         ).encode()
     progress = max(0.0, min(0.999, (now - begin) / (end - begin)))
+    if not progress_shown:
+        return json.dumps(
+            {"id": job_id, "type": "exportAsset", "status": "RUNNING", "begin_time": _iso(begin)}
+        ).encode()
     return json.dumps(
         {"id": job_id, "type": "exportAsset", "status": "RUNNING",
          "progress_percent": round(progress, 4), "begin_time": _iso(begin)}
@@ -85,6 +90,8 @@ async def job(request: web.Request) -> web.Response:
             body = SUCCEEDED
     elif job_id.startswith("ramp-"):
         body = _ramp(job_id)
+    elif job_id.startswith("blind-"):
+        body = _ramp(job_id, progress_shown=False)
     return web.Response(body=body, content_type="application/json")
 
 

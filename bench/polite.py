@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 from common import daemon, pct, serving, write_config
 
-RAMP = re.compile(r"^(?:id: |- )(ramp-\d+-\d+-\d+)\b", re.MULTILINE)
+RAMP = re.compile(r"^(?:id: |- )((?:ramp|blind)-\d+-\d+-\d+)\b", re.MULTILINE)
 
 
 @contextlib.asynccontextmanager
@@ -64,15 +64,17 @@ async def finishing(
 ) -> dict[str, Any]:
     """Jobs ending over ``window`` seconds after a first round of polls; with ``urgent``
     polled every 10 s under ``max_rate`` (the budget goes to the jobs about to end), else
-    every ``count / rate`` seconds, the same rate spent round-robin."""
+    every ``count / rate`` seconds under the same ``max_rate``, round-robin: the same
+    jobs ending at the same times, but showing no progress, so that no ETA orders them."""
     rng = random.Random(11)
     first_round = count / rate + 10  # every job polled once: its progress is known
     async with hook() as (arrivals, url):
         with tempfile.TemporaryDirectory(prefix="jh-polite-") as tmp:
             start = time.time()
             begin = start - 600
+            kind = "ramp" if urgent else "blind"
             ends = {
-                f"ramp-{int(begin * 1000)}-{int(end * 1000)}-{i}": end
+                f"{kind}-{int(begin * 1000)}-{int(end * 1000)}-{i}": end
                 for i in range(count)
                 if (end := start + first_round + rng.uniform(0, window))
             }
@@ -164,7 +166,7 @@ def rows(
             f"{urgent['p50']:.1f} s / {urgent['p99']:.1f} s ({urgent['received']} of {urgent['jobs']})",
         ),
         (
-            f"the same rate round-robin (interval {round_robin['interval']:.0f} s): p50 / p99",
+            f"the same rate round-robin, no ETA (interval {round_robin['interval']:.0f} s): p50 / p99",
             f"{round_robin['p50']:.1f} s / {round_robin['p99']:.1f} s "
             f"({round_robin['received']} of {round_robin['jobs']})",
         ),
