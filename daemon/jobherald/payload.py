@@ -4,13 +4,23 @@ the time it happened (the renderer and templates read it; nothing recomputes it)
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from jobherald.model import Event, JobView, SourceHealth, duration_seconds
 
 if TYPE_CHECKING:
     from jobherald.config import WatchedJob
-    from jobherald.store import Kept
+
+
+class Kept(Protocol):
+    """An archive kept on disk (the store's): where, how big, its sha256."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
 
 
 class EventPart(TypedDict, total=False):

@@ -6,10 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-import re
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -20,8 +17,9 @@ from sqlalchemy.engine import make_url
 from jobherald import __version__
 from jobherald.aio import first_of
 from jobherald.config import Config, systemd_environment
-from jobherald.errors import FetchError
 from jobherald.fetch import Fetcher, RetryPolicy
+from jobherald.liveness import DeadMansSwitch, SystemdNotifier
+from jobherald.logs import one_line, setup_logging
 from jobherald.metrics import Metrics
 from jobherald.model import counted
 from jobherald.notify import Dispatcher
@@ -35,6 +33,8 @@ from jobherald.store.schema import shown_url
 from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)
+
+__all__ = ["RESTART_ONLY", "Daemon", "Running", "SystemdNotifier", "setup_logging"]
 
 # What a reload cannot change in a running daemon: kept until the next restart (said so).
 RESTART_ONLY = (
@@ -54,107 +54,6 @@ FLUSH_EVERY = 300.0
 REMIND_EVERY = 60.0
 # Jobs taken over from a replica that left are first polled within this many seconds.
 TAKEOVER_SPREAD = 0.25
-
-
-_PRIORITIES = {
-    logging.DEBUG: 7,
-    logging.INFO: 6,
-    logging.WARNING: 4,
-    logging.ERROR: 3,
-    logging.CRITICAL: 2,
-}
-
-
-# Characters that could forge a log line or work on a terminal (C0, DEL, C1); a message
-# is cut at MAX_LOG_MESSAGE characters. Upstream text reaches log lines: it is shown as text.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-MAX_LOG_MESSAGE = 2000
-
-
-def _visible(match: re.Match[str]) -> str:
-    return "\\n" if match[0] == "\n" else f"\\x{ord(match[0]):02x}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
-class SafeFormatter(logging.Formatter):
-    """A message as one line of text: control characters spelled out, length capped
-    (a traceback after it keeps its lines)."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        message = record.message
-        if len(message) > MAX_LOG_MESSAGE:
-            message = f"{message[:MAX_LOG_MESSAGE]}… ({len(message) - MAX_LOG_MESSAGE} more)"
-        record.message = _CONTROL.sub(_visible, message)
-        return super().formatMessage(record)
-
-
-class JournalFormatter(SafeFormatter):
-    """Lines for journald: a syslog priority prefix, no timestamp (the journal has one)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        priority = _PRIORITIES.get(record.levelno, 6)
-        text = super().format(record)
-        return "\n".join(f"<{priority}>{line}" for line in text.splitlines() or [""])
-
-
-def setup_logging(level: str) -> None:
-    """Configure logging once: to stderr (journald-style under systemd), quiet libraries."""
-    handler = logging.StreamHandler(sys.stderr)
-    if systemd_environment().journal_stream:
-        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
-    else:
-        handler.setFormatter(
-            SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # apprise at debug level may show parts of notification URLs (credentials among
-    # them), and aiosqlite every statement: neither belongs in jobherald's log.
-    logging.getLogger("apprise").setLevel(logging.WARNING)
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)
-    quiet = logging.WARNING if level != "debug" else logging.NOTSET
-    for noisy in ("aiohttp.access", "alembic"):
-        logging.getLogger(noisy).setLevel(quiet)
-    # "skipped: maximum number of running instances reached" would repeat every
-    # interval while an upstream is slow; the poll's own error says it once.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR if level != "debug" else logging.NOTSET)
-    # Polls cut off at shutdown end as cancelled tasks, which APScheduler's executor logs
-    # as errors; every other failure of a poll is caught and logged by jobherald itself.
-    logging.getLogger("apscheduler.executors").setLevel(
-        logging.CRITICAL if level != "debug" else logging.NOTSET
-    )
-
-
-class SystemdNotifier:
-    """sd_notify(3) over $NOTIFY_SOCKET; silent when the socket is not set."""
-
-    def __init__(self, address: str | None) -> None:
-        self._address = ("\0" + address[1:]) if address and address.startswith("@") else address
-        self._socket: socket.socket | None = None
-        if self._address:
-            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._socket.setblocking(False)
-
-    def __bool__(self) -> bool:
-        return self._socket is not None
-
-    def send(self, *lines: str) -> None:
-        if self._socket is None or self._address is None:
-            return
-        try:
-            self._socket.sendto("\n".join(lines).encode(), self._address)
-        except OSError as exc:
-            log.debug("sd_notify failed: %s", exc)
-
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
 
 
 @dataclass(slots=True)
@@ -336,7 +235,13 @@ class Daemon:
         periodic.every(FLUSH_EVERY, "writing poll times", watcher.flush)
         periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
         if self.config.heartbeat_url is not None:
-            switch = DeadMansSwitch(self, store, watcher.fetcher)
+            switch = DeadMansSwitch(
+                lambda: self.config.heartbeat_url,
+                self.problem,
+                self.metrics.heartbeats,
+                store,
+                watcher.fetcher,
+            )
             periodic.every(self.config.heartbeat_every, "pinging heartbeat_url", switch.ping)
         delivering = asyncio.Event()
         sender = asyncio.create_task(dispatcher.run(delivering), name="dispatcher")
@@ -505,7 +410,7 @@ class Daemon:
         try:
             new = await asyncio.to_thread(config_module.load, old.path, check_urls=True)
         except Exception as exc:  # whatever reading it raised: the running config stays
-            problems = exc.problems if isinstance(exc, ConfigError) else [_one_line(exc)]
+            problems = exc.problems if isinstance(exc, ConfigError) else [one_line(exc)]
             if not isinstance(exc, ConfigError):
                 log.debug("reading the config for a reload failed", exc_info=exc)
             for line in problems:
@@ -528,7 +433,7 @@ class Daemon:
             if isinstance(exc, SQLAlchemyError):
                 log.error("reload refused: the database failed: %s", db_problem(exc))
             else:
-                log.error("reload refused: %s", _one_line(exc))
+                log.error("reload refused: %s", one_line(exc))
             log.error("reload refused: still running the previous configuration")
             self.systemd.send("READY=1", f"STATUS=reload refused; {self._status(watcher)}")
             return
@@ -548,7 +453,7 @@ class Daemon:
             log.warning(
                 "reload: sharing jobs among replicas failed (%s): tried again at the next "
                 "heartbeat",
-                _one_line(exc),
+                one_line(exc),
             )
         pool.add(
             (j.id, j.poll_interval)
@@ -681,57 +586,6 @@ def _configured_counts(watcher: Watcher) -> dict[str, int]:
         state = watcher.views[job_id].state.value
         counts[state] = counts.get(state, 0) + 1
     return counts
-
-
-class DeadMansSwitch:
-    """A GET of ``heartbeat_url`` while the daemon is healthy (polling works and the
-    database takes a write), never while it is not; failures are logged once per outage.
-    The URL is a secret of sorts (it identifies the check): only its host is logged."""
-
-    def __init__(self, daemon: Daemon, store: Store, fetcher: Fetcher) -> None:
-        self.daemon = daemon
-        self.store = store
-        self.fetcher = fetcher
-        self.failing: str | None = None
-
-    async def ping(self) -> None:
-        from urllib.parse import urlsplit
-
-        url = self.daemon.config.heartbeat_url
-        if url is None:
-            return
-        host = urlsplit(url.get_secret_value()).hostname
-        problem = self.daemon.problem()
-        if problem is None:
-            try:
-                await self.store.probe_write()
-            except Exception as exc:
-                problem = f"the database takes no write: {type(exc).__name__}"
-        if problem is not None:
-            self.daemon.metrics.heartbeats.labels("skipped").inc()
-            self._failed(f"not pinging {host}: {problem}")
-            return
-        try:
-            response = await self.fetcher.request(
-                "GET", url.get_secret_value(), headers={}, timeout=10.0, retry=False
-            )
-        except FetchError as exc:
-            self.daemon.metrics.heartbeats.labels("failed").inc()
-            self._failed(f"heartbeat to {host} failed: {exc.message}")
-            return
-        if response.status >= 400:
-            self.daemon.metrics.heartbeats.labels("failed").inc()
-            self._failed(f"heartbeat to {host} failed: HTTP {response.status}")
-            return
-        self.daemon.metrics.heartbeats.labels("sent").inc()
-        if self.failing is not None:
-            log.info("heartbeat to %s works again", host)
-            self.failing = None
-
-    def _failed(self, why: str) -> None:
-        if self.failing is None:  # once per outage
-            log.warning("%s", why)
-        self.failing = why
 
 
 @contextlib.contextmanager
