@@ -8,7 +8,10 @@ This is the only package that reads the environment.
   (``sources.sections``), the vocabulary they share is ``jobherald.fields``.
 - ``model``: the resolved, frozen configuration the daemon uses.
 - ``sources``: source tables resolved: credentials and secrets (``jobherald.auth``).
-- ``loading``: files, drop-ins, ``${VAR}``, validation, one line per problem.
+- ``files``: reading the TOML files and drop-ins, ``${VAR}``.
+- ``problems``: validation, one line per problem.
+- ``jobs``: the ``[[jobs]]`` tables, one at a time, and each job's key.
+- ``loading``: all of it, in order, into one frozen Config.
 """
 
 from __future__ import annotations
