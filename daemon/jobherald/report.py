@@ -269,7 +269,7 @@ async def page_rows(
 ) -> tuple[list[JobStatus], tuple[Any, ...] | None]:
     """One page of jobs as `status --json` shows them, and where the next page starts
     (None: this was the last)."""
-    from jobherald.store.jobs import sort_key
+    from jobherald.store.listing import sort_key
 
     stored = await store.page(wanted, limit + 1, after, by_state=by_state)
     more = len(stored) > limit
@@ -289,7 +289,7 @@ async def iter_rows(
     wanted = wanted or JobFilter()
     seen: set[str] = set()
     if store is not None:
-        from jobherald.store.jobs import sort_key
+        from jobherald.store.listing import sort_key
 
         beside = await _beside(cfg, store, whole=True)
 

@@ -20,7 +20,6 @@ from jobherald.store.events import NewEvent, Target
 from jobherald.store.jobs import (
     GROUP_COMMIT,
     STATE_ORDER,
-    JobFilter,
     JobIdentity,
     Jobs,
     Recorded,
@@ -28,6 +27,7 @@ from jobherald.store.jobs import (
     reasons_of,
     view_of,
 )
+from jobherald.store.listing import JobFilter, Listing
 from jobherald.store.lock import DatabaseLock
 from jobherald.store.membership import Joining, Member, Membership
 from jobherald.store.outbox import CLAIM_FOR, Batch, Claimer, Delivery, DeliveryRow, Lane, Outbox
@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 
-class Store(Jobs, Outbox, Archives, Membership):
+class Store(Jobs, Listing, Outbox, Archives, Membership):
     """The database, as jobherald uses it."""
 
     def __init__(self, engine: AsyncEngine) -> None:

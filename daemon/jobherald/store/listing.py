@@ -1,0 +1,226 @@
+"""Reading jobs back: listings filtered, sorted and cut by the database (a page, its
+running jobs' progress, counts per state), one job, its history, finished durations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from jobherald.store.base import StoreBase
+from jobherald.store.jobs import JOB_COLUMNS, STATE_ORDER, TERMINAL_STATES
+from jobherald.store.schema import (
+    UTCDateTime,
+    jobs,
+    transitions,
+)
+
+
+def sort_key(row: sa.Row[Any], by_state: bool = True) -> tuple[Any, ...]:
+    """Where a listing goes on after this row (see ``Jobs.page``)."""
+    return (row.rank, row.name, row.id) if by_state else (row.created_at, row.id)
+
+
+def state_rank() -> sa.ColumnElement[int]:
+    return sa.case(
+        {state: i for i, state in enumerate(STATE_ORDER)},
+        value=jobs.c.state,
+        else_=len(STATE_ORDER),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs a listing shows: by state, source, and a text in the name or id."""
+
+    state: str | None = None
+    source: str | None = None
+    text: str | None = None
+
+    def where(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        if self.state:
+            query = query.where(jobs.c.state == self.state)
+        if self.source:
+            query = query.where(jobs.c.source == self.source)
+        if self.text:
+            query = query.where(
+                sa.or_(
+                    sa.func.lower(jobs.c.name).contains(self.text.lower(), autoescape=True),
+                    sa.func.lower(jobs.c.id).contains(self.text.lower(), autoescape=True),
+                )
+            )
+        return query
+
+
+class Listing(StoreBase):
+    """What the status page, the API and the command line read."""
+
+    async def status(self) -> list[sa.Row[Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(*JOB_COLUMNS).order_by(jobs.c.created_at, jobs.c.id)
+            )
+            return list(rows)
+
+    async def page(
+        self,
+        wanted: JobFilter,
+        limit: int,
+        after: tuple[Any, ...] | None = None,
+        *,
+        by_state: bool = True,
+    ) -> list[sa.Row[Any]]:
+        """Up to ``limit`` jobs, filtered and sorted by the database: by state, name and
+        id (``by_state``), else in the order they were registered; those after ``after``,
+        the sort key of the last one shown (see ``sort_key``)."""
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(_page(wanted, limit, after, by_state))).all())
+
+    async def page_progress(
+        self,
+        wanted: JobFilter,
+        limit: int,
+        after: tuple[Any, ...] | None = None,
+        *,
+        by_state: bool = True,
+    ) -> dict[str, list[tuple[datetime, float]]]:
+        """``progress_samples`` of the running jobs of that page (see ``page``), in one
+        query however many they are."""
+        shown = _page(wanted, limit, after, by_state).subquery()
+        running = sa.select(shown.c.id).where(shown.c.state == "running")
+        async with self.engine.connect() as conn:
+            return await _samples(conn, transitions.c.job_id.in_(running))
+
+    async def job_ids(self) -> set[str]:
+        """The ids of every stored job."""
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(sa.select(jobs.c.id))).scalars())
+
+    async def state_counts(self, source: str | None = None) -> dict[str, int]:
+        """Jobs per state (of one source, if given): one aggregate query."""
+        query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+        if source:
+            query = query.where(jobs.c.source == source)
+        async with self.engine.connect() as conn:
+            return {state: int(n) for state, n in (await conn.execute(query)).all()}
+
+    async def active_per_source(self) -> dict[str, int]:
+        """Jobs still polled (not finished), per source."""
+        query = (
+            sa.select(jobs.c.source, sa.func.count())
+            .where(jobs.c.state.not_in(TERMINAL_STATES))
+            .group_by(jobs.c.source)
+        )
+        async with self.engine.connect() as conn:
+            return {source: int(n) for source, n in (await conn.execute(query)).all()}
+
+    async def durations_of(
+        self, keys: Iterable[tuple[str, str]] | None
+    ) -> dict[tuple[str, str], list[tuple[str, float]]]:
+        """Finished runs' durations of jobs with these (name, source), of all when None:
+        (name, source) -> [(key, seconds)]."""
+        wanted = None if keys is None else set(keys)
+        out: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        query = sa.select(
+            jobs.c.id, jobs.c.name, jobs.c.source, jobs.c.begin_time, jobs.c.end_time
+        ).where(
+            jobs.c.state == "succeeded",
+            jobs.c.begin_time.is_not(None),
+            jobs.c.end_time.is_not(None),
+        )
+        if wanted is not None:
+            if not wanted:
+                return out
+            query = query.where(jobs.c.name.in_(sorted({name for name, _ in wanted})))
+        async with self.engine.connect() as conn:
+            for r in await conn.execute(query):
+                if wanted is None or (r.name, r.source) in wanted:
+                    seconds = (r.end_time - r.begin_time).total_seconds()
+                    out.setdefault((r.name, r.source), []).append((r.id, seconds))
+        return out
+
+    async def job(self, job_id: str) -> sa.Row[Any] | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(*JOB_COLUMNS).where(jobs.c.id == job_id))).first()
+
+    async def finished_durations(self) -> dict[str, tuple[str, str, float]]:
+        """Every succeeded job whose duration is known: id -> (name, source, seconds)."""
+        query = sa.select(
+            jobs.c.id, jobs.c.name, jobs.c.source, jobs.c.begin_time, jobs.c.end_time
+        ).where(
+            jobs.c.state == "succeeded",
+            jobs.c.begin_time.is_not(None),
+            jobs.c.end_time.is_not(None),
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {
+            r.id: (r.name, r.source, (r.end_time - r.begin_time).total_seconds())
+            for r in rows
+            if r.end_time > r.begin_time
+        }
+
+    async def progress_samples(
+        self, job_ids: Iterable[str]
+    ) -> dict[str, list[tuple[datetime, float]]]:
+        """The recorded progress of these jobs, oldest first (for ETAs)."""
+        wanted = list(job_ids)
+        out: dict[str, list[tuple[datetime, float]]] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 5000):
+                some = transitions.c.job_id.in_(wanted[start : start + 5000])
+                out.update(await _samples(conn, some))
+        return out
+
+    async def answering_to(self, given: str) -> list[tuple[str, str, str]]:
+        """(key, upstream id, source) of the stored jobs that ``given`` may name: by key,
+        by upstream id, or as ``source/id``."""
+        names = {given, given.rpartition("/")[2]}
+        query = sa.select(jobs.c.id, jobs.c.remote_id, jobs.c.source).where(
+            sa.or_(jobs.c.id.in_(names), jobs.c.remote_id.in_(names))
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row.id, row.remote_id or row.id, row.source) for row in rows]
+
+    async def history(self, job_id: str) -> list[sa.Row[Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(transitions)
+                .where(transitions.c.job_id == job_id)
+                .order_by(transitions.c.id)
+            )
+            return list(rows)
+
+
+def _page(
+    wanted: JobFilter, limit: int, after: tuple[Any, ...] | None, by_state: bool
+) -> sa.Select[Any]:
+    rank = state_rank()
+    order = (rank, jobs.c.name, jobs.c.id) if by_state else (jobs.c.created_at, jobs.c.id)
+    query = wanted.where(sa.select(*JOB_COLUMNS, rank.label("rank")))
+    if after is not None:
+        values = [sa.literal(v) for v in after]
+        if not by_state:  # a time: bound as the column stores it
+            values[0] = sa.literal(after[0], UTCDateTime)
+        query = query.where(sa.tuple_(*order) > sa.tuple_(*values))
+    return query.order_by(*order).limit(limit)
+
+
+async def _samples(
+    conn: AsyncConnection, which: sa.ColumnElement[bool]
+) -> dict[str, list[tuple[datetime, float]]]:
+    """The recorded progress of the jobs ``which`` picks, by job, oldest first."""
+    query = (
+        sa.select(transitions.c.job_id, transitions.c.at, transitions.c.progress)
+        .where(which, transitions.c.progress.is_not(None))
+        .order_by(transitions.c.job_id, transitions.c.id)
+    )
+    out: dict[str, list[tuple[datetime, float]]] = {}
+    for job_id, at, progress in await conn.execute(query):
+        out.setdefault(job_id, []).append((at, progress))
+    return out
