@@ -191,3 +191,33 @@ def test_gates_hand_on_waiting_polls_at_the_budget_on_either_loop(loop_name: str
         handed = runner.run(run())
     # Then one every 50 ms: the tenth 0.4 s after the first.
     assert handed[9] - handed[0] == pytest.approx(0.4, abs=0.15)
+
+
+async def test_a_job_near_its_end_waits_for_it_and_one_past_it_goes_first() -> None:
+    """Under a budget, a job whose ETA is within its interval is not polled just before
+    its end (it would most likely still run): it waits for its ETA while others go; a job
+    whose ETA is past goes before the longest overdue."""
+    from jobherald.schedule.budget import Gates
+    from jobherald.schedule.queue import Entry
+
+    loop = asyncio.get_running_loop()
+    handed: list[tuple[str, float]] = []
+    ends = {"near": time.time() + 0.6, "past": time.time() - 5.0}
+    gates = Gates(
+        lambda entry: handed.append((entry.job_id, loop.time())),
+        lambda job_id: "s",
+        lambda entry: ends.get(entry.job_id),
+    )
+    gates.configure({"s": (100.0, 600.0)})
+    began = loop.time()
+    # The budget is spent first (ten a tenth of a second), so that the rest wait in the room.
+    for i in range(10):
+        gates.admit(Entry(f"spent{i}", 10.0, began, began), began)
+    for job_id, due in (("old", began - 30), ("near", began - 60), ("past", began - 1)):
+        gates.admit(Entry(job_id, 10.0, due, due), began)
+    await wait_for(lambda: any(j == "near" for j, _ in handed), 5, "the near job")
+    gates.close()
+    order = [j for j, _ in handed if not j.startswith("spent")]
+    assert order == ["past", "old", "near"], handed
+    near_at = next(at for j, at in handed if j == "near")
+    assert near_at - began >= 0.5, "handed before its ETA"
