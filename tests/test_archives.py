@@ -387,13 +387,6 @@ async def test_two_replicas_on_postgres_download_each_archive_once(
     assert "Traceback" not in log.read_text()
 
 
-async def test_the_demo_keeps_its_export_archives() -> None:
-    code, out, err = await jobherald("demo", "--speed", "5", timeout=90)
-    assert code == 0, out[-2000:] + err[-2000:]
-    assert "full backup archived" in out and "nightly export archived" in out
-    assert "4 jobs watched, 2 export archives kept, 6 messages sent" in " ".join(out.split())
-
-
 @pytest.mark.parametrize("planted", ["final", "part"])
 async def test_a_symlink_in_archive_dir_is_never_followed_nor_kept(
     sim: Simulator, receiver: Receiver, configs: ConfigWriter, archive_dir: Path, planted: str

@@ -397,7 +397,7 @@ async def test_healthz_fails_and_the_dead_mans_switch_goes_quiet_when_polling_st
         await pings.stop()
 
 
-async def test_the_demo_serves_metrics_while_it_runs() -> None:
+async def test_the_demo_serves_metrics_while_it_runs_and_keeps_its_archives() -> None:
     import os
     import re
     import sys
@@ -440,6 +440,10 @@ async def test_the_demo_serves_metrics_while_it_runs() -> None:
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0, "".join(said)[-3000:]
+    # It kept its exports' archives, and says so.
+    out = "".join(said)
+    assert "full backup archived" in out and "nightly export archived" in out
+    assert "4 jobs watched, 2 export archives kept, 6 messages sent" in " ".join(out.split())
 
 
 async def test_malformed_requests_are_one_line_at_most_a_minute(served: Served) -> None:
