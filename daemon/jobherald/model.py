@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Protocol
 
 
 class State(enum.StrEnum):
@@ -577,8 +578,22 @@ def format_duration(seconds: float | None) -> str | None:
     return " ".join(parts)
 
 
+class Progressing(Protocol):
+    """What an ETA is drawn from beside the recorded progress: the run's start and its
+    latest progress (a JobView, or a stored row with these columns)."""
+
+    @property
+    def begin_time(self) -> datetime | None: ...
+    @property
+    def running_since(self) -> datetime | None: ...
+    @property
+    def progress(self) -> float | None: ...
+    @property
+    def progress_changed_at(self) -> datetime | None: ...
+
+
 def eta_samples(
-    view: JobView, recorded: Sequence[tuple[datetime, float]], latest_at: datetime | None
+    view: Progressing, recorded: Sequence[tuple[datetime, float]], latest_at: datetime | None
 ) -> list[tuple[datetime, float]]:
     """The (time, progress) points of a job's current run an ETA is drawn from: its start
     at 0, the recorded progress changes since, the latest change and the latest poll."""

@@ -196,8 +196,9 @@ async def rows_of(
     """These stored jobs as `status --json` shows them; what each needs beside its row
     (progress samples, typical durations, archives) is read for these jobs only, unless
     ``beside`` or ``samples`` (the running jobs' progress) hold it already."""
-    from jobherald.model import job_eta, owner, typical_duration
-    from jobherald.store import view_of
+    from jobherald.model import estimate_eta, eta_samples, owner, typical_duration
+    from jobherald.store import reasons_of
+    from jobherald.store.jobs import TERMINAL_STATES
 
     if not stored:
         return []
@@ -218,13 +219,14 @@ async def rows_of(
     single = live[0] if len(live) == 1 else None
     rows: list[JobStatus] = []
     for row in stored:
-        view = view_of(row)
-        key, name, source = view.id, row.name, row.source
+        key, name, source, state = row.id, row.name, row.source, row.state
         durations_here = durations.get((name, source))
         others = [d for i, d in durations_here if i != key] if durations_here else []
-        eta = job_eta(view, samples.get(key, ()), row.last_polled_at, now)
+        eta = None
+        if state == "running" and row.progress is not None:
+            eta = estimate_eta(eta_samples(row, samples.get(key, ()), row.last_polled_at), now)
         job = configured.get(key)
-        polled = job is not None and not view.state.terminal
+        polled = job is not None and state not in TERMINAL_STATES
         # The replica polling it now: the same rendezvous hash every replica computes.
         who = (single or owner(key, live)) if polled else None
         kept = archives.get(key)
@@ -235,15 +237,15 @@ async def rows_of(
                 "key": key,
                 "name": name,
                 "source": source,
-                "status": view.state.value,
-                "raw_status": view.raw_status,
-                "progress": view.progress,
-                "archive_id": view.archive_id,
-                "link": view.link,
-                "reasons": [r.as_dict() for r in view.reasons],
+                "status": state,
+                "raw_status": row.raw_status,
+                "progress": row.progress,
+                "archive_id": row.archive_id,
+                "link": row.link,
+                "reasons": reasons_of(row) if row.reasons else [],
                 "last_polled_at": iso(row.last_polled_at),
-                "last_changed_at": iso(view.last_changed_at),
-                "error": view.error,
+                "last_changed_at": iso(row.last_changed_at),
+                "error": row.error,
                 "owner": who,
                 "archive_state": kept_as["archive_state"],
                 "archive_path": kept_as["archive_path"],

@@ -19,6 +19,30 @@ from jobherald.store.schema import (
     transitions,
 )
 
+# What a listing shows of each job (and sorts by): a page reads these, not every column.
+LIST_COLUMNS = tuple(
+    jobs.c[name]
+    for name in (
+        "id",
+        "name",
+        "source",
+        "remote_id",
+        "created_at",
+        "state",
+        "raw_status",
+        "progress",
+        "archive_id",
+        "link",
+        "reasons",
+        "error",
+        "last_polled_at",
+        "last_changed_at",
+        "begin_time",
+        "running_since",
+        "progress_changed_at",
+    )
+)
+
 
 def sort_key(row: sa.Row[Any], by_state: bool = True) -> tuple[Any, ...]:
     """Where a listing goes on after this row (see ``Jobs.page``)."""
@@ -202,7 +226,7 @@ def _page(
 ) -> sa.Select[Any]:
     rank = state_rank()
     order = (rank, jobs.c.name, jobs.c.id) if by_state else (jobs.c.created_at, jobs.c.id)
-    query = wanted.where(sa.select(*JOB_COLUMNS, rank.label("rank")))
+    query = wanted.where(sa.select(*LIST_COLUMNS, rank.label("rank")))
     if after is not None:
         values = [sa.literal(v) for v in after]
         if not by_state:  # a time: bound as the column stores it
