@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -388,7 +389,19 @@ async def test_healthz_fails_and_the_dead_mans_switch_goes_quiet_when_polling_st
         status, text, _ = await get(f"{base}/healthz")
         assert (status, text) == (503, "stuck: poller 0 has stopped\n")
         seen = pings.count
-        await asyncio.sleep(2.5)
+
+        async def skipped() -> float:
+            text = (await get(f"{base}/metrics"))[1]
+            found = re.search(r'^jobherald_heartbeats_total\{result="skipped"\} (\S+)$', text, re.M)
+            return float(found[1]) if found else 0.0
+
+        # Two heartbeats came due while it is stuck (each skipped, said by the counter):
+        # neither reached the receiver.
+        before = await skipped()
+        deadline = asyncio.get_running_loop().time() + 10
+        while await skipped() < before + 2:
+            assert asyncio.get_running_loop().time() < deadline, "no heartbeat came due"
+            await asyncio.sleep(0.1)
         assert pings.count == seen
         assert "0f3c-uuid" not in caplog.text
     finally:
