@@ -22,11 +22,11 @@ import os
 import stat
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 from jobherald.aio import PassFailures, first_of
 from jobherald.config import Source, WatchedJob
@@ -37,7 +37,36 @@ from jobherald.store.schema import DATABASE_AWAY
 from jobherald.timing import backoff, utcnow
 
 if TYPE_CHECKING:
-    from jobherald.schedule.watcher import Watcher
+    from jobherald.config import Config
+    from jobherald.fetch import Fetcher
+    from jobherald.sources.base import JobSource
+    from jobherald.store import Store, Target
+
+
+class Polled(Protocol):
+    """What the archiver needs of the polling side (the watcher): the jobs and their
+    views, the config, the sources and the fetcher to download with, the store, who
+    hears an event, and waking the senders once events are written."""
+
+    @property
+    def jobs(self) -> Mapping[str, WatchedJob]: ...
+    @property
+    def views(self) -> Mapping[str, JobView]: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def sources(self) -> Mapping[str, JobSource]: ...
+    @property
+    def fetcher(self) -> Fetcher: ...
+    @property
+    def store(self) -> Store: ...
+
+    def targets_for(
+        self, names: Iterable[str], kind: str, source: str, job: WatchedJob | None = None
+    ) -> list[Target]: ...
+
+    def events_written(self) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +171,7 @@ class Archiver:
 
     def __init__(
         self,
-        watcher: Watcher,
+        watcher: Polled,
         claimer: Callable[[], Claimer | None],
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -353,7 +382,7 @@ class Archiver:
                 kept.sha256,
             )
             if new_events:
-                self.watcher.dispatcher.wake()
+                self.watcher.events_written()
 
     async def _failed(
         self,
@@ -415,7 +444,7 @@ class Archiver:
                 retry_at.isoformat(timespec="seconds"),
             )
         if events:
-            self.watcher.dispatcher.wake()
+            self.watcher.events_written()
 
     def _events(
         self,

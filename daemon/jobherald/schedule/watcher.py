@@ -420,6 +420,10 @@ class Watcher:
             self.dispatcher.wake()
         return True
 
+    def events_written(self) -> None:
+        """Events were written beside the polls (an archive's): the senders look now."""
+        self.dispatcher.wake()
+
     def targets_for(
         self, names: Iterable[str], kind: str, source: str, job: WatchedJob | None = None
     ) -> list[Target]:
