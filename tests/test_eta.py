@@ -9,15 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from jobherald.eta import estimate_eta, eta_samples, job_eta
 from jobherald.model import (
     EventKind,
     JobView,
     Rules,
     Snapshot,
     State,
-    estimate_eta,
-    eta_samples,
-    job_eta,
     observe,
     typical_duration,
 )

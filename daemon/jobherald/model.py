@@ -12,8 +12,7 @@ import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Protocol
+from datetime import datetime
 
 
 class State(enum.StrEnum):
@@ -472,48 +471,6 @@ def observe_source_ok(health: SourceHealth) -> tuple[SourceHealth, tuple[Event, 
     return replace(health, error=None, error_since=None, error_notified=False), events
 
 
-# The progress samples an ETA is drawn from: the most recent ones only.
-ETA_SAMPLES = 12
-
-
-def estimate_eta(samples: Sequence[tuple[datetime, float]], now: datetime) -> datetime | None:
-    """When a running job should end at its recent pace, or None when that is unknown.
-
-    ``samples`` are (time, progress) pairs of the current run, oldest first: the job's
-    start at 0, each recorded progress change, and the latest progress at the latest
-    poll. A least-squares line through the last ``ETA_SAMPLES`` gives the pace; the rest
-    (1 - latest progress) at that pace is added to the latest sample's time. None when
-    there are fewer than two samples, progress does not move (or goes back), or the job
-    is done; never earlier than ``now``.
-    """
-    points = samples[-ETA_SAMPLES:]
-    n = len(points)
-    if n < 2:
-        return None
-    last_at, last = points[-1]
-    if last >= 1.0:
-        return None
-    origin = points[0][0]
-    xs = [(at - origin).total_seconds() for at, _ in points]
-    mean_x = sum(xs) / n
-    mean_y = sum([value for _, value in points]) / n
-    spread = 0.0
-    moment = 0.0
-    for x, (_, y) in zip(xs, points, strict=True):
-        dx = x - mean_x
-        spread += dx * dx
-        moment += dx * (y - mean_y)
-    if spread <= 0:
-        return None
-    pace = moment / spread
-    if pace <= 1e-12:
-        return None
-    remaining = (1.0 - last) / pace
-    if remaining > 10 * 365 * 86400:  # a pace of nearly nothing: not an estimate
-        return None
-    return max(now, last_at + timedelta(seconds=remaining))
-
-
 def typical_duration(durations: Sequence[float]) -> float | None:
     """The median of earlier runs' durations (seconds), or None when there were none."""
     known = sorted(d for d in durations if d > 0)
@@ -576,51 +533,6 @@ def format_duration(seconds: float | None) -> str | None:
     if secs or not parts:
         parts.append(f"{secs}s")
     return " ".join(parts)
-
-
-class Progressing(Protocol):
-    """What an ETA is drawn from beside the recorded progress: the run's start and its
-    latest progress (a JobView, or a stored row with these columns)."""
-
-    @property
-    def begin_time(self) -> datetime | None: ...
-    @property
-    def running_since(self) -> datetime | None: ...
-    @property
-    def progress(self) -> float | None: ...
-    @property
-    def progress_changed_at(self) -> datetime | None: ...
-
-
-def eta_samples(
-    view: Progressing, recorded: Sequence[tuple[datetime, float]], latest_at: datetime | None
-) -> list[tuple[datetime, float]]:
-    """The (time, progress) points of a job's current run an ETA is drawn from: its start
-    at 0, the recorded progress changes since, the latest change and the latest poll."""
-    start = view.begin_time or view.running_since
-    points = [(start, 0.0)] if start is not None else []
-    # Recorded oldest first: only the latest few can be among the points an ETA reads.
-    latest = recorded[-ETA_SAMPLES:]
-    points += latest if start is None else [(at, p) for at, p in latest if at >= start]
-    if view.progress is not None:
-        if view.progress_changed_at is not None:
-            points.append((view.progress_changed_at, view.progress))
-        if latest_at is not None:
-            points.append((latest_at, view.progress))
-    points.sort()
-    return points
-
-
-def job_eta(
-    view: JobView,
-    recorded: Sequence[tuple[datetime, float]],
-    latest_at: datetime | None,
-    now: datetime,
-) -> datetime | None:
-    """A running job's estimated end (see ``model.estimate_eta``); None for any other."""
-    if view.state is not State.RUNNING or view.progress is None:
-        return None
-    return estimate_eta(eta_samples(view, recorded, latest_at), now)
 
 
 def _score(name: str, job_id: str) -> int:

@@ -196,7 +196,8 @@ async def rows_of(
     """These stored jobs as `status --json` shows them; what each needs beside its row
     (progress samples, typical durations, archives) is read for these jobs only, unless
     ``beside`` or ``samples`` (the running jobs' progress) hold it already."""
-    from jobherald.model import estimate_eta, eta_samples, owner, typical_duration
+    from jobherald.eta import estimate_eta, eta_samples
+    from jobherald.model import owner, typical_duration
     from jobherald.store import reasons_of
     from jobherald.store.jobs import TERMINAL_STATES
 

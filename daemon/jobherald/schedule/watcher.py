@@ -12,6 +12,7 @@ from datetime import datetime
 
 from jobherald.config import Config, WatchedJob
 from jobherald.errors import FetchError
+from jobherald.eta import job_eta
 from jobherald.fetch import Fetcher
 from jobherald.model import (
     Event,
@@ -22,7 +23,6 @@ from jobherald.model import (
     State,
     cut,
     duration_seconds,
-    job_eta,
     observe,
     observe_error,
     observe_source_error,
