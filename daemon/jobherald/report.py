@@ -122,11 +122,7 @@ def _blank(
         "last_changed_at": None,
         "error": None,
         "owner": None,
-        "archive_state": None,
-        "archive_path": None,
-        "archive_size": None,
-        "archive_sha256": None,
-        "archive_error": None,
+        **archive_fields(None),
         "eta": None,
         "typical_duration": None,
         "interval": interval,
@@ -231,7 +227,6 @@ async def rows_of(
         # The replica polling it now: the same rendezvous hash every replica computes.
         who = (single or owner(key, live)) if polled else None
         kept = archives.get(key)
-        kept_as = none if kept is None else archive_fields(kept)
         rows.append(
             {
                 "id": row.remote_id or key,
@@ -243,16 +238,12 @@ async def rows_of(
                 "progress": row.progress,
                 "archive_id": row.archive_id,
                 "link": row.link,
-                "reasons": reasons_of(row) if row.reasons else [],
+                "reasons": reasons_of(row),
                 "last_polled_at": iso(row.last_polled_at),
                 "last_changed_at": iso(row.last_changed_at),
                 "error": row.error,
                 "owner": who,
-                "archive_state": kept_as["archive_state"],
-                "archive_path": kept_as["archive_path"],
-                "archive_size": kept_as["archive_size"],
-                "archive_sha256": kept_as["archive_sha256"],
-                "archive_error": kept_as["archive_error"],
+                **(none if kept is None else archive_fields(kept)),
                 "eta": iso(eta),
                 "typical_duration": typical_duration(others) if others else None,
                 "interval": effective_interval(cfg, job, active),
@@ -296,23 +287,18 @@ async def iter_rows(
 
         beside = await _beside(cfg, store, whole=True)
 
-        async def read(after: tuple[Any, ...] | None) -> tuple[list[Any], dict[str, Any]]:
-            page = store.page(wanted, chunk + 1, after, by_state=False)
-            progress = store.page_progress(wanted, chunk + 1, after, by_state=False)
-            rows, samples = await asyncio.gather(page, progress)
-            return rows, samples
-
         # The next chunk is read while this one is shaped (the database's threads work
         # beside this one).
         reading: asyncio.Task[tuple[list[Any], dict[str, Any]]] | None
-        reading = asyncio.create_task(read(None))
+        reading = asyncio.create_task(store.page_with_progress(wanted, chunk + 1))
         while reading is not None:
             stored, samples = await reading
             more = len(stored) > chunk
             stored = stored[:chunk]
             reading = None
             if more and stored:
-                reading = asyncio.create_task(read(sort_key(stored[-1], False)))
+                after = sort_key(stored[-1], False)
+                reading = asyncio.create_task(store.page_with_progress(wanted, chunk + 1, after))
             for row in await rows_of(cfg, store, stored, beside=beside, samples=samples):
                 seen.add(row["key"])
                 yield row

@@ -14,9 +14,7 @@ from typing import Any
 import tomli
 
 from jobherald.auth import READ_SECRETS, SECRET_KEYS
-from jobherald.config.sections import (
-    _VAR,
-)
+from jobherald.config.sections import _VAR
 from jobherald.errors import ConfigError
 
 
@@ -39,6 +37,14 @@ def _display(path: Path, base: Path) -> str:
 
 # A config file larger than this is not one (and /dev/zero would never end).
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def _read(path: Path, label: str, problems: list[str]) -> dict[str, Any]:
+    """The file's tables with ``${VAR}`` expanded (what cannot be, in ``problems``); a file
+    that cannot be read raises ConfigError. A file without a "$" has no ${VAR}: its
+    100,000 jobs are not walked."""
+    raw, dollars = _read_toml(path, label)
+    return _expand(raw, label, "", problems) if dollars else raw
 
 
 def _read_toml(path: Path, label: str) -> tuple[dict[str, Any], bool]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jobherald.auth import READ_SECRETS
-from jobherald.config.files import _display, _expand, _included, _pop_jobs, _read_toml
+from jobherald.config.files import _display, _included, _pop_jobs, _read
 from jobherald.config.jobs import _JobTables
 from jobherald.config.model import (
     Config,
@@ -79,10 +79,8 @@ def _load(
 ) -> Config:
     main = config_path(path)
     label = str(path) if path else str(main)
-    raw, dollars = _read_toml(main, label)
     problems: list[str] = []
-    if dollars:  # a file without a "$" has no ${VAR}: its 100,000 jobs are not walked
-        raw = _expand(raw, label, "", problems)
+    raw = _read(main, label, problems)
     if problems:
         raise ConfigError(problems)
     # The jobs are validated and resolved one by one, each table dropped once it is a
@@ -94,11 +92,10 @@ def _load(
     for dropin in [*_included(main.parent, parsed.daemon.include if parsed else (), label), *extra]:
         extra_label = _display(dropin, main.parent)
         try:  # each drop-in that cannot be read is a line of its own; the others are read
-            read, dollars = _read_toml(dropin, extra_label)
+            extra_raw = _read(dropin, extra_label, problems)
         except ConfigError as exc:
             unreadable += exc.problems
             continue
-        extra_raw = _expand(read, extra_label, "", problems) if dollars else read
         if problems:
             raise ConfigError(problems)
         tables.append((_pop_jobs(extra_raw), extra_label))

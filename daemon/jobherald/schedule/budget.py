@@ -78,10 +78,10 @@ class Gate:
     probe: Entry | None = None
     probing: bool = False
     # The waiting room: each entry once, ordered two ways (stale heap items skipped).
-    waiting: dict[int, Entry] = field(default_factory=dict)
+    # Each waiting entry with its ETA (None: unknown).
+    waiting: dict[int, tuple[Entry, float | None]] = field(default_factory=dict)
     by_due: list[tuple[float, int]] = field(default_factory=list)
     by_eta: list[tuple[float, int]] = field(default_factory=list)
-    ends: dict[int, float] = field(default_factory=dict)  # the ETAs of those that have one
     deferred: int = 0
     timer: asyncio.TimerHandle | None = None
     timer_at: float = 0.0  # when the timer fires (uvloop's handles do not say)
@@ -119,7 +119,7 @@ class Gates:
                 gone = self._gates.pop(name)
                 if gone.timer is not None:
                     gone.timer.cancel()
-                for entry in gone.waiting.values():
+                for entry, _ in gone.waiting.values():
                     self._hand(entry)  # the pool drops what left the config
         for name, (rate, pause) in limits.items():
             gate = self._gates.get(name)
@@ -227,11 +227,11 @@ class Gates:
 
     def _wait(self, gate: Gate, entry: Entry, now: float) -> None:
         seq = next(self._seq)
-        gate.waiting[seq] = entry
+        eta = self._eta(entry)
+        gate.waiting[seq] = (entry, eta)
         heapq.heappush(gate.by_due, (entry.due, seq))
-        if (eta := self._eta(entry)) is not None:
+        if eta is not None:
             heapq.heappush(gate.by_eta, (eta, seq))
-            gate.ends[seq] = eta
 
     @staticmethod
     def _next(gate: Gate, wall: float, hold_near: bool = True) -> Entry | None:
@@ -239,24 +239,20 @@ class Gates:
         earliest first; else the one due longest ago. A job whose end is near (within its
         interval) is held until then (``hold_near``): polled before its end it would
         most likely still run, and the budget would pay for it twice."""
-        waiting, ends = gate.waiting, gate.ends
+        waiting = gate.waiting
         by_eta, by_due = gate.by_eta, gate.by_due
         while by_eta and by_eta[0][1] not in waiting:
             heapq.heappop(by_eta)
         if by_eta and (by_eta[0][0] <= wall or not hold_near):
-            seq = heapq.heappop(by_eta)[1]
-            del ends[seq]
-            return waiting.pop(seq)
+            return waiting.pop(heapq.heappop(by_eta)[1])[0]
         while by_due:
             seq = heapq.heappop(by_due)[1]
-            entry = waiting.get(seq)
-            if entry is None:
+            if seq not in waiting:
                 continue
-            end = ends.get(seq)
+            entry, end = waiting[seq]
             if end is not None and end - wall <= entry.interval:
                 continue  # near its end: it stays in the room, for its end
             del waiting[seq]
-            ends.pop(seq, None)
             return entry
         return None
 
