@@ -173,10 +173,15 @@ class _Beside:
 async def _beside(cfg: Config, store: Store, whole: bool = False) -> _Beside:
     members, _ = await store.members()
     limited = any(src.max_rate is not None for src in cfg.sources.values())
+    durations: dict[tuple[str, str], list[tuple[str, float]]] | None = None
+    if whole:
+        durations = {}
+        for key, (name, source, seconds) in (await store.finished_durations()).items():
+            durations.setdefault((name, source), []).append((key, seconds))
     return _Beside(
         live=[m.name for m in members if m.live],
         active=await store.active_per_source() if limited else {},
-        durations=await store.durations_of(None) if whole else None,
+        durations=durations,
         archives=await store.archive_rows() if whole else None,
     )
 

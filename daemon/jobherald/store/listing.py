@@ -150,26 +150,17 @@ class Listing(StoreBase):
             return {source: int(n) for source, n in (await conn.execute(query)).all()}
 
     async def durations_of(
-        self, keys: Iterable[tuple[str, str]] | None
+        self, keys: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], list[tuple[str, float]]]:
-        """Finished runs' durations of jobs with these (name, source), of all when None:
-        (name, source) -> [(key, seconds)]."""
-        wanted = None if keys is None else set(keys)
+        """Finished runs' durations of jobs with these (name, source): key -> (id, seconds)."""
+        wanted = set(keys)
         out: dict[tuple[str, str], list[tuple[str, float]]] = {}
-        query = sa.select(
-            jobs.c.id, jobs.c.name, jobs.c.source, jobs.c.begin_time, jobs.c.end_time
-        ).where(
-            jobs.c.state == "succeeded",
-            jobs.c.begin_time.is_not(None),
-            jobs.c.end_time.is_not(None),
-        )
-        if wanted is not None:
-            if not wanted:
-                return out
-            query = query.where(jobs.c.name.in_(sorted({name for name, _ in wanted})))
+        if not wanted:
+            return out
+        query = _finished().where(jobs.c.name.in_(sorted({name for name, _ in wanted})))
         async with self.engine.connect() as conn:
             for r in await conn.execute(query):
-                if wanted is None or (r.name, r.source) in wanted:
+                if (r.name, r.source) in wanted:
                     seconds = (r.end_time - r.begin_time).total_seconds()
                     out.setdefault((r.name, r.source), []).append((r.id, seconds))
         return out
@@ -180,15 +171,8 @@ class Listing(StoreBase):
 
     async def finished_durations(self) -> dict[str, tuple[str, str, float]]:
         """Every succeeded job whose duration is known: id -> (name, source, seconds)."""
-        query = sa.select(
-            jobs.c.id, jobs.c.name, jobs.c.source, jobs.c.begin_time, jobs.c.end_time
-        ).where(
-            jobs.c.state == "succeeded",
-            jobs.c.begin_time.is_not(None),
-            jobs.c.end_time.is_not(None),
-        )
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(_finished())).all()
         return {
             r.id: (r.name, r.source, (r.end_time - r.begin_time).total_seconds())
             for r in rows
@@ -226,6 +210,17 @@ class Listing(StoreBase):
                 .order_by(transitions.c.id)
             )
             return list(rows)
+
+
+def _finished() -> sa.Select[Any]:
+    """Succeeded jobs whose begin and end are known."""
+    return sa.select(
+        jobs.c.id, jobs.c.name, jobs.c.source, jobs.c.begin_time, jobs.c.end_time
+    ).where(
+        jobs.c.state == "succeeded",
+        jobs.c.begin_time.is_not(None),
+        jobs.c.end_time.is_not(None),
+    )
 
 
 def _page(
