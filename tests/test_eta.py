@@ -76,7 +76,7 @@ def test_a_job_stuck_since_its_last_change_gets_a_later_eta_at_each_poll() -> No
     early = job_eta(view, [], at(310), at(310))
     late = job_eta(view, [], at(1200), at(1200))
     assert early is not None and late is not None and late > early
-    assert eta_samples(view, [(at(150), 0.25)], at(1200)) == [
+    assert eta_samples(at(0), 0.5, at(300), [(at(150), 0.25)], at(1200)) == [
         (at(0), 0.0),
         (at(150), 0.25),
         (at(300), 0.5),

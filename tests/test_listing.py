@@ -126,7 +126,9 @@ async def test_the_page_shows_one_page_and_the_counts_of_all(listed: tuple[str, 
             assert answer.status == 404
 
 
-async def test_status_filters_limits_and_streams_its_json(listed: tuple[str, Config]) -> None:
+async def test_status_filters_limits_and_streams_its_json(
+    listed: tuple[str, Config], configs: ConfigWriter
+) -> None:
     _, cfg = listed
     code, out, err = await jobherald("status", "--json", "-c", str(cfg.path))
     assert code == 0, err
@@ -144,3 +146,13 @@ async def test_status_filters_limits_and_streams_its_json(listed: tuple[str, Con
     assert code == 0 and "job001" in out and "job006" in out and "job011" not in out
     code, _, err = await jobherald("status", "--state", "done", "-c", str(cfg.path))
     assert code == 2 and "'done' is not one of" in err
+    # Under the source's max_rate, the interval each job gets: 150 jobs still polled at
+    # 10 requests a second come round every 15 s, not every 5 s.
+    configs.write(
+        [{"id": f"job{i:03d}", "name": f"export {i:03d}"} for i in range(JOBS)],
+        daemon={"poll_interval": "5s"},
+        source={"max_rate": 10},
+    )
+    code, out, err = await jobherald("status", "--json", "--state", "running", "-c", str(cfg.path))
+    assert code == 0, err
+    assert {r["interval"] for r in json.loads(out)} == {15.0}

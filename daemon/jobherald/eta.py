@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from jobherald.model import JobView, State
 
@@ -51,37 +50,45 @@ def estimate_eta(samples: Sequence[tuple[datetime, float]], now: datetime) -> da
     return max(now, last_at + timedelta(seconds=remaining))
 
 
-class Progressing(Protocol):
-    """What an ETA is drawn from beside the recorded progress: the run's start and its
-    latest progress (a JobView, or a stored row with these columns)."""
-
-    @property
-    def begin_time(self) -> datetime | None: ...
-    @property
-    def running_since(self) -> datetime | None: ...
-    @property
-    def progress(self) -> float | None: ...
-    @property
-    def progress_changed_at(self) -> datetime | None: ...
-
-
 def eta_samples(
-    view: Progressing, recorded: Sequence[tuple[datetime, float]], latest_at: datetime | None
+    start: datetime | None,
+    progress: float | None,
+    changed_at: datetime | None,
+    recorded: Sequence[tuple[datetime, float]],
+    latest_at: datetime | None,
 ) -> list[tuple[datetime, float]]:
-    """The (time, progress) points of a job's current run an ETA is drawn from: its start
-    at 0, the recorded progress changes since, the latest change and the latest poll."""
-    start = view.begin_time or view.running_since
-    points = [(start, 0.0)] if start is not None else []
+    """The (time, progress) points of a job's current run an ETA is drawn from: its
+    ``start`` at 0, the ``recorded`` progress changes since, the latest ``progress`` at
+    its change (``changed_at``) and at the latest poll (``latest_at``)."""
     # Recorded oldest first: only the latest few can be among the points an ETA reads.
     latest = recorded[-ETA_SAMPLES:]
-    points += latest if start is None else [(at, p) for at, p in latest if at >= start]
-    if view.progress is not None:
-        if view.progress_changed_at is not None:
-            points.append((view.progress_changed_at, view.progress))
+    if start is None:
+        points = list(latest)
+    else:
+        points = [(start, 0.0)]
+        points += [(at, p) for at, p in latest if at >= start]
+    if progress is not None:
+        if changed_at is not None:
+            points.append((changed_at, progress))
         if latest_at is not None:
-            points.append((latest_at, view.progress))
+            points.append((latest_at, progress))
     points.sort()
     return points
+
+
+def running_eta(
+    start: datetime | None,
+    progress: float | None,
+    changed_at: datetime | None,
+    recorded: Sequence[tuple[datetime, float]],
+    latest_at: datetime | None,
+    now: datetime,
+) -> datetime | None:
+    """A running job's estimated end from its run's values (see ``eta_samples``): what
+    listings compute for each row they show, from the row's own columns."""
+    if progress is None:
+        return None
+    return estimate_eta(eta_samples(start, progress, changed_at, recorded, latest_at), now)
 
 
 def job_eta(
@@ -90,7 +97,14 @@ def job_eta(
     latest_at: datetime | None,
     now: datetime,
 ) -> datetime | None:
-    """A running job's estimated end (see ``model.estimate_eta``); None for any other."""
-    if view.state is not State.RUNNING or view.progress is None:
+    """A running job's estimated end (see ``estimate_eta``); None for any other."""
+    if view.state is not State.RUNNING:
         return None
-    return estimate_eta(eta_samples(view, recorded, latest_at), now)
+    return running_eta(
+        view.begin_time or view.running_since,
+        view.progress,
+        view.progress_changed_at,
+        recorded,
+        latest_at,
+        now,
+    )

@@ -147,17 +147,6 @@ def index_jobs(cfg: Config, by_key: dict[str, WatchedJob]) -> None:
     _INDEX = (cfg, by_key)
 
 
-def effective_interval(cfg: Config, job: WatchedJob | None, active: dict[str, int]) -> float | None:
-    """How often a job is polled: its poll_interval, or less often when its source's
-    ``max_rate`` cannot give every active job of the source its interval."""
-    if job is None:
-        return None
-    source = cfg.sources.get(job.source)
-    if source is None or source.max_rate is None:
-        return job.poll_interval
-    return max(job.poll_interval, active.get(job.source, 0) / source.max_rate)
-
-
 @dataclass(frozen=True, slots=True)
 class _Beside:
     """What rows are shown with beside their own columns, read once for a whole listing:
@@ -194,16 +183,19 @@ async def rows_of(
     beside: _Beside | None = None,
     samples: dict[str, list[tuple[datetime, float]]] | None = None,
 ) -> list[JobStatus]:
-    """These stored jobs as `status --json` shows them; what each needs beside its row
-    (progress samples, typical durations, archives) is read for these jobs only, unless
-    ``beside`` or ``samples`` (the running jobs' progress) hold it already."""
-    from jobherald.eta import estimate_eta, eta_samples
+    """These stored jobs (rows of ``store.listing.LIST_COLUMNS``) as `status --json`
+    shows them; what each needs beside its row (progress samples, typical durations,
+    archives) is read for these jobs only, unless ``beside`` or ``samples`` (the running
+    jobs' progress) hold it already."""
+    from jobherald.eta import running_eta
     from jobherald.model import owner, typical_duration
     from jobherald.store import reasons_of
     from jobherald.store.jobs import TERMINAL_STATES
+    from jobherald.store.listing import LIST_COLUMNS
 
     if not stored:
         return []
+    width = len(LIST_COLUMNS)
     now = now or datetime.now(UTC)
     beside = beside or await _beside(cfg, store)
     live, active = beside.live, beside.active
@@ -217,41 +209,74 @@ async def rows_of(
     if archives is None:
         archives = await store.archive_rows([r.id for r in stored])
     configured = configured_jobs(cfg)
+    rates = {name: s.max_rate for name, s in cfg.sources.items() if s.max_rate is not None}
     none = archive_fields(None)
     single = live[0] if len(live) == 1 else None
     rows: list[JobStatus] = []
     for row in stored:
-        key, name, source, state = row.id, row.name, row.source, row.state
-        durations_here = durations.get((name, source))
-        others = [d for i, d in durations_here if i != key] if durations_here else []
+        # Unpacked at once by position: reading a row's columns by name, one at a time,
+        # cost more than all the rest of its shaping.
+        (
+            key,
+            name,
+            source,
+            remote_id,
+            _created_at,
+            state,
+            raw_status,
+            progress,
+            archive_id,
+            link,
+            reasons,
+            error,
+            polled_at,
+            changed_at,
+            begin_time,
+            running_since,
+            progress_changed_at,
+        ) = row[:width]
         eta = None
-        if state == "running" and row.progress is not None:
-            eta = estimate_eta(eta_samples(row, samples.get(key, ()), row.last_polled_at), now)
+        if state == "running":
+            recorded = samples.get(key, ())
+            start = begin_time or running_since
+            eta = running_eta(start, progress, progress_changed_at, recorded, polled_at, now)
+        typical = None
+        durations_here = durations.get((name, source))
+        if durations_here:
+            others = [d for i, d in durations_here if i != key]
+            typical = typical_duration(others) if others else None
         job = configured.get(key)
-        polled = job is not None and state not in TERMINAL_STATES
-        # The replica polling it now: the same rendezvous hash every replica computes.
-        who = (single or owner(key, live)) if polled else None
+        who = interval = None
+        if job is not None:
+            if state not in TERMINAL_STATES:
+                # The replica polling it: the same rendezvous hash every replica computes.
+                who = single or owner(key, live)
+            interval = job.poll_interval
+            if source in rates:
+                # Less often when the source's max_rate cannot give every active job of
+                # the source its interval.
+                interval = max(interval, active.get(source, 0) / rates[source])
         kept = archives.get(key)
         rows.append(
             {
-                "id": row.remote_id or key,
+                "id": remote_id or key,
                 "key": key,
                 "name": name,
                 "source": source,
                 "status": state,
-                "raw_status": row.raw_status,
-                "progress": row.progress,
-                "archive_id": row.archive_id,
-                "link": row.link,
-                "reasons": reasons_of(row),
-                "last_polled_at": iso(row.last_polled_at),
-                "last_changed_at": iso(row.last_changed_at),
-                "error": row.error,
+                "raw_status": raw_status,
+                "progress": progress,
+                "archive_id": archive_id,
+                "link": link,
+                "reasons": reasons_of(reasons),
+                "last_polled_at": iso(polled_at),
+                "last_changed_at": iso(changed_at),
+                "error": error,
                 "owner": who,
                 **(none if kept is None else archive_fields(kept)),
                 "eta": iso(eta),
-                "typical_duration": typical_duration(others) if others else None,
-                "interval": effective_interval(cfg, job, active),
+                "typical_duration": typical,
+                "interval": interval,
             }
         )
     return rows
@@ -317,7 +342,7 @@ async def iter_rows(
 
 async def one_row(cfg: Config, store: Store | None, job_id: str) -> JobStatus | None:
     """One job as `status --json` shows it (None: no such job)."""
-    row = await store.job(job_id) if store is not None else None
+    row = await store.shown(job_id) if store is not None else None
     if row is not None:
         (item,) = await rows_of(cfg, store, [row])  # type: ignore[arg-type]
         return item

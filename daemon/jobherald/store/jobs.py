@@ -90,8 +90,9 @@ def _reasons_from(text: str | None) -> tuple[Reason, ...]:
     return tuple(Reason(**item) for item in json.loads(text))
 
 
-def reasons_of(row: sa.Row[Any]) -> list[dict[str, str | None]]:
-    return [r.as_dict() for r in _reasons_from(row.reasons)]
+def reasons_of(text: str | None) -> list[dict[str, str | None]]:
+    """A stored ``reasons`` column as `status --json` shows it."""
+    return [r.as_dict() for r in _reasons_from(text)] if text else []
 
 
 def view_of(row: sa.Row[Any]) -> JobView:

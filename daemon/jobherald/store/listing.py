@@ -20,7 +20,8 @@ from jobherald.store.schema import (
     transitions,
 )
 
-# What a listing shows of each job (and sorts by): a page reads these, not every column.
+# What a listing shows of each job (and sorts by): a page reads these, not every column,
+# and ``report.rows_of`` unpacks them in this order.
 LIST_COLUMNS = tuple(
     jobs.c[name]
     for name in (
@@ -125,6 +126,12 @@ class Listing(StoreBase):
 
         listed, samples = await asyncio.gather(rows(), progress())
         return listed, samples
+
+    async def shown(self, job_id: str) -> sa.Row[Any] | None:
+        """One job as a listing reads it (``LIST_COLUMNS``), or None."""
+        query = sa.select(*LIST_COLUMNS).where(jobs.c.id == job_id)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).first()
 
     async def job_ids(self) -> set[str]:
         """The ids of every stored job."""
