@@ -45,7 +45,7 @@ async def _rows(
     store = await Store.open(cfg.database_url) if database_exists(cfg.database_url) else None
     try:
         rows: list[JobStatus] = []
-        async for row in iter_rows(cfg, store, wanted, chunk=min(limit or 1000, 1000)):
+        async for row in iter_rows(cfg, store, wanted, chunk=min(limit or 5000, 5000)):
             rows.append(row)
             if limit is not None and len(rows) >= limit:
                 break
@@ -77,7 +77,7 @@ async def _stream_json(cfg: Config, wanted: JobFilter, limit: int | None) -> Non
             chunk.clear()
 
     try:
-        async for row in iter_rows(cfg, store, wanted):
+        async for row in iter_rows(cfg, store, wanted, chunk=min(limit or 5000, 5000)):
             chunk.append(row)
             written += 1
             if len(chunk) >= 1000:
