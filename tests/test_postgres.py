@@ -10,6 +10,7 @@ from jobherald.service import Daemon
 from jobherald.sources.simulator import SimJob, Simulator, failed, http_error, running, succeeded
 from jobherald.store import Store, head_revision
 from tests.conftest import Clock, ConfigWriter, Receiver, jobherald
+from tests.test_store import listed_times_are_written_as_json_shows_them
 
 
 async def test_migrations_build_the_schema_on_an_empty_postgres_database(postgres: str) -> None:
@@ -39,6 +40,11 @@ async def test_migrations_build_the_schema_on_an_empty_postgres_database(postgre
         "lanes",
     }
     assert version == head_revision()
+
+
+async def test_listed_times_are_written_as_json_shows_them_on_postgres(postgres: str) -> None:
+    url = postgres.replace("postgresql://", "postgresql+asyncpg://")
+    await listed_times_are_written_as_json_shows_them(url)
 
 
 async def test_the_daemon_on_postgres_tells_once_and_not_again_after_a_restart(

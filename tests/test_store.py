@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -9,7 +9,17 @@ import sqlalchemy as sa
 
 from jobherald.errors import StoreError
 from jobherald.model import JobView, Outcome, State, Transition
-from jobherald.store import Claimer, JobIdentity, NewEvent, Store, Target, head_revision
+from jobherald.store import (
+    Claimer,
+    JobFilter,
+    JobIdentity,
+    NewEvent,
+    Store,
+    Target,
+    head_revision,
+)
+from jobherald.store.listing import sort_key
+from jobherald.timing import iso
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ME = Claimer("token-of-this-test", "here")
@@ -256,3 +266,25 @@ async def test_a_write_waits_for_another_processs_write_rather_than_failing(
     beside.close()
     assert sorted(await syncing) == ["a", "b"]
     await store.close()
+
+
+async def listed_times_are_written_as_json_shows_them(url: str) -> None:
+    """A listing's times come from the database as ISO 8601 text, the same as ``iso``
+    writes, whole seconds too; the registered order goes on after such a time."""
+    store = await Store.open(url)
+    try:
+        whole = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+        half = whole + timedelta(seconds=1, microseconds=500000)
+        await store.sync_jobs([JobIdentity("a", "A", "roma", "i")], whole)
+        await store.sync_jobs([JobIdentity("b", "B", "roma", "i")], half)
+        rows = await store.page(JobFilter(), 10, by_state=False)
+        assert [(r.id, r.created_at) for r in rows] == [("a", iso(whole)), ("b", iso(half))]
+        assert iso(whole) == "2026-12-04T10:00:00Z" and rows[0].last_polled_at is None
+        after = await store.page(JobFilter(), 10, sort_key(rows[0], False), by_state=False)
+        assert [r.id for r in after] == ["b"]
+    finally:
+        await store.close()
+
+
+async def test_listed_times_are_written_as_json_shows_them(tmp_path: Path) -> None:
+    await listed_times_are_written_as_json_shows_them(url(tmp_path / "jh.db"))

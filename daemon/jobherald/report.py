@@ -196,6 +196,7 @@ async def rows_of(
     if not stored:
         return []
     width = len(LIST_COLUMNS)
+    when = datetime.fromisoformat
     now = now or datetime.now(UTC)
     beside = beside or await _beside(cfg, store)
     live, active = beside.live, beside.active
@@ -236,10 +237,17 @@ async def rows_of(
             progress_changed_at,
         ) = row[:width]
         eta = None
-        if state == "running":
-            recorded = samples.get(key, ())
+        if state == "running" and progress is not None:
+            # The times come as text (see LIST_COLUMNS): made datetimes for an ETA only.
             start = begin_time or running_since
-            eta = running_eta(start, progress, progress_changed_at, recorded, polled_at, now)
+            eta = running_eta(
+                None if start is None else when(start),
+                progress,
+                None if progress_changed_at is None else when(progress_changed_at),
+                samples.get(key, ()),
+                None if polled_at is None else when(polled_at),
+                now,
+            )
         typical = None
         durations_here = durations.get((name, source))
         if durations_here:
@@ -269,8 +277,8 @@ async def rows_of(
                 "archive_id": archive_id,
                 "link": link,
                 "reasons": reasons_of(reasons),
-                "last_polled_at": iso(polled_at),
-                "last_changed_at": iso(changed_at),
+                "last_polled_at": polled_at,
+                "last_changed_at": changed_at,
                 "error": error,
                 "owner": who,
                 **(none if kept is None else archive_fields(kept)),

@@ -16,14 +16,26 @@ from jobherald.store.base import StoreBase
 from jobherald.store.jobs import JOB_COLUMNS, STATE_ORDER, TERMINAL_STATES
 from jobherald.store.schema import (
     UTCDateTime,
+    iso_text,
     jobs,
     transitions,
 )
 
 # What a listing shows of each job (and sorts by): a page reads these, not every column,
-# and ``report.rows_of`` unpacks them in this order.
+# and ``report.rows_of`` unpacks them in this order. Times come as the ISO 8601 text JSON
+# shows (see ``iso_text``): a datetime is made only of those an ETA is drawn from.
+_TIMES = frozenset(
+    (
+        "created_at",
+        "last_polled_at",
+        "last_changed_at",
+        "begin_time",
+        "running_since",
+        "progress_changed_at",
+    )
+)
 LIST_COLUMNS = tuple(
-    jobs.c[name]
+    iso_text(jobs.c[name]) if name in _TIMES else jobs.c[name]
     for name in (
         "id",
         "name",
@@ -48,7 +60,9 @@ LIST_COLUMNS = tuple(
 
 def sort_key(row: sa.Row[Any], by_state: bool = True) -> tuple[Any, ...]:
     """Where a listing goes on after this row (see ``Jobs.page``)."""
-    return (row.rank, row.name, row.id) if by_state else (row.created_at, row.id)
+    if by_state:
+        return (row.rank, row.name, row.id)
+    return (datetime.fromisoformat(row.created_at), row.id)
 
 
 def state_rank() -> sa.ColumnElement[int]:

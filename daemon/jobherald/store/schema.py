@@ -9,6 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 _from_iso = datetime.fromisoformat
 
@@ -43,6 +45,40 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if isinstance(value, str):  # SQLite hands back text from expressions such as min()
             value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC)
+
+
+class IsoText(sa.sql.expression.FunctionElement[str]):
+    """A stored timestamp as JSON output shows it (``2026-12-04T10:00:00.5Z``, as
+    ``timing.iso`` writes it), written by the database: a listing of 100,000 jobs then
+    makes no datetime of the times it only shows."""
+
+    type = sa.String()
+    inherit_cache = True
+    name = "iso_text"
+
+
+@compiles(IsoText, "sqlite")
+def _iso_text_sqlite(element: IsoText, compiler: SQLCompiler, **kw: Any) -> str:
+    # Stored as "2026-12-04 10:00:00.500000"; whole seconds without the fraction.
+    (value,) = element.clauses
+    whole = sa.func.substr(value, -7, type_=sa.String) == ".000000"
+    text = sa.case((whole, sa.func.substr(value, 1, 19, type_=sa.String)), else_=value)
+    return compiler.process(sa.func.replace(text, " ", "T", type_=sa.String) + "Z", **kw)
+
+
+@compiles(IsoText)
+def _iso_text(element: IsoText, compiler: SQLCompiler, **kw: Any) -> str:
+    # PostgreSQL: a timestamp without time zone holding UTC.
+    (value,) = element.clauses
+    micro = sa.func.mod(sa.cast(sa.extract("microseconds", value), sa.BigInteger), 1000000)
+    fraction = sa.case((micro == 0, ""), else_=sa.func.to_char(value, ".US", type_=sa.String))
+    seconds = sa.func.to_char(value, 'YYYY-MM-DD"T"HH24:MI:SS', type_=sa.String)
+    return compiler.process(seconds + fraction + "Z", **kw)
+
+
+def iso_text(column: sa.ColumnElement[datetime]) -> sa.ColumnElement[str]:
+    """``column`` (a ``UTCDateTime``) read as ISO 8601 text, labelled with its name."""
+    return IsoText(column).label(column.key)
 
 
 metadata = sa.MetaData()
