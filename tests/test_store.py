@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from jobherald.store import (
     Target,
     head_revision,
 )
-from jobherald.store.listing import sort_key
+from jobherald.store.listing import recorded_progress, sort_key
 from jobherald.timing import iso
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -282,6 +283,21 @@ async def listed_times_are_written_as_json_shows_them(url: str) -> None:
         assert iso(whole) == "2026-12-04T10:00:00Z" and rows[0].last_polled_at is None
         after = await store.page(JobFilter(), 10, sort_key(rows[0], False), by_state=False)
         assert [r.id for r in after] == ["b"]
+        # A running job's row carries its latest progress, what its ETA is drawn from: the
+        # last twelve of fifteen, each time and fraction as stored.
+        view = JobView("a", state=State.RUNNING, raw_status="RUNNING", begin_time=whole)
+        for i in range(15):
+            at = half + timedelta(minutes=i, microseconds=i)
+            view = replace(view, progress=(i + 1) / 30, progress_changed_at=at)
+            transition = Transition(at, State.RUNNING, State.RUNNING, view.progress, "RUNNING")
+            view = (await store.record("a", Outcome(view, True, transition), at, [])).view
+        (row,) = await store.page(JobFilter(state="running"), 10)
+        recorded = sorted(recorded_progress(row.recent))
+        assert recorded == [
+            (half + timedelta(minutes=i, microseconds=i), (i + 1) / 30) for i in range(3, 15)
+        ]
+        assert recorded == (await store.progress_samples(["a"]))["a"][-12:]
+        assert (await store.page(JobFilter(state="pending"), 10))[0].recent is None
     finally:
         await store.close()
 

@@ -181,17 +181,16 @@ async def rows_of(
     stored: Sequence[Any],
     now: datetime | None = None,
     beside: _Beside | None = None,
-    samples: dict[str, list[tuple[datetime, float]]] | None = None,
 ) -> list[JobStatus]:
-    """These stored jobs (rows of ``store.listing.LIST_COLUMNS``) as `status --json`
-    shows them; what each needs beside its row (progress samples, typical durations,
-    archives) is read for these jobs only, unless ``beside`` or ``samples`` (the running
-    jobs' progress) hold it already."""
+    """These stored jobs (rows of ``store.listing.LIST_COLUMNS``: each carries its
+    recent progress) as `status --json` shows them; what each needs beside its row
+    (typical durations, archives) is read for these jobs only, unless ``beside`` holds it
+    already."""
     from jobherald.eta import running_eta
     from jobherald.model import owner, typical_duration
     from jobherald.store import reasons_of
     from jobherald.store.jobs import TERMINAL_STATES
-    from jobherald.store.listing import LIST_COLUMNS
+    from jobherald.store.listing import LIST_COLUMNS, recorded_progress
 
     if not stored:
         return []
@@ -200,9 +199,6 @@ async def rows_of(
     now = now or datetime.now(UTC)
     beside = beside or await _beside(cfg, store)
     live, active = beside.live, beside.active
-    if samples is None:
-        running = [r.id for r in stored if r.state == "running"]
-        samples = await store.progress_samples(running) if running else {}
     durations = beside.durations
     if durations is None:
         durations = await store.durations_of({(r.name, r.source) for r in stored})
@@ -235,6 +231,7 @@ async def rows_of(
             begin_time,
             running_since,
             progress_changed_at,
+            recent,
         ) = row[:width]
         eta = None
         if state == "running" and progress is not None:
@@ -244,7 +241,7 @@ async def rows_of(
                 None if start is None else when(start),
                 progress,
                 None if progress_changed_at is None else when(progress_changed_at),
-                samples.get(key, ()),
+                recorded_progress(recent),
                 None if polled_at is None else when(polled_at),
                 now,
             )
@@ -326,19 +323,19 @@ async def iter_rows(
 
         beside = await _beside(cfg, store, whole=True)
 
-        # The next chunk is read while this one is shaped (the database's threads work
+        # The next chunk is read while this one is shaped (the database's thread works
         # beside this one).
-        reading: asyncio.Task[tuple[list[Any], dict[str, Any]]] | None
-        reading = asyncio.create_task(store.page_with_progress(wanted, chunk + 1))
+        reading: asyncio.Task[list[Any]] | None
+        reading = asyncio.create_task(store.page(wanted, chunk + 1, by_state=False))
         while reading is not None:
-            stored, samples = await reading
+            stored = await reading
             more = len(stored) > chunk
             stored = stored[:chunk]
             reading = None
             if more and stored:
                 after = sort_key(stored[-1], False)
-                reading = asyncio.create_task(store.page_with_progress(wanted, chunk + 1, after))
-            for row in await rows_of(cfg, store, stored, beside=beside, samples=samples):
+                reading = asyncio.create_task(store.page(wanted, chunk + 1, after, by_state=False))
+            for row in await rows_of(cfg, store, stored, beside=beside):
                 seen.add(row["key"])
                 yield row
     if wanted.text or (wanted.state or "pending") != "pending":

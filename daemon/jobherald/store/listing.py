@@ -3,7 +3,6 @@ running jobs' progress, counts per state), one job, its history, finished durati
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,9 +11,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jobherald.eta import ETA_SAMPLES
 from jobherald.store.base import StoreBase
 from jobherald.store.jobs import JOB_COLUMNS, STATE_ORDER, TERMINAL_STATES
 from jobherald.store.schema import (
+    FloatText,
+    IsoText,
     UTCDateTime,
     iso_text,
     jobs,
@@ -34,28 +36,61 @@ _TIMES = frozenset(
         "progress_changed_at",
     )
 )
-LIST_COLUMNS = tuple(
-    iso_text(jobs.c[name]) if name in _TIMES else jobs.c[name]
-    for name in (
-        "id",
-        "name",
-        "source",
-        "remote_id",
-        "created_at",
-        "state",
-        "raw_status",
-        "progress",
-        "archive_id",
-        "link",
-        "reasons",
-        "error",
-        "last_polled_at",
-        "last_changed_at",
-        "begin_time",
-        "running_since",
-        "progress_changed_at",
+
+
+def _recent_progress() -> sa.ColumnElement[str | None]:
+    """A running job's latest recorded progress, what its ETA is drawn from (the last
+    ``ETA_SAMPLES``), as text its row carries: "time|progress,..." in no particular
+    order (see ``recorded_progress``); None for any other job. One query reads a page
+    and its ETAs' samples."""
+    last = (
+        sa.select(transitions.c.at, transitions.c.progress)
+        .where(transitions.c.job_id == jobs.c.id, transitions.c.progress.is_not(None))
+        .order_by(transitions.c.id.desc())
+        .limit(ETA_SAMPLES)
+        .correlate(jobs)
+        .subquery()
     )
+    sample = IsoText(last.c.at) + "|" + FloatText(last.c.progress)
+    samples = sa.select(sa.func.aggregate_strings(sample, ",")).scalar_subquery()
+    return sa.case((jobs.c.state == "running", samples)).label("recent")
+
+
+LIST_COLUMNS = (
+    *(
+        iso_text(jobs.c[name]) if name in _TIMES else jobs.c[name]
+        for name in (
+            "id",
+            "name",
+            "source",
+            "remote_id",
+            "created_at",
+            "state",
+            "raw_status",
+            "progress",
+            "archive_id",
+            "link",
+            "reasons",
+            "error",
+            "last_polled_at",
+            "last_changed_at",
+            "begin_time",
+            "running_since",
+            "progress_changed_at",
+        )
+    ),
+    _recent_progress(),
 )
+
+
+def recorded_progress(text: str | None) -> list[tuple[datetime, float]]:
+    """The (time, progress) samples of a listed row's ``recent`` column."""
+    if not text:
+        return []
+    when = datetime.fromisoformat
+    return [
+        (when(at), float(value)) for at, _, value in (s.partition("|") for s in text.split(","))
+    ]
 
 
 def sort_key(row: sa.Row[Any], by_state: bool = True) -> tuple[Any, ...]:
@@ -119,27 +154,6 @@ class Listing(StoreBase):
         the sort key of the last one shown (see ``sort_key``)."""
         async with self.engine.connect() as conn:
             return list((await conn.execute(_page(wanted, limit, after, by_state))).all())
-
-    async def page_with_progress(
-        self, wanted: JobFilter, limit: int, after: tuple[Any, ...] | None = None
-    ) -> tuple[list[sa.Row[Any]], dict[str, list[tuple[datetime, float]]]]:
-        """A ``page`` in the order jobs were registered, and its running jobs'
-        ``progress_samples``: two queries side by side, the second a subquery of the first
-        (no thousand bound ids)."""
-        query = _page(wanted, limit, after, by_state=False)
-        shown = query.subquery()
-        running = transitions.c.job_id.in_(sa.select(shown.c.id).where(shown.c.state == "running"))
-
-        async def rows() -> list[sa.Row[Any]]:
-            async with self.engine.connect() as conn:
-                return list((await conn.execute(query)).all())
-
-        async def progress() -> dict[str, list[tuple[datetime, float]]]:
-            async with self.engine.connect() as conn:
-                return await _samples(conn, running)
-
-        listed, samples = await asyncio.gather(rows(), progress())
-        return listed, samples
 
     async def shown(self, job_id: str) -> sa.Row[Any] | None:
         """One job as a listing reads it (``LIST_COLUMNS``), or None."""

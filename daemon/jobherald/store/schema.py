@@ -81,6 +81,29 @@ def iso_text(column: sa.ColumnElement[datetime]) -> sa.ColumnElement[str]:
     return IsoText(column).label(column.key)
 
 
+class FloatText(sa.sql.expression.FunctionElement[str]):
+    """A float as text that reads back as the same float."""
+
+    type = sa.String()
+    inherit_cache = True
+    name = "float_text"
+
+
+@compiles(FloatText, "sqlite")
+def _float_text_sqlite(element: FloatText, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite's own text of a REAL keeps 15 digits, its printf 16 unless "!"; 17 always
+    # read back the same.
+    (value,) = element.clauses
+    return compiler.process(sa.func.printf("%!.17g", value, type_=sa.String), **kw)
+
+
+@compiles(FloatText)
+def _float_text(element: FloatText, compiler: SQLCompiler, **kw: Any) -> str:
+    # PostgreSQL writes the shortest text that reads back the same.
+    (value,) = element.clauses
+    return compiler.process(sa.cast(value, sa.Text), **kw)
+
+
 metadata = sa.MetaData()
 
 jobs = sa.Table(
