@@ -3,7 +3,6 @@ show it: the same objects for the command line and the daemon's HTTP API."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -323,21 +322,20 @@ async def iter_rows(
 
         beside = await _beside(cfg, store, whole=True)
 
-        # The next chunk is read while this one is shaped (the database's thread works
-        # beside this one).
-        reading: asyncio.Task[list[Any]] | None
-        reading = asyncio.create_task(store.page(wanted, chunk + 1, by_state=False))
-        while reading is not None:
-            stored = await reading
+        # One chunk after the other: reading the next one while this one is shaped was
+        # slower (the database's thread and this one take turns at the interpreter's
+        # lock, row by row).
+        after: tuple[Any, ...] | None = None
+        while True:
+            stored = await store.page(wanted, chunk + 1, after, by_state=False)
             more = len(stored) > chunk
             stored = stored[:chunk]
-            reading = None
-            if more and stored:
-                after = sort_key(stored[-1], False)
-                reading = asyncio.create_task(store.page(wanted, chunk + 1, after, by_state=False))
             for row in await rows_of(cfg, store, stored, beside=beside):
                 seen.add(row["key"])
                 yield row
+            if not (more and stored):
+                break
+            after = sort_key(stored[-1], False)
     if wanted.text or (wanted.state or "pending") != "pending":
         return
     known = await store.job_ids() if store is not None else set()
