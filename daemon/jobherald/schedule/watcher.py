@@ -35,7 +35,7 @@ from jobherald.schedule.pool import PollResult
 from jobherald.schedule.reminders import remind_unresolved
 from jobherald.sources.base import JobSource
 from jobherald.sources.registry import make_source
-from jobherald.store import JobIdentity, NewEvent, Store, Target
+from jobherald.store import NewEvent, Store, Target
 from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,7 @@ class Watcher:
 
     async def _sync_jobs(self, jobs: dict[str, WatchedJob]) -> dict[str, JobView]:
         """Register these jobs; their views (those already held, newer than the store's, stay)."""
-        identities = [
-            JobIdentity(j.id, j.name, j.source, j.instance_id, j.remote) for j in jobs.values()
-        ]
-        stored = await self.store.sync_jobs(identities, self.clock())
+        stored = await self.store.sync_jobs(list(jobs.values()), self.clock())
         return {job_id: self.views.get(job_id) or stored[job_id] for job_id in jobs}
 
     async def reconfigure(self, config: Config) -> tuple[list[WatchedJob], list[str]]:

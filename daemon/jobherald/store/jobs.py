@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -48,8 +48,26 @@ _STATES = {s.value: s for s in State}
 _SHARED_AT = (VIEW_FIELDS.index("raw_status"), VIEW_FIELDS.index("type"))
 
 
+class Registered(Protocol):
+    """What registers a job: its key, name, source, instance and upstream id (a
+    configured job is one as it is: 100,000 of them are not copied at each start)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def instance_id(self) -> str: ...
+    @property
+    def remote(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class JobIdentity:
+    """A job to register, as the store's callers without a configured job give it."""
+
     id: str
     name: str
     source: str
@@ -168,7 +186,7 @@ class Jobs(StoreBase):
     _queued: list[_Record]
     _committer: asyncio.Task[None] | None
 
-    async def sync_jobs(self, watched: Sequence[JobIdentity], now: datetime) -> dict[str, JobView]:
+    async def sync_jobs(self, watched: Sequence[Registered], now: datetime) -> dict[str, JobView]:
         """Register configured jobs (new ones as pending); return every known job.
 
         One read of the jobs table, one insert of the new jobs and one update of the
@@ -254,7 +272,7 @@ class Jobs(StoreBase):
     async def _move_keys(
         self,
         conn: AsyncConnection,
-        new: Sequence[JobIdentity],
+        new: Sequence[Registered],
         loose: dict[tuple[str, str, str], list[str]],
         views: dict[str, JobView],
     ) -> dict[str, str]:
