@@ -296,7 +296,7 @@ async def listed_times_are_written_as_json_shows_them(url: str) -> None:
         assert recorded == [
             (half + timedelta(minutes=i, microseconds=i), (i + 1) / 30) for i in range(3, 15)
         ]
-        assert recorded == (await store.progress_samples(["a"]))["a"][-12:]
+        assert recorded == (await store.running_progress())["a"][-12:]
         assert (await store.page(JobFilter(state="pending"), 10))[0].recent is None
     finally:
         await store.close()

@@ -89,8 +89,11 @@ class Watcher:
         known = await self.store.source_health()
         self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
         self._durations = await self.store.finished_durations()
-        running = [i for i, v in self.views.items() if v.state is State.RUNNING]
-        self.progress_log = await self.store.progress_samples(running) if running else {}
+        self.progress_log = {
+            job_id: samples
+            for job_id, samples in (await self.store.running_progress()).items()
+            if job_id in self.views and self.views[job_id].state is State.RUNNING
+        }
 
     def typical_for(self, job: WatchedJob) -> float | None:
         """The median duration of finished runs with this job's name and source."""
