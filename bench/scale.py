@@ -118,6 +118,7 @@ async def scale(
         )
         address = f"http://127.0.0.1:{port}"
         out: dict[str, Any] = {"jobs": count, "interval": interval}
+        out["machine"] = [_machine(python)]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
             counter = Counter(http, base)
             # A first start registers the jobs in the database (not measured).
@@ -185,6 +186,7 @@ async def scale(
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
+    out["machine"].append(_machine(python))
     return out
 
 
@@ -211,10 +213,29 @@ async def _wait_ready(
     raise RuntimeError("the daemon did not become ready")
 
 
+def _machine(python: str) -> float:
+    """Seconds of a fixed loop in a fresh interpreter (fastest of three): how fast the
+    machine is right now, to read the other figures by (it is shared, and its speed
+    varies by half from hour to hour)."""
+    import subprocess
+
+    loop = "import time; t = time.perf_counter(); sum(range(30_000_000)); print(time.perf_counter() - t)"
+    return min(
+        float(
+            subprocess.run([python, "-c", loop], capture_output=True, text=True, check=True).stdout
+        )
+        for _ in range(3)
+    )
+
+
 def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     scheduled = f["jobs"] / f["interval"]
     t = f["timings"]
     return [
+        (
+            "the machine: a fixed loop, before / after this run (lower is faster)",
+            " / ".join(f"{seconds:.2f} s" for seconds in f["machine"]),
+        ),
         ("start to first poll (the database knows the jobs)", f"{f['first_poll']:.1f} s"),
         (
             "polls per second, achieved / scheduled",
