@@ -207,7 +207,6 @@ async def rows_of(
     configured = configured_jobs(cfg)
     rates = {name: s.max_rate for name, s in cfg.sources.items() if s.max_rate is not None}
     none = archive_fields(None)
-    single = live[0] if len(live) == 1 else None
     rows: list[JobStatus] = []
     for row in stored:
         # Unpacked at once by position: reading a row's columns by name, one at a time,
@@ -254,7 +253,7 @@ async def rows_of(
         if job is not None:
             if state not in TERMINAL_STATES:
                 # The replica polling it: the same rendezvous hash every replica computes.
-                who = single or owner(key, live)
+                who = owner(key, live)
             interval = job.poll_interval
             if source in rates:
                 # Less often when the source's max_rate cannot give every active job of
