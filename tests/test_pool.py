@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobherald.schedule.pool import PollResult, Pool
+from jobherald.schedule.pool import ADD_CHUNK, PollResult, Pool
 from jobherald.service import Daemon
 from jobherald.sources.simulator import Answer, SimJob, Simulator
 
@@ -59,6 +59,27 @@ async def test_a_poll_that_never_ends_is_cut_off_and_the_job_polled_again() -> N
     pool.health(now + 31.0)
     await wait_for(lambda: calls["stuck"] >= 2, 5, "the stuck job polled again")
     assert pool.stats.cut == 1
+    await pool.stop(1.0)
+
+
+async def test_many_jobs_are_queued_a_chunk_at_a_time_and_polled_from_the_first() -> None:
+    # At a start with many jobs, the first ones due are polled while the rest are being
+    # queued; the first polls of all of them still spread over the whole spread.
+    queued_at_poll: list[int] = []
+
+    async def poll(job_id: str) -> PollResult:
+        queued_at_poll.append(len(pool.queue) + pool.in_flight())
+        return PollResult()
+
+    pool = Pool(poll, 4, rng=random.Random(1))
+    pool.start()
+    total = 10 * ADD_CHUNK
+    now = pool.now()
+    await pool.add_gradually(((f"j{i}", 600.0) for i in range(total)), spread=1.0)
+    assert len(pool.queue) + pool.in_flight() == total
+    assert queued_at_poll and queued_at_poll[0] < total  # polled before the last chunk
+    dues = [e.due for e in (pool.queue.entry(f"j{i}") for i in range(total)) if e is not None]
+    assert max(dues) - now > 0.95  # the last chunk's jobs are spread like the first's
     await pool.stop(1.0)
 
 

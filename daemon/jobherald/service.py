@@ -26,6 +26,7 @@ from jobherald.notify import Dispatcher
 from jobherald.report import index_jobs
 from jobherald.schedule import Periodic, Pool, Watcher, poll_once
 from jobherald.schedule.archiver import Archiver
+from jobherald.schedule.pool import first_spread
 from jobherald.schedule.queue import Entry
 from jobherald.schedule.replicas import Replica
 from jobherald.store import DatabaseLock, Store
@@ -256,7 +257,7 @@ class Daemon:
         membership_ends = asyncio.Event()
         membership = asyncio.create_task(replica.run(membership_ends), name="membership")
         periodic.start()
-        active = len(watcher.active())
+        active = sum(watcher.active_states().values())
         log.info(
             "watching %s (%d already finished%s) with %d pollers on the %s loop",
             counted(active, "job"),
@@ -354,16 +355,19 @@ class Daemon:
             nonlocal initial
             if store.shared:
                 watcher.fetcher.identify(replica.name)
+            ids: Iterable[str] = gained  # active (not terminal) configured jobs
             if not initial:
                 await watcher.refresh(gained)  # another replica polled them until now
-            jobs = [watcher.jobs[i] for i in gained if i in watcher.jobs]
-            pool.add(
-                ((j.id, j.poll_interval) for j in jobs if not watcher.views[j.id].state.terminal),
-                spread=None if initial else TAKEOVER_SPREAD,
-            )
-            initial = False
+                ids = [i for i in gained if not watcher.views[i].state.terminal]
             if pool.gates is not None:  # budgets are split among the live replicas
                 pool.gates.share(len(replica.live))
+            configured = watcher.jobs
+            timed = ((i, configured[i].poll_interval) for i in ids if i in configured)
+            if initial:  # nothing else runs yet that could take them away meanwhile
+                initial = False
+                await pool.add_gradually(timed, first_spread(len(gained)))
+            else:
+                pool.add(timed, TAKEOVER_SPREAD)
             dispatcher.wake()
 
         def stop(lost: Iterable[str]) -> None:
@@ -471,21 +475,16 @@ class Daemon:
 
     def _status(self, watcher: Watcher) -> str:
         """A line for `systemctl status`: what is watched, what fails, when it last polled."""
-        active = watcher.active()
-        counts: dict[str, int] = {}
-        for job in active:
-            state = watcher.views[job.id].state.value
-            counts[state] = counts.get(state, 0) + 1
+        counts = watcher.active_states()
+        active = sum(counts.values())
         parts = [f"{n} {state}" for state, n in sorted(counts.items())]
         failing = watcher.failing()
         if failing:
             parts.append(f"{failing} failing")
-        line = f"watching {counted(len(active), 'job')}" + (
-            f": {', '.join(parts)}" if parts else ""
-        )
+        line = f"watching {counted(active, 'job')}" + (f": {', '.join(parts)}" if parts else "")
         replica = self.running.replica if self.running is not None else None
         if replica is not None and (replica.store.shared or not replica.valid()):
-            line = f"{replica.status(len(active))}; {line}"
+            line = f"{replica.status(active)}; {line}"
         if watcher.last_poll_at is not None:
             ago = max(0.0, (self.clock() - watcher.last_poll_at).total_seconds())
             line += f"; last poll {ago:.0f} s ago"

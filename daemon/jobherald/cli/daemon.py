@@ -39,6 +39,7 @@ def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
     # freezes what start-up built and turns the collector back on once it polls.
     gc.disable()
     cfg = load_config(ctx, config_path, check_urls=not once, check_dirs=True, check_templates=True)
+    gc.freeze()  # the config: the collection that ends start-up need not scan it again
     from jobherald.service import Daemon, setup_logging
 
     setup_logging(cfg.log_level)

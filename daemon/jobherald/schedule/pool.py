@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import logging
 import random
 import time
@@ -58,6 +59,14 @@ PollFn = Callable[[str], Awaitable[PollResult]]
 # jobs a second spread evenly cost fifty wake-ups, not a thousand, and their requests
 # go out together (a poll starts at most a tick late).
 TICK = 0.02
+# Jobs queued at once by ``add_gradually`` between two turns of the event loop.
+ADD_CHUNK = 5000
+
+
+def first_spread(count: int) -> float:
+    """Over how many seconds the first polls of ``count`` jobs added together are spread:
+    one second plus a second per 200 jobs (each job's interval caps its own)."""
+    return 1.0 + count / 200.0
 
 
 class PoolStats:
@@ -138,11 +147,11 @@ class Pool:
     def add(self, jobs: Iterable[tuple[str, float]], spread: float | None = None) -> int:
         """Schedule (or re-time) jobs given as (id, interval); first polls spread over a moment.
 
-        Many jobs registered together are spread over ``spread`` seconds (default: one
-        second plus a second per 200 jobs, never more than a job's interval).
+        Many jobs registered together are spread over ``spread`` seconds (default:
+        ``first_spread``), never more than a job's interval.
         """
         batch = list(jobs)
-        limit = spread if spread is not None else 1.0 + len(batch) / 200.0
+        limit = spread if spread is not None else first_spread(len(batch))
         now = asyncio.get_running_loop().time()
         uniform = self._rng.uniform
         for job_id, interval in batch:
@@ -150,6 +159,15 @@ class Pool:
         if self._loop is not None:
             self._arm()
         return len(batch)
+
+    async def add_gradually(self, jobs: Iterable[tuple[str, float]], spread: float) -> None:
+        """``add`` many jobs a chunk at a time, the pollers taking the first ones due
+        meanwhile: at 100,000 jobs polling starts as the first chunk is queued, not after
+        the last one. ``spread`` is for them all (see ``first_spread``)."""
+        rest = iter(jobs)
+        while chunk := list(itertools.islice(rest, ADD_CHUNK)):
+            self.add(chunk, spread)
+            await asyncio.sleep(0)
 
     def remove(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:

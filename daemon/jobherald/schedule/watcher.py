@@ -150,6 +150,16 @@ class Watcher:
         """Configured jobs still worth polling (not succeeded, failed or lost)."""
         return [j for j in self.jobs.values() if not self.views[j.id].state.terminal]
 
+    def active_states(self) -> dict[str, int]:
+        """How many of the jobs still worth polling are in each state."""
+        out: dict[str, int] = {}
+        views = self.views
+        for job_id in self.jobs:
+            state = views[job_id].state
+            if not state.terminal:
+                out[state.value] = out.get(state.value, 0) + 1
+        return out
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for view in self.views.values():
