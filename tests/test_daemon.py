@@ -1,9 +1,11 @@
-"""The daemon end to end, one pass at a time: simulator → store → apprise → receiver."""
+"""The daemon end to end, mostly one pass at a time: simulator → store → apprise → receiver."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 from jobherald.service import Daemon
@@ -16,7 +18,7 @@ from jobherald.sources.simulator import (
     running,
     succeeded,
 )
-from tests.conftest import Clock, ConfigWriter, Receiver, jobherald
+from tests.conftest import Clock, ConfigWriter, Receiver, jobherald, wait_for
 
 REASONS = [
     {
@@ -343,3 +345,42 @@ async def test_notify_test_reports_each_notifier(receiver: Receiver, configs: Co
     assert "bad json://127.0.0.1:9/x: FAILED: " in out
     code, _, err = await jobherald("notify-test", "nosuch", "-c", str(path))
     assert (code, err) == (2, "jobherald: unknown notifier 'nosuch' (known: good, bad)\n")
+
+
+async def test_the_counts_follow_each_poll_and_each_reload(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    # The counts behind the status line and the metrics are kept as views change (not
+    # counted over every view at each look): they agree with the views at every step.
+    sim.add(SimJob("a", [running(0.3)]))
+    sim.add(SimJob("b", [http_error(503)]))
+    sim.add(SimJob("c", [running(0.2), succeeded()]))
+    sim.add(SimJob("d", [running(0.1)]))
+    settings = {"poll_interval": "100ms", "retries": 0}
+    daemon = Daemon(configs.load(["a", "b", "c"], daemon=settings, notifiers={}))
+    task = asyncio.create_task(daemon.run())
+
+    def recounted() -> tuple[dict[str, int], int]:
+        assert daemon.watcher is not None
+        views = daemon.watcher.views.values()
+        states = Counter(v.state.value for v in views)
+        return dict(states), sum(1 for v in views if v.error is not None)
+
+    def kept() -> tuple[dict[str, int], int]:
+        assert daemon.watcher is not None
+        return daemon.watcher.counts(), daemon.watcher.failing()
+
+    try:
+        first = ({"pending": 1, "running": 1, "succeeded": 1}, 1)
+        await wait_for(lambda: daemon.ready and kept() == first, 20, "three jobs polled")
+        assert recounted() == first
+        assert daemon.watcher is not None
+        assert daemon.watcher.active_states() == {"pending": 1, "running": 1}
+        configs.write(["a", "d"], daemon=settings, notifiers={})
+        daemon.reload()
+        await wait_for(lambda: kept() == ({"running": 2}, 0), 20, "the reloaded jobs polled")
+        assert recounted() == ({"running": 2}, 0)
+        assert daemon.watcher.active_states() == {"running": 2}
+    finally:
+        daemon.stop()
+        await task

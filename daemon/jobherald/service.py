@@ -287,6 +287,11 @@ class Daemon:
         # it out of the garbage collector's scans, which then cover only what polls make.
         gc.collect()
         gc.freeze()
+        # Young collections every 10,000 new objects rather than 700: at a thousand polls
+        # a second, 700 made them so frequent that the polls in flight outlived two of
+        # them, and the oldest generation, thus filled, was scanned whole every second or
+        # two, holding the loop up to 0.3 s at 100,000 jobs. They now die young.
+        gc.set_threshold(10_000, 10, 10)
         gc.enable()
         self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
         self.ready = True
@@ -512,7 +517,7 @@ class Daemon:
         watcher.on_event = metrics.event
         dispatcher.on_delivery = metrics.delivery
         dispatcher.on_lag = metrics.delivery_lag
-        metrics.job_counts = lambda: _configured_counts(watcher)
+        metrics.job_counts = watcher.counts
         gates = pool.gates
 
         def sources_up() -> dict[str, bool]:
@@ -577,14 +582,6 @@ def _limits(config: Config) -> dict[str, tuple[float | None, float]]:
         name: (source.max_rate, source.max_retry_after_source)
         for name, source in config.sources.items()
     }
-
-
-def _configured_counts(watcher: Watcher) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for job_id in watcher.jobs:
-        state = watcher.views[job_id].state.value
-        counts[state] = counts.get(state, 0) + 1
-    return counts
 
 
 @contextlib.contextmanager

@@ -2,8 +2,10 @@
 
 Times are monotonic seconds (the event loop's clock). A job's entry lives here
 from the moment it is scheduled until it finishes or leaves the config; the heap
-holds (due, seq, entry) tuples, and a tuple whose ``seq`` is no longer its entry's
-is stale and skipped when it surfaces (removal and re-timing cost O(1)).
+holds (due, seq, job id) tuples, and a tuple whose ``seq`` is no longer its job's
+entry's is stale and skipped when it surfaces (removal and re-timing cost O(1)).
+Those tuples hold no object the garbage collector tracks, so it soon stops tracking
+them: 100,000 of them add nothing to its full collections.
 
 Each job's polls keep to a fixed rate: its next poll is due one interval after
 the last one was due (not after it ended), plus or minus a jitter that does not
@@ -49,7 +51,7 @@ class DueQueue:
     """Jobs ordered by when their next poll is due."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._heap: list[tuple[float, int, Entry]] = []
+        self._heap: list[tuple[float, int, str]] = []
         self._entries: dict[str, Entry] = {}
         self._seq = itertools.count()
         self._uniform = (rng or random.Random()).uniform
@@ -88,15 +90,17 @@ class DueQueue:
 
     def _push(self, entry: Entry) -> None:
         entry.seq = seq = next(self._seq)
-        heapq.heappush(self._heap, (entry.due, seq, entry))
+        heapq.heappush(self._heap, (entry.due, seq, entry.job_id))
 
     def next_due(self) -> float | None:
         """When the earliest queued job is due (None: nothing queued)."""
         heap = self._heap
+        entries = self._entries
         while heap:
-            _, seq, entry = heap[0]
-            if entry.seq == seq and self._entries.get(entry.job_id) is entry:
-                return heap[0][0]
+            due, seq, job_id = heap[0]
+            entry = entries.get(job_id)
+            if entry is not None and entry.seq == seq:
+                return due
             heapq.heappop(heap)
         return None
 
@@ -105,8 +109,9 @@ class DueQueue:
         heap = self._heap
         entries = self._entries
         while heap and heap[0][0] <= now:
-            _, seq, entry = heapq.heappop(heap)
-            if entry.seq != seq or entries.get(entry.job_id) is not entry:
+            _, seq, job_id = heapq.heappop(heap)
+            entry = entries.get(job_id)
+            if entry is None or entry.seq != seq:
                 continue  # stale: re-timed or removed since it was queued
             entry.seq = -1
             entry.busy = True

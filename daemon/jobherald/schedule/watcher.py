@@ -41,6 +41,24 @@ from jobherald.timing import utcnow
 log = logging.getLogger(__name__)
 
 
+class Tally:
+    """How many views are in each state, and how many have a poll error, kept as views
+    change: counting 100,000 views at each heartbeat would hold the polls up."""
+
+    __slots__ = ("failing", "states")
+
+    def __init__(self, views: Iterable[JobView] = ()) -> None:
+        self.states: dict[State, int] = {}
+        self.failing = 0
+        for view in views:
+            self.add(view, 1)
+
+    def add(self, view: JobView, n: int) -> None:
+        self.states[view.state] = self.states.get(view.state, 0) + n
+        if view.error is not None:
+            self.failing += n
+
+
 class Watcher:
     """The watched jobs, their last known views, and how to poll one of them."""
 
@@ -61,7 +79,9 @@ class Watcher:
             name: make_source(src, clock) for name, src in config.sources.items()
         }
         self.jobs: dict[str, WatchedJob] = {j.id: j for j in config.jobs}
+        # Changed only through _set_views and _set_view, which keep the tally.
         self.views: dict[str, JobView] = {}
+        self._tally = Tally()
         self.health: dict[str, SourceHealth] = {}
         self._source_locks = {name: asyncio.Lock() for name in self.sources}
         self._polled_at: dict[str, datetime] = {}
@@ -75,7 +95,7 @@ class Watcher:
         # and each running job's recorded progress (for ETAs).
         self._durations: dict[str, tuple[str, str, float]] = {}
         self._typical: dict[tuple[str, str], float | None] = {}
-        self.progress_log: dict[str, list[tuple[datetime, float]]] = {}
+        self.progress_log: dict[str, tuple[tuple[datetime, float], ...]] = {}
         # Told of each poll's outcome (metrics): the job, seconds taken, and the error if any.
         self.on_poll: Callable[[WatchedJob, float, FetchError | None], None] | None = None
         # Told of each event written (metrics).
@@ -85,12 +105,12 @@ class Watcher:
 
     async def start(self) -> None:
         """Register the configured jobs in the store and load what it knows of them."""
-        self.views = await self._sync_jobs(self.jobs)
+        self._set_views(await self._sync_jobs(self.jobs))
         known = await self.store.source_health()
         self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
         self._durations = await self.store.finished_durations()
         self.progress_log = {
-            job_id: samples
+            job_id: tuple(samples)
             for job_id, samples in (await self.store.running_progress()).items()
             if job_id in self.views and self.views[job_id].state is State.RUNNING
         }
@@ -138,13 +158,24 @@ class Watcher:
             name: self._source_locks.get(name) or asyncio.Lock() for name in self.sources
         }
         self.health = {name: self.health.get(name, SourceHealth()) for name in self.sources}
-        self.jobs, self.views = jobs, views
+        self.jobs = jobs
+        self._set_views(views)
         removed = [job_id for job_id in old_jobs if job_id not in self.jobs]
         changed = [j for j in self.jobs.values() if old_jobs.get(j.id) != j]
         return changed, removed
 
+    def _set_views(self, views: dict[str, JobView]) -> None:
+        self.views = views
+        self._tally = Tally(views.values())
+
+    def _set_view(self, job_id: str, view: JobView) -> None:
+        if (before := self.views.get(job_id)) is not None:
+            self._tally.add(before, -1)
+        self._tally.add(view, 1)
+        self.views[job_id] = view
+
     def failing(self) -> int:
-        return sum(1 for job_id in self.jobs if self.views[job_id].error is not None)
+        return self._tally.failing
 
     def active(self) -> list[WatchedJob]:
         """Configured jobs still worth polling (not succeeded, failed or lost)."""
@@ -152,19 +183,11 @@ class Watcher:
 
     def active_states(self) -> dict[str, int]:
         """How many of the jobs still worth polling are in each state."""
-        out: dict[str, int] = {}
-        views = self.views
-        for job_id in self.jobs:
-            state = views[job_id].state
-            if not state.terminal:
-                out[state.value] = out.get(state.value, 0) + 1
-        return out
+        return {s.value: n for s, n in self._tally.states.items() if n and not s.terminal}
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for view in self.views.values():
-            out[view.state.value] = out.get(view.state.value, 0) + 1
-        return out
+        """How many jobs are in each state."""
+        return {s.value: n for s, n in self._tally.states.items() if n}
 
     async def poll(self, job_id: str) -> PollResult:
         """Poll one job and record what changed and what it causes."""
@@ -313,7 +336,7 @@ class Watcher:
         ):
             archive = (outcome.job.archive_id, job.source)  # kept by the archiver
         recorded = await self.store.record(job.id, outcome, now, new_events, archive)
-        self.views[job.id] = recorded.view
+        self._set_view(job.id, recorded.view)
         if not recorded.written:
             return False
         self._polled_at.pop(job.id, None)
@@ -348,9 +371,10 @@ class Watcher:
         view, transition = outcome.job, outcome.transition
         if view.state is State.RUNNING:
             if transition is not None and transition.progress is not None:
-                log_ = self.progress_log.setdefault(job.id, [])
-                log_.append((transition.at, transition.progress))
-                del log_[:-24]
+                # A tuple, not a list: what it holds is not tracked by the garbage
+                # collector, so neither is it once it has been looked at.
+                kept = self.progress_log.get(job.id, ())
+                self.progress_log[job.id] = (*kept[-23:], (transition.at, transition.progress))
         else:
             self.progress_log.pop(job.id, None)
         if view.state is State.SUCCEEDED and (seconds := duration_seconds(view)):
@@ -475,7 +499,7 @@ class Watcher:
         stored = await self.store.views(job_ids)
         for job_id, view in stored.items():
             if job_id in self.jobs and view.version >= self.views[job_id].version:
-                self.views[job_id] = view
+                self._set_view(job_id, view)
 
     async def flush(self) -> None:
         """Write the poll times of polls that changed nothing, all in one statement.
