@@ -1,10 +1,10 @@
 """Scale: 100,000 jobs on one machine, polled every 60 s, while people read the page.
 
-Measured: start to first poll (the database already knows the jobs), peak RSS while
-polling and after the pages were read, polls per second achieved and the schedule lag
-p99, and the time of ``GET /``, ``/api/jobs?limit=100``, ``/jobs/ID`` and ``status
---json`` with the polls per second during them (the lowest one-second count while ten
-pages load).
+Measured: start to first poll (the database already knows the jobs; the median of
+three starts), peak RSS while polling and after the pages were read, polls per second
+achieved and the schedule lag p99, and the time of ``GET /``, ``/api/jobs?limit=100``,
+``/jobs/ID`` and ``status --json`` with the polls per second during them (the lowest
+one-second count while ten pages load).
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from typing import Any
 
 import aiohttp
 from common import write_config
+
+# Starts measured, one after another; their median is the figure.
+STARTS = 3
 
 
 def _free_port() -> int:
@@ -126,16 +129,31 @@ async def scale(
             await _wait_ready(http, address, first)
             first.send_signal(signal.SIGTERM)
             await asyncio.wait_for(first.wait(), 120)
-            before = await counter.count()
-            began = time.monotonic()
-            proc = await _spawn(python, config, env)
+            # Three starts (the machine is shared: one start alone says little); the
+            # last one goes on polling.
+            starts = []
+            for attempt in range(STARTS):
+                before = await counter.count()
+                began = time.monotonic()
+                proc = await _spawn(python, config, env)
+                try:
+                    while await counter.count() == before:
+                        if proc.returncode is not None:
+                            raise RuntimeError("the daemon ended before its first poll")
+                        await asyncio.sleep(0.02)
+                    starts.append(time.monotonic() - began)
+                    await _wait_ready(http, address, proc)
+                except BaseException:
+                    if proc.returncode is None:
+                        proc.kill()
+                    await proc.wait()
+                    raise
+                if attempt < STARTS - 1:
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.wait_for(proc.wait(), 120)
+            out["first_polls"] = starts
+            out["first_poll"] = sorted(starts)[len(starts) // 2]
             try:
-                while await counter.count() == before:
-                    if proc.returncode is not None:
-                        raise RuntimeError("the daemon ended before its first poll")
-                    await asyncio.sleep(0.02)
-                out["first_poll"] = time.monotonic() - began
-                await _wait_ready(http, address, proc)
                 counter.start()
                 await asyncio.sleep(30)  # polling settles
                 steady_from = time.monotonic()
@@ -236,7 +254,10 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
             "the machine: a fixed loop, before / after this run (lower is faster)",
             " / ".join(f"{seconds:.2f} s" for seconds in f["machine"]),
         ),
-        ("start to first poll (the database knows the jobs)", f"{f['first_poll']:.1f} s"),
+        (
+            f"start to first poll (the database knows the jobs), median of {STARTS}",
+            f"{f['first_poll']:.1f} s ({', '.join(f'{x:.1f}' for x in f['first_polls'])})",
+        ),
         (
             "polls per second, achieved / scheduled",
             f"{f['polls_per_second']:,.0f} / {scheduled:,.0f} ({f['polls_per_second'] / scheduled:.0%})",
