@@ -662,8 +662,11 @@ def worktree(ref: str) -> Iterator[Path]:
         check=True,
         capture_output=True,
     )
-    # Run from the source tree (PYTHONPATH), the package's migrations where the wheel puts them.
+    # Run from the source tree (PYTHONPATH), the package's migrations where the wheel puts them,
+    # and compiled as an installed package is (with PYTHONDONTWRITEBYTECODE set, a start
+    # would otherwise compile every module again).
     (folder / "daemon" / "jobherald" / "migrations").symlink_to(folder / "migrations")
+    subprocess.run([PY, "-m", "compileall", "-q", str(folder / "daemon")], check=True)
     try:
         yield folder
     finally:
