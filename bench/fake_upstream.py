@@ -6,7 +6,9 @@ run from ``begin`` (their begin_time) with progress growing evenly to SUCCEEDED 
 ``blind-<begin_ms>-<end_ms>-<n>`` run and end alike but say no progress (no ETA).
 ``POST /control/storm?seconds=S&retry_after=R`` makes every answer a 429 with
 ``Retry-After: R`` for S seconds; ``GET /control/count`` gives the job requests answered
-so far. Prints ``PORT <n>`` once it listens.
+so far. ``POST /control/record`` notes when each job request arrives from then on (the
+monotonic clock), until ``GET /control/times`` hands those times over. Prints ``PORT <n>``
+once it listens.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import json
 import os
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -41,7 +44,7 @@ SUCCEEDED = json.dumps(
 ).encode()
 
 
-STATE = {"storm_until": 0.0, "retry_after": 30.0, "count": 0}
+STATE: dict[str, Any] = {"storm_until": 0.0, "retry_after": 30.0, "count": 0, "times": None}
 
 
 def _iso(epoch: float) -> str:
@@ -75,6 +78,8 @@ def _ramp(job_id: str, progress_shown: bool = True) -> bytes:
 
 async def job(request: web.Request) -> web.Response:
     STATE["count"] += 1
+    if (times := STATE["times"]) is not None:
+        times.append(time.monotonic())
     if time.time() < STATE["storm_until"]:
         return web.Response(
             status=429,
@@ -105,11 +110,23 @@ async def count(request: web.Request) -> web.Response:
     return web.json_response({"count": STATE["count"]})
 
 
+async def record(request: web.Request) -> web.Response:
+    STATE["times"] = []
+    return web.json_response({"count": STATE["count"]})
+
+
+async def times(request: web.Request) -> web.Response:
+    kept, STATE["times"] = STATE["times"] or [], None
+    return web.json_response(kept)
+
+
 async def serve(port: int) -> None:
     app = web.Application()
     app.router.add_get("/v2/{project}/instances/{instance}/assets/jobs/{job_id}", job)
     app.router.add_post("/control/storm", storm)
     app.router.add_get("/control/count", count)
+    app.router.add_post("/control/record", record)
+    app.router.add_get("/control/times", times)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)

@@ -88,12 +88,14 @@ async def finishing(
                 log_level="error",
                 source=[f"max_rate = {rate:g}"],
             )
-            per_second: list[int] = []
-            sampler = asyncio.create_task(_count_each_second(base, per_second))
-            try:
-                await _run(python, config, first_round + window + interval + 15, code)
-            finally:
-                sampler.cancel()
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{base}/control/record") as answer:
+                    answer.raise_for_status()
+                try:
+                    await _run(python, config, first_round + window + interval + 15, code)
+                finally:
+                    async with http.get(f"{base}/control/times") as answer:
+                        arrived = await answer.json()
     delays = [arrivals[j] - end for j, end in ends.items() if j in arrivals]
     return {
         "jobs": count,
@@ -101,24 +103,19 @@ async def finishing(
         "p50": pct(delays, 0.5),
         "p99": pct(delays, 0.99),
         "interval": interval,
-        "busiest_second": max(per_second, default=0),
+        "busiest_second": busiest_second(arrived),
     }
 
 
-async def _count_each_second(base: str, out: list[int]) -> None:
-    """Requests the upstream received in each second (read from its counter once a
-    second, so a second here is one of the sampler's, give or take a few ms)."""
-    async with aiohttp.ClientSession() as http:
-        last = None
-        next_at = time.monotonic()
-        while True:
-            async with http.get(f"{base}/control/count") as answer:
-                now = (await answer.json())["count"]
-            if last is not None:
-                out.append(now - last)
-            last = now
-            next_at += 1.0
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+def busiest_second(times: list[float]) -> int:
+    """The most requests that arrived in any one second (a window sliding over them all)."""
+    times = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] >= 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 async def storm(
