@@ -49,14 +49,15 @@ def busiest_second(times: list[float]) -> int:
     return most
 
 
-def test_a_bucket_gives_its_rate_and_a_tenth_of_a_second_of_burst() -> None:
+def test_a_bucket_gives_its_rate_and_a_twentieth_of_a_second_of_burst() -> None:
     bucket = TokenBucket(50.0, now=0.0)
     taken = [t / 1000 for t in range(0, 3000) if bucket.take(t / 1000)]
-    assert 5 + 149 <= len(taken) <= 5 + 150  # the burst at the start, then 50 a second
-    assert busiest_second(taken) <= 55
-    assert bucket.take(3.0)
-    assert not bucket.take(3.0)
-    assert bucket.wait(3.0) == pytest.approx(0.02, abs=0.001)
+    assert 2 + 149 <= len(taken) <= 3 + 150  # the burst at the start, then 50 a second
+    assert busiest_second(taken) <= 52  # room left for the requests' way to the upstream
+    # Half a second later it holds its burst again: 2.5 requests' worth.
+    assert bucket.take(3.5) and bucket.take(3.5)
+    assert not bucket.take(3.5)
+    assert bucket.wait(3.5) == pytest.approx(0.01, abs=0.001)
 
 
 @pytest.mark.timeout(60)
@@ -181,7 +182,7 @@ def test_gates_hand_on_waiting_polls_at_the_budget_on_either_loop(loop_name: str
         now = loop.time()
         for i in range(12):
             gates.admit(Entry(f"j{i}", 1.0, now, now), now)  # the gate hands them on
-        assert len(handed) == 2  # at once: a tenth of a second of 20 a second
+        assert len(handed) == 1  # at once: a twentieth of a second of 20 a second
         await wait_for(lambda: len(handed) >= 10, 5, "the waiting polls")
         gates.close()
         return handed
@@ -189,8 +190,8 @@ def test_gates_hand_on_waiting_polls_at_the_budget_on_either_loop(loop_name: str
     factory = uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         handed = runner.run(run())
-    # Then one every 50 ms: the tenth 0.4 s after the first.
-    assert handed[9] - handed[0] == pytest.approx(0.4, abs=0.15)
+    # Then one every 50 ms: the tenth 0.45 s after the first.
+    assert handed[9] - handed[0] == pytest.approx(0.45, abs=0.15)
 
 
 async def test_a_job_near_its_end_waits_for_it_and_one_past_it_goes_first() -> None:
