@@ -278,10 +278,7 @@ class Replica:
                 return
             live = self.live
             active = set(self._jobs())
-            if live == (self.name,):
-                mine = active  # the only live replica (always on SQLite) owns every job
-            else:
-                mine = {job_id for job_id in active if owner(job_id, live) == self.name}
+            mine = {job_id for job_id in active if owner(job_id, live) == self.name}
             gained, lost = mine - self.owned, (self.owned - mine) & active
             if finished := self.owned - active - mine:
                 self._stop(finished)  # finished or removed: nobody polls them any more
