@@ -384,3 +384,41 @@ async def test_the_counts_follow_each_poll_and_each_reload(
     finally:
         daemon.stop()
         await task
+
+
+async def test_a_restart_polls_the_known_jobs_and_registers_the_changed_ones(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    # A start polls the unfinished jobs registered just as configured while it registers
+    # every job: after a restart with a job renamed, one added, one removed and one
+    # finished, each job still watched is polled, and the database says what the config does.
+    for job_id in "abcd":
+        sim.add(SimJob(job_id, [running(0.5)]))
+    sim.add(SimJob("e", [succeeded()]))
+    settings = {"poll_interval": "100ms"}
+    await Daemon(configs.load(["a", "b", "c", "e"], daemon=settings, notifiers={})).run_once()
+    changed = ["a", {"id": "b", "name": "renamed b"}, "d", "e"]
+    daemon = Daemon(configs.load(changed, daemon=settings, notifiers={}))
+    polled_before = {job_id: sim.polls(job_id) for job_id in "abcde"}
+    task = asyncio.create_task(daemon.run())
+    try:
+        await wait_for(
+            lambda: daemon.ready and all(sim.polls(j) >= polled_before[j] + 2 for j in "abd"),
+            20,
+            "a, b and d polled",
+        )
+        assert daemon.watcher is not None
+        assert sorted(daemon.watcher.jobs) == ["a", "b", "d", "e"]
+        assert daemon.watcher.counts() == {"running": 3, "succeeded": 1}
+    finally:
+        daemon.stop()
+        await task
+    assert sim.polls("c") == polled_before["c"] and sim.polls("e") == polled_before["e"]
+    db = configs.folder / "jobherald.db"
+    assert rows(db, "select id, name, configured from jobs order by id") == [
+        ("a", "a", 1),
+        ("b", "renamed b", 1),
+        ("c", "c", 0),
+        ("d", "d", 1),
+        ("e", "e", 1),
+    ]

@@ -215,6 +215,44 @@ async def test_ten_thousand_jobs_are_registered_and_loaded_with_one_read(tmp_pat
         assert conn.execute("select count(*) from jobs where configured").fetchone() == (9_999,)
 
 
+async def test_a_start_first_takes_the_unfinished_jobs_registered_as_configured(
+    tmp_path: Path,
+) -> None:
+    # What a start polls while it registers every job: unfinished, and stored just as
+    # the config has them now (a job renamed, moved or re-added waits for sync_jobs).
+    store = await Store.open(url(tmp_path / "jh.db"))
+    before = [JobIdentity(j, j.upper(), "roma", "i") for j in "abcdeg"]
+    await store.sync_jobs(before, NOW)
+    done = JobView("b", state=State.SUCCEEDED, raw_status="SUCCEEDED", last_changed_at=NOW)
+    await store.record(
+        "b", Outcome(done, True, Transition(NOW, None, State.SUCCEEDED, 1.0, None)), NOW
+    )
+    await store.sync_jobs([j for j in before if j.id != "g"], NOW)  # g left the config
+    now = {
+        j.id: j
+        for j in [
+            JobIdentity("a", "A", "roma", "i"),
+            JobIdentity("b", "B", "roma", "i"),  # finished
+            JobIdentity("c", "renamed", "roma", "i"),
+            JobIdentity("d", "D", "roma", "i"),
+            JobIdentity("e", "E", "roma", "other instance"),
+            JobIdentity("f", "F", "roma", "i"),  # new
+            JobIdentity("g", "G", "roma", "i"),  # back in the config
+        ]
+    }
+    statements: list[str] = []
+    sa.event.listen(
+        store.engine.sync_engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: statements.append(statement.split()[0].upper()),
+    )
+    first = await store.registered_unfinished(now, 10)
+    assert first == {"a": JobView("a"), "d": JobView("d")}
+    assert statements == ["BEGIN", "SELECT"]  # nothing written
+    assert len(await store.registered_unfinished(now, 1)) == 1
+    await store.close()
+
+
 async def test_first_attempts_are_claimed_before_retries_and_keep_their_backoff(
     tmp_path: Path,
 ) -> None:

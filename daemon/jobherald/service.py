@@ -26,7 +26,7 @@ from jobherald.notify import Dispatcher
 from jobherald.report import index_jobs
 from jobherald.schedule import Periodic, Pool, Watcher, poll_once
 from jobherald.schedule.archiver import Archiver
-from jobherald.schedule.pool import first_spread
+from jobherald.schedule.pool import ADD_CHUNK, first_spread
 from jobherald.schedule.queue import Entry
 from jobherald.schedule.replicas import Replica
 from jobherald.store import DatabaseLock, Store
@@ -149,8 +149,11 @@ class Daemon:
             lock.release()
 
     @contextlib.asynccontextmanager
-    async def _parts(self) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
-        """The store, dispatcher and watcher over one shared HTTP session, closed after use."""
+    async def _parts(
+        self, first: int | None = None
+    ) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
+        """The store, dispatcher and watcher over one shared HTTP session, closed after use
+        (the watcher started with ``first``: see ``Watcher.start``)."""
         store = await Store.open(self.config.database_url)
         try:
             if not store.shared:
@@ -163,7 +166,7 @@ class Daemon:
                 )
                 try:
                     watcher = Watcher(self.config, store, fetcher, dispatcher, self.clock)
-                    await watcher.start()
+                    await watcher.start(first)
                     yield store, dispatcher, watcher
                 finally:
                     dispatcher.close()
@@ -202,7 +205,8 @@ class Daemon:
             shown_url(self.config.database_url),
         )
         # The port first: a start refused for it changes nothing (no migration, no rows).
-        async with self._listening(), self._parts() as (store, dispatcher, watcher):
+        # The first unfinished jobs are polled while the others are registered.
+        async with self._listening(), self._parts(ADD_CHUNK) as (store, dispatcher, watcher):
             running = await self._start(store, dispatcher, watcher)
             try:
                 while not self.stopping.is_set():
@@ -250,10 +254,17 @@ class Daemon:
         archiver.on_result = lambda result: self.metrics.archives.labels(result).inc()
         archiver.max_sleep = dispatcher.max_sleep
         watcher.on_archive = archiver.wake
-        archiving = asyncio.Event()
-        keeper = asyncio.create_task(archiver.run(archiving), name="archiver")
         pool.start()
-        await replica.join()
+        try:
+            await replica.join()
+            if watcher.partial:  # polling the first jobs: now every job
+                await watcher.register_rest()
+                await replica.rebalance(first=True)
+        except BaseException:  # no poll may outlive the session it uses
+            await pool.stop(0)
+            raise
+        archiving = asyncio.Event()  # an archive's job is known from here on
+        keeper = asyncio.create_task(archiver.run(archiving), name="archiver")
         membership_ends = asyncio.Event()
         membership = asyncio.create_task(replica.run(membership_ends), name="membership")
         periodic.start()
@@ -369,7 +380,7 @@ class Daemon:
             configured = watcher.jobs
             timed = ((i, configured[i].poll_interval) for i in ids if i in configured)
             if initial:  # nothing else runs yet that could take them away meanwhile
-                initial = False
+                initial = watcher.partial  # the rest of the jobs come next
                 await pool.add_gradually(timed, first_spread(len(gained)))
             else:
                 pool.add(timed, TAKEOVER_SPREAD)

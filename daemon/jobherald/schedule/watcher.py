@@ -79,6 +79,8 @@ class Watcher:
             name: make_source(src, clock) for name, src in config.sources.items()
         }
         self.jobs: dict[str, WatchedJob] = {j.id: j for j in config.jobs}
+        # Every configured job, while ``jobs`` holds only the first ones (see ``start``).
+        self._rest: dict[str, WatchedJob] | None = None
         # Changed only through _set_views and _set_view, which keep the tally.
         self.views: dict[str, JobView] = {}
         self._tally = Tally()
@@ -103,16 +105,47 @@ class Watcher:
         # Jobs whose poll met an unforeseen exception (its traceback is logged once).
         self._unforeseen_logged: set[str] = set()
 
-    async def start(self) -> None:
-        """Register the configured jobs in the store and load what it knows of them."""
-        self._set_views(await self._sync_jobs(self.jobs))
+    async def start(self, first: int | None = None) -> None:
+        """Register the configured jobs in the store and load what it knows of them.
+
+        With ``first``, take only up to that many unfinished jobs the store has already
+        registered as configured: those can be polled at once, while ``register_rest``
+        registers every job.
+        """
+        if first is None:
+            self._set_views(await self._sync_jobs(self.jobs))
+        else:
+            self._rest = self.jobs
+            early = await self.store.registered_unfinished(self.jobs, first)
+            self.jobs = {job_id: self.jobs[job_id] for job_id in early}
+            self._set_views(early)
         known = await self.store.source_health()
         self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
         self._durations = await self.store.finished_durations()
         self.progress_log = {
             job_id: tuple(samples)
             for job_id, samples in (await self.store.running_progress()).items()
-            if job_id in self.views and self.views[job_id].state is State.RUNNING
+            if first is not None
+            or (job_id in self.views and self.views[job_id].state is State.RUNNING)
+        }
+
+    @property
+    def partial(self) -> bool:
+        """Started with ``first``, and ``register_rest`` has not yet been done."""
+        return self._rest is not None
+
+    async def register_rest(self) -> None:
+        """After ``start(first)``: register every configured job. The jobs polled since
+        keep their views."""
+        assert self._rest is not None
+        jobs = self._rest
+        self._set_views(await self._sync_jobs(jobs))
+        self.jobs, self._rest = jobs, None
+        views = self.views
+        self.progress_log = {
+            job_id: samples
+            for job_id, samples in self.progress_log.items()
+            if job_id in views and views[job_id].state is State.RUNNING
         }
 
     def typical_for(self, job: WatchedJob) -> float | None:

@@ -113,6 +113,23 @@ def reasons_of(text: str | None) -> list[dict[str, str | None]]:
     return [r.as_dict() for r in _reasons_from(text)] if text else []
 
 
+# What sync_jobs reads of each job: its view, then what it is (name, source, instance,
+# configured, upstream id), compared with what the config says.
+_REGISTERED = sa.select(
+    *JOB_COLUMNS[: len(VIEW_FIELDS)],
+    jobs.c.name,
+    jobs.c.source,
+    jobs.c.instance_id,
+    jobs.c.configured,
+    jobs.c.remote_id,
+)
+
+
+def _identity(j: Registered) -> tuple[str, str, str, bool, str | None]:
+    """A configured job's identity as ``_REGISTERED`` reads a row's."""
+    return (j.name, j.source, j.instance_id, True, j.remote)
+
+
 def view_of(row: sa.Row[Any]) -> JobView:
     """The view of a row selected as ``JOB_COLUMNS`` (its first columns, by position)."""
     values = list(row[: len(VIEW_FIELDS)])
@@ -204,15 +221,7 @@ class Jobs(StoreBase):
             # Rows no configured job has, by what they are upstream: a key may move there.
             loose: dict[tuple[str, str, str], list[str]] = {}
             n = len(VIEW_FIELDS)
-            query = sa.select(
-                *JOB_COLUMNS[:n],
-                jobs.c.name,
-                jobs.c.source,
-                jobs.c.instance_id,
-                jobs.c.configured,
-                jobs.c.remote_id,
-            )
-            for row in await conn.execute(query):
+            for row in await conn.execute(_REGISTERED):
                 view = views[row[0]] = view_of(row)
                 j = wanted.get(view.id)
                 stored = (row[n], row[n + 1], row[n + 2], bool(row[n + 3]), row[n + 4])
@@ -220,11 +229,7 @@ class Jobs(StoreBase):
                     upstream = row[n + 4] or view.id
                     loose.setdefault((upstream, row[n + 1], row[n + 2]), []).append(view.id)
                 # A job that left the config keeps its identity and is marked unconfigured.
-                now_is = (
-                    (*stored[:3], False, stored[4])
-                    if j is None
-                    else (j.name, j.source, j.instance_id, True, j.remote)
-                )
+                now_is = (*stored[:3], False, stored[4]) if j is None else _identity(j)
                 if now_is != stored:
                     name, source, instance_id, configured, remote = now_is
                     changes.append(
@@ -268,6 +273,25 @@ class Jobs(StoreBase):
             if changes:
                 await conn.execute(_UPDATE_IDENTITY, changes)
             return views
+
+    async def registered_unfinished(
+        self, watched: Mapping[str, Registered], limit: int
+    ) -> dict[str, JobView]:
+        """The views of up to ``limit`` unfinished jobs registered just as ``watched``
+        has them, writing nothing: a start polls these while ``sync_jobs`` registers
+        every job (at 100,000 jobs, that takes most of a second)."""
+        n = len(VIEW_FIELDS)
+        query = _REGISTERED.where(
+            jobs.c.configured.is_(True), jobs.c.state.not_in(TERMINAL_STATES)
+        ).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query)
+            return {
+                row[0]: view_of(row)
+                for row in rows
+                if (j := watched.get(row[0])) is not None
+                and (row[n], row[n + 1], row[n + 2], True, row[n + 4]) == _identity(j)
+            }
 
     async def _move_keys(
         self,
