@@ -381,7 +381,8 @@ class Daemon:
             timed = ((i, configured[i].poll_interval) for i in ids if i in configured)
             if initial:  # nothing else runs yet that could take them away meanwhile
                 initial = watcher.partial  # the rest of the jobs come next
-                await pool.add_gradually(timed, first_spread(len(gained)))
+                expected = watcher.starting // len(replica.live)
+                await pool.add_gradually(timed, first_spread(max(len(gained), expected)))
             else:
                 pool.add(timed, TAKEOVER_SPREAD)
             dispatcher.wake()

@@ -79,8 +79,11 @@ class Watcher:
             name: make_source(src, clock) for name, src in config.sources.items()
         }
         self.jobs: dict[str, WatchedJob] = {j.id: j for j in config.jobs}
-        # Every configured job, while ``jobs`` holds only the first ones (see ``start``).
+        # Every configured job, while ``jobs`` holds only the first ones (see ``start``),
+        # and how many unfinished jobs the store knew then: the first ones' first polls
+        # spread as if all of those came together (they soon do).
         self._rest: dict[str, WatchedJob] | None = None
+        self.starting = 0
         # Changed only through _set_views and _set_view, which keep the tally.
         self.views: dict[str, JobView] = {}
         self._tally = Tally()
@@ -117,6 +120,7 @@ class Watcher:
         else:
             self._rest = self.jobs
             early = await self.store.registered_unfinished(self.jobs, first)
+            self.starting = sum((await self.store.active_per_source()).values())
             self.jobs = {job_id: self.jobs[job_id] for job_id in early}
             self._set_views(early)
         known = await self.store.source_health()
