@@ -307,14 +307,16 @@ async def page_rows(
 
 async def iter_rows(
     cfg: Config, store: Store | None, wanted: JobFilter | None = None, chunk: int = 5000
-) -> AsyncIterator[JobStatus]:
+) -> AsyncIterator[list[JobStatus]]:
     """Every known job as `status --json` shows it, in the order they were registered,
-    read ``chunk`` at a time (memory stays flat however many there are; each read costs
-    a few hand-offs to the database's thread, fewer with bigger chunks); configured jobs
-    the database does not know yet come last, as pending."""
+    read and given ``chunk`` at a time (memory stays flat however many there are; each
+    read costs a few hand-offs to the database's thread, fewer with bigger chunks);
+    configured jobs the database does not know yet come last, as pending."""
     from jobherald.store import JobFilter
 
     wanted = wanted or JobFilter()
+    # Unfiltered, the listing is every stored job: what it showed is what is known.
+    everything = wanted == JobFilter()
     seen: set[str] = set()
     if store is not None:
         from jobherald.store.listing import sort_key
@@ -329,18 +331,23 @@ async def iter_rows(
             stored = await store.page(wanted, chunk + 1, after, by_state=False)
             more = len(stored) > chunk
             stored = stored[:chunk]
-            for row in await rows_of(cfg, store, stored, beside=beside):
-                seen.add(row["key"])
-                yield row
+            if everything:
+                seen.update(row[0] for row in stored)
+            if stored:
+                yield await rows_of(cfg, store, stored, beside=beside)
             if not (more and stored):
                 break
             after = sort_key(stored[-1], False)
     if wanted.text or (wanted.state or "pending") != "pending":
         return
-    known = await store.job_ids() if store is not None else set()
-    for job in cfg.jobs:
-        if job.id not in seen and job.id not in known and wanted.source in (None, job.source):
-            yield _blank(job.id, job.name, job.source, job.poll_interval, job.remote)
+    known = seen if everything or store is None else await store.job_ids()
+    blank = [
+        _blank(job.id, job.name, job.source, job.poll_interval, job.remote)
+        for job in cfg.jobs
+        if job.id not in known and wanted.source in (None, job.source)
+    ]
+    for at in range(0, len(blank), chunk):
+        yield blank[at : at + chunk]
 
 
 async def one_row(cfg: Config, store: Store | None, job_id: str) -> JobStatus | None:

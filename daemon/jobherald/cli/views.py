@@ -45,9 +45,10 @@ async def _rows(
     store = await Store.open(cfg.database_url) if database_exists(cfg.database_url) else None
     try:
         rows: list[JobStatus] = []
-        async for row in iter_rows(cfg, store, wanted, chunk=min(limit or 5000, 5000)):
-            rows.append(row)
+        async for chunk in iter_rows(cfg, store, wanted, chunk=min(limit or 5000, 5000)):
+            rows.extend(chunk)
             if limit is not None and len(rows) >= limit:
+                del rows[limit:]
                 break
         return rows, (await store.delivery_counts() if store is not None else {})
     finally:
@@ -67,24 +68,18 @@ async def _stream_json(cfg: Config, wanted: JobFilter, limit: int | None) -> Non
     store = await Store.open(cfg.database_url) if database_exists(cfg.database_url) else None
     out = sys.stdout.buffer
     written = 0
-    chunk: list[JobStatus] = []
-
-    def flush() -> None:
-        if chunk:
-            # "[\n  {...},\n  {...}\n]": the rows without the brackets, already indented.
-            out.write(b"[\n" if written == len(chunk) else b",\n")
-            out.write(orjson.dumps(chunk, option=orjson.OPT_INDENT_2)[2:-2])
-            chunk.clear()
-
     try:
-        async for row in iter_rows(cfg, store, wanted, chunk=min(limit or 5000, 5000)):
-            chunk.append(row)
-            written += 1
-            if len(chunk) >= 1000:
-                flush()
+        async for chunk in iter_rows(cfg, store, wanted, chunk=min(limit or 5000, 5000)):
+            if limit is not None:
+                del chunk[limit - written :]
+            for at in range(0, len(chunk), 1000):
+                # "[\n  {...},\n  {...}\n]": the rows without the brackets, already indented.
+                out.write(b",\n" if written else b"[\n")
+                part = chunk[at : at + 1000]
+                out.write(orjson.dumps(part, option=orjson.OPT_INDENT_2)[2:-2])
+                written += len(part)
             if limit is not None and written >= limit:
                 break
-        flush()
     finally:
         if store is not None:
             await store.close()
