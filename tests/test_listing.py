@@ -146,6 +146,15 @@ async def test_status_filters_limits_and_streams_its_json(
     assert code == 0 and "job001" in out and "job006" in out and "job011" not in out
     code, _, err = await jobherald("status", "--state", "done", "-c", str(cfg.path))
     assert code == 2 and "'done' is not one of" in err
+    # Configured jobs the database does not know yet come last, as pending, once each.
+    known = [{"id": f"job{i:03d}", "name": f"export {i:03d}"} for i in range(JOBS)]
+    configs.write([*known, "new1", "new2"], daemon={"poll_interval": "5s"})
+    for options, count in (([], JOBS + 2), (["--state", "pending"], 2)):
+        code, out, err = await jobherald("status", "--json", *options, "-c", str(cfg.path))
+        assert code == 0, err
+        rows = json.loads(out)
+        assert len(rows) == count and [r["id"] for r in rows[-2:]] == ["new1", "new2"]
+        assert rows[-1]["status"] == "pending" and rows[-1]["interval"] == 5.0
     # Under the source's max_rate, the interval each job gets: 150 jobs still polled at
     # 10 requests a second come round every 15 s, not every 5 s.
     configs.write(
