@@ -263,6 +263,7 @@ class Daemon:
         except BaseException:  # no poll may outlive the session it uses
             await pool.stop(0)
             raise
+        self.metrics.job_counts = watcher.counts  # every job's, not only the first ones'
         archiving = asyncio.Event()  # an archive's job is known from here on
         keeper = asyncio.create_task(archiver.run(archiving), name="archiver")
         membership_ends = asyncio.Event()
@@ -529,7 +530,6 @@ class Daemon:
         watcher.on_event = metrics.event
         dispatcher.on_delivery = metrics.delivery
         dispatcher.on_lag = metrics.delivery_lag
-        metrics.job_counts = watcher.counts
         gates = pool.gates
 
         def sources_up() -> dict[str, bool]:
