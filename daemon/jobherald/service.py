@@ -92,6 +92,9 @@ class Daemon:
         self.metrics = Metrics()
         # Config loaded, database open and polling started (what /readyz says).
         self.ready = False
+        # While the start queues its own jobs (the first ones, then the rest): nothing
+        # else runs yet that could take them away, and nobody polled them meanwhile.
+        self._starting = False
 
     # What the listener and those who drive the daemon in-process read of it.
     @property
@@ -255,6 +258,7 @@ class Daemon:
         archiver.max_sleep = dispatcher.max_sleep
         watcher.on_archive = archiver.wake
         pool.start()
+        self._starting = True
         try:
             await replica.join()
             if watcher.partial:  # polling the first jobs: now every job
@@ -263,6 +267,8 @@ class Daemon:
         except BaseException:  # no poll may outlive the session it uses
             await pool.stop(0)
             raise
+        finally:
+            self._starting = False  # from here on, jobs gained are taken over
         self.metrics.job_counts = watcher.counts  # every job's, not only the first ones'
         archiving = asyncio.Event()  # an archive's job is known from here on
         keeper = asyncio.create_task(archiver.run(archiving), name="archiver")
@@ -366,10 +372,9 @@ class Daemon:
     ) -> Replica:
         """This daemon's place among the replicas (on SQLite: the only one), wired to the
         pool it starts and stops polls in, and gating the watcher and the dispatcher."""
-        initial = True
 
         async def start(gained: set[str], first: bool) -> None:
-            nonlocal initial
+            initial = self._starting
             if store.shared:
                 watcher.fetcher.identify(replica.name)
             ids: Iterable[str] = gained  # active (not terminal) configured jobs
@@ -381,7 +386,6 @@ class Daemon:
             configured = watcher.jobs
             timed = ((i, configured[i].poll_interval) for i in ids if i in configured)
             if initial:  # nothing else runs yet that could take them away meanwhile
-                initial = watcher.partial  # the rest of the jobs come next
                 expected = watcher.starting // len(replica.live)
                 await pool.add_gradually(timed, first_spread(max(len(gained), expected)))
             else:
