@@ -129,9 +129,9 @@ class Watcher:
         self.progress_log = {
             job_id: tuple(samples)
             for job_id, samples in (await self.store.running_progress()).items()
-            if first is not None
-            or (job_id in self.views and self.views[job_id].state is State.RUNNING)
         }
+        if first is None:
+            self._keep_running_progress()
 
     @property
     def partial(self) -> bool:
@@ -145,11 +145,16 @@ class Watcher:
         jobs = self._rest
         self._set_views(await self._sync_jobs(jobs))
         self.jobs, self._rest = jobs, None
+        self._keep_running_progress()
+
+    def _keep_running_progress(self) -> None:
+        """Keep the recorded progress of the watched jobs that are running (ETAs are
+        drawn from it), once their views are known."""
         views = self.views
         self.progress_log = {
             job_id: samples
             for job_id, samples in self.progress_log.items()
-            if job_id in views and views[job_id].state is State.RUNNING
+            if (view := views.get(job_id)) is not None and view.state is State.RUNNING
         }
 
     def typical_for(self, job: WatchedJob) -> float | None:
