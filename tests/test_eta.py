@@ -152,7 +152,8 @@ async def test_a_run_slower_than_earlier_runs_of_its_name_is_stalled_once(
         r"typical 10m; eta 20\d\d-",
         message["message"],
     ), message["message"]
-    code, out, _ = await jobherald("status", "--json", "-c", str(cfg.path))
+    code, out, err = await jobherald("status", "--json", "-c", str(cfg.path))
+    assert code == 0, err
     rows = {r["id"]: r for r in json.loads(out)}
     assert rows["tue"]["typical_duration"] == 600.0
     assert rows["mon"]["typical_duration"] is None  # no other finished run of its name

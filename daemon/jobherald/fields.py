@@ -87,11 +87,23 @@ def parse_archive_size(value: object) -> int:
     return parse_size(value, 2**20, 2**44)
 
 
+def parse_keep(value: object) -> float | None:
+    """How long history is kept: a duration of a minute or more, or "forever" (None)."""
+    if isinstance(value, str) and value.strip().lower() == "forever":
+        return None
+    seconds = parse_duration(value)
+    if seconds < 60:
+        raise ValueError(f'{value!r} is less than a minute: give 1m or more, or "forever"')
+    return seconds
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
 # An export archive: from 1MB up to 16TB.
 ArchiveSize = Annotated[int, BeforeValidator(parse_archive_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 DurationOrOff = Annotated[float, BeforeValidator(parse_duration_or_off)]
+# None: forever.
+Keep = Annotated[float | None, BeforeValidator(parse_keep)]
 
 
 class Section(BaseModel):

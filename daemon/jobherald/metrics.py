@@ -150,6 +150,17 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.pruned = Counter(
+            "jobherald_pruned_rows",
+            "Rows deleted past keep_history, by table.",
+            ["table"],
+            registry=self.registry,
+        )
+        self.database_bytes = Gauge(
+            "jobherald_database_bytes",
+            "The database's size on disk (a SQLite file with its WAL; PostgreSQL's database).",
+            registry=self.registry,
+        )
         self.delivery_lags = Histogram(
             "jobherald_delivery_lag_seconds",
             "From an event to its delivery, by notifier (each event a digest carried counts).",

@@ -513,6 +513,13 @@ def duration_seconds(job: JobView) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def forgotten(view: JobView, after: float, now: datetime) -> bool:
+    """Whether a finished job has been finished longer than ``after`` seconds (its
+    ``forget_after``): it is then no longer watched."""
+    done = view.last_changed_at or view.end_time
+    return view.state.terminal and done is not None and (now - done).total_seconds() >= after
+
+
 def counted(n: int, word: str) -> str:
     """``1 job``, ``2 jobs``: a count with its noun agreeing."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -49,6 +49,8 @@ class JobStatus(ArchiveFields):
     typical_duration: float | None
     # Seconds between its polls now (longer than configured under a request budget).
     interval: float | None
+    # It left the config: its history is kept (for keep_history), it is no longer polled.
+    removed: bool
 
 
 # One transition as `history --json` shows it ("from" is a keyword: hence this form); the
@@ -125,6 +127,7 @@ def _blank(
         "eta": None,
         "typical_duration": None,
         "interval": interval,
+        "removed": False,
     }
 
 
@@ -150,26 +153,19 @@ def index_jobs(cfg: Config, by_key: dict[str, WatchedJob]) -> None:
 class _Beside:
     """What rows are shown with beside their own columns, read once for a whole listing:
     the live replicas, the jobs still polled per source (for rate-limited sources), and,
-    when given, every finished run's duration and every archive (else per chunk)."""
+    when given, every archive (else per chunk)."""
 
     live: list[str]
     active: dict[str, int]
-    durations: dict[tuple[str, str], list[tuple[str, float]]] | None = None
     archives: dict[str, Any] | None = None
 
 
 async def _beside(cfg: Config, store: Store, whole: bool = False) -> _Beside:
     members, _ = await store.members()
     limited = any(src.max_rate is not None for src in cfg.sources.values())
-    durations: dict[tuple[str, str], list[tuple[str, float]]] | None = None
-    if whole:
-        durations = {}
-        for key, (name, source, seconds) in (await store.finished_durations()).items():
-            durations.setdefault((name, source), []).append((key, seconds))
     return _Beside(
         live=[m.name for m in members if m.live],
         active=await store.active_per_source() if limited else {},
-        durations=durations,
         archives=await store.archive_rows() if whole else None,
     )
 
@@ -198,9 +194,7 @@ async def rows_of(
     now = now or datetime.now(UTC)
     beside = beside or await _beside(cfg, store)
     live, active = beside.live, beside.active
-    durations = beside.durations
-    if durations is None:
-        durations = await store.durations_of({(r.name, r.source) for r in stored})
+    durations = await store.durations_of({(r.name, r.source) for r in stored})
     archives = beside.archives
     if archives is None:
         archives = await store.archive_rows([r.id for r in stored])
@@ -229,6 +223,7 @@ async def rows_of(
             begin_time,
             running_since,
             progress_changed_at,
+            watched,
             recent,
         ) = row[:width]
         eta = None
@@ -280,6 +275,7 @@ async def rows_of(
                 "eta": iso(eta),
                 "typical_duration": typical,
                 "interval": interval,
+                "removed": not watched,
             }
         )
     return rows
@@ -315,8 +311,9 @@ async def iter_rows(
     from jobherald.store import JobFilter
 
     wanted = wanted or JobFilter()
-    # Unfiltered, the listing is every stored job: what it showed is what is known.
-    everything = wanted == JobFilter()
+    # Unfiltered, the listing is every stored job (or every watched one): what it
+    # showed is what is known.
+    everything = wanted.state is None and wanted.source is None and not wanted.text
     seen: set[str] = set()
     if store is not None:
         from jobherald.store.listing import sort_key
@@ -338,7 +335,7 @@ async def iter_rows(
             if not (more and stored):
                 break
             after = sort_key(stored[-1], False)
-    if wanted.text or (wanted.state or "pending") != "pending":
+    if wanted.text or (wanted.state or "pending") != "pending" or wanted.removed:
         return
     known = seen if everything or store is None else await store.job_ids()
     blank = [

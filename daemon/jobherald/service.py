@@ -27,6 +27,7 @@ from jobherald.report import index_jobs
 from jobherald.schedule import Periodic, Pool, Watcher, poll_once
 from jobherald.schedule.archiver import Archiver
 from jobherald.schedule.pool import ADD_CHUNK, first_spread
+from jobherald.schedule.pruner import Pruner, prune_every
 from jobherald.schedule.queue import Entry
 from jobherald.schedule.replicas import Replica
 from jobherald.store import DatabaseLock, Store
@@ -53,6 +54,8 @@ RESTART_ONLY = (
 # Poll times of polls that changed nothing are written this often (and at shutdown).
 FLUSH_EVERY = 300.0
 REMIND_EVERY = 60.0
+# Jobs finished longer than their forget_after are looked for this often.
+FORGET_EVERY = 60.0
 # Jobs taken over from a replica that left are first polled within this many seconds.
 TAKEOVER_SPREAD = 0.25
 
@@ -157,7 +160,7 @@ class Daemon:
     ) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
         """The store, dispatcher and watcher over one shared HTTP session, closed after use
         (the watcher started with ``first``: see ``Watcher.start``)."""
-        store = await Store.open(self.config.database_url)
+        store = await Store.open(self.config.database_url, backup=self.config.backup_before_migrate)
         try:
             if not store.shared:
                 # This process holds the SQLite database alone: a daemon killed before it
@@ -242,6 +245,9 @@ class Daemon:
         periodic = Periodic()
         periodic.every(FLUSH_EVERY, "writing poll times", watcher.flush)
         periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
+        pruner = self._pruner(store, watcher, replica)
+        periodic.every(FORGET_EVERY, "forgetting finished jobs", self._forget_finished)
+        periodic.every(prune_every(self.config.keep_history), "pruning history", pruner.run_pass)
         if self.config.heartbeat_url is not None:
             switch = DeadMansSwitch(
                 lambda: self.config.heartbeat_url,
@@ -465,6 +471,8 @@ class Daemon:
             return
         if new.log_level != old.log_level:
             setup_logging(new.log_level)
+        if new.keep_history != old.keep_history and self.running is not None:
+            self.running.periodic.reschedule("pruning history", prune_every(new.keep_history))
         dispatcher.reconfigure(new.notifiers, new.public_url)
         if pool.gates is not None:
             pool.gates.configure(_limits(new))
@@ -494,6 +502,25 @@ class Daemon:
             len(removed),
         )
         self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
+
+    def _pruner(self, store: Store, watcher: Watcher, replica: Replica) -> Pruner:
+        pruner = Pruner(
+            store,
+            lambda: self.config.keep_history,
+            self.clock,
+            may_act=lambda: watcher.term() is not None,
+        )
+        pruner.on_pruned = lambda table, n: self.metrics.pruned.labels(table).inc(n)
+        pruner.on_size = self.metrics.database_bytes.set
+        return pruner
+
+    async def _forget_finished(self) -> None:
+        """Stop watching jobs finished longer ago than their ``forget_after``."""
+        running = self.running
+        if running is None:
+            return
+        watcher = running.watcher
+        await watcher.forget(watcher.forgettable(self.clock()))
 
     def _status(self, watcher: Watcher) -> str:
         """A line for `systemctl status`: what is watched, what fails, when it last polled."""

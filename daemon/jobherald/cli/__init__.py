@@ -1,9 +1,9 @@
-"""The command line: ``jobherald run | check-config | status | history | replicas | roma ...``.
+"""The command line: ``jobherald run | check-config | status | history | prune | roma ...``.
 
 One module per kind of command; importing this package registers them all on ``cli``.
 """
 
-from jobherald.cli import daemon, jobs, outbox, roma, views
+from jobherald.cli import daemon, history, jobs, outbox, roma, views
 from jobherald.cli.base import cli, main
 
-__all__ = ["cli", "daemon", "jobs", "main", "outbox", "roma", "views"]
+__all__ = ["cli", "daemon", "history", "jobs", "main", "outbox", "roma", "views"]

@@ -22,6 +22,7 @@ from jobherald.cli.base import (
 
 if TYPE_CHECKING:
     from jobherald.config import Config
+    from jobherald.store import Store
 
 
 def _dropin_folder(cfg: Config) -> tuple[Path, str]:
@@ -101,6 +102,7 @@ def dropin_lines(
     name: str | None = None,
     instance_id: str | None = None,
     params: Sequence[str] = (),
+    forget_after: str | None = None,
 ) -> list[str]:
     """The TOML of one job's drop-in file (exit 2 for a bad ``--param``)."""
     lines = ["[[jobs]]", f"id = {json.dumps(job_id)}", f"source = {json.dumps(source)}"]
@@ -120,7 +122,33 @@ def dropin_lines(
         )
     if pairs:
         lines.append(f"params = {{ {', '.join(pairs)} }}")
+    if forget_after:
+        lines.append(f"forget_after = {json.dumps(forget_after)}")
     return lines
+
+
+def forget_after_of(cfg: Config, given: str | None) -> str | None:
+    """What a new drop-in says of its ``forget_after``: ``--forget-after`` as given (exit
+    2 if it is not a duration), else the config's ``forget_finished_after``, else none."""
+    from jobherald.fields import parse_duration
+    from jobherald.model import format_duration
+
+    if given is None:
+        default = cfg.forget_finished_after
+        return None if default is None else format_duration(default)
+    try:
+        parse_duration(given)
+    except ValueError as exc:
+        fail(f"--forget-after: {exc}", EXIT_USAGE)
+    return given.strip()
+
+
+forget_after_option = click.option(
+    "--forget-after",
+    metavar="DURATION",
+    help="Stop watching the job once it has been finished this long "
+    "(default: daemon.forget_finished_after).",
+)
 
 
 def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool = False) -> Path:
@@ -193,6 +221,7 @@ def register(cfg: Config, job_id: str, lines: Sequence[str], *, check_only: bool
     metavar="KEY=VALUE",
     help="http-json: a value for a {KEY} in the source's url (repeatable).",
 )
+@forget_after_option
 @click.option("--reload", "reload_service", is_flag=True, help="Reload the running service after.")
 @click.pass_context
 def watch(
@@ -203,6 +232,7 @@ def watch(
     name: str | None,
     instance_id: str | None,
     params: tuple[str, ...],
+    forget_after: str | None,
     reload_service: bool,
 ) -> None:
     """Start watching a job: write a drop-in file for it (checked before it is put in place)."""
@@ -218,7 +248,10 @@ def watch(
             pairs,
         ):
             fail(f"job {job_id} is already watched ({job.where})", EXIT_USAGE)
-    target = register(cfg, job_id, dropin_lines(job_id, source, name, instance_id, params))
+    lines = dropin_lines(
+        job_id, source, name, instance_id, params, forget_after_of(cfg, forget_after)
+    )
+    target = register(cfg, job_id, lines)
     click.echo(f"watching {job_id}{f' ({name})' if name else ''} from {source}: wrote {target}")
     if reload_service:
         reload_the_service(cfg)
@@ -228,15 +261,22 @@ def watch(
 @config_option
 @click.argument("job_id")
 @click.option("--reload", "reload_service", is_flag=True, help="Reload the running service after.")
+@click.option("--purge", is_flag=True, help="Delete the job's history from the database too.")
 @click.pass_context
-def forget(ctx: click.Context, config_path: str | None, job_id: str, reload_service: bool) -> None:
-    """Stop watching a job by removing its drop-in file (its history is kept)."""
+def forget(
+    ctx: click.Context, config_path: str | None, job_id: str, reload_service: bool, purge: bool
+) -> None:
+    """Stop watching a job by removing its drop-in file (its history is kept for
+    keep_history, unless --purge deletes it now)."""
     import tomli
 
     cfg = load_config(ctx, config_path)
     key = pick_job(job_id, [(j.id, j.upstream_id, j.source) for j in cfg.jobs])
     job = next((j for j in cfg.jobs if j.id == key), None)
     if job is None:
+        if purge:  # no longer in the config: its history alone
+            _purge(cfg, job_id, None)
+            return
         fail(f"no job {job_id!r} in the config", EXIT_USAGE)
         return
     label = job.origin
@@ -252,6 +292,34 @@ def forget(ctx: click.Context, config_path: str | None, job_id: str, reload_serv
     if others:
         fail(f"{path} holds other jobs too: remove the table of {job_id} by hand", EXIT_USAGE)
     path.unlink()
-    click.echo(f"forgot {job_id}: removed {path} (its history is kept)")
     if reload_service:
         reload_the_service(cfg)
+    if purge:
+        _purge(cfg, job.id, path)
+        return
+    click.echo(f"forgot {job_id}: removed {path} (its history is kept)")
+
+
+def _purge(cfg: Config, given: str, path: Path | None) -> None:
+    """Delete a job's history from the database (after its drop-in, if any, is gone)."""
+    from jobherald.cli.base import database_exists, run_async, with_store
+
+    async def purge(store: Store) -> dict[str, int] | None:
+        known = await store.answering_to(given)
+        key = pick_job(given, known)
+        if key is None:
+            return None
+        return await store.purge([key])
+
+    counts = run_async(with_store(cfg, purge)) if database_exists(cfg.database_url) else None
+    removed = f": removed {path}" if path is not None else ""
+    if counts is None:
+        if path is None:
+            fail(f"no job {given!r} in the config or the database", EXIT_USAGE)
+        click.echo(f"forgot {given}{removed} (it had no history)")
+        return
+    click.echo(
+        f"forgot {given}{removed} and deleted its history "
+        f"({counts['transitions']} transitions, {counts['events']} events, "
+        f"{counts['deliveries']} deliveries)"
+    )

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 import click
 
 from jobherald.cli.base import EXIT_FAILURE, EXIT_USAGE, cli, config_option, fail, load_config
-from jobherald.cli.jobs import dropin_lines, register, reload_the_service
+from jobherald.cli.jobs import (
+    dropin_lines,
+    forget_after_of,
+    forget_after_option,
+    register,
+    reload_the_service,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -63,11 +69,17 @@ def _start(
     name: str,
     reload_service: bool,
     call: Callable[[RomaAssets, Fetcher, str], Awaitable[str]],
+    forget_after: str | None = None,
 ) -> None:
     """Check the drop-in, start the job, register it, print its id."""
     instance = _roma_source(cfg, source, instance_id)
     given_instance = instance_id if instance_id else None
-    register(cfg, _CHECK_ID, dropin_lines(_CHECK_ID, source, name, given_instance), check_only=True)
+    forget = forget_after_of(cfg, forget_after)
+
+    def lines(job_id: str) -> list[str]:
+        return dropin_lines(job_id, source, name, given_instance, forget_after=forget)
+
+    register(cfg, _CHECK_ID, lines(_CHECK_ID), check_only=True)
 
     from jobherald.cli.base import run_async
     from jobherald.errors import FetchError
@@ -95,7 +107,7 @@ def _start(
     try:
         # The drop-in is on disk (fsynced) before the id is printed: a kill between the
         # two can never leave a started job that nothing watches.
-        target = register(cfg, job_id, dropin_lines(job_id, source, name, given_instance))
+        target = register(cfg, job_id, lines(job_id))
     except SystemExit:
         click.echo(f"started {what} {job_id} on {source}, but could not watch it", err=True)
         raise
@@ -119,6 +131,7 @@ def _ids_options(kind: str) -> Callable[[Callable[..., None]], Callable[..., Non
             click.option("--task", "tasks", multiple=True, metavar="ID", help=f"A task to {kind}."),
             click.option("--name", "-n", help="A name for messages and status."),
             click.option("--instance-id", help="The instance, when not the source's."),
+            forget_after_option,
             click.option(
                 "--reload", "reload_service", is_flag=True, help="Reload the service after."
             ),
@@ -156,6 +169,7 @@ def export_command(
     tasks: tuple[str, ...],
     name: str | None,
     instance_id: str | None,
+    forget_after: str | None,
     reload_service: bool,
 ) -> None:
     """Export applications and tasks; print the job id and watch the job.
@@ -169,7 +183,7 @@ def export_command(
         return await assets.export(fetcher, instance, apps, tasks)
 
     label = name or default_name("export", apps, tasks)
-    _start(cfg, "export", source, instance_id, label, reload_service, call)
+    _start(cfg, "export", source, instance_id, label, reload_service, call, forget_after)
 
 
 @roma.command("delete")
@@ -182,6 +196,7 @@ def delete_command(
     tasks: tuple[str, ...],
     name: str | None,
     instance_id: str | None,
+    forget_after: str | None,
     reload_service: bool,
 ) -> None:
     """Delete applications and tasks; print the job id and watch the job."""
@@ -192,7 +207,7 @@ def delete_command(
         return await assets.delete(fetcher, instance, apps, tasks)
 
     label = name or default_name("delete", apps, tasks)
-    _start(cfg, "delete", source, instance_id, label, reload_service, call)
+    _start(cfg, "delete", source, instance_id, label, reload_service, call, forget_after)
 
 
 @roma.command("import")
@@ -206,6 +221,7 @@ def delete_command(
 @click.option(
     "--overwrite-datasources", is_flag=True, help="Let imported data sources replace existing ones."
 )
+@forget_after_option
 @click.option("--reload", "reload_service", is_flag=True, help="Reload the service after.")
 @click.pass_context
 def import_command(
@@ -218,6 +234,7 @@ def import_command(
     merge: bool,
     prefix: str | None,
     overwrite_datasources: bool,
+    forget_after: str | None,
     reload_service: bool,
 ) -> None:
     """Import an asset package (a zip); print the job id and watch the job."""
@@ -244,6 +261,7 @@ def import_command(
         name or f"import of {package.name}",
         reload_service,
         call,
+        forget_after,
     )
 
 

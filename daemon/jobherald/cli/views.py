@@ -87,6 +87,12 @@ async def _stream_json(cfg: Config, wanted: JobFilter, limit: int | None) -> Non
     out.flush()
 
 
+def kept_for(seconds: float | None) -> str:
+    from jobherald.model import format_duration
+
+    return "forever" if seconds is None else str(format_duration(seconds))
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
@@ -148,9 +154,10 @@ def _state(row: JobStatus) -> str:
     if row["status"] == "unknown":
         return f"unknown ({row['raw_status']})"
     archive = row["archive_state"]
+    state = f"{row['status']}, removed" if row["removed"] else str(row["status"])
     if archive is None:
-        return str(row["status"])
-    return f"{row['status']}, archive {archive}"
+        return state
+    return f"{state}, archive {archive}"
 
 
 @cli.command()
@@ -167,6 +174,7 @@ def _state(row: JobStatus) -> str:
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
 @click.option("--source", help="Only jobs of this source.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many jobs.")
+@click.option("--all", "everything", is_flag=True, help="Removed jobs too (they left the config).")
 @click.pass_context
 def status(
     ctx: click.Context,
@@ -177,12 +185,13 @@ def status(
     state: str | None,
     source: str | None,
     limit: int | None,
+    everything: bool,
 ) -> None:
-    """Every known job: state, progress, last change, last poll, last error."""
+    """Every watched job: state, progress, last change, last poll, last error."""
     from jobherald.store import JobFilter
 
     cfg = load_config(ctx, config_path, secrets=False)
-    wanted = JobFilter(state=state, source=source)
+    wanted = JobFilter(state=state, source=source, removed=None if everything else False)
     if live:
         _watch_status(cfg, every)
         return
@@ -256,6 +265,12 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
         try:
             stored = await store.answering_to(job_id) if store is not None else []
             key = pick_job(job_id, [*configured, *stored])
+            pruned = await store.pruned_job(job_id) if key is None and store else None
+            if pruned is not None:
+                fail(
+                    f"job {job_id} ({pruned.name}): its history was pruned after keep_history "
+                    f"({kept_for(cfg.keep_history)}) on {pruned.pruned_at:%Y-%m-%d}"
+                )
             if key is None:
                 fail(f"no job {job_id!r} in the database or the config")
             assert key is not None

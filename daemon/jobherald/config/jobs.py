@@ -146,6 +146,7 @@ class _JobTables:
                 rules=job.over(source.rules) if own_rules else source.rules,
                 params=params,
                 index=index,
+                forget_after=job.forget_after,
             )
         )
 

@@ -100,6 +100,8 @@ class WatchedJob:
     # job's key, "source/id" (with "@instance" and "?k=v" as needed), because another
     # configured job has the same id in another source, instance or namespace.
     remote: str | None = None
+    # Once finished this long (seconds), the job is no longer watched (it is removed).
+    forget_after: float | None = None
 
     @property
     def upstream_id(self) -> str:
@@ -153,6 +155,10 @@ class Config:
     heartbeat_every: float = 60.0
     # Where people reach the status page (links in messages); None: no links.
     public_url: str | None = None
+    # Seconds history is kept after a job's end or removal (None: forever).
+    keep_history: float | None = 90 * 86400.0
+    forget_finished_after: float | None = None
+    backup_before_migrate: bool = True
 
 
 @dataclass(frozen=True, slots=True)

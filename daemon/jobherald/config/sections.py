@@ -9,7 +9,7 @@ from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from jobherald.fields import Duration, PathSegment, RuleFields
+from jobherald.fields import Duration, Keep, PathSegment, RuleFields
 from jobherald.fields import Section as _Model
 from jobherald.model import EventKind
 from jobherald.sources.sections import SourceSection
@@ -47,6 +47,12 @@ class DaemonSection(RuleFields):
     # A dead man's switch: a GET of this URL every heartbeat_every while the daemon is healthy.
     heartbeat_url: SecretStr | None = None
     heartbeat_every: Duration = Field(default=60.0, ge=1.0, le=86400.0)
+    # Finished and removed jobs' history is pruned this long after their end or removal.
+    keep_history: Keep = 90 * 86400.0
+    # What `watch` and `roma` write into a drop-in when --forget-after is not given.
+    forget_finished_after: Duration | None = None
+    # A SQLite file is copied aside before a migration (False: not, said in the log).
+    backup_before_migrate: bool = True
 
     @field_validator("replica")
     @classmethod
@@ -89,6 +95,8 @@ class JobSection(RuleFields):
     notify: tuple[str, ...] | None = None
     poll_interval: Duration | None = None
     params: dict[str, str] | None = None
+    # Once the job has been finished this long, it is no longer watched (removed).
+    forget_after: Duration | None = None
 
     @field_validator("id")
     @classmethod

@@ -37,6 +37,13 @@ class Periodic:
         self._every[what] = seconds
         self.scheduler.add_job(run, IntervalTrigger(seconds=seconds), id=what, name=what)
 
+    def reschedule(self, what: str, seconds: float) -> None:
+        """Run the chore ``what`` every ``seconds`` from now on."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        self._every[what] = seconds
+        self.scheduler.reschedule_job(what, trigger=IntervalTrigger(seconds=seconds))
+
     def start(self) -> None:
         self.scheduler.start()
 

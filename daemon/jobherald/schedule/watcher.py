@@ -21,8 +21,10 @@ from jobherald.model import (
     Snapshot,
     SourceHealth,
     State,
+    counted,
     cut,
     duration_seconds,
+    forgotten,
     observe,
     observe_error,
     observe_source_error,
@@ -36,6 +38,7 @@ from jobherald.schedule.reminders import remind_unresolved
 from jobherald.sources.base import JobSource
 from jobherald.sources.registry import make_source
 from jobherald.store import NewEvent, Store, Target
+from jobherald.store.jobs import KEPT_DURATIONS
 from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)
@@ -96,9 +99,10 @@ class Watcher:
         self.last_poll_at: datetime | None = None
         # Told when a poll noted an export's archive to keep (the archiver wakes).
         self.on_archive: Callable[[], None] | None = None
-        # Durations of finished runs (id -> name, source, seconds), for typical durations,
-        # and each running job's recorded progress (for ETAs).
-        self._durations: dict[str, tuple[str, str, float]] = {}
+        # The latest finished runs' durations per (name, source) of the watched jobs
+        # (id, seconds), for typical durations, and each running job's recorded progress
+        # (for ETAs).
+        self._durations: dict[tuple[str, str], list[tuple[str, float]]] = {}
         self._typical: dict[tuple[str, str], float | None] = {}
         self.progress_log: dict[str, tuple[tuple[datetime, float], ...]] = {}
         # Told of each poll's outcome (metrics): the job, seconds taken, and the error if any.
@@ -117,6 +121,7 @@ class Watcher:
         """
         if first is None:
             self._set_views(await self._sync_jobs(self.jobs))
+            self.jobs = {job_id: self.jobs[job_id] for job_id in self.views}
         else:
             self._rest = self.jobs
             early = await self.store.registered_unfinished(self.jobs, first)
@@ -125,7 +130,7 @@ class Watcher:
             self._set_views(early)
         known = await self.store.source_health()
         self.health = {name: known.get(name, SourceHealth()) for name in self.sources}
-        self._durations = await self.store.finished_durations()
+        await self._load_durations(self._rest or self.jobs)
         self.progress_log = {
             job_id: tuple(samples)
             for job_id, samples in (await self.store.running_progress()).items()
@@ -144,7 +149,7 @@ class Watcher:
         assert self._rest is not None
         jobs = self._rest
         self._set_views(await self._sync_jobs(jobs))
-        self.jobs, self._rest = jobs, None
+        self.jobs, self._rest = {job_id: jobs[job_id] for job_id in self.views}, None
         self._keep_running_progress()
 
     def _keep_running_progress(self) -> None:
@@ -157,12 +162,23 @@ class Watcher:
             if (view := views.get(job_id)) is not None and view.state is State.RUNNING
         }
 
+    async def _load_durations(self, jobs: dict[str, WatchedJob]) -> None:
+        """Read the latest finished durations of these jobs' names (those not held yet)."""
+        keys = {(j.name, j.source) for j in jobs.values()} - self._durations.keys()
+        if not keys:
+            return
+        found = await self.store.durations_of(keys)
+        for key in keys:
+            self._durations[key] = found.get(key, [])
+            self._typical.pop(key, None)
+
     def typical_for(self, job: WatchedJob) -> float | None:
-        """The median duration of finished runs with this job's name and source."""
+        """The median duration of the latest finished runs with this job's name and
+        source (the job's own run left out)."""
         key = (job.name, job.source)
         if key not in self._typical:
             self._typical[key] = typical_duration(
-                [d for i, (n, s, d) in self._durations.items() if (n, s) == key and i != job.id]
+                [d for i, d in self._durations.get(key, ()) if i != job.id]
             )
         return self._typical[key]
 
@@ -174,9 +190,37 @@ class Watcher:
         return self._polled_at.get(job_id)
 
     async def _sync_jobs(self, jobs: dict[str, WatchedJob]) -> dict[str, JobView]:
-        """Register these jobs; their views (those already held, newer than the store's, stay)."""
+        """Register these jobs; their views (those already held, newer than the store's,
+        stay). Jobs finished longer than their ``forget_after`` are left out (removed)."""
         stored = await self.store.sync_jobs(list(jobs.values()), self.clock())
-        return {job_id: self.views.get(job_id) or stored[job_id] for job_id in jobs}
+        return {
+            job_id: self.views.get(job_id) or stored[job_id] for job_id in jobs if job_id in stored
+        }
+
+    def forgettable(self, now: datetime) -> list[str]:
+        """Watched jobs finished longer ago than their ``forget_after``."""
+        return [
+            job.id
+            for job in self.jobs.values()
+            if job.forget_after is not None
+            and (view := self.views.get(job.id)) is not None
+            and view.state.terminal
+            and forgotten(view, job.forget_after, now)
+        ]
+
+    async def forget(self, job_ids: Sequence[str]) -> None:
+        """Stop watching these jobs (they finished long enough ago): removed in the store."""
+        if not job_ids:
+            return
+        await self.store.mark_removed(job_ids, self.clock())
+        for job_id in job_ids:
+            self.jobs.pop(job_id, None)
+            if (view := self.views.pop(job_id, None)) is not None:
+                self._tally.add(view, -1)
+        log.info(
+            "no longer watching %s finished long enough ago (forget_after)",
+            counted(len(job_ids), "job"),
+        )
 
     async def reconfigure(self, config: Config) -> tuple[list[WatchedJob], list[str]]:
         """Take a new configuration; return the jobs to (re)schedule and the ids to drop.
@@ -186,6 +230,9 @@ class Watcher:
         """
         jobs = {j.id: j for j in config.jobs}
         views = await self._sync_jobs(jobs)
+        if len(views) < len(jobs):  # some finished longer than their forget_after ago
+            jobs = {job_id: j for job_id, j in jobs.items() if job_id in views}
+        await self._load_durations(jobs)
         old_jobs = self.jobs
         self.config = config
         self.sources = {
@@ -420,8 +467,11 @@ class Watcher:
         else:
             self.progress_log.pop(job.id, None)
         if view.state is State.SUCCEEDED and (seconds := duration_seconds(view)):
-            self._durations[job.id] = (job.name, job.source, seconds)
-            self._typical.pop((job.name, job.source), None)
+            key = (job.name, job.source)
+            runs = self._durations.setdefault(key, [])
+            runs.append((job.id, seconds))
+            del runs[:-KEPT_DURATIONS]
+            self._typical.pop(key, None)
 
     async def _source_failed(self, name: str, error: FetchError, now: datetime) -> None:
         source = self.config.sources[name]

@@ -31,6 +31,8 @@ from jobherald.store.listing import JobFilter, Listing
 from jobherald.store.lock import DatabaseLock
 from jobherald.store.membership import Joining, Member, Membership
 from jobherald.store.outbox import CLAIM_FOR, Batch, Claimer, Delivery, DeliveryRow, Lane, Outbox
+from jobherald.store.pruning import TABLES as PRUNED_TABLES
+from jobherald.store.pruning import Pruned, Pruning
 from jobherald.store.schema import (
     SCHEMA_HEAD,
     UTCDateTime,
@@ -42,6 +44,7 @@ from jobherald.store.schema import (
 __all__ = [
     "CLAIM_FOR",
     "GROUP_COMMIT",
+    "PRUNED_TABLES",
     "SCHEMA_HEAD",
     "STATE_ORDER",
     "ArchiveClaim",
@@ -57,6 +60,7 @@ __all__ = [
     "Lane",
     "Member",
     "NewEvent",
+    "Pruned",
     "Recorded",
     "RecordedSource",
     "Store",
@@ -72,7 +76,7 @@ __all__ = [
 ]
 
 
-class Store(Jobs, Listing, Outbox, Archives, Membership):
+class Store(Jobs, Listing, Outbox, Archives, Membership, Pruning):
     """The database, as jobherald uses it."""
 
     def __init__(self, engine: AsyncEngine) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +39,11 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x6A6F6268  # "jobh"
 
 S = TypeVar("S", bound="StoreBase")
+# A migrating start converts a SQLite file up to this size to give pruned space back
+# (bigger ones: `jobherald db compact`, with the daemon stopped).
+CONVERT_AT_START = 512 * 2**20
+# Free space a copy before a migration leaves on the disk beside itself.
+BACKUP_HEADROOM = 64 * 2**20
 WRITES = "jobherald_writes"  # execution option: this transaction writes (see write_transaction)
 
 
@@ -53,6 +61,9 @@ def sqlite_engine(url: str, *, foreign_keys: bool = True) -> AsyncEngine:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # A new file gives the pages of deleted rows back (see Pruning.reclaim); on a
+        # file with tables already this changes nothing until a VACUUM.
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -71,6 +82,15 @@ def sqlite_engine(url: str, *, foreign_keys: bool = True) -> AsyncEngine:
     return engine
 
 
+def _room_for_copy(source: Path) -> tuple[int, int]:
+    """Remove earlier copies of ``source`` made before migrations (one is kept: the
+    next); return its size and the bytes free beside it."""
+    for old in source.parent.glob(f"{source.name}.before-*"):
+        if old.is_file():
+            old.unlink(missing_ok=True)
+    return os.stat(source).st_size, shutil.disk_usage(source.parent).free
+
+
 class StoreBase:
     """The engine, one writer at a time, and the schema kept at the newest revision."""
 
@@ -80,6 +100,8 @@ class StoreBase:
         self._one_writer = asyncio.Lock()
         # The same engine and pool, its transactions marked as writing (see sqlite_engine).
         self._writer = engine.execution_options(**{WRITES: True})
+        # Whether a migration first copies a SQLite file aside.
+        self.backup = True
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
@@ -140,8 +162,9 @@ class StoreBase:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     @classmethod
-    async def open(cls: type[S], url: str, *, migrate: bool = True) -> S:
-        """Connect, and bring the schema to the newest revision."""
+    async def open(cls: type[S], url: str, *, migrate: bool = True, backup: bool = True) -> S:
+        """Connect, and bring the schema to the newest revision (``backup``: a SQLite file
+        is copied aside first, when the disk has room)."""
         parsed = make_url(url)
         is_sqlite = parsed.get_backend_name() == "sqlite"
         if is_sqlite and parsed.database:
@@ -150,6 +173,7 @@ class StoreBase:
                 raise StoreError(f"database folder {folder} does not exist")
         engine = sqlite_engine(url) if is_sqlite else create_async_engine(url, pool_pre_ping=True)
         store = cls(engine)
+        store.backup = backup
         if migrate:
             try:
                 await store.migrate()
@@ -235,19 +259,105 @@ class StoreBase:
                 await engine.dispose()
         if done:
             log.info("database migrated from %s to %s", done[0] or "empty", goal)
+            if done[0] is not None:
+                await self.convert_to_incremental(CONVERT_AT_START)
+
+    async def convert_to_incremental(self, up_to: int | None = None) -> bool:
+        """Make an existing SQLite file give deleted rows' pages back (auto_vacuum =
+        INCREMENTAL, which takes a VACUUM: a copy of the whole file, said in the log with
+        its progress). A file bigger than ``up_to`` bytes is left as it is (said so):
+        `jobherald db compact` converts it while the daemon is stopped. True if the
+        file gives pages back now."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return False
+        path = Path(url.database)
+        with contextlib.closing(sqlite3.connect(path)) as probe:
+            if probe.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                return True
+        size = os.stat(path).st_size
+        if up_to is not None and size > up_to:
+            log.warning(
+                "database %s (%d MB) does not give the space of pruned history back yet: "
+                "run `jobherald db compact` while the daemon is stopped (it rewrites the file "
+                "once; about %d MB free needed)",
+                path,
+                size // 2**20,
+                size // 2**20,
+            )
+            return False
+        log.info(
+            "converting %s (%d MB) to give pruned space back: a one-time rewrite of the "
+            "file, which may take a while",
+            path,
+            size // 2**20,
+        )
+        started = time.monotonic()
+        said = [started]
+
+        def progress() -> int:
+            if time.monotonic() - said[0] >= 10:
+                said[0] = time.monotonic()
+                log.info(
+                    "converting %s: %.0f s so far (a file of %d MB)",
+                    path,
+                    said[0] - started,
+                    size // 2**20,
+                )
+            return 0
+
+        def convert() -> None:
+            with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+                conn.execute("PRAGMA busy_timeout=10000")
+                conn.set_progress_handler(progress, 1_000_000)
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await self.engine.dispose()  # no connection of ours holds the file meanwhile
+        await asyncio.to_thread(convert)
+        log.info(
+            "converted %s in %.1f s: now %d MB",
+            path,
+            time.monotonic() - started,
+            os.stat(path).st_size // 2**20,
+        )
+        return True
 
     async def _backup_before_migration(self, revision: str | None) -> None:
-        """Copy an existing SQLite database aside, so a failed upgrade loses nothing."""
+        """Copy an existing SQLite database aside, so a failed upgrade loses nothing: one
+        copy (earlier ones are removed), made only where the disk has room for it, and
+        not at all when ``backup`` is off (both said in the log)."""
         url = self.engine.url
         if revision is None or url.get_backend_name() != "sqlite" or not url.database:
             return
         source = Path(url.database)
         target = source.with_name(f"{source.name}.before-{revision}")
-        target.unlink(missing_ok=True)
+        if not self.backup:
+            log.warning(
+                "not copying %s aside before migrating from %s: backup_before_migrate = false",
+                source,
+                revision,
+            )
+            return
+        size, free = await asyncio.to_thread(_room_for_copy, source)
+        if free < size + BACKUP_HEADROOM:
+            log.warning(
+                "not copying %s aside before migrating from %s: %d MB free, the copy needs "
+                "about %d MB (set backup_before_migrate = false to say so yourself)",
+                source,
+                revision,
+                free // 2**20,
+                (size + BACKUP_HEADROOM) // 2**20,
+            )
+            return
 
         def copy() -> None:
             with contextlib.closing(sqlite3.connect(source)) as conn:
                 conn.execute("VACUUM INTO ?", (str(target),))
 
+        started = time.monotonic()
         await asyncio.to_thread(copy)
-        log.info("copied %s to %s before migrating", source, target)
+        log.info(
+            "copied %s to %s before migrating (%.1f s)", source, target, time.monotonic() - started
+        )

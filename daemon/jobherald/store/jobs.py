@@ -14,14 +14,26 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jobherald.model import JobView, Outcome, Reason, SourceHealth, State, Transition
+from jobherald.model import (
+    JobView,
+    Outcome,
+    Reason,
+    SourceHealth,
+    State,
+    Transition,
+    duration_seconds,
+    forgotten,
+)
 from jobherald.store.archives import insert_archive
 from jobherald.store.base import StoreBase
 from jobherald.store.events import NewEvent, insert_events
 from jobherald.store.schema import (
+    UTCDateTime,
     archives,
+    durations,
     events,
     jobs,
+    pruned_jobs,
     source_health,
     transitions,
 )
@@ -182,7 +194,43 @@ _UPDATE_IDENTITY = (
         instance_id=sa.bindparam("instance_id"),
         configured=sa.bindparam("configured"),
         remote_id=sa.bindparam("remote"),
+        removed_at=sa.bindparam("removed_at", type_=jobs.c.removed_at.type),
     )
+)
+
+
+# Finished durations kept per job name and source (ETAs and typical durations are drawn
+# from the latest; see the durations table).
+KEPT_DURATIONS = 50
+_KEEP_DURATION = sa.insert(durations).from_select(
+    ["name", "source", "job_id", "seconds", "at"],
+    sa.select(
+        jobs.c.name,
+        jobs.c.source,
+        jobs.c.id,
+        sa.bindparam("d_seconds", type_=sa.Float),
+        sa.bindparam("d_at", type_=UTCDateTime),
+    ).where(jobs.c.id == sa.bindparam("d_job")),
+)
+
+
+def _same_key(table: sa.FromClause) -> sa.ColumnElement[bool]:
+    """Rows of ``table`` (durations) of the job name and source of job ``d_job``."""
+    of = sa.select(jobs.c.name, jobs.c.source).where(jobs.c.id == sa.bindparam("d_job"))
+    return sa.tuple_(table.c.name, table.c.source).in_(of)
+
+
+_LATER = durations.alias("later")
+# The durations of that name and source older than the latest KEPT_DURATIONS, gone.
+_TRIM_DURATIONS = sa.delete(durations).where(
+    _same_key(durations),
+    durations.c.id
+    <= sa.select(_LATER.c.id)
+    .where(_same_key(_LATER))
+    .order_by(_LATER.c.id.desc())
+    .offset(KEPT_DURATIONS)
+    .limit(1)
+    .scalar_subquery(),
 )
 
 
@@ -204,32 +252,46 @@ class Jobs(StoreBase):
     _committer: asyncio.Task[None] | None
 
     async def sync_jobs(self, watched: Sequence[Registered], now: datetime) -> dict[str, JobView]:
-        """Register configured jobs (new ones as pending); return every known job.
+        """Register configured jobs (new ones as pending); return the view of each.
 
-        One read of the jobs table, one insert of the new jobs and one update of the
-        jobs whose name, source or instance changed (or that left the config). Two
-        replicas registering the same new job together: the second one's insert
-        skips it (PostgreSQL's ON CONFLICT DO NOTHING). A job whose key changed (a
-        second job with its id came, or went) keeps its row and history: a row of the
-        same upstream id, source and instance that no configured job has is moved to
-        the new key.
+        What is read: the jobs watched until now (an index, however much history there
+        is) and, by key, the configured jobs not among them (new, or back in the config).
+        Then one insert of the new jobs and one update of the jobs whose name, source or
+        instance changed, that left the config (now ``removed``) or came back to it. Two
+        replicas registering the same new job together: the second one's insert skips
+        it (PostgreSQL's ON CONFLICT DO NOTHING). A job whose key changed (a second job
+        with its id came, or went) keeps its row and history: a row of the same upstream
+        id, source and instance that just left the config is moved to the new key.
         """
         wanted = {j.id: j for j in watched}
         async with self._writing() as conn:
             views: dict[str, JobView] = {}
             changes: list[dict[str, Any]] = []
-            # Rows no configured job has, by what they are upstream: a key may move there.
+            # Rows that just left the config, by what they are upstream: a key may move there.
             loose: dict[tuple[str, str, str], list[str]] = {}
             n = len(VIEW_FIELDS)
-            for row in await conn.execute(_REGISTERED):
-                view = views[row[0]] = view_of(row)
+            rows = list(await conn.execute(_REGISTERED.where(jobs.c.configured == sa.true())))
+            missing = [key for key in wanted if key not in {row[0] for row in rows}]
+            for at in range(0, len(missing), 5000):  # under every backend's parameter limit
+                chunk = missing[at : at + 5000]
+                rows.extend(await conn.execute(_REGISTERED.where(jobs.c.id.in_(chunk))))
+            left: dict[str, JobView] = {}
+            for row in rows:
+                view = view_of(row)
                 j = wanted.get(view.id)
                 stored = (row[n], row[n + 1], row[n + 2], bool(row[n + 3]), row[n + 4])
+                after = getattr(j, "forget_after", None)
+                if after is not None and forgotten(view, after, now):
+                    j = None  # finished long enough ago: no longer watched
                 if j is None:
+                    left[view.id] = view
                     upstream = row[n + 4] or view.id
                     loose.setdefault((upstream, row[n + 1], row[n + 2]), []).append(view.id)
-                # A job that left the config keeps its identity and is marked unconfigured.
-                now_is = (*stored[:3], False, stored[4]) if j is None else _identity(j)
+                    # It keeps its identity and is marked removed.
+                    now_is = (*stored[:3], False, stored[4])
+                else:
+                    views[view.id] = view
+                    now_is = _identity(j)
                 if now_is != stored:
                     name, source, instance_id, configured, remote = now_is
                     changes.append(
@@ -240,10 +302,11 @@ class Jobs(StoreBase):
                             "instance_id": instance_id,
                             "configured": configured,
                             "remote": remote,
+                            "removed_at": None if configured else now,
                         }
                     )
-            new = [j for j in watched if j.id not in views]
-            moved = await self._move_keys(conn, new, loose, views)
+            new = [j for j in watched if j.id not in views and j.id not in left]
+            moved = await self._move_keys(conn, new, loose, left, views)
             new = [j for j in new if j.id not in moved]
             if new:
                 insert: Any = sa.insert(jobs)
@@ -269,6 +332,10 @@ class Jobs(StoreBase):
                     ],
                 )
                 views.update((j.id, JobView(id=j.id)) for j in new)
+                # A job registered again after its history was pruned is a new job.
+                await conn.execute(
+                    sa.delete(pruned_jobs).where(pruned_jobs.c.job_id.in_([j.id for j in new]))
+                )
             changes = [c for c in changes if c["key"] not in moved.values()]
             if changes:
                 await conn.execute(_UPDATE_IDENTITY, changes)
@@ -282,7 +349,7 @@ class Jobs(StoreBase):
         every job (at 100,000 jobs, that takes most of a second)."""
         n = len(VIEW_FIELDS)
         query = _REGISTERED.where(
-            jobs.c.configured.is_(True), jobs.c.state.not_in(TERMINAL_STATES)
+            jobs.c.configured == sa.true(), jobs.c.state.not_in(TERMINAL_STATES)
         ).limit(limit)
         async with self.engine.connect() as conn:
             rows = await conn.execute(query)
@@ -298,6 +365,7 @@ class Jobs(StoreBase):
         conn: AsyncConnection,
         new: Sequence[Registered],
         loose: dict[tuple[str, str, str], list[str]],
+        left: dict[str, JobView],
         views: dict[str, JobView],
     ) -> dict[str, str]:
         """Move loose rows (and their history) to the new keys of the same jobs; return
@@ -309,7 +377,7 @@ class Jobs(StoreBase):
                 continue
             old = olds.pop(0)
             row = (await conn.execute(sa.select(jobs).where(jobs.c.id == old))).one()._asdict()
-            row.update(id=j.id, name=j.name, remote_id=j.remote, configured=True)
+            row.update(id=j.id, name=j.name, remote_id=j.remote, configured=True, removed_at=None)
             # A copy under the new key, the history moved to it, then the old row gone:
             # no foreign key ever points nowhere.
             await conn.execute(sa.insert(jobs).values(row))
@@ -318,7 +386,7 @@ class Jobs(StoreBase):
                     sa.update(table).where(table.c.job_id == old).values(job_id=j.id)
                 )
             await conn.execute(sa.delete(jobs).where(jobs.c.id == old))
-            views[j.id] = replace(views.pop(old), id=j.id)
+            views[j.id] = replace(left[old], id=j.id)
             moved[j.id] = old
             log.info("job %s is now known as %s (another job has its id)", old, j.id)
         return moved
@@ -414,6 +482,17 @@ class Jobs(StoreBase):
             ]
             if rows:
                 await conn.execute(sa.insert(transitions), rows)
+            finished = [
+                {"d_job": r.job_id, "d_seconds": seconds, "d_at": r.outcome.job.end_time}
+                for r in fresh
+                if (t := r.outcome.transition) is not None
+                and t.to_state is State.SUCCEEDED
+                and t.from_state is not State.SUCCEEDED
+                and (seconds := duration_seconds(r.outcome.job))
+            ]
+            if finished:
+                await conn.execute(_KEEP_DURATION, finished)
+                await conn.execute(_TRIM_DURATIONS, finished)
             for r in fresh:
                 if r.archive is not None:
                     archive_id, source = r.archive

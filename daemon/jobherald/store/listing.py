@@ -4,7 +4,7 @@ running jobs' progress, counts per state), one job, its history, finished durati
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from jobherald.store.schema import (
     FloatText,
     IsoText,
     UTCDateTime,
+    durations,
     iso_text,
     jobs,
     transitions,
@@ -77,6 +78,7 @@ LIST_COLUMNS = (
             "begin_time",
             "running_since",
             "progress_changed_at",
+            "configured",
         )
     ),
     _recent_progress(),
@@ -100,23 +102,22 @@ def sort_key(row: sa.Row[Any], by_state: bool = True) -> tuple[Any, ...]:
     return (datetime.fromisoformat(row.created_at), row.id)
 
 
-def state_rank() -> sa.ColumnElement[int]:
-    return sa.case(
-        {state: i for i, state in enumerate(STATE_ORDER)},
-        value=jobs.c.state,
-        else_=len(STATE_ORDER),
-    )
+_RANKS = {state: i for i, state in enumerate(STATE_ORDER)}
 
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    """Which jobs a listing shows: by state, source, and a text in the name or id."""
+    """Which jobs a listing shows: by state, source, a text in the name or id, and
+    watched ones (``removed`` False, the default), removed ones (True) or both (None)."""
 
     state: str | None = None
     source: str | None = None
     text: str | None = None
+    removed: bool | None = False
 
     def where(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        if self.removed is not None:
+            query = query.where(jobs.c.configured == (sa.false() if self.removed else sa.true()))
         if self.state:
             query = query.where(jobs.c.state == self.state)
         if self.source:
@@ -135,9 +136,12 @@ class Listing(StoreBase):
     """What the status page, the API and the command line read."""
 
     async def status(self) -> list[sa.Row[Any]]:
+        """Every watched job, in the order they were registered."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                sa.select(*JOB_COLUMNS).order_by(jobs.c.created_at, jobs.c.id)
+                sa.select(*JOB_COLUMNS)
+                .where(jobs.c.configured == sa.true())
+                .order_by(jobs.c.created_at, jobs.c.id)
             )
             return list(rows)
 
@@ -153,7 +157,28 @@ class Listing(StoreBase):
         id (``by_state``), else in the order they were registered; those after ``after``,
         the sort key of the last one shown (see ``sort_key``)."""
         async with self.engine.connect() as conn:
-            return list((await conn.execute(_page(wanted, limit, after, by_state))).all())
+            if not by_state:
+                return list((await conn.execute(_page(wanted, limit, after))).all())
+            # One state after the other, each read in its index's order (a sort by a
+            # state's rank would read and sort every job of the filter).
+            out: list[sa.Row[Any]] = []
+            states = [wanted.state] if wanted.state else [*STATE_ORDER]
+            for state in states:
+                rank = _RANKS.get(state, len(STATE_ORDER))
+                if after is not None and rank < after[0]:
+                    continue
+                query = replace(wanted, state=state).where(
+                    sa.select(*LIST_COLUMNS, sa.literal(rank).label("rank"))
+                )
+                if after is not None and rank == after[0]:
+                    query = query.where(
+                        sa.tuple_(jobs.c.name, jobs.c.id) > sa.tuple_(*map(sa.literal, after[1:]))
+                    )
+                query = query.order_by(jobs.c.name, jobs.c.id).limit(limit - len(out))
+                out.extend((await conn.execute(query)).all())
+                if len(out) >= limit:
+                    break
+            return out
 
     async def shown(self, job_id: str) -> sa.Row[Any] | None:
         """One job as a listing reads it (``LIST_COLUMNS``), or None."""
@@ -162,23 +187,35 @@ class Listing(StoreBase):
             return (await conn.execute(query)).first()
 
     async def job_ids(self) -> set[str]:
-        """The ids of every stored job."""
+        """The ids of every stored job, watched or removed."""
         async with self.engine.connect() as conn:
             return set((await conn.execute(sa.select(jobs.c.id))).scalars())
 
     async def state_counts(self, source: str | None = None) -> dict[str, int]:
-        """Jobs per state (of one source, if given): one aggregate query."""
-        query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+        """Watched jobs per state (of one source, if given): one aggregate query."""
+        query = (
+            sa.select(jobs.c.state, sa.func.count())
+            .where(jobs.c.configured == sa.true())
+            .group_by(jobs.c.state)
+        )
         if source:
             query = query.where(jobs.c.source == source)
         async with self.engine.connect() as conn:
             return {state: int(n) for state, n in (await conn.execute(query)).all()}
 
+    async def removed_count(self, source: str | None = None) -> int:
+        """Jobs that left the config and whose history is still kept."""
+        query = sa.select(sa.func.count()).where(jobs.c.removed_at.is_not(None))
+        if source:
+            query = query.where(jobs.c.source == source)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
+
     async def active_per_source(self) -> dict[str, int]:
-        """Jobs still polled (not finished), per source."""
+        """Watched jobs still polled (not finished), per source."""
         query = (
             sa.select(jobs.c.source, sa.func.count())
-            .where(jobs.c.state.not_in(TERMINAL_STATES))
+            .where(jobs.c.configured == sa.true(), jobs.c.state.not_in(TERMINAL_STATES))
             .group_by(jobs.c.source)
         )
         async with self.engine.connect() as conn:
@@ -187,37 +224,39 @@ class Listing(StoreBase):
     async def durations_of(
         self, keys: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], list[tuple[str, float]]]:
-        """Finished runs' durations of jobs with these (name, source): key -> (id, seconds)."""
+        """The latest finished runs' durations of jobs with these (name, source), oldest
+        first: key -> (id, seconds). Read from the durations table, which keeps them
+        when the jobs are pruned."""
         wanted = set(keys)
         out: dict[tuple[str, str], list[tuple[str, float]]] = {}
-        if not wanted:
-            return out
-        query = _finished().where(jobs.c.name.in_(sorted({name for name, _ in wanted})))
+        names = sorted({name for name, _ in wanted})
         async with self.engine.connect() as conn:
-            for r in await conn.execute(query):
-                if (r.name, r.source) in wanted:
-                    seconds = (r.end_time - r.begin_time).total_seconds()
-                    out.setdefault((r.name, r.source), []).append((r.id, seconds))
+            for at in range(0, len(names), 5000):  # under every backend's parameter limit
+                query = (
+                    sa.select(
+                        durations.c.name,
+                        durations.c.source,
+                        durations.c.job_id,
+                        durations.c.seconds,
+                    )
+                    .where(durations.c.name.in_(names[at : at + 5000]))
+                    .order_by(durations.c.id)
+                )
+                for name, source, job_id, seconds in await conn.execute(query):
+                    if (name, source) in wanted:
+                        out.setdefault((name, source), []).append((job_id, seconds))
         return out
 
     async def job(self, job_id: str) -> sa.Row[Any] | None:
         async with self.engine.connect() as conn:
             return (await conn.execute(sa.select(*JOB_COLUMNS).where(jobs.c.id == job_id))).first()
 
-    async def finished_durations(self) -> dict[str, tuple[str, str, float]]:
-        """Every succeeded job whose duration is known: id -> (name, source, seconds)."""
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(_finished())).all()
-        return {
-            r.id: (r.name, r.source, (r.end_time - r.begin_time).total_seconds())
-            for r in rows
-            if r.end_time > r.begin_time
-        }
-
     async def running_progress(self) -> dict[str, list[tuple[datetime, float]]]:
         """The recorded progress of every running job, oldest first (for ETAs): one
         query, its jobs picked by the database (no list of ids bound)."""
-        running = transitions.c.job_id.in_(sa.select(jobs.c.id).where(jobs.c.state == "running"))
+        running = transitions.c.job_id.in_(
+            sa.select(jobs.c.id).where(jobs.c.configured == sa.true(), jobs.c.state == "running")
+        )
         async with self.engine.connect() as conn:
             return await _samples(conn, running)
 
@@ -242,27 +281,12 @@ class Listing(StoreBase):
             return list(rows)
 
 
-def _finished() -> sa.Select[Any]:
-    """Succeeded jobs whose begin and end are known."""
-    return sa.select(
-        jobs.c.id, jobs.c.name, jobs.c.source, jobs.c.begin_time, jobs.c.end_time
-    ).where(
-        jobs.c.state == "succeeded",
-        jobs.c.begin_time.is_not(None),
-        jobs.c.end_time.is_not(None),
-    )
-
-
-def _page(
-    wanted: JobFilter, limit: int, after: tuple[Any, ...] | None, by_state: bool
-) -> sa.Select[Any]:
-    rank = state_rank()
-    order = (rank, jobs.c.name, jobs.c.id) if by_state else (jobs.c.created_at, jobs.c.id)
-    query = wanted.where(sa.select(*LIST_COLUMNS, rank.label("rank")))
-    if after is not None:
-        values = [sa.literal(v) for v in after]
-        if not by_state:  # a time: bound as the column stores it
-            values[0] = sa.literal(after[0], UTCDateTime)
+def _page(wanted: JobFilter, limit: int, after: tuple[Any, ...] | None) -> sa.Select[Any]:
+    """Jobs in the order they were registered (``status --json``)."""
+    order = (jobs.c.created_at, jobs.c.id)
+    query = wanted.where(sa.select(*LIST_COLUMNS))
+    if after is not None:  # a time: bound as the column stores it
+        values = [sa.literal(after[0], UTCDateTime), sa.literal(after[1])]
         query = query.where(sa.tuple_(*order) > sa.tuple_(*values))
     return query.order_by(*order).limit(limit)
 

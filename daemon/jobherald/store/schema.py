@@ -145,12 +145,20 @@ jobs = sa.Table(
     # The id the upstream knows the job by, when the key (id) is not it: two configured
     # jobs with one id (two namespaces, two instances) are stored as "source/id...".
     sa.Column("remote_id", sa.Text),
+    # When the job left the config (None: it is watched); history is kept from then on
+    # for keep_history.
+    sa.Column("removed_at", UTCDateTime),
     # Listings filter by state or source and sort by name (then id) in the database.
     sa.Index("ix_jobs_state_name", "state", "name", "id"),
     sa.Index("ix_jobs_source_name", "source", "name", "id"),
     sa.Index("ix_jobs_name", "name", "id"),
     sa.Index("ix_jobs_created", "created_at", "id"),
     sa.Index("ix_jobs_remote", "remote_id"),
+    # Watched jobs (configured) apart from history: a listing, a count or a start reads
+    # them without a scan of every job ever finished.
+    sa.Index("ix_jobs_watched", "configured", "state", "name", "id"),
+    sa.Index("ix_jobs_watched_created", "configured", "created_at", "id"),
+    sa.Index("ix_jobs_removed_at", "removed_at"),
 )
 
 source_health = sa.Table(
@@ -185,6 +193,7 @@ events = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
+    sa.Index("ix_events_job", "job_id", "at"),
 )
 
 deliveries = sa.Table(
@@ -269,12 +278,40 @@ archives = sa.Table(
 )
 
 
+# The durations of finished runs, the latest ones per job name and source: what typical
+# durations, ETAs and "slower than usual" are drawn from, kept when the jobs are pruned.
+durations = sa.Table(
+    "durations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("job_id", sa.String(128), nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_durations_key", "name", "source", "id"),
+)
+
+# Jobs whose history was pruned (kept as long again): `history` says so rather than
+# "no such job".
+pruned_jobs = sa.Table(
+    "pruned_jobs",
+    metadata,
+    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("pruned_at", UTCDateTime, nullable=False),
+    sa.Index("ix_pruned_jobs_at", "pruned_at"),
+)
+
+
 def migrations_path() -> Path:
     return Path(str(resources.files("jobherald.migrations")))
 
 
 # The newest revision under migrations/ (a test keeps the two the same).
-SCHEMA_HEAD = "0011"
+SCHEMA_HEAD = "0012"
 
 
 def alembic_config() -> Any:
