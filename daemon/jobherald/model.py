@@ -522,7 +522,9 @@ def forgotten(view: JobView, after: float, now: datetime) -> bool:
 
 def counted(n: int, word: str) -> str:
     """``1 job``, ``2 jobs``: a count with its noun agreeing."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
 
 
 def format_duration(seconds: float | None) -> str | None:

@@ -318,8 +318,10 @@ def _purge(cfg: Config, given: str, path: Path | None) -> None:
             fail(f"no job {given!r} in the config or the database", EXIT_USAGE)
         click.echo(f"forgot {given}{removed} (it had no history)")
         return
+    from jobherald.model import counted
+
     click.echo(
         f"forgot {given}{removed} and deleted its history "
-        f"({counts['transitions']} transitions, {counts['events']} events, "
-        f"{counts['deliveries']} deliveries)"
+        f"({counted(counts['transitions'], 'transition')}, "
+        f"{counted(counts['events'], 'event')}, {counted(counts['deliveries'], 'delivery')})"
     )
