@@ -165,3 +165,56 @@ async def test_status_filters_limits_and_streams_its_json(
     code, out, err = await jobherald("status", "--json", "--state", "running", "-c", str(cfg.path))
     assert code == 0, err
     assert {r["interval"] for r in json.loads(out)} == {15.0}
+
+
+async def test_jobs_that_left_the_config_are_counted_apart_and_listed_on_asking(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    """After a reload that drops two of six jobs: the page, /api/jobs and /api/counts
+    show the four watched ones, the metrics agree, and the two are listed on asking."""
+    for i in range(6):
+        sim.add(SimJob(f"j{i}", [running(0.5)]))
+    port = free_port()
+    configs.extra = [f'[http]\nlisten = "127.0.0.1:{port}"\n']
+    cfg = configs.load([f"j{i}" for i in range(6)], daemon={"poll_interval": "5s"})
+    daemon = Daemon(cfg)
+    task = asyncio.create_task(daemon.run())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_for(lambda: daemon.ready, 20, "the daemon")
+        await wait_for(
+            lambda: all(v.state.value == "running" for v in daemon.watcher.views.values()),  # type: ignore[union-attr]
+            20,
+            "every job running",
+        )
+        configs.write([f"j{i}" for i in range(4)], daemon={"poll_interval": "5s"})
+        daemon.reload()
+        await wait_for(lambda: len(daemon.config.jobs) == 4, 20, "the reload")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/api/counts") as answer:
+                assert await answer.json() == {"all": 4, "running": 4, "removed": 2}
+            async with http.get(f"{base}/api/jobs") as answer:
+                assert sorted(r["id"] for r in await answer.json()) == ["j0", "j1", "j2", "j3"]
+            async with http.get(f"{base}/api/jobs?removed=1") as answer:
+                rows = await answer.json()
+            assert [(r["id"], r["status"], r["removed"]) for r in rows] == [
+                ("j4", "running", True),
+                ("j5", "running", True),
+            ]
+            async with http.get(f"{base}/api/jobs?removed=all") as answer:
+                assert len(await answer.json()) == 6
+            async with http.get(f"{base}/api/jobs?removed=yes") as answer:
+                assert answer.status == 400
+            async with http.get(f"{base}/") as answer:
+                page = await answer.text()
+            assert 'data-count="all">4<' in page and 'data-count="removed">2<' in page
+            assert page.count("<tr data-id=") == 4
+            async with http.get(f"{base}/metrics") as answer:
+                metrics = await answer.text()
+        assert 'jobherald_jobs{state="running"} 4.0' in metrics
+        code, out, err = await jobherald("status", "-c", str(cfg.path))
+        assert code == 0, err
+        assert [line.split()[0] for line in out.splitlines()[1:]] == ["j0", "j1", "j2", "j3"]
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 20)

@@ -95,15 +95,18 @@ def index(
     following: Any = None,
     pending: dict[str, int] | None = None,
     throttled: dict[str, datetime] | None = None,
+    removed: int = 0,
 ) -> str:
-    """The status page: one page of jobs (as the database sorted and cut them), the jobs
-    per state, and a link to the next page."""
+    """The status page: one page of jobs (as the database sorted and cut them), the
+    watched jobs per state, the removed ones apart, and a link to the next page."""
     return str(
         _template("index.html").render(
             rows=rows,
             counts={s: counts.get(s, 0) for s in STATES},
             total=sum(counts.values()),
             state=wanted.state,
+            removed=removed,
+            showing_removed=wanted.removed is not False,
             source=wanted.source or "",
             text=wanted.text or "",
             states=STATES,

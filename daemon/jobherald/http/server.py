@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 OPEN = frozenset({"/healthz", "/readyz"})
 # Rows on a page or in one answer of /api/jobs: by default, and at most.
 PAGE = 100
+# ?removed=: watched jobs (the default), removed ones only, or both.
+_REMOVED: dict[str, bool | None] = {"": False, "0": False, "1": True, "all": None}
 MAX_PAGE = 1000
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -259,10 +261,14 @@ class HttpServer:
         if not 1 <= limit <= MAX_PAGE:
             raise _bad(f"limit must be between 1 and {MAX_PAGE}")
         after = _cursor(query.get("cursor"))
+        removed = query.get("removed") or ""
+        if removed not in _REMOVED:
+            raise _bad("removed must be 1 (removed jobs only) or all (watched and removed)")
         wanted = JobFilter(
             state=query.get("state") or None,
             source=query.get("source") or None,
             text=(query.get("q") or "").strip()[:200] or None,
+            removed=_REMOVED[removed],
         )
         store = self.daemon.store
         if store is None:
@@ -286,7 +292,9 @@ class HttpServer:
         store = self.daemon.store
         source = request.query.get("source") or None
         counts = await store.state_counts(source) if store is not None else {}
-        return web.json_response({"all": sum(counts.values()), **counts})
+        removed = await store.removed_count(source) if store is not None else 0
+        # "all": the watched jobs; those that left the config apart.
+        return web.json_response({"all": sum(counts.values()), **counts, "removed": removed})
 
     async def _api_history(self, request: web.Request) -> web.Response:
         from jobherald.report import configured_jobs, history_rows
@@ -316,12 +324,15 @@ class HttpServer:
         pool = self.daemon.pool
         throttled = pool.gates.throttled() if pool is not None and pool.gates is not None else {}
         rows, following, wanted = await self._page(request)
-        counts = await self.daemon.store.state_counts() if self.daemon.store is not None else {}
+        store = self.daemon.store
+        counts = await store.state_counts() if store is not None else {}
+        removed = await store.removed_count() if store is not None else 0
         html = self.pages.index(
             self.daemon.config,
             rows,
             counts,
             wanted,
+            removed=removed,
             following=request.rel_url.update_query({"cursor": following}) if following else None,
             pending=pending,
             throttled=throttled,
