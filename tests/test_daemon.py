@@ -256,7 +256,9 @@ async def test_status_and_history_json_follow_the_contract(
         "eta",
         "typical_duration",
         "interval",
+        "removed",
     }
+    assert imp["removed"] is False  # a watched job (status --all adds the removed ones)
     assert imp["interval"] == 1.0  # the effective poll interval (no max_rate: the job's)
     # A source without archive_dir keeps no archives.
     assert (imp["archive_state"], imp["archive_path"]) == (None, None)

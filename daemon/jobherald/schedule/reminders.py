@@ -48,12 +48,18 @@ async def remind_unresolved(
     for notifier in notifiers:
         if notifier.reminder is None:
             continue
-        last = await store.last_reminded(notifier.name)
-        for job in jobs.values():
-            if notifier.name not in job.notify:
-                continue
-            view = views[job.id]
-            for kind in unresolved(view):
+        # The jobs with a problem still unresolved: only theirs are looked up.
+        open_ones = {
+            job.id: kinds
+            for job in jobs.values()
+            if notifier.name in job.notify and (kinds := unresolved(views[job.id]))
+        }
+        if not open_ones:
+            continue
+        last = await store.last_reminded(notifier.name, open_ones.keys())
+        for job_id, kinds in open_ones.items():
+            job, view = jobs[job_id], views[job_id]
+            for kind in kinds:
                 sent = last.get((job.id, kind))
                 if sent is None or (now - sent).total_seconds() < notifier.reminder:
                     continue

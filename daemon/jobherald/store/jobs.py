@@ -392,10 +392,11 @@ class Jobs(StoreBase):
         return moved
 
     async def views(self, job_ids: Iterable[str] | None = None) -> dict[str, JobView]:
-        """The stored views of these jobs (all of them when None), as they are now."""
+        """The stored views of these jobs (every watched one when None), as they are now."""
         async with self.engine.connect() as conn:
             if job_ids is None:
-                return {row.id: view_of(row) for row in await conn.execute(sa.select(*JOB_COLUMNS))}
+                watched = sa.select(*JOB_COLUMNS).where(jobs.c.configured == sa.true())
+                return {row.id: view_of(row) for row in await conn.execute(watched)}
             wanted = list(job_ids)
             out: dict[str, JobView] = {}
             for start in range(0, len(wanted), 5000):  # under every backend's parameter limit

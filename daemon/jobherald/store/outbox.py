@@ -407,22 +407,28 @@ class Outbox(StoreBase):
         async with self._writing() as conn:
             return int((await conn.execute(statement)).rowcount or 0)
 
-    async def last_reminded(self, notifier: str) -> dict[tuple[str, str], datetime]:
-        """When each (job or source, event kind) last went to this notifier."""
-        subject = sa.func.coalesce(events.c.job_id, sa.literal("source:") + events.c.source)
-        query = (
-            sa.select(subject.label("subject"), events.c.kind, sa.func.max(events.c.at))
-            .join(deliveries, deliveries.c.event_id == events.c.id)
-            .where(deliveries.c.notifier == notifier)
-            .group_by(subject, events.c.kind)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+    async def last_reminded(
+        self, notifier: str, job_ids: Collection[str]
+    ) -> dict[tuple[str, str], datetime]:
+        """When each (job, event kind) of these jobs last went to this notifier: read by
+        the jobs' events (an index), never over every delivery ever made."""
         out: dict[tuple[str, str], datetime] = {}
-        for subject_id, kind, at in rows:
-            if isinstance(at, str):
-                at = datetime.fromisoformat(at)
-            out[(subject_id, kind)] = at if at.tzinfo else at.replace(tzinfo=UTC)
+        wanted = sorted(job_ids)
+        async with self.engine.connect() as conn:
+            for at in range(0, len(wanted), 500):
+                query = (
+                    sa.select(events.c.job_id, events.c.kind, sa.func.max(events.c.at))
+                    .join(deliveries, deliveries.c.event_id == events.c.id)
+                    .where(
+                        events.c.job_id.in_(wanted[at : at + 500]),
+                        deliveries.c.notifier == notifier,
+                    )
+                    .group_by(events.c.job_id, events.c.kind)
+                )
+                for job_id, kind, when in await conn.execute(query):
+                    if isinstance(when, str):
+                        when = datetime.fromisoformat(when)
+                    out[(job_id, kind)] = when if when.tzinfo else when.replace(tzinfo=UTC)
         return out
 
     async def pending_by_notifier(self) -> dict[str, int]:
