@@ -503,6 +503,7 @@ def main() -> None:
             "burst",
             "polite",
             "scale",
+            "aged",
             "all",
         ],
     )
@@ -513,6 +514,13 @@ def main() -> None:
         "--before",
         metavar="REF",
         help="also measure the overhead of this git commit, side by side in the same run",
+    )
+    parser.add_argument(
+        "--aged-jobs",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="finished jobs in the aged scenario's year-old database (default 1,000,000)",
     )
     args = parser.parse_args()
     quick = args.quick
@@ -532,6 +540,8 @@ def main() -> None:
             sections.append(polite_table(quick, before))
         if args.scenario in ("scale", "all"):
             sections.append(scale_table(10_000 if quick else 100_000, before))
+        if args.scenario in ("aged", "all"):
+            sections.append(aged_table(20_000 if quick else args.aged_jobs))
     if args.scenario in ("profile", "all"):
         for loop in ("asyncio", "uvloop"):
             sections.append(profile(10_000, 10.0, 5 if quick else 20, 15, loop))
@@ -625,6 +635,20 @@ def scale_table(count: int, before: Path | None) -> str:
             lines += [(f"before: {k}", v) for k, v in rows(older) if not k.startswith("target")]
         lines += rows(asyncio.run(scale(DPY, base, count)))
     return table(f"Scale: {count:,} jobs every 60 s while pages are read", lines)
+
+
+def aged_table(finished: int) -> str:
+    """The aged scenario (bench/aged.py): a year-old database against a fresh one."""
+    from aged import aged, rows
+
+    with upstream() as base:
+        figures = asyncio.run(aged(DPY, base, finished))
+    print(json.dumps(figures, indent=2, default=str))
+    return table(
+        f"Aged: {finished:,} finished jobs over a year beside 1,000 watched, against a fresh "
+        "database; then a prune of half the year while the 1,000 are polled",
+        rows(figures),
+    )
 
 
 def daemon_venv() -> str:

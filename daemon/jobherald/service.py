@@ -56,6 +56,8 @@ FLUSH_EVERY = 300.0
 REMIND_EVERY = 60.0
 # Jobs finished longer than their forget_after are looked for this often.
 FORGET_EVERY = 60.0
+# The first pass over history this long after a start.
+PRUNE_FIRST = 30.0
 # Jobs taken over from a replica that left are first polled within this many seconds.
 TAKEOVER_SPREAD = 0.25
 
@@ -247,7 +249,14 @@ class Daemon:
         periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
         pruner = self._pruner(store, watcher, replica)
         periodic.every(FORGET_EVERY, "forgetting finished jobs", self._forget_finished)
-        periodic.every(prune_every(self.config.keep_history), "pruning history", pruner.run_pass)
+        # A first pass soon after the start: a daemon restarted more often than hourly
+        # prunes all the same.
+        periodic.every(
+            prune_every(self.config.keep_history),
+            "pruning history",
+            pruner.run_pass,
+            first_in=PRUNE_FIRST,
+        )
         if self.config.heartbeat_url is not None:
             switch = DeadMansSwitch(
                 lambda: self.config.heartbeat_url,

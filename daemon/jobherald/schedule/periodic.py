@@ -24,8 +24,16 @@ class Periodic:
         )
         self._every: dict[str, float] = {}
 
-    def every(self, seconds: float, what: str, chore: Callable[[], Awaitable[Any]]) -> None:
-        """Run ``chore`` every ``seconds``; a failure is logged and the chore runs again later."""
+    def every(
+        self,
+        seconds: float,
+        what: str,
+        chore: Callable[[], Awaitable[Any]],
+        first_in: float | None = None,
+    ) -> None:
+        """Run ``chore`` every ``seconds`` (the first time ``first_in`` seconds after the
+        start, if given, else a whole interval after it); a failure is logged and the
+        chore runs again later."""
         from apscheduler.triggers.interval import IntervalTrigger
 
         async def run() -> None:
@@ -35,7 +43,10 @@ class Periodic:
                 log.exception("%s failed; will try again", what)
 
         self._every[what] = seconds
-        self.scheduler.add_job(run, IntervalTrigger(seconds=seconds), id=what, name=what)
+        when: dict[str, Any] = {}  # (next_run_time=None would add the job paused)
+        if first_in is not None:
+            when["next_run_time"] = datetime.now(UTC) + timedelta(seconds=min(first_in, seconds))
+        self.scheduler.add_job(run, IntervalTrigger(seconds=seconds), id=what, name=what, **when)
 
     def reschedule(self, what: str, seconds: float) -> None:
         """Run the chore ``what`` every ``seconds`` from now on."""
