@@ -79,6 +79,8 @@ install:
 	install -d -m 0755 /usr/local/bin
 	ln -sf $(PREFIX)/bin/jobherald /usr/local/bin/jobherald
 	install -D -m 0644 systemd/jobherald.service $(UNITDIR)/jobherald.service
+	install -D -m 0644 systemd/jobherald-prune.service $(UNITDIR)/jobherald-prune.service
+	install -D -m 0644 systemd/jobherald-prune.timer $(UNITDIR)/jobherald-prune.timer
 	install -D -m 0644 systemd/jobherald.sysusers $(SYSUSERSDIR)/jobherald.conf
 	if command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERSDIR)/jobherald.conf; \
 	elif ! getent passwd jobherald >/dev/null; then \
@@ -93,8 +95,9 @@ install:
 
 uninstall:
 	@test "$$(id -u)" = 0 || { echo "make uninstall: run it as root" >&2; exit 1; }
-	if [ -d /run/systemd/system ]; then systemctl disable --now jobherald.service || true; fi
-	rm -f $(UNITDIR)/jobherald.service /usr/local/bin/jobherald $(SYSUSERSDIR)/jobherald.conf
+	if [ -d /run/systemd/system ]; then systemctl disable --now jobherald.service jobherald-prune.timer || true; fi
+	rm -f $(UNITDIR)/jobherald.service $(UNITDIR)/jobherald-prune.service $(UNITDIR)/jobherald-prune.timer
+	rm -f /usr/local/bin/jobherald $(SYSUSERSDIR)/jobherald.conf
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "uninstalled; $(CONFDIR), /var/lib/private/jobherald and the jobherald user are kept (remove them by hand)"

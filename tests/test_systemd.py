@@ -182,6 +182,15 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
 
     code, out = await systemd.run("systemd-analyze", "verify", unit, check=False)
     assert (code, out) == (0, ""), out
+    # The daily prune (drop-ins of jobs past forget_after) is installed, not enabled.
+    prune = [
+        "/etc/systemd/system/jobherald-prune.service",
+        "/etc/systemd/system/jobherald-prune.timer",
+    ]
+    code, out = await systemd.run("systemd-analyze", "verify", *prune, check=False)
+    assert (code, out) == (0, ""), out
+    _, out = await systemd.run("systemctl", "is-enabled", "jobherald-prune.timer", check=False)
+    assert out.strip() == "disabled", out
     _, out = await systemd.run("systemd-analyze", "security", "--offline=true", unit)
     level = float(re.findall(r"Overall exposure level for jobherald.service: ([0-9.]+)", out)[0])
     assert level <= 1.5, out[-1500:]
