@@ -50,7 +50,8 @@ async def _rows(
             if limit is not None and len(rows) >= limit:
                 del rows[limit:]
                 break
-        return rows, (await store.delivery_counts() if store is not None else {})
+        waiting = ("pending", "abandoned")
+        return rows, (await store.delivery_counts(waiting) if store is not None else {})
     finally:
         if store is not None:
             await store.close()

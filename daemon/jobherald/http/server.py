@@ -305,6 +305,9 @@ class HttpServer:
         if items is None:
             if job_id in configured_jobs(self.daemon.config):
                 return web.json_response([])
+            if store is not None and await store.pruned_job(job_id) is not None:
+                why = f"the history of job {job_id!r} was pruned after keep_history"
+                return web.json_response({"error": why}, status=404)
             return web.json_response({"error": f"no job {job_id!r}"}, status=404)
         return web.json_response(items)
 

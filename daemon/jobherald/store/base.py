@@ -102,6 +102,9 @@ class StoreBase:
         self._writer = engine.execution_options(**{WRITES: True})
         # Whether a migration first copies a SQLite file aside.
         self.backup = True
+        # The removed jobs counted lately, per source (None: all), with when: forgotten
+        # whenever this process changes which jobs are removed.
+        self.removed_counts: dict[str | None, tuple[float, int]] = {}
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:

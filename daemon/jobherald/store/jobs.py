@@ -339,6 +339,7 @@ class Jobs(StoreBase):
             changes = [c for c in changes if c["key"] not in moved.values()]
             if changes:
                 await conn.execute(_UPDATE_IDENTITY, changes)
+                self.removed_counts.clear()
             return views
 
     async def registered_unfinished(

@@ -3,6 +3,7 @@ running jobs' progress, counts per state), one job, its history, finished durati
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -23,6 +24,9 @@ from jobherald.store.schema import (
     jobs,
     transitions,
 )
+
+# How long a count of removed jobs is taken as it is (see Listing.removed_count).
+REMOVED_FOR = 30.0
 
 # What a listing shows of each job (and sorts by): a page reads these, not every column,
 # and ``report.rows_of`` unpacks them in this order. Times come as the ISO 8601 text JSON
@@ -204,12 +208,20 @@ class Listing(StoreBase):
             return {state: int(n) for state, n in (await conn.execute(query)).all()}
 
     async def removed_count(self, source: str | None = None) -> int:
-        """Jobs that left the config and whose history is still kept."""
+        """Jobs that left the config and whose history is still kept. Counting a year of
+        them takes a scan of an index: the count is kept for REMOVED_FOR seconds, and
+        afresh after this process removed, pruned or registered jobs."""
+        now = time.monotonic()
+        kept = self.removed_counts.get(source)
+        if kept is not None and now - kept[0] < REMOVED_FOR:
+            return kept[1]
         query = sa.select(sa.func.count()).where(jobs.c.removed_at.is_not(None))
         if source:
             query = query.where(jobs.c.source == source)
         async with self.engine.connect() as conn:
-            return int((await conn.execute(query)).scalar() or 0)
+            n = int((await conn.execute(query)).scalar() or 0)
+        self.removed_counts[source] = (now, n)
+        return n
 
     async def active_per_source(self) -> dict[str, int]:
         """Watched jobs still polled (not finished), per source."""

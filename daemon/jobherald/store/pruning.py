@@ -86,6 +86,7 @@ class Pruning(StoreBase):
                 return {}
             ids = [row.id for row in found]
             counts = await _delete_jobs(conn, ids)
+            self.removed_counts.clear()
             await conn.execute(
                 sa.insert(pruned_jobs),
                 [
@@ -128,6 +129,7 @@ class Pruning(StoreBase):
     async def purge(self, job_ids: Sequence[str]) -> dict[str, int]:
         """Delete these jobs and every row they own at once (`forget --purge`), pending
         deliveries included."""
+        self.removed_counts.clear()
         async with self._writing() as conn:
             return await _delete_jobs(conn, list(job_ids), pending_too=True)
 
@@ -171,6 +173,7 @@ class Pruning(StoreBase):
 
     async def mark_removed(self, job_ids: Sequence[str], now: datetime) -> None:
         """These watched jobs are no longer watched (finished ``forget_after`` ago)."""
+        self.removed_counts.clear()
         async with self._writing() as conn:
             await conn.execute(
                 sa.update(jobs)
