@@ -304,3 +304,43 @@ async def test_a_drop_in_with_forget_after_ends(
     assert code == 0, err
     assert f"removed {dropin}" in out
     assert not dropin.exists()
+
+
+async def test_an_upgrade_keeps_the_durations_and_marks_jobs_that_had_left(
+    tmp_path: Path,
+) -> None:
+    """A database of the revision before: its succeeded runs' durations (the latest 50 per
+    name) go to the durations table, and jobs that had left the config are removed."""
+    db = tmp_path / "jh.db"
+    old = await Store.open(url(db), migrate=False)
+    await old.migrate("0011")
+    await old.close()
+    with sqlite3.connect(db) as conn:
+        for i in range(60):
+            begin = datetime(2026, 1, 1) + timedelta(days=i)
+            conn.execute(
+                "insert into jobs (id, name, source, instance_id, configured, state, created_at,"
+                " last_polled_at, begin_time, end_time) values (?, 'nightly', 'roma', 'i', ?,"
+                " 'succeeded', ?, ?, ?, ?)",
+                (
+                    f"j{i:02d}",
+                    i == 59,  # the last one is still in the config
+                    str(begin),
+                    str(begin + timedelta(hours=2)),
+                    str(begin),
+                    str(begin + timedelta(minutes=i + 1)),
+                ),
+            )
+    store = await Store.open(url(db))
+    try:
+        runs = (await store.durations_of([("nightly", "roma")]))[("nightly", "roma")]
+        assert [job for job, _ in runs] == [f"j{i:02d}" for i in range(10, 60)]
+        assert [seconds for _, seconds in runs] == pytest.approx(
+            [60.0 * (i + 1) for i in range(10, 60)]
+        )
+        assert await store.removed_count() == 59
+        assert await store.state_counts() == {"succeeded": 1}
+        (j00,) = await store.page(JobFilter(removed=True), 1)
+        assert j00.id == "j00"
+    finally:
+        await store.close()
