@@ -327,7 +327,9 @@ async def test_a_job_removed_from_the_config_keeps_its_history(
     assert code == 0
     assert len(json.loads(out)) == 1
     code, out, _ = await jobherald("status", "--json", "-c", str(cfg.path))
-    assert sorted(s["id"] for s in json.loads(out)) == ["a", "b"]
+    assert [s["id"] for s in json.loads(out)] == ["b"]  # the watched one
+    code, out, _ = await jobherald("status", "--json", "--all", "-c", str(cfg.path))
+    assert sorted((s["id"], s["removed"]) for s in json.loads(out)) == [("a", True), ("b", False)]
 
 
 async def test_notify_test_reports_each_notifier(receiver: Receiver, configs: ConfigWriter) -> None:

@@ -38,6 +38,8 @@ async def test_migrations_build_the_schema_on_an_empty_postgres_database(postgre
         "source_health",
         "replicas",
         "lanes",
+        "durations",
+        "pruned_jobs",
     }
     assert version == head_revision()
 

@@ -61,9 +61,12 @@ def sqlite_engine(url: str, *, foreign_keys: bool = True) -> AsyncEngine:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # A new file gives the pages of deleted rows back (see Pruning.reclaim); on a
-        # file with tables already this changes nothing until a VACUUM.
-        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        # A new file gives the pages of deleted rows back (see Pruning.reclaim). Set on
+        # an empty file only: on one with tables it changes nothing until a VACUUM (and
+        # a read-only file refuses it).
+        cursor.execute("PRAGMA page_count")
+        if cursor.fetchone()[0] == 0:
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA synchronous=NORMAL")
