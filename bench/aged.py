@@ -1,8 +1,9 @@
 """Aged: a database a year old against a fresh one, with the same 1,000 watched jobs.
 
 The year is built through the store's own API, as a daemon would have written it: each
-day a few thousand jobs are registered, run (three progress samples), succeed (an event
-with two deliveries, both delivered) and leave the config the next day. Then, for the
+day a few thousand jobs are registered, run (eight transitions; "started", "progress"
+and "succeeded" events with a daemon's payloads and four deliveries, all delivered) and
+leave the config the next day. Then, for the
 aged file (keep_history = "forever") and the fresh one side by side, measured: start to
 first poll (median of three), peak RSS, ``GET /``, ``/api/jobs?limit=100``,
 ``/api/counts``, ``/jobs/ID``, ``status``, ``status --json`` and ``history``. Last, the
@@ -30,6 +31,8 @@ from common import write_config
 from scale import Counter, _free_port, _rss, _spawn, _timed_get, _wait_ready
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# What the builder writes per job (a cached file of an earlier builder is not reused).
+BUILD = 2
 WATCHED = 1_000
 INTERVAL = 5.0
 STARTS = 3
@@ -39,7 +42,9 @@ READS = 5
 async def build(path: Path, finished: int, days: int = 365) -> None:
     """A database at ``path`` holding ``finished`` jobs that ran and left over ``days``
     days, beside ``WATCHED`` running ones, written through the store's API."""
-    from jobherald.model import JobView, Outcome, State, Transition
+    from jobherald.config import WatchedJob
+    from jobherald.model import Event, EventKind, JobView, Outcome, State, Transition
+    from jobherald.payload import event_payload
     from jobherald.store import Claimer, JobIdentity, NewEvent, Store, Target
 
     store = await Store.open(f"sqlite+aiosqlite:///{path}")
@@ -51,15 +56,26 @@ async def build(path: Path, finished: int, days: int = 365) -> None:
     made = 0
 
     async def run(job: JobIdentity, day: datetime) -> None:
+        """What a real run writes: seven progress samples and the success (eight
+        transitions), "started", "progress" and "succeeded" events with the payload a
+        daemon builds, four deliveries (the success to two URLs)."""
+        watched_as = WatchedJob(job.id, job.name, "roma", "i", ("ops",), INTERVAL, "bench")
         begin = day + timedelta(minutes=1)
         view = JobView(job.id, state=State.RUNNING, raw_status="RUNNING", begin_time=begin)
-        before: State | None = State.PENDING
-        for step, progress in enumerate((0.25, 0.5, 0.75)):
-            at = begin + timedelta(minutes=10 * step)
+        before = JobView(job.id)
+        for step in range(7):
+            at = begin + timedelta(minutes=5 * step)
+            progress = (step + 1) / 8
             view = replace(view, progress=progress, last_changed_at=at)
-            t = Transition(at, before, State.RUNNING, progress, "RUNNING")
-            view = (await store.record(job.id, Outcome(view, True, t), at)).view
-            before = State.RUNNING
+            t = Transition(at, before.state, State.RUNNING, progress, "RUNNING")
+            new = []
+            if step in (0, 3):
+                kind = EventKind.STARTED if step == 0 else EventKind.PROGRESS
+                said = Event(kind, "started" if step == 0 else "50 % done")
+                payload = event_payload(said, watched_as, before, view, at, None)
+                new.append(NewEvent(kind.value, payload, targets[:1]))
+            recorded = await store.record(job.id, Outcome(view, True, t), at, new)
+            before = view = recorded.view
         end = begin + timedelta(minutes=40 + hash(job.id) % 20)
         done = replace(
             view,
@@ -69,7 +85,8 @@ async def build(path: Path, finished: int, days: int = 365) -> None:
             end_time=end,
             last_changed_at=end,
         )
-        payload: Any = {"job": {"id": job.id, "name": job.name}, "event": {"kind": "succeeded"}}
+        said = Event(EventKind.SUCCEEDED, "succeeded in 45m")
+        payload = event_payload(said, watched_as, view, done, end, None, typical=2700.0)
         t = Transition(end, State.RUNNING, State.SUCCEEDED, 1.0, "SUCCEEDED")
         event = NewEvent("succeeded", payload, targets)
         await store.record(job.id, Outcome(done, True, t), end, [event])
@@ -253,7 +270,7 @@ async def prune(python: str, base: str, folder: Path, keep: str) -> dict[str, An
 
 
 async def aged(python: str, base: str, finished: int) -> dict[str, Any]:
-    cache = os.path.join(HERE, f".aged-{finished}.db")
+    cache = os.path.join(HERE, f".aged-{finished}-{BUILD}.db")
     if not _size(Path(cache)):
         print(f"building a year-old database of {finished:,} finished jobs (kept for reuse)")
         began = time.monotonic()

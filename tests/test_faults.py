@@ -142,6 +142,6 @@ def test_retry_after_reads_seconds_and_dates() -> None:
     now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
     assert parse_retry_after("7", now) == 7.0
     assert parse_retry_after("Sat, 28 Nov 2026 12:00:30 GMT", now) == 30.0
-    assert parse_retry_after("Sat, 28 Nov 2026 11:00:00 GMT", now) == 0.0
+    assert parse_retry_after("Sat, 28 Nov 2026 11:00:00 GMT", now) is None  # past: no pause
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None

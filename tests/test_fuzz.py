@@ -102,7 +102,7 @@ def test_bytes_are_json_or_a_value_error_and_errors_are_short(body: bytes) -> No
 @given(st.text(max_size=60))
 def test_any_retry_after_is_a_finite_wait_or_none(value: str) -> None:
     seconds = parse_retry_after(value)
-    assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
+    assert seconds is None or (math.isfinite(seconds) and seconds > 0)
 
 
 def _toml(value: Any) -> str:

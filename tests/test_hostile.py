@@ -29,7 +29,9 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     ("value", "seconds"),
     [
         ("120", 120.0),
-        ("-5", 0.0),
+        ("-5", None),  # no pause: the usual backoff applies
+        ("0", None),
+        ("Sat, 28 Nov 2026 11:00:00 GMT", None),  # a date past
         ("inf", None),
         ("-inf", None),
         ("nan", None),
@@ -537,3 +539,30 @@ async def test_a_token_file_that_turns_to_binary_is_the_jobs_error(
     (job,) = json.loads(out)
     assert job["error"] == f"auth: cannot read token_file {secret}: not UTF-8 text"
     assert sim.polls("a") == 0
+
+
+async def test_upstream_text_reaches_the_terminal_without_escapes(tmp_path: Path) -> None:
+    """An archive given up with a reason that retitles the terminal (OSC 0) and turns
+    text right to left (U+202E): `history` prints it with neither."""
+    from jobherald.model import JobView, Outcome, State, Transition
+    from jobherald.store import Claimer, JobIdentity, Store
+
+    config = tmp_path / "c.toml"
+    config.write_text('[http]\nlisten = ""\n[daemon]\ndatabase = "sqlite:///jh.db"\n')
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'jh.db'}")
+    me = Claimer("token", "here")
+    try:
+        await store.sync_jobs([JobIdentity("exp", "export", "roma", "i")], NOW)
+        view = JobView("exp", state=State.SUCCEEDED, raw_status="SUCCEEDED", archive_id="a1")
+        t = Transition(NOW, None, State.SUCCEEDED, 1.0, "SUCCEEDED")
+        await store.record("exp", Outcome(view, True, t), NOW, [], archive=("a1", "roma"))
+        (claim,) = await store.claim_archives(NOW, me, 1)
+        evil = "bad \x1b]0;owned\x07 archive \u202egnp.exe"
+        assert await store.archive_failed(claim.job_id, me, evil, None, NOW, True, [], NOW)
+    finally:
+        await store.close()
+    code, out, err = await jobherald("history", "exp", "-c", str(config))
+    assert code == 0, err
+    assert "archive given up" in out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "bad \N{REPLACEMENT CHARACTER}]0;owned\N{REPLACEMENT CHARACTER} archive" in out

@@ -61,7 +61,10 @@ class Response:
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
+    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date. None
+    when it asks for no pause at all (0, negative, a date past) or cannot be read: the
+    usual backoff applies then (a pause of nothing would send the next request at once,
+    whatever the source's budget)."""
     if not value:
         return None
     value = value.strip()[:100]
@@ -75,9 +78,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
             seconds = (when - (now or datetime.now(UTC))).total_seconds()
         except (TypeError, ValueError, OverflowError, IndexError):
             return None
-    if not math.isfinite(seconds):
-        return None  # "inf", "nan": not a wait anyone can keep
-    return max(0.0, seconds)
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None  # "inf", "nan": not a wait anyone can keep; 0 or less: no wait at all
+    return seconds
 
 
 @dataclass(frozen=True, slots=True)

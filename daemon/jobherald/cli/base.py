@@ -30,7 +30,7 @@ EXIT_FAILURE = 1
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
-    click.echo(f"jobherald: {message}", err=True)
+    click.echo(f"jobherald: {clean(message)}", err=True)
     sys.exit(code)
 
 
@@ -161,17 +161,24 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     console.print(table)
 
 
-# Control characters (C0 but tab and newline, DEL, C1): an upstream's text could move the
-# cursor, retitle or clear the operator's terminal.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Control characters (C0 but tab and newline, DEL, C1) and bidi overrides and isolates:
+# an upstream's text could move the cursor, retitle or clear the operator's terminal, or
+# show itself in another order than it is.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """Text from anywhere (an upstream's status or message) as a terminal may show it:
+    its control characters and bidi overrides replaced."""
+    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text)
 
 
 def shown(text: str) -> str:
-    """Text from anywhere (an upstream's status or message) as a table shows it: its
-    control characters replaced, and no rich markup taken from it (``[bold]`` stays text)."""
+    """Text from anywhere as a table shows it: cleaned (see ``clean``), and no rich
+    markup taken from it (``[bold]`` stays text)."""
     from rich.markup import escape
 
-    return escape(_CONTROL.sub("\N{REPLACEMENT CHARACTER}", text))
+    return escape(clean(text))
 
 
 def ago(value: str | None, now: datetime) -> str:

@@ -13,6 +13,7 @@ import click
 
 from jobherald.cli.base import (
     ago,
+    clean,
     cli,
     config_option,
     database_exists,
@@ -298,11 +299,13 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
     for i in items:
         if i.get("event") == "archived":
             click.echo(
-                f"\narchived {i['at']}: {i['archive_path']} "
-                f"({i['archive_size']} bytes, sha256 {i['archive_sha256']})"
+                clean(
+                    f"\narchived {i['at']}: {i['archive_path']} "
+                    f"({i['archive_size']} bytes, sha256 {i['archive_sha256']})"
+                )
             )
         elif "event" in i:
-            click.echo(f"\narchive given up {i['at']}: {i['archive_error']}")
+            click.echo(clean(f"\narchive given up {i['at']}: {i['archive_error']}"))
 
 
 @cli.command()

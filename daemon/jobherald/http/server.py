@@ -383,6 +383,10 @@ def _cursor(value: str | None) -> tuple[int, str, str] | None:
         rank, name, job_id = key
         if not (isinstance(rank, int) and isinstance(name, str) and isinstance(job_id, str)):
             raise ValueError
+        from jobherald.store import STATE_ORDER
+
+        if isinstance(rank, bool) or not 0 <= rank <= len(STATE_ORDER):
+            raise ValueError  # a state's place in the listing: no other number is one
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise _bad("cursor is not one this server gave") from None
     return rank, name, job_id
