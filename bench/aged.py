@@ -31,6 +31,8 @@ from common import write_config
 from scale import Counter, _free_port, _rss, _spawn, _timed_get, _wait_ready
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The schema the older tree of a side-by-side run knows.
+BEFORE_SCHEMA = "0011"
 # What the builder writes per job (a cached file of an earlier builder is not reused).
 BUILD = 2
 WATCHED = 1_000
@@ -128,7 +130,7 @@ def _remove(path: Path) -> None:
             os.remove(f"{path}{suffix}")
 
 
-def _config(folder: Path, base: str, port: int, keep: str) -> Path:
+def _config(folder: Path, base: str, port: int, keep: str | None) -> Path:
     return write_config(
         folder,
         base,
@@ -137,7 +139,7 @@ def _config(folder: Path, base: str, port: int, keep: str) -> Path:
         interval=f"{INTERVAL:g}s",
         concurrency=32,
         listen=f"127.0.0.1:{port}",
-        daemon=[f'keep_history = "{keep}"'],
+        daemon=[f'keep_history = "{keep}"'] if keep else [],
     )
 
 
@@ -151,9 +153,14 @@ async def _command(python: str, env: dict[str, str], *args: str) -> float:
     return time.monotonic() - began
 
 
-async def reads(python: str, base: str, folder: Path, keep: str) -> dict[str, Any]:
-    """Starts and reads on the database in ``folder`` (bench.db)."""
+async def reads(
+    python: str, base: str, folder: Path, keep: str | None, code: Path | None = None
+) -> dict[str, Any]:
+    """Starts and reads on the database in ``folder`` (bench.db), by the tree at ``code``
+    (else the installed one)."""
     env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code / "daemon")
     port = _free_port()
     config = _config(folder, base, port, keep)
     address = f"http://127.0.0.1:{port}"
@@ -269,7 +276,24 @@ async def prune(python: str, base: str, folder: Path, keep: str) -> dict[str, An
     return out
 
 
-async def aged(python: str, base: str, finished: int) -> dict[str, Any]:
+def downgrade(path: Path, revision: str) -> None:
+    """The database at ``path`` taken back to an older schema revision (for an older tree)."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from jobherald.store.schema import alembic_config
+
+    config = alembic_config()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+async def aged(python: str, base: str, finished: int, before: Path | None = None) -> dict[str, Any]:
     cache = os.path.join(HERE, f".aged-{finished}-{BUILD}.db")
     if not _size(Path(cache)):
         print(f"building a year-old database of {finished:,} finished jobs (kept for reuse)")
@@ -288,15 +312,46 @@ async def aged(python: str, base: str, finished: int) -> dict[str, Any]:
         # The fresh file: the watched jobs alone, registered by a first start.
         fresh = Path(new) / "bench.db"
         await build(fresh, 0, days=1)
+        if before is not None:
+            # The older tree on the same two files, taken back to the schema it knows.
+            with (
+                tempfile.TemporaryDirectory(prefix="jh-aged-before-") as old_b,
+                tempfile.TemporaryDirectory(prefix="jh-fresh-before-") as new_b,
+            ):
+                for there, copy_to in ((cache, old_b), (fresh, new_b)):
+                    shutil.copy(there, Path(copy_to) / "bench.db")
+                    downgrade(Path(copy_to) / "bench.db", BEFORE_SCHEMA)
+                figures["before_fresh"] = await reads(python, base, Path(new_b), None, before)
+                figures["before_aged"] = await reads(python, base, Path(old_b), None, before)
         figures["fresh"] = await reads(python, base, Path(new), "forever")
         figures["aged"] = await reads(python, base, Path(old), "forever")
         figures["prune"] = await prune(python, base, Path(old), "182d")
     return figures
 
 
+def _side_by_side(
+    label: str, fresh: dict[str, Any], aged_: dict[str, Any]
+) -> list[tuple[str, str]]:
+    out = []
+    for what, key in (("start to first poll", "first_poll"), ("start to ready", "ready")):
+        a, b = fresh[key], aged_[key]
+        out.append((f"{label}{what}, fresh / aged", f"{a:.2f} s / {b:.2f} s ({b / a:.2f}x)"))
+    for what in fresh["timings"]:
+        a, b = fresh["timings"][what], aged_["timings"][what]
+        out.append(
+            (f"{label}{what}, fresh / aged (median)", f"{a:.3f} s / {b:.3f} s ({b / a:.2f}x)")
+        )
+    a, b = fresh["rss"], aged_["rss"]
+    out.append((f"{label}peak RSS, fresh / aged", f"{a:.0f} MB / {b:.0f} MB ({b / a:.2f}x)"))
+    return out
+
+
 def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     fresh, aged_ = f["fresh"], f["aged"]
-    out = [
+    out = []
+    if "before_aged" in f:
+        out += _side_by_side("before: ", f["before_fresh"], f["before_aged"])
+    out += [
         (
             "database file, fresh / aged",
             f"{fresh['bytes'] / 2**20:,.1f} MB / {aged_['bytes'] / 2**20:,.0f} MB",

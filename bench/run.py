@@ -541,7 +541,7 @@ def main() -> None:
         if args.scenario in ("scale", "all"):
             sections.append(scale_table(10_000 if quick else 100_000, before))
         if args.scenario in ("aged", "all"):
-            sections.append(aged_table(20_000 if quick else args.aged_jobs))
+            sections.append(aged_table(20_000 if quick else args.aged_jobs, before))
     if args.scenario in ("profile", "all"):
         for loop in ("asyncio", "uvloop"):
             sections.append(profile(10_000, 10.0, 5 if quick else 20, 15, loop))
@@ -637,12 +637,13 @@ def scale_table(count: int, before: Path | None) -> str:
     return table(f"Scale: {count:,} jobs every 60 s while pages are read", lines)
 
 
-def aged_table(finished: int) -> str:
-    """The aged scenario (bench/aged.py): a year-old database against a fresh one."""
+def aged_table(finished: int, before: Path | None) -> str:
+    """The aged scenario (bench/aged.py): a year-old database against a fresh one (and
+    the older tree on the same files, when given)."""
     from aged import aged, rows
 
     with upstream() as base:
-        figures = asyncio.run(aged(DPY, base, finished))
+        figures = asyncio.run(aged(DPY, base, finished, before))
     print(json.dumps(figures, indent=2, default=str))
     return table(
         f"Aged: {finished:,} finished jobs over a year beside 1,000 watched, against a fresh "
