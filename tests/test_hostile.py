@@ -566,3 +566,48 @@ async def test_upstream_text_reaches_the_terminal_without_escapes(tmp_path: Path
     assert "archive given up" in out
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
     assert "bad \N{REPLACEMENT CHARACTER}]0;owned\N{REPLACEMENT CHARACTER} archive" in out
+
+
+async def test_a_planted_lock_gets_no_process_signalled(configs: ConfigWriter) -> None:
+    """Whoever can write the database's folder can hold its lock and name another
+    process in it: `--reload` outside systemd signals nothing then, and says what it
+    found."""
+    import asyncio
+    import signal
+    import socket
+    import sys
+
+    path = configs.write([], daemon={"include": ["jobs.d/*.toml"]})
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)"
+    )
+    lock = configs.folder / "jobherald.db.lock"
+    planted = json.dumps(
+        {"what": "the jobherald daemon", "host": socket.gethostname(), "pid": victim.pid}
+    )
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        f"os.write(fd, {planted.encode()!r})\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert (await holder.stdout.readline()).strip() == b"held"
+        code, out, err = await jobherald(
+            "watch", "x", "--source", "roma", "--reload", "-c", str(path)
+        )
+        assert code == 1
+        assert f"names pid {victim.pid}, but the kernel says that process does not hold" in err
+        await asyncio.sleep(0.2)
+        assert victim.returncode is None  # not signalled
+    finally:
+        for proc in (victim, holder):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()

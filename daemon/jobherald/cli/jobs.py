@@ -77,23 +77,61 @@ def reload_the_service(cfg: Config, *, quiet_stdout: bool = False) -> None:
 
 
 def _daemon_pid(cfg: Config) -> int | None:
-    """The pid of the daemon on this host holding the config's SQLite database."""
+    """The pid of the jobherald daemon on this host holding the config's SQLite database:
+    the kernel must say that pid holds the lock, and the process must be this Python
+    running `jobherald run` (a lock file's words alone never get a process signalled).
+    None when no daemon holds it; exit 1 naming what was found when something else does."""
     import socket
 
     from sqlalchemy.engine import make_url
 
-    from jobherald.store.lock import holder
+    from jobherald.store.lock import holder, lock_holders
 
     url = make_url(cfg.database_url)
     if url.get_backend_name() != "sqlite" or not url.database:
         return None
-    held = holder(Path(url.database))
-    if not held or held.get("what") != "the jobherald daemon":
+    database = Path(url.database)
+    held = holder(database)
+    if not held or held.get("host") != socket.gethostname():
         return None
     pid = held.get("pid")
-    if held.get("host") != socket.gethostname() or not isinstance(pid, int):
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        fail(f"cannot reload: the lock of {database} names no process (pid {pid!r})")
         return None
+    if pid not in lock_holders(database):
+        fail(
+            f"cannot reload: the lock file of {database} names pid {pid}, but the kernel "
+            "says that process does not hold the lock"
+        )
+    what = _process(pid)
+    if what is None:
+        fail(
+            f"cannot reload: pid {pid}, which holds the lock of {database}, is not a "
+            "jobherald daemon run by this Python"
+        )
+    if held.get("what") != "the jobherald daemon":
+        return None  # another jobherald command holds it (prune, db compact): no daemon
     return pid
+
+
+def _process(pid: int) -> str | None:
+    """What process ``pid`` is when it is this Python running `jobherald run` (its
+    command line), else None."""
+    import os
+
+    try:
+        exe = os.path.realpath(f"/proc/{pid}/exe")
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = [a.decode(errors="replace") for a in handle.read().split(b"\0") if a]
+    except OSError:
+        return None
+    if exe != os.path.realpath(sys.executable):
+        return None
+    # python -m jobherald run ..., or the jobherald script (python /path/bin/jobherald run).
+    runs = "run" in argv[1:] and (
+        "jobherald" in argv[1:3] or any(Path(a).name == "jobherald" for a in argv[1:2])
+    )
+    return " ".join(argv) if runs else None
 
 
 def dropin_lines(

@@ -82,6 +82,27 @@ def holder(database: Path) -> dict[str, object] | None:
         os.close(fd)
 
 
+def lock_holders(database: Path) -> set[int]:
+    """The pids the kernel says hold the lock of this SQLite database (its lock table in
+    /proc/locks, not what the lock file says)."""
+    path = database.with_name(database.name + ".lock")
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return set()
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = set()
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2146381 0 EOF" ("->" marks a waiter)
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file_id:
+            with contextlib.suppress(ValueError):
+                pids.add(int(fields[4]))
+    return pids
+
+
 def _read(fd: int) -> dict[str, object]:
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"{}")
