@@ -599,7 +599,7 @@ async def test_a_planted_lock_gets_no_process_signalled(configs: ConfigWriter) -
     try:
         assert holder.stdout is not None
         assert (await holder.stdout.readline()).strip() == b"held"
-        code, out, err = await jobherald(
+        code, _, err = await jobherald(
             "watch", "x", "--source", "roma", "--reload", "-c", str(path)
         )
         assert code == 1
