@@ -354,6 +354,11 @@ async def test_a_progress_that_is_no_fraction_is_refused_alike(
             'status = "s"\nurl = "https://h/{job_id!r}"',
             "sources.s.url: bad placeholder {job_id}: use {name}",
         ),
+        (  # a password in the url would reach messages and the database: never echoed
+            'status = "s"\nurl = "http://bob:s3cret@h/{job_id}"',
+            "sources.s.url: 'http://***@h/{job_id}' holds a user name or password: give them "
+            'in [sources.s.auth] with method = "basic", user and password_file instead',
+        ),
         (
             'status = "s"\n\n[sources.s.auth]\nmethod = "token"\ntoken = "t"',
             "sources.s.auth.method: unknown method 'token' (known: bearer, basic, password, aksk)",

@@ -83,7 +83,16 @@ def _http_json_settings(
 ) -> HttpJsonSettings | None:
     """Check an http-json source's url, expressions and word lists; one line per problem."""
     before = len(problems)
-    if not re.match(r"^https?://[^/\s{}]+", section.url):
+    shown = _without_userinfo(section.url)
+    if shown != section.url:
+        # A password there would reach messages (advice names the url), logs and the
+        # database: refused, never echoed.
+        problems.append(
+            f"{where}.url: {shown!r} holds a user name or password: give them in "
+            f'[{where.rpartition(": ")[2]}.auth] with method = "basic", user and '
+            "password_file instead"
+        )
+    elif not re.match(r"^https?://[^/\s{}]+", section.url):
         problems.append(f"{where}.url: {section.url!r} must start with https:// or http://host")
     placeholders = _placeholders(section.url, f"{where}.url", problems)
     _check_expressions(section, where, problems)
@@ -110,6 +119,15 @@ def _http_json_settings(
         link=section.link,
         not_found=frozenset(section.not_found),
     )
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` with any user name and password before its host shown as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    host_part, slash, path = rest.partition("/")
+    if not sep or "@" not in host_part:
+        return url
+    return f"{scheme}://***@{host_part.rpartition('@')[2]}{slash}{path}"
 
 
 def _placeholders(url: str, where: str, problems: list[str]) -> set[str]:
