@@ -611,3 +611,40 @@ async def test_a_planted_lock_gets_no_process_signalled(configs: ConfigWriter) -
             if proc.returncode is None:
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
+
+
+async def test_upstream_text_is_escaped_for_the_format_it_goes_into(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    """A reason holding HTML, markdown and a channel mention: html-escaped in html,
+    shown as itself in markdown, unchanged in text but for the mention, which pings
+    nobody in any format."""
+    from jobherald.service import Daemon
+    from jobherald.sources.simulator import failed
+
+    evil = "<img src=x onerror=alert(1)> [click](http://evil) <!channel> @everyone"
+    reasons = [
+        {"resource_type": "app", "resource_name": "orders", "error_code": "E1", "error_msg": evil}
+    ]
+    sim.add(SimJob("f", [failed()], reasons=reasons))
+    cfg = configs.load(
+        [{"id": "f", "name": "nightly <b>"}],
+        notifiers={
+            # ?format=: the receiver takes the body as written (else apprise would turn
+            # html into text for a json:// URL).
+            f: {"urls": [receiver.url(f) + f"?format={f}"], "format": f, "digest_after": 0}
+            for f in ("html", "markdown", "text")
+        },
+    )
+    await Daemon(cfg).run_once()
+    by_path = dict(zip(receiver.paths, receiver.messages, strict=True))
+    html_body = by_path["/html"]["message"]
+    assert "<img" not in html_body and "&lt;img src=x onerror=alert(1)&gt;" in html_body
+    assert "nightly &lt;b&gt;" in html_body
+    markdown_body = by_path["/markdown"]["message"]
+    assert "\\<img src=x onerror=alert\\(1\\)\\> \\[click\\]\\(http://evil\\)" in markdown_body
+    text_body = by_path["/text"]["message"]
+    assert "<img src=x onerror=alert(1)> [click](http://evil)" in text_body
+    for body in (html_body, markdown_body, text_body):
+        assert "<!channel>" not in body and "@everyone" not in body
+    assert by_path["/text"]["title"] == "nightly <b> failed"

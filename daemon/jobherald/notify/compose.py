@@ -28,7 +28,7 @@ class Composer:
 
     async def message(self, notifier: Notifier, item: Item) -> Message:
         """The message for one event."""
-        default = default_message(item.kind, item.event_id, item.payload)
+        default = default_message(item.kind, item.event_id, item.payload, notifier.format)
         texts = (notifier.title, notifier.body)
         rendered = await self._templates(notifier, texts, (item.kind, item.event_id, item.payload))
         if rendered is None:

@@ -69,8 +69,18 @@ def advice(kind: EventKind, error: FetchError | None, source: Source, words: Adv
     return "The service is failing; jobherald keeps trying, less often while it fails."
 
 
-def default_message(kind: str, event_id: str, payload: EventPayload) -> Message:
-    """The title, body and apprise notify type of one event."""
+def default_message(
+    kind: str, event_id: str, payload: EventPayload, body_format: str = "text"
+) -> Message:
+    """The title, body and apprise notify type of one event, the body written for its
+    format (upstream text escaped for html and markdown, channel mentions neutralised)."""
+    message = _default_text(kind, event_id, payload)
+    return Message(
+        neutral(message.title), formatted(message.body, body_format), message.notify_type
+    )
+
+
+def _default_text(kind: str, event_id: str, payload: EventPayload) -> Message:
     event = payload.get("event", {})
     if payload.get("job") is None:
         return _render_source(kind, event_id, event, payload.get("source") or {})
@@ -269,14 +279,42 @@ def _one_line(text: str) -> str:
     return flat if len(flat) <= LINE_WIDTH else flat[: LINE_WIDTH - 1] + "…"
 
 
+# Mentions that would ping a whole channel (Slack's <!channel>, <!here>, <!everyone>;
+# Discord's and others' @everyone, @here, @channel): a zero-width space breaks each.
+_MENTION = re.compile(r"<(?=!(?:channel|here|everyone)\b)|@(?=(?:everyone|here|channel)\b)", re.I)
+# What markdown reads as markup (raw HTML included): each shown as itself.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
+
+
+def neutral(text: str) -> str:
+    """Text with its channel mentions neutralised."""
+    return _MENTION.sub(lambda m: m[0] + "\u200b", text)
+
+
 def _escaped(text: str, body_format: str) -> str:
-    return html.escape(text, quote=False) if body_format == "html" else text
+    """Text that may hold upstream words, as the format shows text (no markup taken)."""
+    text = neutral(text)
+    if body_format == "html":
+        return html.escape(text, quote=False)
+    if body_format == "markdown":
+        return _MARKDOWN.sub(r"\\\1", text)
+    return text
+
+
+def formatted(body: str, body_format: str) -> str:
+    """A body of plain lines written for its format: each line's text escaped (a list's
+    "- " kept), lines broken with <br> in html."""
+    lines = []
+    for line in body.split("\n"):
+        bullet = "- " if line.startswith("- ") and body_format == "markdown" else ""
+        lines.append(bullet + _escaped(line[len(bullet) :], body_format))
+    return ("<br>\n" if body_format == "html" else "\n").join(lines)
 
 
 def _link(text: str, url: str, body_format: str) -> str:
     if body_format == "html":
-        return f'<a href="{html.escape(url)}">{html.escape(text, quote=False)}</a>'
+        return f'<a href="{html.escape(url)}">{_escaped(text, body_format)}</a>'
     if body_format == "markdown":
-        label = text.replace("[", "(").replace("]", ")")
-        return f"[{label}]({url})"
+        target = url.replace("(", "%28").replace(")", "%29").replace(" ", "%20")
+        return f"[{_escaped(text, body_format)}]({target})"
     return url
