@@ -222,3 +222,58 @@ async def test_a_job_near_its_end_waits_for_it_and_one_past_it_goes_first() -> N
     assert order == ["past", "old", "near"], handed
     near_at = next(at for j, at in handed if j == "near")
     assert near_at - began >= 0.5, "handed before its ETA"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("retry_after", [0, -5, "Sat, 28 Nov 2026 11:00:00 GMT", None])
+async def test_no_answer_of_the_upstream_slips_the_budget(
+    sim: Simulator,
+    configs: ConfigWriter,
+    running_daemon: Callable[[Config], Daemon],
+    retry_after: float | str | None,
+) -> None:
+    """Under max_rate 5, 50 jobs whose upstream answers 429 with a Retry-After of no pause
+    (0, negative, a date past) or 500 (None: each poll retries within itself): no second
+    of more than 6 requests at the upstream, retries and probes included."""
+    status = 500 if retry_after is None else 429
+    for i in range(50):
+        answer = http_error(status, "APIG.0308", "throttled", retry_after=retry_after)
+        sim.add(SimJob(f"t{i:02d}", [answer]))
+    cfg = configs.load(
+        [f"t{i:02d}" for i in range(50)],
+        source={"max_rate": 5},
+        daemon={"poll_interval": "1s", "concurrency": 32, "retries": 2},
+    )
+    daemon = running_daemon(cfg)
+    await wait_for(lambda: daemon.ready, 20, "the daemon")
+    began = time.monotonic()
+    await asyncio.sleep(4.0)
+    sent = [t for t in sim.request_times if t >= began]
+    assert busiest_second(sent) <= 6, busiest_second(sent)
+    assert len(sent) >= 8  # the budget is spent, not idle
+
+
+async def test_a_probe_whose_job_left_the_config_hands_the_probe_on() -> None:
+    """A source paused by a 429: when the pause ends one poll goes first (the probe). If
+    that poll is dropped before it begins (a reload removed its job), another goes: the
+    source is never left paused for good."""
+    from jobherald.schedule.budget import Gates
+    from jobherald.schedule.queue import Entry
+
+    loop = asyncio.get_running_loop()
+    handed: list[Entry] = []
+    gates = Gates(handed.append, lambda job_id: "s")
+    gates.configure({"s": (None, 600.0)})
+    gates.pause("s", 0.1)
+    now = loop.time()
+    first, second = Entry("gone", 1.0, now, now), Entry("stays", 1.0, now, now)
+    assert not gates.admit(first, now) and not gates.admit(second, now)
+    await wait_for(lambda: len(handed) == 1, 5, "the probe")
+    (probe,) = handed
+    gates.dropped(probe)  # its job left the config before a poller took it
+    await wait_for(lambda: len(handed) == 2, 5, "another probe")
+    assert handed[1] is not probe
+    gates.ended(handed[1], None)  # it was answered: the source is polled again
+    now = loop.time()
+    assert gates.admit(Entry("later", 1.0, now, now), now)
+    gates.close()

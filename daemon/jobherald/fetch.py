@@ -9,6 +9,7 @@ asks for no more than ``max_retry_after``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import math
@@ -81,6 +82,13 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not math.isfinite(seconds) or seconds <= 0:
         return None  # "inf", "nan": not a wait anyone can keep; 0 or less: no wait at all
     return seconds
+
+
+# Set by whoever runs a poll under a source's request budget: awaited before each retry
+# within the poll, it takes a token of that budget (the first attempt took one already).
+RETRY_TOKEN: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar(
+    "jobherald_retry_token", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +278,16 @@ class Fetcher:
             before_sleep=_log_retry,
             sleep=self._sleep,
         )
-        response: Response = await retrying(call)
+        spend = RETRY_TOKEN.get()
+        if spend is None:
+            response: Response = await retrying(call)
+            return response
+
+        async def charged() -> Response:
+            await spend()
+            return await call()
+
+        response = await retrying(charged)
         return response
 
     def _asked_to_wait_long(self, state: RetryCallState) -> bool:

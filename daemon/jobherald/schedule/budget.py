@@ -20,7 +20,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -186,6 +186,34 @@ class Gates:
             log.info("source %s answers again: polling resumes", gate.source)
             self._drain(gate)
 
+    def dropped(self, entry: Entry) -> None:
+        """A poll handed out was dropped before it began (its job left the config): when
+        it was its source's probe, another one goes (else the source would stay paused
+        for good)."""
+        for gate in self._gates.values():
+            if gate.probe is entry:
+                gate.probe = None
+                self._drain(gate)
+
+    def spender(self, entry: Entry) -> Callable[[], Awaitable[None]] | None:
+        """What takes a token of this poll's source for each retry within it (None: its
+        source has no budget)."""
+        gate = self._gate_of(entry)
+        if gate is None or gate.bucket is None:
+            return None
+        source = gate.source
+        return lambda: self.spend(source)
+
+    async def spend(self, source: str) -> None:
+        """Take a token of ``source``'s budget for one more request of a poll under way
+        (a retry), waiting for it as long as the budget says."""
+        gate = self._gates.get(source)
+        while gate is not None and gate.bucket is not None:
+            now = self._now()
+            if gate.bucket.take(now):
+                return
+            await asyncio.sleep(gate.bucket.wait(now))
+
     def pause(self, source: str, seconds: float) -> None:
         """Leave every job of ``source`` alone for ``seconds`` (at most its cap)."""
         gate = self._gates.get(source)
@@ -269,10 +297,15 @@ class Gates:
                 if gate.probe is None:
                     self._arm(gate, gate.paused_until)
                 return  # paused, or its probe still out
+            if gate.bucket is not None and gate.waiting and not gate.bucket.take(now):
+                self._arm(gate, now + gate.bucket.wait(now))  # a probe takes a token too
+                return
             if (first := self._next(gate, wall, hold_near=False)) is not None:
                 gate.probe = first
                 self._hand(first)
             else:
+                if gate.bucket is not None and gate.waiting:
+                    gate.bucket.give_back()
                 gate.probing = False
             return
         while gate.waiting:

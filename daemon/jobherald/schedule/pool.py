@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from jobherald.fetch import RETRY_TOKEN
 from jobherald.schedule.budget import Gates
 from jobherald.schedule.queue import DueQueue, Entry
 
@@ -233,6 +234,8 @@ class Pool:
         while not self._stopping:
             entry = await self._take()
             if queue.entry(entry.job_id) is not entry:
+                if self.gates is not None:
+                    self.gates.dropped(entry)
                 continue  # left the config (a reload) while it waited for a poller
             if self.gates is not None and self.gates.hold(entry):
                 continue  # its source said stop meanwhile: back to the waiting room
@@ -240,6 +243,8 @@ class Pool:
             stats.started += 1
             stats.lag(started - entry.due)
             polling[index] = (entry, started)
+            if self.gates is not None:  # a retry within the poll takes a token too
+                RETRY_TOKEN.set(self.gates.spender(entry))
             try:
                 result = await poll(entry.job_id)
             except asyncio.CancelledError:

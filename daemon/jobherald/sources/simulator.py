@@ -59,9 +59,11 @@ def http_error(
     status: int,
     code: str | None = None,
     message: str | None = None,
-    retry_after: float | None = None,
+    retry_after: float | str | None = None,
 ) -> Answer:
-    headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+    """An error answer; ``retry_after`` seconds, or the header's text as given (a date)."""
+    shown = f"{retry_after:g}" if isinstance(retry_after, int | float) else retry_after
+    headers = {"Retry-After": shown} if shown is not None else {}
     return Answer(http_status=status, error_code=code, error_msg=message, headers=headers)
 
 
