@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import json
@@ -9,7 +10,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -648,3 +649,96 @@ async def test_upstream_text_is_escaped_for_the_format_it_goes_into(
     for body in (html_body, markdown_body, text_body):
         assert "<!channel>" not in body and "@everyone" not in body
     assert by_path["/text"]["title"] == "nightly <b> failed"
+
+
+class Trickler:
+    """A webhook that answers `HTTP/1.1 200 OK` and then one header byte every half
+    second, for ever: no read timeout of a client ever trips on it."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            while True:
+                await writer.drain()
+                await asyncio.sleep(0.5)
+                writer.write(b"X")
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.fixture
+async def trickler() -> AsyncIterator[Trickler]:
+    server = Trickler()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_a_trickling_webhook_fails_on_time_and_holds_nothing_else_up(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, trickler: Trickler
+) -> None:
+    """A URL that trickles its answer: its attempt fails after send_timeout (and is
+    retried later), the healthy notifier beside it has its message at once, and
+    `run --once` returns."""
+    import time
+
+    from jobherald.service import Daemon
+    from jobherald.store import Store
+
+    sim.add(SimJob("a", [succeeded()]))
+    notifiers = {
+        "slow": {"urls": [f"json://127.0.0.1:{trickler.port}/hook"], "send_timeout": "2s"},
+        "ok": {"urls": [receiver.url()]},
+    }
+    cfg = configs.load(["a"], notifiers=notifiers)
+    began = time.monotonic()
+    await asyncio.wait_for(Daemon(cfg).run_once(), 30)
+    assert time.monotonic() - began < 15
+    assert receiver.titles() == ["a succeeded"]
+    assert trickler.connections == 1
+    store = await Store.open(cfg.database_url)
+    try:
+        (row,) = await store.deliveries(["pending"])
+    finally:
+        await store.close()
+    assert (row.notifier, row.attempts) == ("slow", 1)
+    assert row.last_error == "no answer within send_timeout (2s)"
+
+
+async def test_sigterm_ends_the_daemon_on_time_whatever_a_webhook_does(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    trickler: Trickler,
+    daemons: list[Running],
+) -> None:
+    import time
+
+    sim.add(SimJob("a", [succeeded()]))
+    notifiers = {
+        "slow": {"urls": [f"json://127.0.0.1:{trickler.port}/hook"]},  # send_timeout 30 s
+        "ok": {"urls": [receiver.url()]},
+    }
+    path = configs.write(["a"], notifiers=notifiers)  # shutdown_timeout = "5s"
+    daemon = await start(daemons, path)
+    await wait_for(lambda: len(receiver.messages) == 1 and trickler.connections == 1, 20, "sends")
+    began = time.monotonic()
+    assert await daemon.stop(timeout=30) == 0
+    assert time.monotonic() - began < 5 + 5, daemon.output()[-2000:]

@@ -258,6 +258,7 @@ def _resolve_notifier(
         retry_for=section.retry_for,
         reminder=section.reminder,
         max_in_flight=section.max_in_flight,
+        send_timeout=section.send_timeout,
         digest_after=section.digest_after,
         digest_max=section.digest_max,
         digest_title=section.digest_title,

@@ -61,6 +61,8 @@ class Notifier:
     reminder: float | None = None
     # Messages in flight to one URL at once (1 keeps a URL's messages in event order).
     max_in_flight: int = 1
+    # Seconds a send attempt may take, whatever the URL does (then: a failed attempt).
+    send_timeout: float = 30.0
     # This many messages due for one URL at once go as one digest (0: never), at most
     # digest_max events in one.
     digest_after: int = 5

@@ -85,6 +85,8 @@ class NotifierSection(_Model):
     digest_max: int = Field(default=200, ge=2, le=10000)
     digest_title: str | None = None
     digest_body: str | None = None
+    # Every send attempt ends by then (a failure, retried as any other).
+    send_timeout: Duration = Field(default=30.0, le=3600.0)
 
 
 class JobSection(RuleFields):

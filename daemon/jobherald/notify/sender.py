@@ -1,24 +1,26 @@
-"""Sending through apprise: one apprise object per notifier URL, sends in threads."""
+"""Sending through apprise: one apprise object per notifier URL, each send in a thread of
+its own with a deadline (``send_timeout``): a URL that never answers fails its attempts
+on time and holds only its own threads, never another URL's, the shutdown or the exit."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jobherald.config import Notifier
 from jobherald.notify.messages import Message
 from jobherald.store import Target
 
-# Send threads: at least this many, and one per message that may be in flight to a URL,
-# up to the most.
-SEND_THREADS = 8
-MAX_SEND_THREADS = 64
+# Sends to one URL still stuck in their threads past their deadline: with this many
+# (beside its max_in_flight), a new attempt to that URL fails at once rather than take
+# one more thread.
+STUCK_PER_URL = 4
 
 
 class _Capture(logging.Handler):
@@ -71,7 +73,8 @@ class Sender:
         self._unusable: set[tuple[str, str]] = set()
         self._pace: dict[tuple[str, str], float] = {}
         self._last_sent: dict[tuple[str, str], float] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        # Send threads alive per URL (those past their deadline among them).
+        self._threads: dict[tuple[str, str], int] = {}
         self._loaded = False
 
     def load(self) -> None:
@@ -99,13 +102,6 @@ class Sender:
                     self._unusable.add((name, key))
                 masked = next((_masked(server) for server in obj), url.split(":", 1)[0] + "://")
                 self._targets[name].append(Target(name, key, masked))
-        # A slow service holds a thread, never the event loop or the other URLs: as many
-        # threads as messages may be in flight to every URL at once, within bounds.
-        in_flight = sum(len(n.urls) * n.max_in_flight for n in self.notifiers.values())
-        self._pool = ThreadPoolExecutor(
-            max_workers=min(MAX_SEND_THREADS, max(SEND_THREADS, in_flight)),
-            thread_name_prefix="send",
-        )
         self._loaded = True
 
     def targets(self, notifier: str) -> list[Target]:
@@ -137,13 +133,10 @@ class Sender:
         if (wait := self.wait_before(notifier, target)) > 0:
             await asyncio.sleep(wait)
         keys = self._keys(notifier, target)
-        body_format = self.notifiers[notifier].format
-        loop = asyncio.get_running_loop()
+        settings = self.notifiers[notifier]
         results = await asyncio.gather(
             *(
-                loop.run_in_executor(
-                    self._pool, self._send_sync, self._apprise[(notifier, k)], message, body_format
-                )
+                self._send_one(notifier, k, message, settings)
                 for k in keys
                 if (notifier, k) not in self._unusable
             )
@@ -154,6 +147,39 @@ class Sender:
         if any((notifier, k) in self._unusable for k in keys):
             reasons.append("apprise cannot use this URL (unknown service or missing parts)")
         return not reasons, "; ".join(reasons)
+
+    async def _send_one(
+        self, notifier: str, key: str, message: Message, settings: Notifier
+    ) -> tuple[bool, str]:
+        """One attempt to one URL, in a thread of its own, ended after ``send_timeout``
+        seconds (the thread, if the URL still holds it, ends whenever its socket does: a
+        daemon thread, which neither a shutdown nor the interpreter's exit waits for)."""
+        lane = (notifier, key)
+        body_format, deadline = settings.format, settings.send_timeout
+        alive = self._threads.get(lane, 0)
+        if alive >= settings.max_in_flight + STUCK_PER_URL:
+            return False, f"{alive} earlier sends to this URL are still without an answer"
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[bool, str]] = loop.create_future()
+        obj = self._apprise[lane]
+
+        def settle(result: tuple[bool, str]) -> None:
+            self._threads[lane] = self._threads.get(lane, 1) - 1
+            if not done.done():
+                done.set_result(result)
+
+        def work() -> None:
+            result = self._send_sync(obj, message, body_format)
+            # (RuntimeError: the loop has closed meanwhile; nobody waits any more.)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, result)
+
+        self._threads[lane] = alive + 1
+        threading.Thread(target=work, name=f"send-{notifier}", daemon=True).start()
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), deadline)
+        except TimeoutError:
+            return False, f"no answer within send_timeout ({deadline:g}s)"
 
     @staticmethod
     def _send_sync(obj: Any, message: Message, body_format: str) -> tuple[bool, str]:
@@ -174,6 +200,5 @@ class Sender:
         return False, (lines[-1] if lines else "the service did not accept the message")[:300]
 
     def close(self, *, cancel: bool = True) -> None:
-        """Stop the send threads; with ``cancel=False`` sends already queued still go out."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=cancel)
+        """Nothing to stop: each send's thread ends with its send (a send under way goes
+        on, whatever ``cancel`` says; none waits in a queue)."""
