@@ -694,32 +694,31 @@ async def trickler() -> AsyncIterator[Trickler]:
 async def test_a_trickling_webhook_fails_on_time_and_holds_nothing_else_up(
     sim: Simulator, receiver: Receiver, configs: ConfigWriter, trickler: Trickler
 ) -> None:
-    """A URL that trickles its answer: its attempt fails after send_timeout (and is
-    retried later), the healthy notifier beside it has its message at once, and
-    `run --once` returns."""
+    """64 URLs that trickle their answers (more than any pool of send threads): each
+    attempt fails after send_timeout (and is retried later), the healthy notifier beside
+    them has its message, and `run --once` returns."""
     import time
 
     from jobherald.service import Daemon
     from jobherald.store import Store
 
     sim.add(SimJob("a", [succeeded()]))
-    notifiers = {
-        "slow": {"urls": [f"json://127.0.0.1:{trickler.port}/hook"], "send_timeout": "2s"},
-        "ok": {"urls": [receiver.url()]},
-    }
+    slow = [f"json://127.0.0.1:{trickler.port}/hook{i}" for i in range(64)]
+    notifiers = {"slow": {"urls": slow, "send_timeout": "2s"}, "ok": {"urls": [receiver.url()]}}
     cfg = configs.load(["a"], notifiers=notifiers)
     began = time.monotonic()
     await asyncio.wait_for(Daemon(cfg).run_once(), 30)
     assert time.monotonic() - began < 15
     assert receiver.titles() == ["a succeeded"]
-    assert trickler.connections == 1
+    assert trickler.connections == 64
     store = await Store.open(cfg.database_url)
     try:
-        (row,) = await store.deliveries(["pending"])
+        rows = await store.deliveries(["pending"])
     finally:
         await store.close()
-    assert (row.notifier, row.attempts) == ("slow", 1)
-    assert row.last_error == "no answer within send_timeout (2s)"
+    assert len(rows) == 64
+    assert {(r.notifier, r.attempts) for r in rows} == {("slow", 1)}
+    assert {r.last_error for r in rows} == {"no answer within send_timeout (2s)"}
 
 
 async def test_sigterm_ends_the_daemon_on_time_whatever_a_webhook_does(
