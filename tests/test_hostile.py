@@ -741,3 +741,38 @@ async def test_sigterm_ends_the_daemon_on_time_whatever_a_webhook_does(
     began = time.monotonic()
     assert await daemon.stop(timeout=30) == 0
     assert time.monotonic() - began < 5 + 5, daemon.output()[-2000:]
+
+
+async def test_a_slow_template_delays_only_its_own_notifier(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    """A title slow on real data (a loop over the job name's length cubed: quick on the
+    samples check-config renders, half a second on these names) beside a trivial
+    template: the trivial one's messages do not wait behind the slow one's renders."""
+    from jobherald.service import Daemon
+
+    names = [f"{'n' * 32}-{i:03d}" for i in range(5)]
+    for i in range(5):
+        sim.add(SimJob(f"j{i}", [succeeded()]))
+    slow = (
+        "{% set x = namespace(n=0) %}{% for i in range((job.name|length) ** 3) %}"
+        "{% set x.n = x.n + 1 %}{% endfor %}{{ job.name }}"
+    )
+    notifiers = {
+        "slow": {"urls": [receiver.url("slow")], "title": slow, "digest_after": 0},
+        "fast": {"urls": [receiver.url("fast")], "title": "{{ job.name }} done", "digest_after": 0},
+    }
+    path = configs.write(
+        [{"id": f"j{i}", "name": n} for i, n in enumerate(names)], notifiers=notifiers
+    )
+    code, _, err = await jobherald("check-config", "-c", str(path))
+    assert code == 0, err
+    await Daemon(
+        configs.load([{"id": f"j{i}", "name": n} for i, n in enumerate(names)], notifiers=notifiers)
+    ).run_once()
+    arrived = {
+        p: sorted(at for at, q in zip(receiver.received_at, receiver.paths, strict=True) if q == p)
+        for p in ("/slow", "/fast")
+    }
+    assert len(arrived["/slow"]) == 5 and len(arrived["/fast"]) == 5, arrived
+    assert arrived["/fast"][-1] < arrived["/slow"][1], arrived

@@ -2,9 +2,10 @@
 
 A notifier's template is the user's code, and its input is the upstream's text: a
 loop over 3,000 reasons nested three deep, a recursive macro or ``'x' * 10**9`` must
-not freeze or kill the daemon. Each render goes to one long-lived child process (the
-same for ``check-config`` and a reload's check), which is killed and started again when
-it does not answer within its budget or dies of its memory limit. Callers block, so the
+not freeze or kill the daemon. Each notifier's renders go to a long-lived child process
+of its own (checks, for ``check-config`` and a reload, to another), which is killed and
+started again when it does not answer within its budget or dies of its memory limit: a
+notifier whose templates are slow delays its own messages only. Callers block, so the
 daemon calls from a thread, never from its event loop.
 """
 
@@ -92,15 +93,36 @@ class Renderer:
 
 _shared: Renderer | None = None
 _shared_lock = threading.Lock()
+# One render process per notifier with templates: a notifier whose renders are slow
+# holds up its own messages only.
+_per_notifier: dict[str, Renderer] = {}
 
 
 def shared() -> Renderer:
-    """The process's one Renderer."""
+    """The process's Renderer for checks (check-config, a reload's check)."""
     global _shared
     with _shared_lock:
         if _shared is None:
             _shared = Renderer()
         return _shared
+
+
+def of(notifier: str) -> Renderer:
+    """The Renderer of this notifier's messages (its own child process)."""
+    with _shared_lock:
+        renderer = _per_notifier.get(notifier)
+        if renderer is None:
+            renderer = _per_notifier[notifier] = Renderer()
+        return renderer
+
+
+def keep_only(notifiers: Sequence[str]) -> None:
+    """Stop the render processes of notifiers no longer configured."""
+    with _shared_lock:
+        gone = [name for name in _per_notifier if name not in notifiers]
+        stopped = [_per_notifier.pop(name) for name in gone]
+    for renderer in stopped:
+        renderer.close()
 
 
 def check_template(text: str, *, digest: bool = False) -> str | None:

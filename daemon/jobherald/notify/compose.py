@@ -78,7 +78,8 @@ class Composer:
             results = [(False, "template took too long before: not tried again")] * len(given)
         else:
             jobs = [(t, *event) for t in given]
-            results = await asyncio.to_thread(renderer.shared().render, jobs)  # type: ignore[arg-type]
+            render = renderer.of(notifier.name).render
+            results = await asyncio.to_thread(render, jobs)  # type: ignore[arg-type]
         problems = [why for ok, why in results if not ok]
         if problems:
             self._hazards.update(

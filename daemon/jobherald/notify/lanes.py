@@ -103,8 +103,11 @@ class Dispatcher:
 
     def reconfigure(self, notifiers: Mapping[str, Notifier], public_url: str | None) -> None:
         """Use new notifiers from now on; sends in flight finish on the old ones."""
+        from jobherald import renderer
+
         old, self.sender = self.sender, Sender(notifiers)
         self.sender.load()  # the daemon has apprise loaded already: this is quick
+        renderer.keep_only(list(notifiers))
         self.public_url = public_url
         old.close(cancel=False)
         self.wake()
