@@ -14,7 +14,7 @@ import pytest
 
 from jobherald.config.paths import unit_problem
 from jobherald.errors import ArchiveProblem
-from jobherald.schedule.archiver import Transfer, archive_file_name
+from jobherald.schedule.archiver import Transfer, _zip_problem, archive_file_name
 from jobherald.sources.simulator import SimJob, Simulator, make_archive, running, succeeded
 from tests.conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
 
@@ -511,3 +511,23 @@ def test_a_download_slower_than_the_minimum_rate_over_its_window_is_given_up(
     with pytest.raises(ArchiveProblem, match="free: not downloaded"):
         Transfer(tmp_path, 2**44).headers({"Content-Length": str(2**43)})
     Transfer(tmp_path, 2**20).headers({"Content-Length": "1000"})  # fits
+
+
+def test_the_zip_check_is_bounded_by_the_unpacked_size_and_by_time(tmp_path: Path) -> None:
+    """A small zip of zeros that unpacks to 64 MB: refused unread under a smaller
+    max_archive_size; read whole under a bigger one, unless its time is over."""
+    import time
+    import zipfile
+
+    bomb = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.bin", b"\0" * (64 * 2**20))
+    assert bomb.stat().st_size < 2**20
+    # Refused before a byte is unpacked: even with its time over already.
+    assert _zip_problem(bomb, 2**20, deadline=time.monotonic() - 1) == (
+        "unpacked it would be 64 MB, more than max_archive_size (1 MB)"
+    )
+    assert _zip_problem(bomb, 2**30) is None
+    assert _zip_problem(bomb, 2**30, deadline=time.monotonic()) == (
+        "checking it took longer than archive_timeout"
+    )

@@ -79,6 +79,8 @@ AT_ONCE = 4
 RETRY_FIRST = 1.0
 COSTLY_FIRST = 60.0
 RETRY_MAX = 900.0
+# The head of a download's answer (status line and headers) must come within this.
+HEAD_WITHIN = 60.0
 # A download slower than MIN_RATE bytes a second over RATE_WINDOW seconds is given up.
 MIN_RATE = 10 * 1024
 RATE_WINDOW = 60.0
@@ -334,14 +336,30 @@ class Archiver:
             digest.update(chunk)
             await asyncio.to_thread(handle.write, chunk)
 
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + source.archive_timeout
+        heard: list[bool] = []
         try:
             log.info("job %s (%s): downloading archive %s", job.name, job.id, claim.archive_id)
             try:
-                async with asyncio.timeout(source.archive_timeout):
+                # The answer's head must come within HEAD_WITHIN (a head trickled a byte
+                # at a time counts no body bytes for the rate rule); the whole download,
+                # then, within archive_timeout.
+                async with asyncio.timeout(min(source.archive_timeout, HEAD_WITHIN)) as scope:
+
+                    def head(headers: Mapping[str, str]) -> None:
+                        heard.append(True)
+                        scope.reschedule(ends)
+                        transfer.headers(headers)
+
                     response = await keeper.download_archive(
-                        self.watcher.fetcher, job, claim.archive_id, sink, transfer.headers
+                        self.watcher.fetcher, job, claim.archive_id, sink, head
                     )
             except TimeoutError:
+                if not heard and source.archive_timeout > HEAD_WITHIN:
+                    raise ArchiveProblem(
+                        f"no answer's head within {format_duration(HEAD_WITHIN)}: given up"
+                    ) from None
                 raise ArchiveProblem(
                     f"the download took longer than archive_timeout "
                     f"({format_duration(source.archive_timeout)}): given up"
@@ -353,7 +371,12 @@ class Archiver:
                 raise ArchiveProblem(f"the download ended after {size} of {length} bytes")
             if size == 0:
                 raise ArchiveProblem("the download is empty")
-            problem = await asyncio.to_thread(_zip_problem, partial)
+            problem = await asyncio.to_thread(
+                _zip_problem,
+                partial,
+                source.max_archive_size,
+                time.monotonic() + max(0.0, ends - loop.time()),
+            )
             if problem is not None:
                 raise ArchiveProblem(f"the download is not a whole zip archive: {problem}")
             await asyncio.to_thread(_put_in_place, partial, final)
@@ -518,18 +541,35 @@ def _close_synced(handle: IO[bytes]) -> None:
     handle.close()
 
 
-def _zip_problem(path: Path) -> str | None:
-    """Why ``path`` is not a whole zip (every member read and checked), or None."""
+def _zip_problem(
+    path: Path, max_size: int | None = None, deadline: float | None = None
+) -> str | None:
+    """Why ``path`` is not a whole zip (every member read and checked against its
+    checksum), or None. Bounded: members that would unpack to more than ``max_size`` are
+    refused unread, and reading stops at ``deadline`` (``time.monotonic()``)."""
     try:
         with _open_file(path) as handle, zipfile.ZipFile(handle) as archive:
-            broken = archive.testzip()
+            members = archive.infolist()
+            unpacked = sum(member.file_size for member in members)
+            if max_size is not None and unpacked > max_size:
+                return (
+                    f"unpacked it would be {_size(unpacked)}, more than max_archive_size "
+                    f"({_size(max_size)})"
+                )
+            for member in members:
+                # A member reads no more than its stated size, and a wrong checksum at
+                # its end raises BadZipFile.
+                with archive.open(member) as stream:
+                    while stream.read(2**20):
+                        if deadline is not None and time.monotonic() > deadline:
+                            return "checking it took longer than archive_timeout"
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
         return str(exc) or type(exc).__name__
     except ArchiveProblem:
         raise
     except (OSError, RuntimeError) as exc:  # RuntimeError: an encrypted member
         return str(exc) or type(exc).__name__
-    return None if broken is None else f"{broken} does not match its checksum"
+    return None
 
 
 def _whole_zip(path: Path) -> Kept | None:
