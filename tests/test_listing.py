@@ -121,6 +121,8 @@ async def test_api_jobs_filters_in_the_database_and_answers_304_when_nothing_cha
             async with http.get(f"{base}/api/jobs?{bad}") as answer:
                 assert answer.status == 400, bad
                 assert "error" in await answer.json()
+                # An error answer carries the security headers too.
+                assert answer.headers["X-Content-Type-Options"] == "nosniff", bad
 
 
 async def test_the_page_shows_one_page_and_the_counts_of_all(listed: tuple[str, Config]) -> None:

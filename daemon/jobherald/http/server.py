@@ -189,7 +189,9 @@ class HttpServer:
             )
         try:
             response = await handler(request)
-        except web.HTTPException:
+        except web.HTTPException as exc:
+            # A 400, 404 or 405 says so with the headers every answer carries.
+            exc.headers.update(SECURITY_HEADERS)
             raise
         except Exception as exc:
             # The database away (a restart, a network cut): one line per outage.
@@ -198,7 +200,11 @@ class HttpServer:
                     "HTTP %s failed: %s", request.path, f"{type(exc).__name__}: {exc}"[:200]
                 )
             self._failing = True
-            return web.Response(status=503, text="503: the database cannot be read now\n")
+            return web.Response(
+                status=503,
+                text="503: the database cannot be read now\n",
+                headers=SECURITY_HEADERS,
+            )
         self._failing = False
         response.headers.update(SECURITY_HEADERS)
         return response
