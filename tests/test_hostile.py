@@ -11,7 +11,7 @@ import re
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -776,3 +776,45 @@ async def test_a_slow_template_delays_only_its_own_notifier(
     }
     assert len(arrived["/slow"]) == 5 and len(arrived["/fast"]) == 5, arrived
     assert arrived["/fast"][-1] < arrived["/slow"][1], arrived
+
+
+async def test_healthz_is_degraded_while_a_message_is_long_overdue(
+    configs: ConfigWriter, trickler: Trickler
+) -> None:
+    """A message due for eleven minutes (its URL trickles: the send in flight holds it):
+    /healthz answers 503 "degraded", naming the notifier."""
+    import aiohttp
+
+    from jobherald.notify import Sender
+    from jobherald.service import Daemon
+    from jobherald.store import JobIdentity, NewEvent, Store
+    from tests.test_http import free_port
+
+    port = free_port()
+    configs.extra = [f'[http]\nlisten = "127.0.0.1:{port}"\n']
+    notifiers = {"slow": {"urls": [f"json://127.0.0.1:{trickler.port}/hook"]}}
+    cfg = configs.load([], notifiers=notifiers)
+    store = await Store.open(cfg.database_url)
+    try:
+        long_ago = datetime.now(UTC) - timedelta(minutes=11)
+        await store.sync_jobs([JobIdentity("a", "A", "roma", "i")], long_ago)
+        (target,) = Sender(cfg.notifiers).targets("slow")
+        event = NewEvent("succeeded", {"job": {"id": "a", "name": "A"}}, [target])  # type: ignore[typeddict-item]
+        await store.record_events([event], long_ago, job_id="a")
+    finally:
+        await store.close()
+    daemon = Daemon(cfg)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await wait_for(lambda: daemon.ready and trickler.connections == 1, 20, "the send")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/healthz") as answer,
+        ):
+            assert answer.status == 503
+            assert (await answer.text()).startswith(
+                "degraded: a message to notifier slow has been due for 11 minutes"
+            )
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 30)

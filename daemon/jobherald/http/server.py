@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 OPEN = frozenset({"/healthz", "/readyz"})
 # Rows on a page or in one answer of /api/jobs: by default, and at most.
 PAGE = 100
+# /healthz says "degraded" while a message has been due longer than this (seconds).
+LANE_LATE = 600.0
 # ?removed=: watched jobs (the default), removed ones only, or both.
 _REMOVED: dict[str, bool | None] = {"": False, "0": False, "1": True, "all": None}
 MAX_PAGE = 1000
@@ -228,9 +231,19 @@ class HttpServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         problem = self.daemon.problem()
-        if problem is None:
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text=f"stuck: {problem}\n")
+        if problem is not None:
+            return web.Response(status=503, text=f"stuck: {problem}\n")
+        store = self.daemon.store
+        late = await store.overdue(LANE_LATE) if store is not None else None
+        if late is not None:
+            notifier, since = late
+            minutes = (datetime.now(UTC) - since).total_seconds() / 60
+            return web.Response(
+                status=503,
+                text=f"degraded: a message to notifier {notifier} has been due for "
+                f"{minutes:.0f} minutes\n",
+            )
+        return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
         if self.daemon.ready:

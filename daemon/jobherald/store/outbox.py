@@ -431,6 +431,20 @@ class Outbox(StoreBase):
                     out[(job_id, kind)] = when if when.tzinfo else when.replace(tzinfo=UTC)
         return out
 
+    async def overdue(self, older_than: float) -> tuple[str, datetime] | None:
+        """The notifier, and since when, of the pending delivery due longest ago, if it
+        has been due more than ``older_than`` seconds (an index range: the due ones)."""
+        since = self.db_time(-older_than)
+        query = (
+            sa.select(deliveries.c.notifier, deliveries.c.next_attempt_at)
+            .where(deliveries.c.state == "pending", deliveries.c.next_attempt_at < since)
+            .order_by(deliveries.c.next_attempt_at)
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else (row.notifier, row.next_attempt_at)
+
     async def pending_by_notifier(self) -> dict[str, int]:
         """Deliveries waiting to be sent or retried, per notifier."""
         query = (
