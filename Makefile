@@ -67,7 +67,8 @@ SYSTEM_PYTHON ?= /usr/bin/python3.11
 PREFIX ?= /opt/jobherald
 UNITDIR ?= /etc/systemd/system
 CONFDIR ?= /etc/jobherald
-SYSUSERSDIR ?= /usr/lib/sysusers.d
+# The local administrator's folder (systemd-sysusers reads it beside /usr/lib/sysusers.d).
+SYSUSERSDIR ?= /etc/sysusers.d
 
 .PHONY: install uninstall
 install:

@@ -591,3 +591,22 @@ def test_one_id_on_two_instances_is_two_jobs_each_under_its_key(tmp_path: Path) 
         ("other/x", "x", "other/x"),
         ("y", "y", "y"),
     ]
+
+
+def test_a_boolean_is_never_taken_for_a_number(tmp_path: Path) -> None:
+    """`digest_after = true` would be 1 (every message a digest): refused, each key on its
+    own line, with every other problem of the file in the same run."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[daemon]\nconcurrency = true\nretries = false\npoll_interval = true\n"
+        '[notifiers.ops]\nurls = ["json://127.0.0.1:9/x"]\ndigest_after = true\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert caught.value.problems == [
+        f"{path}: daemon.concurrency: expected a whole number, got a boolean",
+        f"{path}: daemon.retries: expected a whole number, got a boolean",
+        f"{path}: daemon.poll_interval: expected a number or a duration, got a boolean",
+        f"{path}: notifiers.ops.digest_after: expected a whole number, got a boolean",
+    ]

@@ -799,7 +799,7 @@ async def test_healthz_is_degraded_while_a_message_is_long_overdue(
         long_ago = datetime.now(UTC) - timedelta(minutes=11)
         await store.sync_jobs([JobIdentity("a", "A", "roma", "i")], long_ago)
         (target,) = Sender(cfg.notifiers).targets("slow")
-        event = NewEvent("succeeded", {"job": {"id": "a", "name": "A"}}, [target])  # type: ignore[typeddict-item]
+        event = NewEvent("succeeded", {"job": {"id": "a", "name": "A"}}, [target])
         await store.record_events([event], long_ago, job_id="a")
     finally:
         await store.close()

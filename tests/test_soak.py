@@ -104,6 +104,9 @@ retries = 1
 host_concurrency = 4
 shutdown_timeout = "3s"
 
+[http]
+listen = ""  # no fixed port: a jobherald may run on this machine
+
 [sources.tok]
 type = "roma-connect"
 endpoint = "{hosts["tok"].url}"

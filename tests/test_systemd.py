@@ -174,7 +174,11 @@ async def test_the_installed_service_runs_reloads_and_stops_under_systemd(
 ) -> None:
     sim.add(SimJob("a", [running(0.2), running(0.6), succeeded()], archive_id="arch-1"))
     sim.add(SimJob("c", [running(0.4), succeeded()]))
+    # The machine itself is never changed: what make install writes goes to the overlays.
+    outside = [Path("/usr/lib/sysusers.d/jobherald.conf"), Path("/etc/sysusers.d/jobherald.conf")]
+    before = [p.exists() for p in outside]
     await systemd.run("make", "-C", "/run/jobherald-src", "install", timeout=400)
+    assert [p.exists() for p in outside] == before
     unit = "/etc/systemd/system/jobherald.service"
     # The config may hold secrets: the service's group reads it, nobody else.
     _, out = await systemd.run("stat", "-c", "%a %U:%G", "/etc/jobherald/config.toml")

@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from jobherald.model import Rules
 
@@ -107,9 +116,47 @@ Keep = Annotated[float | None, BeforeValidator(parse_keep)]
 
 
 class Section(BaseModel):
-    """A table of the config file: unknown keys refused, frozen once read."""
+    """A table of the config file: unknown keys refused, frozen once read, and a boolean
+    never taken for a number (``concurrency = true`` is refused, not read as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        found = []
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(value, bool) else None
+            if field is not None and not _takes_bool(field.annotation):
+                found.append((key, _kind(field.annotation)))
+        if found:
+            # Every such key of the table at once (the config's problems are told as one
+            # line each, see config.problems).
+            raise PydanticCustomError(
+                "bool_for_number",
+                "{keys}: a boolean where a number goes",
+                {"keys": ", ".join(key for key, _ in found), "found": found},
+            )
+        return data
+
+
+def _takes_bool(annotation: object) -> bool:
+    """Whether a field's type admits a boolean (bool itself, or a union or annotation
+    holding it)."""
+    if annotation is bool:
+        return True
+    return any(_takes_bool(arg) for arg in get_args(annotation))
+
+
+def _kind(annotation: object) -> str:
+    text = str(annotation)
+    if "float" in text:
+        return "a number or a duration"
+    if "int" in text:
+        return "a whole number"
+    return "a value of another type"
 
 
 class RuleFields(Section):

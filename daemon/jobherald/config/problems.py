@@ -34,7 +34,7 @@ def _validate(model: type[M], raw: dict[str, Any], label: str, invalid: list[str
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        invalid.extend(_describe(err, label, raw) for err in exc.errors())
+        invalid.extend(line for err in exc.errors() for line in _lines(err, label, raw))
         return None
 
 
@@ -76,6 +76,18 @@ def _given(err: Any, loc: Sequence[int | str]) -> str:
         return ""
     shown = repr(value)
     return f" (given {shown[:60]}{'…' if len(shown) > 60 else ''})"
+
+
+def _lines(err: Any, label: str, raw: dict[str, Any] | None = None) -> list[str]:
+    """One line per problem a pydantic error holds (a table's booleans where numbers go
+    are one error, a line each)."""
+    if err["type"] == "bool_for_number":
+        loc = list(err["loc"])
+        return [
+            f"{label}: {_key_path([*loc, key])}: expected {what}, got a boolean"
+            for key, what in (err.get("ctx") or {}).get("found") or []
+        ]
+    return [_describe(err, label, raw)]
 
 
 def _describe(err: Any, label: str, raw: dict[str, Any] | None = None) -> str:
