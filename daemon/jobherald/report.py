@@ -263,7 +263,8 @@ async def rows_of(
                 "source": source,
                 "status": state,
                 "raw_status": raw_status,
-                "progress": progress,
+                # Four digits: what the upstream said (0.167), not its float's tail.
+                "progress": None if progress is None else round(progress, 4),
                 "archive_id": archive_id,
                 "link": link,
                 "reasons": reasons_of(reasons),

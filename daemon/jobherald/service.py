@@ -358,7 +358,8 @@ class Daemon:
             "stopped after %.0fs: %d polls, %s; deliveries pending %d, delivered %d%s",
             time.monotonic() - started,
             watcher.polls,
-            ", ".join(f"{n} {s}" for s, n in sorted(watcher.counts().items())) or "no jobs",
+            ", ".join(f"{counted(n, 'job')} {s}" for s, n in sorted(watcher.counts().items()))
+            or "no jobs",
             counts.get("pending", 0),
             counts.get("delivered", 0),
             f"; {cut} polls cut off" if cut else "",
