@@ -344,3 +344,23 @@ async def test_an_upgrade_keeps_the_durations_and_marks_jobs_that_had_left(
         assert j00.id == "j00"
     finally:
         await store.close()
+
+
+async def test_history_takes_a_job_s_name_where_one_job_has_it(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    sim.add(SimJob("p4", [succeeded()]))
+    sim.add(SimJob("x1", [succeeded()]))
+    sim.add(SimJob("x2", [succeeded()]))
+    jobs = [
+        {"id": "p4", "name": "pipeline 04"},
+        {"id": "x1", "name": "twin"},
+        {"id": "x2", "name": "twin"},
+    ]
+    await Daemon(configs.load(jobs)).run_once()
+    path = configs.write(jobs)
+    code, out, err = await jobherald("history", "pipeline 04", "--json", "-c", str(path))
+    assert code == 0, err
+    assert [entry["to"] for entry in json.loads(out)] == ["succeeded"]
+    code, _, err = await jobherald("history", "twin", "-c", str(path))
+    assert code == 2 and "'twin' is the name of 2 jobs: give one of x1, x2" in err

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from jobherald.cli.base import (
+    EXIT_USAGE,
     ago,
     clean,
     cli,
@@ -254,7 +255,8 @@ def _watch_status(cfg: Config, every: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
 def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: bool) -> None:
-    """The job's transitions, oldest first."""
+    """The job's transitions, oldest first (JOB_ID: its id, key, or name where one job
+    has it)."""
     cfg = load_config(ctx, config_path, secrets=False)
 
     configured = [(j.id, j.upstream_id, j.source) for j in cfg.jobs]
@@ -267,6 +269,15 @@ def history(ctx: click.Context, config_path: str | None, job_id: str, as_json: b
         try:
             stored = await store.answering_to(job_id) if store is not None else []
             key = pick_job(job_id, [*configured, *stored])
+            if key is None:  # a job's name, where one job has it
+                named = sorted(j.id for j in cfg.jobs if j.name == job_id)
+                if len(named) > 1:
+                    fail(
+                        f"{job_id!r} is the name of {len(named)} jobs: give one of "
+                        + ", ".join(named),
+                        EXIT_USAGE,
+                    )
+                key = named[0] if named else None
             pruned = await store.pruned_job(job_id) if key is None and store else None
             if pruned is not None:
                 fail(
