@@ -152,8 +152,10 @@ async def test_run_refuses_a_database_folder_that_does_not_exist(
     daemon = await start(daemons, config)
     assert await asyncio.wait_for(daemon.proc.wait(), 20) == 1
     output = daemon.output()
+    folder = f"{configs.folder}/no/such/dir"
     assert output.splitlines()[-1] == (
-        f"jobherald: database folder {configs.folder}/no/such/dir does not exist"
+        f"jobherald: database folder {folder} does not exist: create it (install -d -m 0700 "
+        f"{folder}), or start jobherald.service once, which makes its own"
     )
     assert "Traceback" not in output
 

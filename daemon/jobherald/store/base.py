@@ -176,7 +176,10 @@ class StoreBase:
         if is_sqlite and parsed.database:
             folder = Path(parsed.database).parent
             if not folder.is_dir():
-                raise StoreError(f"database folder {folder} does not exist")
+                raise StoreError(
+                    f"database folder {folder} does not exist: create it (install -d -m 0700 "
+                    f"{folder}), or start jobherald.service once, which makes its own"
+                )
         engine = sqlite_engine(url) if is_sqlite else create_async_engine(url, pool_pre_ping=True)
         store = cls(engine)
         store.backup = backup
