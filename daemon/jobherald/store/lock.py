@@ -28,7 +28,11 @@ class DatabaseLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         except FileNotFoundError:
-            raise StoreError(f"database folder {self.path.parent} does not exist") from None
+            folder = self.path.parent
+            raise StoreError(
+                f"database folder {folder} does not exist: create it (install -d -m 0700 "
+                f"{folder}), or start jobherald.service once, which makes its own"
+            ) from None
         except OSError as exc:
             raise StoreError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
         try:
