@@ -235,3 +235,35 @@ async def test_jobs_that_left_the_config_are_counted_apart_and_listed_on_asking(
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 20)
+
+
+async def test_the_pages_label_every_cell_and_show_a_failed_job_s_first_reason(
+    sim: Simulator, configs: ConfigWriter
+) -> None:
+    """On a phone the cells stack with their labels: every cell of the list and of a
+    job's transitions has one; a failed job's "Last error" is its first reason, and a
+    reason without a resource reads as its code and message."""
+    import re
+
+    from jobherald.http import pages
+    from jobherald.report import history_rows, page_rows
+    from jobherald.store import JobFilter, Store
+
+    reasons = [{"error_code": "E42", "error_msg": "the task is gone"}]
+    sim.add(SimJob("f", [failed()], reasons=reasons))
+    cfg = configs.load([{"id": "f", "name": "nightly"}])
+    await Daemon(cfg).run_once()
+    store = await Store.open(cfg.database_url)
+    try:
+        rows, _ = await page_rows(cfg, store, JobFilter(), 10)
+        history = await history_rows(store, "f")
+    finally:
+        await store.close()
+    assert history is not None
+    listing = pages.index(cfg, rows, {"failed": 1}, JobFilter())
+    one = pages.job(cfg, rows[0], history)
+    for page in (listing, one):
+        cells = re.findall(r"<td[^>]*>", page)
+        assert cells and all("data-label=" in cell for cell in cells), cells
+    assert '<td data-label="Last error" class="error">E42: the task is gone</td>' in listing
+    assert "<li>E42: the task is gone</li>" in one

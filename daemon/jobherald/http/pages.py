@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from jinja2 import Environment, select_autoescape
 
+from jobherald.notify.messages import reason_line
+
 if TYPE_CHECKING:
     from jobherald.config import Config
     from jobherald.report import HistoryEntry, JobStatus
@@ -32,6 +34,7 @@ def _environment() -> Environment:
     env.filters["percent"] = lambda v: "-" if v is None else f"{float(v) * 100:.0f}%"
     env.filters["when"] = _when
     env.filters["seconds"] = _seconds
+    env.filters["reason"] = reason_line
     return env
 
 

@@ -111,7 +111,7 @@ def _default_text(kind: str, event_id: str, payload: EventPayload) -> Message:
     if kind == "failed":
         if reasons:
             lines.append(f"{counted(reason_count(reasons), 'reason')}:")
-            lines.extend(f"- {_reason_line(r)}" for r in reasons)
+            lines.extend(f"- {reason_line(r)}" for r in reasons)
         else:
             lines.append("reasons: none given by the service")
     if event.get("advice"):
@@ -176,7 +176,9 @@ def reason_count(reasons: Sequence[Mapping[str, Any]]) -> int:
     return len(reasons) - 1 + int(more[1].replace(",", ""))
 
 
-def _reason_line(reason: Mapping[str, Any]) -> str:
+def reason_line(reason: Mapping[str, Any]) -> str:
+    """One failure reason as people read it: ``app orders: ROMA.7: message`` (what of it
+    there is)."""
     where = " ".join(str(reason[k]) for k in ("resource_type", "resource_name") if reason.get(k))
     what = ": ".join(str(reason[k]) for k in ("error_code", "error_msg") if reason.get(k))
     if where and what:
@@ -264,7 +266,7 @@ def _event_detail(kind: str, job: Mapping[str, Any], event: Mapping[str, Any]) -
     reasons = job.get("reasons") or []
     if kind == "failed" and reasons:
         more = reason_count(reasons) - 1
-        return ": " + _reason_line(reasons[0]) + (f" (and {more} more)" if more > 0 else "")
+        return ": " + reason_line(reasons[0]) + (f" (and {more} more)" if more > 0 else "")
     if kind in ("succeeded", "failed", "archived"):
         duration = format_duration(job.get("duration"))
         return f" in {duration}" if duration else ""

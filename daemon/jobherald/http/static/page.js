@@ -14,6 +14,12 @@
     return value.replace("T", " ").replace(/(\.\d+)?(Z|\+00:00)$/, " UTC");
   }
   function percent(value) { return Math.round(value * 100) + "%"; }
+  // A failure reason as the page and messages write it: "app orders: ROMA.7: message".
+  function reason(r) {
+    var where = [r.resource_type, r.resource_name].filter(Boolean).join(" ");
+    var what = [r.error_code, r.error_msg].filter(Boolean).join(": ");
+    return where && what ? where + ": " + what : (where || what || "(no details)");
+  }
   function cell(label, cls) {
     var td = document.createElement("td");
     td.setAttribute("data-label", label);
@@ -62,7 +68,8 @@
     var changed = cell("Last change", "changed");
     changed.textContent = when(job.last_changed_at);
     var error = cell("Last error", "error");
-    error.textContent = job.error || job.archive_error || "";
+    error.textContent = job.error || job.archive_error || (
+      job.status === "failed" && job.reasons.length ? reason(job.reasons[0]) : "");
     tr.append(name, source, state, progress, eta, changed, error);
     return tr;
   }
