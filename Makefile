@@ -101,7 +101,7 @@ uninstall:
 	rm -f /usr/local/bin/jobherald $(SYSUSERSDIR)/jobherald.conf
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	@echo "uninstalled; $(CONFDIR), /var/lib/private/jobherald and the jobherald user are kept (remove them by hand)"
+	@echo "uninstalled; $(CONFDIR), /var/lib/private/jobherald, the jobherald user and any drop-ins in $(UNITDIR)/jobherald.service.d are kept (remove them by hand)"
 
 # BEFORE=REF also measures the overhead of commit REF, side by side in the same run.
 .PHONY: bench
