@@ -610,3 +610,26 @@ def test_a_boolean_is_never_taken_for_a_number(tmp_path: Path) -> None:
         f"{path}: daemon.poll_interval: expected a number or a duration, got a boolean",
         f"{path}: notifiers.ops.digest_after: expected a whole number, got a boolean",
     ]
+
+
+async def test_check_config_render_prints_what_a_notifier_sends(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[notifiers.ops]\nurls = ["json://127.0.0.1:9/x"]\nformat = "markdown"\n'
+        'digest_body = """\n{% for e in events %}\n- {{ e.job.name }}: {{ e.event.kind }}\n'
+        '{% endfor %}\n"""\n',
+        encoding="utf-8",
+    )
+    code, out, err = await jobherald("check-config", "--render", "ops", "-c", str(path))
+    assert code == 0, err
+    single = out.split("\n--- succeeded (markdown) ---\n", 1)[1].split("\n--- ", 1)[0]
+    assert single.splitlines()[:2] == [
+        "title: nightly export succeeded",
+        "Job nightly export succeeded.",
+    ]
+    digest = out.split("\n--- digest of 5 (markdown) ---\n", 1)[1].split("\n--- ", 1)[0]
+    lines = digest.splitlines()
+    assert lines[1:3] == ["- nightly export: succeeded", "- nightly export: failed"]
+    assert lines[-1].startswith("events 0123456789abcdef")  # the footer is added, as sent
+    code, _, err = await jobherald("check-config", "--render", "nope", "-c", str(path))
+    assert (code, err) == (2, "jobherald: unknown notifier 'nope' (known: ops)\n")

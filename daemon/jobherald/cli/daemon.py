@@ -23,6 +23,8 @@ from jobherald.cli.base import (
 )
 
 if TYPE_CHECKING:
+    from jobherald.config import Notifier
+    from jobherald.notify.messages import Message
     from jobherald.store import Store
 
 
@@ -53,8 +55,14 @@ def run(ctx: click.Context, config_path: str | None, once: bool) -> None:
 
 @cli.command("check-config")
 @config_option
+@click.option(
+    "--render",
+    "render",
+    metavar="NOTIFIER",
+    help="Also print what NOTIFIER sends for each built-in sample event and digest.",
+)
 @click.pass_context
-def check_config(ctx: click.Context, config_path: str | None) -> None:
+def check_config(ctx: click.Context, config_path: str | None, render: str | None) -> None:
     """Validate the config: exit 0, or 2 with one line per problem."""
     from jobherald.model import counted
 
@@ -63,6 +71,33 @@ def check_config(ctx: click.Context, config_path: str | None) -> None:
         f"{cfg.path}: ok ({counted(len(cfg.jobs), 'job')}, {counted(len(cfg.sources), 'source')}, "
         f"{counted(len(cfg.notifiers), 'notifier')})"
     )
+    if render is not None:
+        notifier = cfg.notifiers.get(render)
+        if notifier is None:
+            known = ", ".join(cfg.notifiers) or "none"
+            fail(f"unknown notifier {render!r} (known: {known})", EXIT_USAGE)
+            return
+        for heading, message in run_async(_rendered(notifier, cfg.public_url)):
+            click.echo(f"\n--- {heading} ---\ntitle: {message.title}\n{message.body}")
+
+
+async def _rendered(notifier: Notifier, public_url: str | None) -> list[tuple[str, Message]]:
+    """What ``notifier`` sends for each sample event, then for each sample digest: its
+    templates (or the default messages) filled exactly as a delivery would fill them."""
+    from jobherald.notify.compose import Composer
+    from jobherald.notify.messages import Item
+    from jobherald.templates import SAMPLE_EVENT_ID, digest_samples, samples
+
+    composer = Composer()
+    out = []
+    for kind, payload in samples():
+        item = Item(kind, SAMPLE_EVENT_ID, payload)  # type: ignore[arg-type]
+        out.append((f"{kind} ({notifier.format})", await composer.message(notifier, item)))
+    for digest in digest_samples():
+        items = [Item(k, i, p) for k, i, p in digest["events"]]
+        heading = f"digest of {len(items)} ({notifier.format})"
+        out.append((heading, await composer.digest(notifier, items, public_url)))
+    return out
 
 
 @cli.command("notify-test")
