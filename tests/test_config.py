@@ -207,15 +207,18 @@ def test_bad_apprise_url_is_refused_without_echoing_its_secret(tmp_path: Path) -
         tmp_path,
         BASE.replace(
             'urls = ["json://127.0.0.1:9/hook"]',
-            'urls = ["json://127.0.0.1:9/hook", "nosuch://user:hunter2@host"]',
+            'urls = ["json://127.0.0.1:9/hook", "nosuch://user:hunter2@host", '
+            '"jsn://user:hunter2@host/x", "mailto://hunter2@"]',
         ),
     )
-    (line,) = problems(path)
-    assert line == (
-        f"{path}: notifiers.ops.urls[1]: apprise cannot use this nosuch:// URL "
-        "(unknown service or missing parts)"
-    )
-    assert "hunter2" not in line
+    lines = problems(path)
+    assert lines == [
+        f"{path}: notifiers.ops.urls[1]: apprise knows no nosuch:// service",
+        f"{path}: notifiers.ops.urls[2]: apprise knows no jsn:// service (did you mean json://?)",
+        f"{path}: notifiers.ops.urls[3]: apprise cannot use this mailto:// URL "
+        "(unknown service or missing parts)",
+    ]
+    assert not any("hunter2" in line for line in lines)
 
 
 def test_unknown_notifier_in_a_job_is_refused(tmp_path: Path) -> None:

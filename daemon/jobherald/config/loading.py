@@ -399,5 +399,24 @@ def _check_apprise_url(url: str) -> str | None:
     finally:
         apprise_logger.setLevel(level)
     if plugin is None:
+        known = _apprise_schemes()
+        if scheme.lower() not in known:
+            import difflib
+
+            close = difflib.get_close_matches(scheme.lower(), sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}://?)" if close else ""
+            return f"apprise knows no {scheme}:// service{hint}"
         return f"apprise cannot use this {scheme}:// URL (unknown service or missing parts)"
     return None
+
+
+def _apprise_schemes() -> set[str]:
+    """Every URL scheme apprise knows (its plain and secure protocols)."""
+    import apprise
+
+    known: set[str] = set()
+    for schema in apprise.Apprise().details().get("schemas", []):
+        for key in ("protocols", "secure_protocols"):
+            found = schema.get(key) or ()
+            known.update([found] if isinstance(found, str) else found)
+    return {scheme.lower() for scheme in known if scheme}
