@@ -245,3 +245,25 @@ async def test_commands_that_send_nothing_never_read_a_secret(tmp_path: Path) ->
     assert code == 2
     assert "sources.roma.token_file: cannot read /nonexistent/roma.token" in err
     assert "http.token_file: cannot read /nonexistent/http.token" in err
+
+
+async def test_the_suite_s_daemons_need_no_fixed_port(
+    sim: Simulator, configs: ConfigWriter, daemons: list[Running]
+) -> None:
+    """On a machine where jobherald already listens on its default 127.0.0.1:9781, a
+    daemon started the way every test starts one runs all the same."""
+    import socket
+
+    holder = socket.socket()
+    try:
+        try:
+            holder.bind(("127.0.0.1", 9781))
+            holder.listen()
+        except OSError:
+            pass  # something holds it already: the case this test is about
+        sim.add(SimJob("a", [running(0.4)]))
+        daemon = await start(daemons, configs.write(["a"]))
+        await wait_for(lambda: "watching 1 job " in daemon.output(), 20, "the daemon")
+        assert await daemon.stop() == 0
+    finally:
+        holder.close()
