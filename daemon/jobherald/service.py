@@ -247,7 +247,7 @@ class Daemon:
         periodic = Periodic()
         periodic.every(FLUSH_EVERY, "writing poll times", watcher.flush)
         periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
-        pruner = self._pruner(store, watcher, replica)
+        pruner = self._pruner(store, watcher)
         periodic.every(FORGET_EVERY, "forgetting finished jobs", self._forget_finished)
         # A first pass soon after the start: a daemon restarted more often than hourly
         # prunes all the same.
@@ -513,7 +513,7 @@ class Daemon:
         )
         self.systemd.send("READY=1", f"STATUS={self._status(watcher)}")
 
-    def _pruner(self, store: Store, watcher: Watcher, replica: Replica) -> Pruner:
+    def _pruner(self, store: Store, watcher: Watcher) -> Pruner:
         pruner = Pruner(
             store,
             lambda: self.config.keep_history,

@@ -38,7 +38,7 @@ from jobherald.schedule.reminders import remind_unresolved
 from jobherald.sources.base import JobSource
 from jobherald.sources.registry import make_source
 from jobherald.store import NewEvent, Store, Target
-from jobherald.store.jobs import KEPT_DURATIONS
+from jobherald.store.durations import KEPT_DURATIONS
 from jobherald.timing import utcnow
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,10 @@ from jobherald.model import (
 )
 from jobherald.store.archives import insert_archive
 from jobherald.store.base import StoreBase
+from jobherald.store.durations import keep_durations
 from jobherald.store.events import NewEvent, insert_events
 from jobherald.store.schema import (
-    UTCDateTime,
     archives,
-    durations,
     events,
     jobs,
     pruned_jobs,
@@ -196,41 +195,6 @@ _UPDATE_IDENTITY = (
         remote_id=sa.bindparam("remote"),
         removed_at=sa.bindparam("removed_at", type_=jobs.c.removed_at.type),
     )
-)
-
-
-# Finished durations kept per job name and source (ETAs and typical durations are drawn
-# from the latest; see the durations table).
-KEPT_DURATIONS = 50
-_KEEP_DURATION = sa.insert(durations).from_select(
-    ["name", "source", "job_id", "seconds", "at"],
-    sa.select(
-        jobs.c.name,
-        jobs.c.source,
-        jobs.c.id,
-        sa.bindparam("d_seconds", type_=sa.Float),
-        sa.bindparam("d_at", type_=UTCDateTime),
-    ).where(jobs.c.id == sa.bindparam("d_job")),
-)
-
-
-def _same_key(table: sa.FromClause) -> sa.ColumnElement[bool]:
-    """Rows of ``table`` (durations) of the job name and source of job ``d_job``."""
-    of = sa.select(jobs.c.name, jobs.c.source).where(jobs.c.id == sa.bindparam("d_job"))
-    return sa.tuple_(table.c.name, table.c.source).in_(of)
-
-
-_LATER = durations.alias("later")
-# The durations of that name and source older than the latest KEPT_DURATIONS, gone.
-_TRIM_DURATIONS = sa.delete(durations).where(
-    _same_key(durations),
-    durations.c.id
-    <= sa.select(_LATER.c.id)
-    .where(_same_key(_LATER))
-    .order_by(_LATER.c.id.desc())
-    .offset(KEPT_DURATIONS)
-    .limit(1)
-    .scalar_subquery(),
 )
 
 
@@ -493,8 +457,7 @@ class Jobs(StoreBase):
                 and (seconds := duration_seconds(r.outcome.job))
             ]
             if finished:
-                await conn.execute(_KEEP_DURATION, finished)
-                await conn.execute(_TRIM_DURATIONS, finished)
+                await keep_durations(conn, finished)
             for r in fresh:
                 if r.archive is not None:
                     archive_id, source = r.archive
