@@ -751,7 +751,7 @@ async def test_a_slow_template_delays_only_its_own_notifier(
     template: the trivial one's messages do not wait behind the slow one's renders."""
     from jobherald.service import Daemon
 
-    names = [f"{'n' * 32}-{i:03d}" for i in range(5)]
+    names = [f"{'n' * 28}-{i:03d}" for i in range(5)]
     for i in range(5):
         sim.add(SimJob(f"j{i}", [succeeded()]))
     slow = (
@@ -793,7 +793,7 @@ async def test_healthz_is_degraded_while_a_message_is_long_overdue(
     port = free_port()
     configs.extra = [f'[http]\nlisten = "127.0.0.1:{port}"\n']
     notifiers = {"slow": {"urls": [f"json://127.0.0.1:{trickler.port}/hook"]}}
-    cfg = configs.load([], notifiers=notifiers)
+    cfg = configs.load([], notifiers=notifiers, daemon={"shutdown_timeout": "1s"})
     store = await Store.open(cfg.database_url)
     try:
         long_ago = datetime.now(UTC) - timedelta(minutes=11)
