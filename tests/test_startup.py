@@ -71,7 +71,7 @@ async def test_check_config_still_asks_apprise_about_every_url(configs: ConfigWr
     path = configs.write(["a"], notifiers={"ops": {"urls": ["json://h/x", "nosuch://x"]}})
     code, _, err = await jobherald("check-config", "-c", str(path))
     assert code == 2
-    assert "notifiers.ops.urls[1]: apprise cannot use this nosuch:// URL" in err
+    assert "notifiers.ops.urls[1]: apprise knows no nosuch:// service" in err
 
 
 async def test_a_url_apprise_cannot_use_fails_its_delivery_in_a_pass_with_the_reason(

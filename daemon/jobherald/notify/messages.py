@@ -177,7 +177,7 @@ def reason_count(reasons: Sequence[Mapping[str, Any]]) -> int:
 
 
 def reason_line(reason: Mapping[str, Any]) -> str:
-    """One failure reason as people read it: ``app orders: ROMA.7: message`` (what of it
+    """One failure reason as people read it: ``app orders: E42: message`` (what of it
     there is)."""
     where = " ".join(str(reason[k]) for k in ("resource_type", "resource_name") if reason.get(k))
     what = ": ".join(str(reason[k]) for k in ("error_code", "error_msg") if reason.get(k))

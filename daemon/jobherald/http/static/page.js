@@ -14,7 +14,7 @@
     return value.replace("T", " ").replace(/(\.\d+)?(Z|\+00:00)$/, " UTC");
   }
   function percent(value) { return Math.round(value * 100) + "%"; }
-  // A failure reason as the page and messages write it: "app orders: ROMA.7: message".
+  // A failure reason as the page and messages write it: "app orders: E42: message".
   function reason(r) {
     var where = [r.resource_type, r.resource_name].filter(Boolean).join(" ");
     var what = [r.error_code, r.error_msg].filter(Boolean).join(": ");
