@@ -212,13 +212,8 @@ async def test_status_history_and_counts_of_a_removed_and_a_pruned_job(
     ]
     code, out, _ = await jobherald("status", "--all", "-c", str(path))
     assert "succeeded, removed" in out
-    code, out, _ = await jobherald("status", "-c", str(path))
-    assert "old" not in out.split() and "new" in out.split()
 
-    # `prune` with the daemon stopped: "old" was removed less than a minute ago.
-    code, out, err = await jobherald("prune", "--dry-run", "-c", str(path))
-    assert code == 0, err
-    assert "would prune" in out and "0 jobs" in out
+    # `prune` with the daemon stopped, once "old" was removed more than a minute ago.
     store = await Store.open(cfg.database_url)
     try:
         async with store.engine.begin() as conn:  # removed two minutes ago
