@@ -456,6 +456,31 @@ async def test_a_trickling_download_holds_up_no_other_and_ends_at_archive_timeou
     assert "Traceback" not in daemons.output()
 
 
+async def test_an_archive_whose_answer_s_head_does_not_come_is_given_up_early(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    archive_dir: Path,
+    daemons: Daemons,
+) -> None:
+    """The rate rule counts body bytes, and no read waits long for a head that trickles a
+    byte at a time: the head is bounded by a tenth of archive_timeout (at least 5 s), and
+    the download given up then, not after archive_timeout."""
+    sim.archives["arch-late"] = make_archive({"apps": ["late"]}, 2_000)
+    sim.trickling_heads["arch-late"] = 0.5  # a byte every half second: no read waits long
+    sim.add(SimJob("late", [succeeded()], archive_id="arch-late"))
+    source = {"archive_dir": str(archive_dir), "archive_timeout": "50s"}
+    settings = {"include": ["jobs.d/*.toml"], "poll_interval": "300ms"}
+    config = configs.write([], daemon=settings, source=source)
+    write_jobs(configs, "late")
+    await daemons.start()
+    await wait_for(lambda: "answer's head" in daemons.output(), 30, "the download given up")
+    assert "no answer's head within 5s: given up" in daemons.output()
+    row = await status_of(config, "late")
+    assert row["archive_state"] == "pending" and "answer's head" in str(row["archive_error"])
+    assert "Traceback" not in daemons.output()
+
+
 async def test_archives_past_max_archive_size_are_refused_announced_or_not(
     sim: Simulator,
     receiver: Receiver,

@@ -79,8 +79,19 @@ AT_ONCE = 4
 RETRY_FIRST = 1.0
 COSTLY_FIRST = 60.0
 RETRY_MAX = 900.0
-# The head of a download's answer (status line and headers) must come within this.
+# The head of a download's answer (status line and headers) must come within a tenth of
+# archive_timeout, at least HEAD_AT_LEAST (or archive_timeout when shorter) and at most
+# HEAD_WITHIN.
 HEAD_WITHIN = 60.0
+HEAD_AT_LEAST = 5.0
+
+
+def head_within(archive_timeout: float) -> float:
+    """Seconds the head of a download's answer may take (a head that trickles a byte at a
+    time counts no body bytes for the rate rule: it is bounded here)."""
+    return min(HEAD_WITHIN, max(archive_timeout / 10, HEAD_AT_LEAST), archive_timeout)
+
+
 # A download slower than MIN_RATE bytes a second over RATE_WINDOW seconds is given up.
 MIN_RATE = 10 * 1024
 RATE_WINDOW = 60.0
@@ -345,7 +356,7 @@ class Archiver:
                 # The answer's head must come within HEAD_WITHIN (a head trickled a byte
                 # at a time counts no body bytes for the rate rule); the whole download,
                 # then, within archive_timeout.
-                async with asyncio.timeout(min(source.archive_timeout, HEAD_WITHIN)) as scope:
+                async with asyncio.timeout(head_within(source.archive_timeout)) as scope:
 
                     def head(headers: Mapping[str, str]) -> None:
                         heard.append(True)
@@ -356,10 +367,9 @@ class Archiver:
                         self.watcher.fetcher, job, claim.archive_id, sink, head
                     )
             except TimeoutError:
-                if not heard and source.archive_timeout > HEAD_WITHIN:
-                    raise ArchiveProblem(
-                        f"no answer's head within {format_duration(HEAD_WITHIN)}: given up"
-                    ) from None
+                if not heard:
+                    within = format_duration(head_within(source.archive_timeout))
+                    raise ArchiveProblem(f"no answer's head within {within}: given up") from None
                 raise ArchiveProblem(
                     f"the download took longer than archive_timeout "
                     f"({format_duration(source.archive_timeout)}): given up"

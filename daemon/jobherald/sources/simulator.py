@@ -206,6 +206,8 @@ class Simulator:
         # endless stream of zeros without a Content-Length.
         self.trickling_archives: dict[str, float] = {}
         self.endless_archives: set[str] = set()
+        # Archives whose answer's head trickles: a byte every this many seconds, for ever.
+        self.trickling_heads: dict[str, float] = {}
         # The next this many downloads are answered 503 (a service having a bad moment).
         self.archive_errors = 0
         # Jobs started through the API: how long they run, and what each call asked for.
@@ -373,6 +375,13 @@ class Simulator:
         endless = archive_id in self.endless_archives
         if not endless:
             response.content_length = len(data)
+        if (pace := self.trickling_heads.get(archive_id)) is not None and request.transport:
+            # Written by hand under aiohttp: a status line, then a header a byte at a time.
+            request.transport.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not request.transport.is_closing():
+                await asyncio.sleep(pace)
+                request.transport.write(b"x")
+            raise ConnectionResetError("the client gave up on the head")
         await response.prepare(request)
         if endless:  # zeros, without a length, until the client gives up
             while True:
