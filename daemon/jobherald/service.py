@@ -248,7 +248,7 @@ class Daemon:
         periodic.every(FLUSH_EVERY, "writing poll times", watcher.flush)
         periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
         pruner = self._pruner(store, watcher)
-        periodic.every(FORGET_EVERY, "forgetting finished jobs", self._forget_finished)
+        periodic.every(FORGET_EVERY, "forgetting finished jobs", watcher.forget_finished)
         # A first pass soon after the start: a daemon restarted more often than hourly
         # prunes all the same.
         periodic.every(
@@ -523,14 +523,6 @@ class Daemon:
         pruner.on_pruned = lambda table, n: self.metrics.pruned.labels(table).inc(n)
         pruner.on_size = self.metrics.database_bytes.set
         return pruner
-
-    async def _forget_finished(self) -> None:
-        """Stop watching jobs finished longer ago than their ``forget_after``."""
-        running = self.running
-        if running is None:
-            return
-        watcher = running.watcher
-        await watcher.forget(watcher.forgettable(self.clock()))
 
     def _status(self, watcher: Watcher) -> str:
         """A line for `systemctl status`: what is watched, what fails, when it last polled."""

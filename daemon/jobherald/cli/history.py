@@ -42,10 +42,6 @@ def _number(n: int) -> str:
     return f"{n:,}"
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 2**20:,.1f} MB"
-
-
 async def _dropins_done(cfg: Config, store: Store) -> list[Path]:
     """Drop-in files whose every job has a ``forget_after`` and has been finished that
     long (or was pruned already)."""
@@ -84,6 +80,7 @@ def prune(ctx: click.Context, config_path: str | None, dry_run: bool) -> None:
     """Delete history older than keep_history, and the drop-in files of jobs finished
     longer than their forget_after (the daemon prunes the database by itself)."""
     from jobherald.errors import StoreError
+    from jobherald.schedule.pruner import megabytes
     from jobherald.store import DatabaseLock, Store
 
     cfg = load_config(ctx, config_path, secrets=False)
@@ -131,14 +128,14 @@ def prune(ctx: click.Context, config_path: str | None, dry_run: bool) -> None:
             share = sum(out.pruned.rows.values()) / out.total_rows if out.total_rows else 0.0
             click.echo(
                 f"would prune jobs removed more than {kept_for(keep)} ago: {rows} "
-                f"(about {_megabytes(int(out.total_bytes * share))})"
+                f"(about {megabytes(int(out.total_bytes * share))})"
             )
             if out.daemon_runs and not dry_run:
                 click.echo("the daemon runs and prunes the database by itself: left to it")
         else:
             click.echo(
                 f"pruned jobs removed more than {kept_for(keep)} ago: {rows} "
-                f"({_megabytes(out.pruned.freed)} given back)"
+                f"({megabytes(out.pruned.freed)} given back)"
             )
     _remove_dropins(out.dropins, dry_run)
 

@@ -16,6 +16,7 @@ pass straight through: their polls cost one dictionary lookup here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -112,6 +113,7 @@ class Gates:
         self._gates: dict[str, Gate] = {}
         self._seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._spenders: dict[str, Callable[[], Awaitable[None]]] = {}
         self.replicas = 1
 
     def configure(self, limits: dict[str, tuple[float | None, float]]) -> None:
@@ -201,8 +203,10 @@ class Gates:
         gate = self._gate_of(entry)
         if gate is None or gate.bucket is None:
             return None
-        source = gate.source
-        return lambda: self.spend(source)
+        spender = self._spenders.get(gate.source)
+        if spender is None:  # one per source, not one per poll
+            spender = self._spenders[gate.source] = functools.partial(self.spend, gate.source)
+        return spender
 
     async def spend(self, source: str) -> None:
         """Take a token of ``source``'s budget for one more request of a poll under way

@@ -70,7 +70,7 @@ class Pruner:
                 "pruned %s older than %s (%s)",
                 counted(done.jobs, "finished job").replace(f"{done.jobs} ", f"{done.jobs:,} "),
                 format_duration(keep),
-                _megabytes(done.freed),
+                megabytes(done.freed),
             )
         await self._measure()
         return done
@@ -86,7 +86,8 @@ class Pruner:
             self.on_size(await self.store.database_bytes())
 
 
-def _megabytes(size: int) -> str:
+def megabytes(size: int) -> str:
+    """A size as the log and `prune` say it: MB, or KB under one."""
     if size >= 2**20:
         return f"{size / 2**20:,.0f} MB"
     return f"{size / 1024:,.0f} KB"

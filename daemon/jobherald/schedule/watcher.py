@@ -121,7 +121,7 @@ class Watcher:
         """
         if first is None:
             self._set_views(await self._sync_jobs(self.jobs))
-            self.jobs = {job_id: self.jobs[job_id] for job_id in self.views}
+            self.jobs = self._registered(self.jobs, self.views)
         else:
             self._rest = self.jobs
             early = await self.store.registered_unfinished(self.jobs, first)
@@ -149,7 +149,7 @@ class Watcher:
         assert self._rest is not None
         jobs = self._rest
         self._set_views(await self._sync_jobs(jobs))
-        self.jobs, self._rest = {job_id: jobs[job_id] for job_id in self.views}, None
+        self.jobs, self._rest = self._registered(jobs, self.views), None
         self._keep_running_progress()
 
     def _keep_running_progress(self) -> None:
@@ -197,22 +197,29 @@ class Watcher:
             job_id: self.views.get(job_id) or stored[job_id] for job_id in jobs if job_id in stored
         }
 
-    def forgettable(self, now: datetime) -> list[str]:
-        """Watched jobs finished longer ago than their ``forget_after``."""
-        return [
+    @staticmethod
+    def _registered(
+        jobs: dict[str, WatchedJob], views: dict[str, JobView]
+    ) -> dict[str, WatchedJob]:
+        """``jobs`` without those ``_sync_jobs`` left out (finished past forget_after)."""
+        if len(views) == len(jobs):
+            return jobs
+        return {job_id: job for job_id, job in jobs.items() if job_id in views}
+
+    async def forget_finished(self) -> None:
+        """Stop watching the jobs finished longer ago than their ``forget_after``: they
+        are removed in the store (a start or reload leaves them out too)."""
+        now = self.clock()
+        job_ids = [
             job.id
             for job in self.jobs.values()
             if job.forget_after is not None
             and (view := self.views.get(job.id)) is not None
-            and view.state.terminal
             and forgotten(view, job.forget_after, now)
         ]
-
-    async def forget(self, job_ids: Sequence[str]) -> None:
-        """Stop watching these jobs (they finished long enough ago): removed in the store."""
         if not job_ids:
             return
-        await self.store.mark_removed(job_ids, self.clock())
+        await self.store.mark_removed(job_ids, now)
         for job_id in job_ids:
             self.jobs.pop(job_id, None)
             if (view := self.views.pop(job_id, None)) is not None:
@@ -230,8 +237,7 @@ class Watcher:
         """
         jobs = {j.id: j for j in config.jobs}
         views = await self._sync_jobs(jobs)
-        if len(views) < len(jobs):  # some finished longer than their forget_after ago
-            jobs = {job_id: j for job_id, j in jobs.items() if job_id in views}
+        jobs = self._registered(jobs, views)
         await self._load_durations(jobs)
         old_jobs = self.jobs
         self.config = config

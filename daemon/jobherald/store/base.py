@@ -124,6 +124,13 @@ class StoreBase:
         async with self._writer.begin() as conn:
             yield conn
 
+    def database_file(self) -> Path | None:
+        """The SQLite file (None on PostgreSQL, or in memory)."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        return Path(url.database)
+
     def db_time(self, plus: float = 0.0) -> sa.ColumnElement[datetime]:
         """The time now (plus some seconds) by the database's clock on PostgreSQL, so
         that replicas on hosts whose clocks differ agree on leases; by ours on SQLite."""
@@ -277,10 +284,9 @@ class StoreBase:
         its progress). A file bigger than ``up_to`` bytes is left as it is (said so):
         `jobherald db compact` converts it while the daemon is stopped. True if the
         file gives pages back now."""
-        url = self.engine.url
-        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        path = self.database_file()
+        if path is None:
             return False
-        path = Path(url.database)
         with contextlib.closing(sqlite3.connect(path)) as probe:
             if probe.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
                 return True

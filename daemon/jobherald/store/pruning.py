@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -181,13 +180,6 @@ class Pruning(StoreBase):
                 .values(configured=False, removed_at=now)
             )
 
-    def database_file(self) -> Path | None:
-        """The SQLite file (None on PostgreSQL, or in memory)."""
-        url = self.engine.url
-        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-            return None
-        return Path(url.database)
-
     async def database_bytes(self) -> int:
         """The database's size on disk: the SQLite file and its WAL, or PostgreSQL's
         ``pg_database_size``."""
@@ -218,11 +210,6 @@ class Pruning(StoreBase):
                 break
         async with self._one_writer:
             await asyncio.to_thread(_sqlite, path, _checkpoint)
-
-    async def auto_vacuum_incremental(self) -> bool:
-        """Whether the SQLite file gives freed pages back (auto_vacuum = INCREMENTAL)."""
-        async with self.engine.connect() as conn:
-            return int((await conn.exec_driver_sql("PRAGMA auto_vacuum")).scalar() or 0) == 2
 
 
 def _sqlite(path: Path, work: Callable[[sqlite3.Connection], int]) -> int:
@@ -266,11 +253,3 @@ async def _delete_jobs(
             counts[table.name] += result.rowcount
         counts["jobs"] += (await conn.execute(sa.delete(jobs).where(jobs.c.id.in_(chunk)))).rowcount
     return counts
-
-
-def file_size(path: Path) -> int:
-    """A file's size, 0 when it is not there."""
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
