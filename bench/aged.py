@@ -213,13 +213,18 @@ async def reads(
             out["timings"] = timings
             out["rss"] = _rss(proc.pid)[1]
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 120)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+            await _stop(proc)
     return out
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, and a kill when that does not end it within two minutes."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 async def _pruned_jobs(http: aiohttp.ClientSession, address: str) -> float:
@@ -266,12 +271,7 @@ async def prune(python: str, base: str, folder: Path, keep: str) -> dict[str, An
             out["rate"] = counter.rate(since, ended)
         finally:
             await counter.stop()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 120)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+            await _stop(proc)
     out["bytes_after"] = _size(db)
     return out
 
