@@ -443,13 +443,22 @@ async def test_the_demo_serves_metrics_while_it_runs_and_keeps_its_archives() ->
             assert line, "the demo ended before it printed its address"
             if found := re.search(r"status page (http://127\.0\.0\.1:\d+)/", line):
                 address = found[1]
-        await asyncio.sleep(1.0)
+        # The page is served as soon as the daemon listens; its jobs come with the first
+        # sync, a moment later on a busy machine.
+        deadline = asyncio.get_running_loop().time() + 30
+        page = ""
+        while "nightly export" not in page:
+            assert asyncio.get_running_loop().time() < deadline, page[-2000:]
+            await asyncio.sleep(0.1)
+            try:
+                status, page, _ = await get(f"{address}/")
+            except aiohttp.ClientConnectionError:  # not listening yet
+                continue
+            assert status == 200, page[-500:]
         status, text, _ = await get(f"{address}/metrics")
         assert status == 200
         names = {f.name for f in text_string_to_metric_families(text)}
         assert names >= REQUIRED
-        status, page, _ = await get(f"{address}/")
-        assert status == 200 and "nightly export" in page
         said.append((await asyncio.wait_for(proc.stdout.read(), 90)).decode())
         # Its output ended: let it finish exiting (a kill now would be the test's doing).
         await asyncio.wait_for(proc.wait(), 30)
