@@ -168,7 +168,8 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
         await asyncio.sleep(max(0.0, up + 13 - time.monotonic()))
         stopped.send_signal(signal.SIGSTOP)
         t_stop, t_stop_wall = time.monotonic(), time.time()
-        await asyncio.sleep(LEASE + 3)
+        # Frozen well past the bound below: a share not taken over shows as a longer gap.
+        await asyncio.sleep(LEASE + 6)
         stopped.send_signal(signal.SIGCONT)
         t_cont, t_cont_wall = time.monotonic(), time.time()
 
@@ -212,7 +213,8 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
     repeats = unexplained_repeats(received, times, (t_kill, t_stop), t_cont)
 
     # No job went unpolled longer than lease + interval (+ the interval's jitter and a
-    # quarter second in which jobs taken over are first polled), and few polls were extra.
+    # second and a half in which jobs taken over are first polled on a busy machine), and
+    # few polls were extra.
     polls = polls_by_job(sim)
     settle = up + 2  # the first polls of the share each replica took at start
     worst_gap, single, total = 0.0, 0, 0
@@ -224,7 +226,7 @@ async def test_three_replicas_share_the_jobs_and_survive_a_kill_and_a_sigstop(
         worst_gap = max([worst_gap, *gaps])
         single += math.ceil((until - times[0]) / INTERVAL) + 1
         total += len(times)
-    assert worst_gap <= LEASE + INTERVAL * 1.1 + 0.5, worst_gap
+    assert worst_gap <= LEASE + INTERVAL * 1.1 + 1.5, worst_gap
     assert total <= 1.15 * single, (total, single)
 
     # The frozen replica polled nothing from its resumption until it had joined again.
