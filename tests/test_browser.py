@@ -176,3 +176,45 @@ async def test_the_page_works_without_javascript_and_on_a_phone(browser: Any, si
     assert response.status == 401
     assert response.headers["www-authenticate"].startswith("Basic realm=")
     await bare.close()
+
+
+UNLABELLED = """() => [...document.querySelectorAll('table td')]
+    .filter(td => !td.dataset.label || getComputedStyle(td, '::before').content === 'none')
+    .map(td => td.outerHTML.slice(0, 120))"""
+
+
+@pytest.mark.timeout(120)
+async def test_every_cell_keeps_its_label_on_a_phone_and_a_failed_job_shows_its_reason(
+    browser: Any, site: str
+) -> None:
+    for width, phone in ((390, True), (1280, False)):
+        context = await browser.new_context(
+            http_credentials={"username": "ops", "password": TOKEN},
+            java_script_enabled=False,
+            viewport={"width": width, "height": 844},
+            is_mobile=phone,
+        )
+        page = await context.new_page()
+        for _ in range(100):  # without scripts: read again until the failure is on it
+            await page.goto(f"{site}/")
+            row = page.locator('tr[data-id="broke"]')
+            if "failed" in await row.locator("td.state").inner_text():
+                break
+            await asyncio.sleep(0.2)
+        error = await row.locator("td.error").inner_text()
+        assert "ROMA.1" in error and "<b>bad</b> input" in error, error
+        header = page.locator("#jobs thead")
+        if phone:
+            # The header row is hidden: each cell says what it is.
+            assert not await header.is_visible()
+            assert await page.evaluate(UNLABELLED) == []
+            assert await row.locator("td.error").get_attribute("data-label") == "Last error"
+        else:
+            assert await header.is_visible()
+        await page.goto(f"{site}/jobs/broke")
+        assert "<b>bad</b> input" in await page.locator("body").inner_text()
+        if phone:
+            assert await page.evaluate(UNLABELLED) == []
+        scroll = await page.evaluate("() => document.documentElement.scrollWidth")
+        assert scroll <= width + 1, f"the job's page is {scroll}px wide on a {width}px screen"
+        await context.close()

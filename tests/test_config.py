@@ -208,17 +208,80 @@ def test_bad_apprise_url_is_refused_without_echoing_its_secret(tmp_path: Path) -
         BASE.replace(
             'urls = ["json://127.0.0.1:9/hook"]',
             'urls = ["json://127.0.0.1:9/hook", "nosuch://user:hunter2@host", '
-            '"jsn://user:hunter2@host/x", "mailto://hunter2@"]',
+            '"jsn://user:hunter2@host/x", "mailto://hunter2@", '
+            '"mailto://me:hunter2@example.com?mode=insecur", "tgram://hunter2/"]',
         ),
     )
     lines = problems(path)
     assert lines == [
         f"{path}: notifiers.ops.urls[1]: apprise knows no nosuch:// service",
         f"{path}: notifiers.ops.urls[2]: apprise knows no jsn:// service (did you mean json://?)",
-        f"{path}: notifiers.ops.urls[3]: apprise cannot use this mailto:// URL "
+        # Where apprise names the part it refused, the line says it (values masked).
+        f"{path}: notifiers.ops.urls[3]: apprise cannot use this mailto:// URL: "
+        "Invalid ~From~ email specified",
+        f"{path}: notifiers.ops.urls[4]: apprise cannot use this mailto:// URL: "
+        "The secure mode specified (***) is invalid",
+        f"{path}: notifiers.ops.urls[5]: apprise cannot use this tgram:// URL "
         "(unknown service or missing parts)",
     ]
     assert not any("hunter2" in line for line in lines)
+
+
+def test_problems_in_sources_and_notifiers_do_not_hide_those_of_jobs(tmp_path: Path) -> None:
+    """One run says everything: a source that fails validation, one with a bad JMESPath, a
+    bad notifier URL, and beside them a job's missing url param, a duplicate and an unknown
+    source; the jobs of a broken source are not blamed for it."""
+    path = write(
+        tmp_path,
+        """\
+        [sources.api]
+        type = "http-json"
+        url = "https://jobs.example.com/teams/{team}/jobs/{job_id}"
+        status = "state[["
+        succeeded = ["done"]
+        failed = ["error"]
+
+        [sources.bad]
+        type = "roma-connect"
+        endpoint = 5
+        project_id = "p"
+
+        [notifiers.ops]
+        urls = ["jsn://x"]
+
+        [[jobs]]
+        id = "a"
+        source = "api"
+
+        [[jobs]]
+        id = "b"
+        source = "api"
+        params = {team = "x"}
+
+        [[jobs]]
+        id = "b"
+        source = "api"
+        params = {team = "x"}
+
+        [[jobs]]
+        id = "c"
+        source = "bad"
+        notify = ["ops"]
+
+        [[jobs]]
+        id = "d"
+        source = "nope"
+        """,
+    )
+    assert problems(path) == [
+        f"{path}: sources.bad.endpoint: Input should be a valid string (given 5)",
+        f"{path}: sources.api.status: bad JMESPath 'state[[': Expecting: star, got: lbracket",
+        f"{path}: notifiers.ops.urls[0]: apprise knows no jsn:// service (did you mean json://?)",
+        f"{path}: jobs[0] (id 'a').params: source 'api' has {{team}} in its url: "
+        "give team in this job's params",
+        f"{path}: jobs[2] (id 'b').id: duplicate job id 'b' (first in {path}: jobs[1] (id 'b'))",
+        f"{path}: jobs[4] (id 'd').source: unknown source 'nope' (known: api, bad)",
+    ]
 
 
 def test_unknown_notifier_in_a_job_is_refused(tmp_path: Path) -> None:

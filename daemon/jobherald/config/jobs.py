@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import replace
 from typing import Any
 
@@ -16,7 +16,7 @@ from jobherald.config.sections import (
     MainFile,
 )
 from jobherald.fields import RuleFields
-from jobherald.sources.http_json_config import HttpJsonSettings
+from jobherald.sources.http_json_config import HttpJsonSettings, url_placeholders
 from jobherald.sources.sections import (
     WITH_INSTANCES,
     WITH_PARAMS,
@@ -29,18 +29,38 @@ class _JobTables:
     """``[[jobs]]`` tables validated and resolved one at a time (each left as None once
     it is a WatchedJob); what the main file shares among its jobs worked out once."""
 
-    def __init__(self, parsed: MainFile | None, sources: Mapping[str, Source] | None) -> None:
+    def __init__(
+        self,
+        parsed: MainFile | None,
+        sources: Mapping[str, Source] | None,
+        broken: Set[str] = frozenset(),
+    ) -> None:
         # ``sources``: the main file's sources resolved (None: it is invalid; jobs are then
-        # only validated).
-        self.parsed, self.sources = parsed, sources
+        # only validated). ``broken``: "sources.NAME" and "notifiers.NAME" whose tables
+        # failed validation (said once, against the table: not again for each job).
+        self.parsed, self.sources, self.broken = parsed, sources, broken
         self.watched: list[WatchedJob] = []
         self.problems: list[str] = []
         self.seen: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], tuple[str, int]] = {}
         if parsed is None:
             return
-        self.known_sources = ", ".join(sorted(parsed.sources)) or "none defined"
-        self.known_notifiers = ", ".join(sorted(parsed.notifiers)) or "none defined"
+        named = {
+            kind: {n.partition(".")[2] for n in broken if n.startswith(kind)}
+            for kind in ("sources.", "notifiers.")
+        }
+        self.known_sources = ", ".join(sorted({*parsed.sources, *named["sources."]}))
+        self.known_notifiers = ", ".join(sorted({*parsed.notifiers, *named["notifiers."]}))
         self.everyone = tuple(parsed.notifiers)
+
+    def _check_notify(self, job: JobSection, where: Callable[[], str]) -> None:
+        assert self.parsed is not None
+        for i, notifier in enumerate(job.notify or ()):
+            if notifier in self.parsed.notifiers or f"notifiers.{notifier}" in self.broken:
+                continue
+            self.problems.append(
+                f"{where()}.notify[{i}]: unknown notifier {notifier!r} "
+                f"(known: {self.known_notifiers or 'none defined'})"
+            )
 
     def keyed(self) -> list[WatchedJob]:
         """The jobs, each under its key: its id, unless another job has the same id (in
@@ -67,7 +87,7 @@ class _JobTables:
                     invalid.append(_describe(err, label, raw))
                 continue
             tables[i] = None
-            if self.sources is not None and not invalid:
+            if self.sources is not None:
                 self._resolve(job, label, i)
 
     def _resolve(self, job: JobSection, label: str, index: int) -> None:
@@ -79,16 +99,13 @@ class _JobTables:
             return _job_where(label, index, job.id)
 
         if section is None:
+            if f"sources.{job.source}" in self.broken:
+                return
             problems.append(
-                f"{where()}.source: unknown source {job.source!r} (known: {self.known_sources})"
+                f"{where()}.source: unknown source {job.source!r} (known: {self.known_sources or 'none defined'})"
             )
             return
-        for i, notifier in enumerate(job.notify or ()):
-            if notifier not in parsed.notifiers:
-                problems.append(
-                    f"{where()}.notify[{i}]: unknown notifier {notifier!r} "
-                    f"(known: {self.known_notifiers})"
-                )
+        self._check_notify(job, where)
         params = tuple(sorted(job.params.items())) if job.params else ()
         if job.params is not None and not section.params:
             problems.append(
@@ -97,9 +114,9 @@ class _JobTables:
             )
             return
         source = self.sources.get(job.source)
-        settings = getattr(source, "settings", None)
-        if isinstance(settings, HttpJsonSettings):
-            missing = sorted(settings.placeholders - {"job_id"} - dict(params).keys())
+        placeholders = _placeholders_of(section, source)
+        if placeholders:
+            missing = sorted(placeholders - {"job_id"} - dict(params).keys())
             if missing:
                 names = ", ".join(f"{{{m}}}" for m in missing)
                 problems.append(
@@ -122,16 +139,16 @@ class _JobTables:
                     f"{where()}.instance_id: required, as source {job.source!r} sets no instance_id"
                 )
                 return
-        if source is None:
-            return
         # One job is its source, id, instance and params: the same four twice is one job
         # given twice; the same id with any of the others differing is two jobs.
-        identity = (job.id, source.name, instance_id, params)
+        identity = (job.id, job.source, instance_id, params)
         if identity in self.seen:
             first = _job_where(*self.seen[identity], job.id)
             problems.append(f"{where()}.id: duplicate job id {job.id!r} (first in {first})")
             return
         self.seen[identity] = (label, index)
+        if source is None:  # its source has problems of its own, said against the source
+            return
         # A job that sets no rule of its own shares its source's (one Rules, not 100,000).
         own_rules = not _RULE_KEYS.isdisjoint(job.model_fields_set)
         self.watched.append(
@@ -149,6 +166,18 @@ class _JobTables:
                 forget_after=job.forget_after,
             )
         )
+
+
+def _placeholders_of(section: Any, source: Source | None) -> frozenset[str]:
+    """The ``{names}`` in an http-json source's url (read from its table when the source
+    has problems elsewhere: a job's missing params are said all the same)."""
+    settings = getattr(source, "settings", None)
+    if isinstance(settings, HttpJsonSettings):
+        return settings.placeholders
+    url = getattr(section, "url", None)
+    if source is None and isinstance(url, str):
+        return frozenset(url_placeholders(url, "", []))
+    return frozenset()
 
 
 def _keyed(job: WatchedJob, key: str) -> WatchedJob:

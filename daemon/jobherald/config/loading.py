@@ -88,6 +88,9 @@ def _load(
     tables: list[tuple[list[Any], str]] = [(_pop_jobs(raw), label)]
     invalid: list[str] = []
     parsed = _validate(MainFile, raw, label, invalid)
+    broken: set[str] = set()  # "sources.NAME", "notifiers.NAME" that failed validation
+    if parsed is None:
+        parsed = _salvaged(raw, broken)
     unreadable: list[str] = []
     for dropin in [*_included(main.parent, parsed.daemon.include if parsed else (), label), *extra]:
         extra_label = _display(dropin, main.parent)
@@ -104,15 +107,40 @@ def _load(
         raise ConfigError(unreadable)
     templates = check_urls if check_templates is None else check_templates
     resolving = _Resolving(main, label, parsed, check_urls, templates) if parsed else None
-    jobs = _JobTables(parsed, resolving.sources if resolving is not None else None)
+    jobs = _JobTables(parsed, resolving.sources if resolving is not None else None, broken)
     for table, table_label in tables:
         jobs.read(table, table_label, invalid)
-    if invalid or resolving is None:
+    if resolving is None:
         raise ConfigError(invalid)
-    config = resolving.config(jobs.keyed(), jobs.problems)
+    # Every problem found, in one run: the tables' first, then what resolving them found.
+    config = resolving.config(jobs.keyed(), jobs.problems, invalid)
     if check_urls if check_dirs is None else check_dirs:
         _check_archive_dirs(config, main, label)
     return replace(config, include=resolving.parsed.daemon.include)
+
+
+def _salvaged(raw: dict[str, Any], broken: set[str]) -> MainFile | None:
+    """The main file without the tables that failed validation (their problems are said
+    already), so the rest, and the jobs, are checked in the same run; None if even that
+    fails. It is only ever used to find more problems."""
+    import copy
+
+    from pydantic import ValidationError
+
+    trimmed = copy.deepcopy(raw)
+    for _ in range(3):
+        try:
+            return MainFile.model_validate(trimmed)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = [str(part) for part in err["loc"]]
+                table = trimmed.get(loc[0]) if loc else None
+                if len(loc) >= 2 and loc[0] in ("sources", "notifiers") and isinstance(table, dict):
+                    table.pop(loc[1], None)
+                    broken.add(f"{loc[0]}.{loc[1]}")
+                elif loc:
+                    trimmed.pop(loc[0], None)
+    return None
 
 
 def _check_archive_dirs(config: Config, main: Path, label: str) -> None:
@@ -163,9 +191,13 @@ class _Resolving:
         }
         self.event_loop = _event_loop(parsed.daemon.event_loop, label, self.problems)
 
-    def config(self, jobs: Sequence[WatchedJob], job_problems: Sequence[str]) -> Config:
+    def config(
+        self, jobs: Sequence[WatchedJob], job_problems: Sequence[str], invalid: Sequence[str] = ()
+    ) -> Config:
+        """The Config, or ConfigError with ``invalid`` (the tables' problems), then those
+        of resolving, then ``job_problems``."""
         parsed, label = self.parsed, self.label
-        problems = [*self.problems, *job_problems]
+        problems = [*invalid, *self.problems, *job_problems]
         database_url = _database_url(parsed.daemon.database, self.main.parent, label, problems)
         http = _http(parsed.http, self.main.parent, label, problems)
         public_url = _public_url(parsed.http.public_url, label, problems)
@@ -392,12 +424,17 @@ def _check_apprise_url(url: str) -> str | None:
     if scheme is None:
         return "not an apprise URL (expected scheme://...)"
     apprise_logger = logging.getLogger("apprise")
-    level = apprise_logger.level
-    apprise_logger.setLevel(logging.CRITICAL)
+    level, propagate = apprise_logger.level, apprise_logger.propagate
+    said = _Said()
+    apprise_logger.setLevel(logging.WARNING)
+    apprise_logger.propagate = False
+    apprise_logger.addHandler(said)
     try:
         plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     finally:
+        apprise_logger.removeHandler(said)
         apprise_logger.setLevel(level)
+        apprise_logger.propagate = propagate
     if plugin is None:
         known = _apprise_schemes()
         if scheme.lower() not in known:
@@ -406,8 +443,34 @@ def _check_apprise_url(url: str) -> str | None:
             close = difflib.get_close_matches(scheme.lower(), sorted(known), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}://?)" if close else ""
             return f"apprise knows no {scheme}:// service{hint}"
+        if said.warnings:  # apprise named the part it refused: said without the URL's values
+            return f"apprise cannot use this {scheme}:// URL: {_masked(said.warnings[0], url)}"
         return f"apprise cannot use this {scheme}:// URL (unknown service or missing parts)"
     return None
+
+
+class _Said(logging.Handler):
+    """apprise's warnings while it reads one URL (its errors echo the URL: left out)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno == logging.WARNING:
+            self.warnings.append(record.getMessage())
+
+
+def _masked(message: str, url: str) -> str:
+    """``message`` with every value of ``url`` (user, password, host, path parts, query
+    values: any may be a secret) shown as ``***``, on one line of at most 160 characters."""
+    _, _, rest = url.partition("://")
+    keys = set(re.findall(r"[?&]([^=&#]+)=", rest))
+    pieces = {p for p in re.split(r"[:/@?&=#,]+", rest) if len(p) >= 2 and p not in keys}
+    for piece in sorted(pieces, key=len, reverse=True):
+        message = message.replace(piece, "***")
+    message = " ".join(message.split()).rstrip(".: ")
+    return message if len(message) <= 160 else message[:157] + "..."
 
 
 def _apprise_schemes() -> set[str]:

@@ -94,7 +94,7 @@ def _http_json_settings(
         )
     elif not re.match(r"^https?://[^/\s{}]+", section.url):
         problems.append(f"{where}.url: {section.url!r} must start with https:// or http://host")
-    placeholders = _placeholders(section.url, f"{where}.url", problems)
+    placeholders = url_placeholders(section.url, f"{where}.url", problems)
     _check_expressions(section, where, problems)
     _check_words(section, where, problems)
     for i, status in enumerate(section.not_found):
@@ -130,7 +130,7 @@ def _without_userinfo(url: str) -> str:
     return f"{scheme}://***@{host_part.rpartition('@')[2]}{slash}{path}"
 
 
-def _placeholders(url: str, where: str, problems: list[str]) -> set[str]:
+def url_placeholders(url: str, where: str, problems: list[str]) -> set[str]:
     found: set[str] = set()
     try:
         for _, name, spec, conversion in string.Formatter().parse(url):
