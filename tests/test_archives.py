@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobherald.config.paths import unit_problem
+from jobherald.config.paths import sandbox_problem, unit_problem
 from jobherald.errors import ArchiveProblem
 from jobherald.schedule.archiver import Transfer, _zip_problem, archive_file_name
 from jobherald.sources.simulator import SimJob, Simulator, make_archive, running, succeeded
@@ -337,6 +337,29 @@ def test_the_units_sandbox_decides_what_the_service_can_write() -> None:
     )
     assert unit_problem(Path("/home/ops/x"), **{**unit, "protect_system": "no"}) is not None  # type: ignore[arg-type]
     assert unit_problem(Path("/srv/x"), **{**unit, "protect_system": "full"}) is None  # type: ignore[arg-type]
+
+
+def test_without_systemd_the_installed_unit_files_say_what_the_service_can_write(
+    tmp_path: Path,
+) -> None:
+    """Where no systemd runs (a container, a chroot), the shipped unit and a drop-in of
+    `systemctl edit` are read as systemd would read them: the check is still made."""
+    shipped = Path(__file__).parent.parent / "systemd" / "jobherald.service"
+    (tmp_path / "jobherald.service").write_text(shipped.read_text(encoding="utf-8"))
+    assert sandbox_problem(Path("/srv/exports/roma"), tmp_path) == (
+        "/srv/exports/roma is read-only for jobherald.service (ProtectSystem=strict): use a "
+        "folder under /var/lib/jobherald, or add ReadWritePaths=/srv/exports/roma with "
+        "`systemctl edit jobherald`"
+    )
+    assert sandbox_problem(Path("/var/lib/jobherald/archives"), tmp_path) is None
+    (tmp_path / "jobherald.service.d").mkdir()
+    (tmp_path / "jobherald.service.d" / "override.conf").write_text(
+        "[Service]\nReadWritePaths=-/srv/exports\n"
+    )
+    assert sandbox_problem(Path("/srv/exports/roma"), tmp_path) is None
+    assert sandbox_problem(Path("/home/ops/x"), tmp_path) is not None
+    # No unit installed there: nothing to say.
+    assert sandbox_problem(Path("/srv/backups"), tmp_path / "none") is None
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 Checked by ``check-config``, at start and at reload. Under systemd, the unit's sandbox
 decides what the service may write, not the permissions a person sees: when the
 config is the service's own and the unit is installed, its ``ProtectSystem``,
-``StateDirectory`` and ``ReadWritePaths`` are read with ``systemctl show``.
+``StateDirectory`` and ``ReadWritePaths`` are read with ``systemctl show``, or from the
+unit's files and drop-ins when systemd does not run here (a container, a chroot, a build).
 """
 
 from __future__ import annotations
@@ -30,11 +31,60 @@ def writable_problem(folder: Path) -> str | None:
     return None
 
 
-def sandbox_problem(folder: Path) -> str | None:
+SANDBOX_KEYS = ("ProtectSystem", "ProtectHome", "StateDirectory", "ReadWritePaths")
+
+
+def sandbox_problem(folder: Path, unit_dir: Path | None = None) -> str | None:
     """Why the installed service's sandbox keeps it from writing ``folder``, or None
-    (also when there is no installed unit to ask, or this runs inside the service)."""
+    (also when no unit is installed, or this runs inside the service). systemd is asked
+    when it runs here; else the unit file and its drop-ins are read (``unit_dir``: read
+    them from there, systemd not asked)."""
+    if unit_dir is None and os.environ.get("INVOCATION_ID"):
+        return None  # the service itself: its own writes say what its sandbox allows
+    props = _shown_by_systemd() if unit_dir is None else None
+    if props is None:  # no systemd running here: the installed files say the same
+        props = unit_file_settings(unit_dir)
+    if props is None or props.get("LoadState") != "loaded":
+        return None
+    return unit_problem(
+        folder,
+        protect_system=props.get("ProtectSystem", "no"),
+        protect_home=props.get("ProtectHome", "no"),
+        state_directories=props.get("StateDirectory", "").split(),
+        read_write_paths=props.get("ReadWritePaths", "").split(),
+    )
+
+
+def unit_file_settings(unit_dir: Path | None = None) -> dict[str, str] | None:
+    """The sandbox settings of the installed unit as its files give them (drop-ins after
+    the unit, a later line winning; an empty ReadWritePaths= clearing the list), or None
+    when no unit is installed there."""
+    folder = unit_dir or Path(os.environ.get("JOBHERALD_UNIT_DIR") or UNIT_DIR)
+    unit = folder / UNIT
+    if not unit.is_file():
+        return None
+    props = {"LoadState": "loaded"}
+    for path in [unit, *sorted((folder / f"{UNIT}.d").glob("*.conf"))]:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, sep, value = (part.strip() for part in line.partition("="))
+            if not sep or key not in SANDBOX_KEYS:
+                continue
+            if key in ("ReadWritePaths", "StateDirectory") and value:
+                props[key] = f"{props.get(key, '')} {value}".strip()
+            else:
+                props[key] = value
+    return props
+
+
+def _shown_by_systemd() -> dict[str, str] | None:
+    """The unit's sandbox settings as the running systemd has them, or None when no
+    systemd runs here."""
     systemctl = shutil.which("systemctl")
-    if os.environ.get("INVOCATION_ID") or systemctl is None:
+    if systemctl is None:
         return None
     try:
         shown = subprocess.run(  # noqa: S603 (fixed arguments)
@@ -53,16 +103,7 @@ def sandbox_problem(folder: Path) -> str | None:
         return None
     if shown.returncode != 0:
         return None  # no systemd running here
-    props = dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
-    if props.get("LoadState") != "loaded":
-        return None
-    return unit_problem(
-        folder,
-        protect_system=props.get("ProtectSystem", "no"),
-        protect_home=props.get("ProtectHome", "no"),
-        state_directories=props.get("StateDirectory", "").split(),
-        read_write_paths=props.get("ReadWritePaths", "").split(),
-    )
+    return dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
 
 
 def unit_problem(
