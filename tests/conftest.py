@@ -308,7 +308,7 @@ def clock() -> Clock:
 
 
 async def jobherald(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30, cwd: Path | None = None
 ) -> tuple[int, str, str]:
     """Run the jobherald command line in a child process; return (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
@@ -316,6 +316,7 @@ async def jobherald(
         "-m",
         "jobherald",
         *args,
+        cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},

@@ -471,6 +471,10 @@ async def test_the_demo_serves_metrics_while_it_runs_and_keeps_its_archives() ->
     out = "".join(said)
     assert "full backup archived" in out and "nightly export archived" in out
     assert "4 jobs watched, 2 export archives kept, 6 messages sent" in " ".join(out.split())
+    # Its next steps are commands that run as printed from here.
+    prefix = f"{os.path.relpath(sys.executable)} -m jobherald"
+    for step in ("init jobherald.toml", "simulate", "run -c jobherald.toml"):
+        assert f"  {prefix} {step}" in out, out[-800:]
 
 
 async def test_malformed_requests_are_one_line_at_most_a_minute(served: Served) -> None:

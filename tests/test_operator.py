@@ -267,3 +267,68 @@ async def test_the_suite_s_daemons_need_no_fixed_port(
         assert await daemon.stop() == 0
     finally:
         holder.close()
+
+
+async def test_init_writes_a_starter_config_that_runs_as_written_against_simulate(
+    tmp_path: Path,
+) -> None:
+    """The newcomer's next step after the demo: `init`, then `simulate` and `run` as
+    printed; the simulator's webhook prints each message the daemon sends."""
+    from tests.test_http import free_port
+
+    simulator, listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    path = tmp_path / "jobherald.toml"
+    code, out, err = await jobherald(
+        "init", str(path), "--simulator", simulator, "--listen", listen, cwd=tmp_path
+    )
+    assert code == 0, err
+    assert f" simulate --listen {simulator}" in out and f" run -c {path}" in out
+    text = path.read_text()
+    assert "For a real ROMA Connect instance" in text and (tmp_path / "jobs.d").is_dir()
+    # A second init keeps the file it would overwrite.
+    code, _, err = await jobherald("init", str(path), cwd=tmp_path)
+    assert (
+        code == 2
+        and err == f"jobherald: {path}: already exists; give another path (nothing was written)\n"
+    )
+    assert path.read_text() == text
+    code, out, err = await jobherald("check-config", "-c", str(path))
+    assert code == 0, err
+    assert out.endswith(": ok (4 jobs, 2 sources, 1 notifier)\n")
+
+    procs = []
+    log = (tmp_path / "run.log").open("wb")
+    try:
+        for args, out_to in (
+            (("simulate", "--listen", simulator), asyncio.subprocess.PIPE),
+            (("run", "-c", str(path)), log),
+        ):
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "jobherald",
+                    *args,
+                    cwd=tmp_path,
+                    stdout=out_to,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
+            )
+        printed = ""
+        stdout = procs[0].stdout
+        assert stdout is not None
+        while "nightly export archived" not in printed or "orders import failed" not in printed:
+            line = await asyncio.wait_for(stdout.readline(), 60)
+            assert line, printed + (tmp_path / "run.log").read_text()
+            printed += line.decode()
+        assert "message: orders import failed" in printed
+        assert "message: nightly export archived" in printed
+        assert "ROMA.00110027" in printed
+    finally:
+        for proc in reversed(procs):
+            if proc.returncode is None:
+                proc.terminate()
+                await asyncio.wait_for(proc.wait(), 20)
+        log.close()
+    assert (tmp_path / "jobherald.db").exists()
+    assert list((tmp_path / "archives").glob("nightly export-*.zip"))

@@ -3,7 +3,7 @@
 One module per kind of command; importing this package registers them all on ``cli``.
 """
 
-from jobherald.cli import daemon, history, jobs, outbox, roma, views
+from jobherald.cli import daemon, history, jobs, outbox, roma, starter, views
 from jobherald.cli.base import cli, main
 
-__all__ = ["cli", "daemon", "history", "jobs", "main", "outbox", "roma", "views"]
+__all__ = ["cli", "daemon", "history", "jobs", "main", "outbox", "roma", "starter", "views"]

@@ -289,7 +289,56 @@ async def run_demo(speed: float = 1.0) -> int:
     console.print()
     console.print(
         f"demo done in {time.monotonic() - started:.0f}s: {len(jobs)} jobs watched, "
-        f"{len(sim.downloaded)} export archives kept, {received} messages sent. Next: copy "
-        "config.example.toml to config.toml, edit it, and run `jobherald run -c config.toml`."
+        f"{len(sim.downloaded)} export archives kept, {received} messages sent."
+    )
+    from jobherald.cli.starter import command_prefix
+
+    command = command_prefix()
+    console.print(
+        "Next, a config of your own, as written against the same simulated jobs:",
+        f"  {command} init jobherald.toml",
+        f"  {command} simulate    # in another terminal",
+        f"  {command} run -c jobherald.toml",
+        sep="\n",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
     return 0
+
+
+async def serve_simulator(host: str, port: int) -> None:
+    """The demo's jobs (paced for one poll a second) and a webhook at ``/hook`` that prints
+    each message it is sent, served on ``host:port`` until cancelled."""
+    import json
+
+    from aiohttp import web
+
+    sim = Simulator()
+    for _, job, _ in demo_jobs(1.0):
+        sim.add(job)
+
+    async def hook(request: web.Request) -> web.Response:
+        try:
+            message = json.loads(await request.read())
+        except ValueError:
+            return web.Response(status=400, text="not JSON")
+        title = str(message.get("title", "")) if isinstance(message, dict) else ""
+        body = str(message.get("message", "")) if isinstance(message, dict) else ""
+        print(
+            f"message: {title}", *(f"  {line}" for line in body.splitlines()), sep="\n", flush=True
+        )
+        return web.Response(status=200)
+
+    sim.app.router.add_post("/hook", hook)
+    url = await sim.start(host, port)
+    print(
+        f"simulated ROMA Connect and Huawei Cloud jobs at {url} "
+        f"(project {sim.project_id}, instance {next(iter(sim.instances))}, token {sim.token}); "
+        f"messages sent to {url}/hook are printed here. Ctrl-C stops it.",
+        flush=True,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
