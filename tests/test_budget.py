@@ -279,3 +279,31 @@ async def test_a_probe_whose_job_left_the_config_hands_the_probe_on() -> None:
     now = loop.time()
     assert gates.admit(Entry("later", 1.0, now, now), now)
     gates.close()
+
+
+async def test_a_reload_that_removes_the_probes_job_leaves_the_source_polled(
+    sim: Simulator,
+    configs: ConfigWriter,
+    running_daemon: Callable[[Config], Daemon],
+) -> None:
+    """A 429 pauses the source while another job's poll waits for the pause to end; a
+    reload removes both jobs and adds a third. When the pause ends the waiting poll of a
+    removed job is the probe and is dropped: the probe passes to the new job, which is
+    polled (the source is never left paused for good)."""
+    sim.add(SimJob("says-stop", [http_error(429, "APIG.0308", "throttled", retry_after=3)]))
+    sim.add(SimJob("waits", [running(0.2)]))
+    sim.add(SimJob("new", [running(0.5)]))
+    daemon_keys = {"poll_interval": "500ms", "retries": 0}
+    cfg = configs.load(["says-stop", "waits"], daemon=daemon_keys)
+    daemon = running_daemon(cfg)
+    await wait_for(lambda: sim.polls("says-stop") >= 1, 20, "the 429")
+    paused = time.monotonic()
+    polled = sim.polls("waits")
+    await asyncio.sleep(1.0)  # the next poll of "waits" came due: it waits for the pause
+    assert sim.polls("waits") == polled
+    configs.write(["new"], daemon=daemon_keys)
+    daemon.reload()
+    await wait_for(lambda: not daemon.reloading.is_set(), 10, "the reload")
+    assert time.monotonic() < paused + 3, "the reload came after the pause"
+    await wait_for(lambda: sim.polls("new") >= 2, 15, "the new job polled after the pause")
+    assert sim.polls("waits") == polled and sim.polls("says-stop") == 1
