@@ -198,6 +198,14 @@ def db_upgrade(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--speed", type=float, default=1.0, help="Faster (2) or slower (0.5) jobs.")
 def demo(speed: float) -> None:
     """A self-contained show: simulated cloud jobs, notifications in the terminal."""
+    from jobherald.cli.starter import command_prefix
     from jobherald.sources.demo import run_demo
 
-    sys.exit(asyncio.run(run_demo(speed)))
+    code = asyncio.run(run_demo(speed))
+    if code == 0:
+        command = command_prefix()
+        click.echo("Next, a config of your own, as written against the same simulated jobs:")
+        click.echo(f"  {command} init jobherald.toml")
+        click.echo(f"  {command} simulate    # in another terminal")
+        click.echo(f"  {command} run -c jobherald.toml")
+    sys.exit(code)

@@ -291,19 +291,6 @@ async def run_demo(speed: float = 1.0) -> int:
         f"demo done in {time.monotonic() - started:.0f}s: {len(jobs)} jobs watched, "
         f"{len(sim.downloaded)} export archives kept, {received} messages sent."
     )
-    from jobherald.cli.starter import command_prefix
-
-    command = command_prefix()
-    console.print(
-        "Next, a config of your own, as written against the same simulated jobs:",
-        f"  {command} init jobherald.toml",
-        f"  {command} simulate    # in another terminal",
-        f"  {command} run -c jobherald.toml",
-        sep="\n",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
     return 0
 
 
