@@ -415,6 +415,9 @@ _MODULE_NEEDS = {
     "test_soak": "slow",
     "test_postgres": "postgres",
 }
+# Modules whose tests measure time (takeovers, gaps, bursts, rates): `make test` runs them
+# alone, after the others have run two at a time.
+_SERIAL = {"test_replicas", "test_chaos", "test_soak", "test_systemd", "test_lanes", "test_budget"}
 _TEST_NEEDS = {"test_metrics_follow_the_exposition_format_and_survive_a_reload": "prometheus"}
 # The modules of the quick loop (`make test-quick`, under a minute): the model, the
 # config, the store on SQLite and the sources against the simulator, no daemon started.
@@ -441,6 +444,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ("prometheus", "promtool, Prometheus' own checker"),
         ("slow", "many daemon restarts (soak and chaos)"),
         ("quick", "nothing but Python and local fakes (make test-quick)"),
+        ("serial", "a machine to itself: it measures time (make test runs it alone)"),
     ):
         config.addinivalue_line("markers", f"{name}: needs {what}")
 
@@ -454,6 +458,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             needs.add("postgres")
         elif module in _QUICK:
             needs.add("quick")
+        if module in _SERIAL:
+            needs.add("serial")
         for need in needs - {None}:
             assert need is not None
             item.add_marker(getattr(pytest.mark, need))
