@@ -148,7 +148,7 @@ async def test_deliveries_can_be_retried_and_dropped_by_hand(
     await Daemon(cfg, clock).run_once()
     assert receiver.titles() == ["a succeeded"]
     code, out, _ = await jobherald("deliveries", "-c", str(cfg.path))
-    assert out == "no deliveries pending or abandoned\n"
+    assert out == "no deliveries pending, silenced or abandoned\n"
     code, _, err = await jobherald("deliveries", "retry", "-c", str(cfg.path))
     assert (code, err) == (2, "jobherald: give delivery ids, or --all\n")
 

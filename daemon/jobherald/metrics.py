@@ -161,6 +161,17 @@ class Metrics:
             "The database's size on disk (a SQLite file with its WAL; PostgreSQL's database).",
             registry=self.registry,
         )
+        self.silenced = Counter(
+            "jobherald_silenced",
+            "Deliveries held back by a silence or quiet hours, by notifier.",
+            ["notifier"],
+            registry=self.registry,
+        )
+        self.silences_active = Gauge(
+            "jobherald_silences_active",
+            "Silences in force now (as last read).",
+            registry=self.registry,
+        )
         self.delivery_lags = Histogram(
             "jobherald_delivery_lag_seconds",
             "From an event to its delivery, by notifier (each event a digest carried counts).",
@@ -201,6 +212,9 @@ class Metrics:
 
     def delivery(self, notifier: str, result: str) -> None:
         self.deliveries.labels(notifier, result).inc()
+
+    def held(self, notifier: str) -> None:
+        self.silenced.labels(notifier).inc()
 
     def delivery_lag(self, notifier: str, seconds: float) -> None:
         self.delivery_lags.labels(notifier).observe(seconds)

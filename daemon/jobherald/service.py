@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -56,6 +57,8 @@ FLUSH_EVERY = 300.0
 REMIND_EVERY = 60.0
 # Jobs finished longer than their forget_after are looked for this often.
 FORGET_EVERY = 60.0
+# How often ended silences and quiet hours are looked for (their summaries follow).
+QUIET_EVERY = 5.0
 # The first pass over history this long after a start.
 PRUNE_FIRST = 30.0
 # Jobs taken over from a replica that left are first polled within this many seconds.
@@ -193,6 +196,7 @@ class Daemon:
             await watcher.remind()
             # Archives of exports that succeeded now (or whose download is due again).
             await Archiver(watcher, dispatcher.claimer, self.clock).keep_due(wait=True)
+            await dispatcher.quieting.release_due(self.config.notifiers, self.clock())
             await dispatcher.deliver_due()
             return watcher.counts()
 
@@ -249,6 +253,11 @@ class Daemon:
         periodic.every(REMIND_EVERY, "sending reminders", watcher.remind)
         pruner = self._pruner(store, watcher)
         periodic.every(FORGET_EVERY, "forgetting finished jobs", watcher.forget_finished)
+        periodic.every(
+            QUIET_EVERY,
+            "ending silences and quiet hours",
+            functools.partial(self._end_quiet, dispatcher),
+        )
         # A first pass soon after the start: a daemon restarted more often than hourly
         # prunes all the same.
         periodic.every(
@@ -556,6 +565,14 @@ class Daemon:
         finally:
             await server.stop()
 
+    async def _end_quiet(self, dispatcher: Dispatcher) -> None:
+        """Tell the silences and quiet hours that have ended (once, whichever replica)."""
+        now = self.clock()
+        if await dispatcher.quieting.release_due(self.config.notifiers, now):
+            dispatcher.wake()
+        silences = await dispatcher.quieting.silences()
+        self.metrics.silences_active.set(sum(1 for s in silences if s.active(now)))
+
     def _count(self, watcher: Watcher, dispatcher: Dispatcher, pool: Pool) -> None:
         """Wire the metrics to the parts that count (and to what is read at each scrape)."""
         metrics = self.metrics
@@ -563,6 +580,7 @@ class Daemon:
         watcher.on_event = metrics.event
         dispatcher.on_delivery = metrics.delivery
         dispatcher.on_lag = metrics.delivery_lag
+        dispatcher.quieting.on_held = metrics.held
         gates = pool.gates
 
         def sources_up() -> dict[str, bool]:

@@ -3,7 +3,18 @@
 One module per kind of command; importing this package registers them all on ``cli``.
 """
 
-from jobherald.cli import daemon, history, jobs, outbox, roma, starter, views
+from jobherald.cli import daemon, history, jobs, outbox, roma, silences, starter, views
 from jobherald.cli.base import cli, main
 
-__all__ = ["cli", "daemon", "history", "jobs", "main", "outbox", "roma", "starter", "views"]
+__all__ = [
+    "cli",
+    "daemon",
+    "history",
+    "jobs",
+    "main",
+    "outbox",
+    "roma",
+    "silences",
+    "starter",
+    "views",
+]

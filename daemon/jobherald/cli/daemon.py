@@ -23,7 +23,7 @@ from jobherald.cli.base import (
 )
 
 if TYPE_CHECKING:
-    from jobherald.config import Notifier
+    from jobherald.config import Config, Notifier
     from jobherald.notify.messages import Message
     from jobherald.store import Store
 
@@ -71,6 +71,8 @@ def check_config(ctx: click.Context, config_path: str | None, render: str | None
         f"{cfg.path}: ok ({counted(len(cfg.jobs), 'job')}, {counted(len(cfg.sources), 'source')}, "
         f"{counted(len(cfg.notifiers), 'notifier')})"
     )
+    for line in _quiet_lines(cfg):
+        click.echo(line)
     if render is not None:
         notifier = cfg.notifiers.get(render)
         if notifier is None:
@@ -79,6 +81,30 @@ def check_config(ctx: click.Context, config_path: str | None, render: str | None
             return
         for heading, message in run_async(_rendered(notifier, cfg.public_url)):
             click.echo(f"\n--- {heading} ---\ntitle: {message.title}\n{message.body}")
+
+
+def _quiet_lines(cfg: Config) -> list[str]:
+    """Each notifier's next quiet period as its quiet_hours were read (so a person sees
+    the hours meant), and the kinds that go out all the same."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    lines = []
+    for name, notifier in cfg.notifiers.items():
+        quiet = notifier.quiet
+        if quiet is None:
+            continue
+        period = quiet.next_period(now)
+        urgent = f"; urgent: {', '.join(sorted(quiet.urgent))}" if quiet.urgent else ""
+        if period is None:
+            lines.append(f"notifiers.{name}: quiet hours never come in the next 8 days{urgent}")
+            continue
+        start, end = period
+        when = "now, until" if start <= now else f"next {start:%a %Y-%m-%d %H:%M} to"
+        lines.append(
+            f"notifiers.{name}: quiet {when} {end:%a %Y-%m-%d %H:%M} ({quiet.zone}){urgent}"
+        )
+    return lines
 
 
 async def _rendered(notifier: Notifier, public_url: str | None) -> list[tuple[str, Message]]:

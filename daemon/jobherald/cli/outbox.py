@@ -34,14 +34,16 @@ def deliveries(ctx: click.Context, config_path: str | None, as_json: bool, show_
     if ctx.invoked_subcommand is not None:
         return
     cfg = load_config(ctx, None, secrets=False)
-    states = ["pending", "abandoned"] + (["delivered", "dropped"] if show_all else [])
+    states = ["pending", "silenced", "abandoned"]
+    if show_all:
+        states += ["delivered", "summarized", "dropped"]
     rows = run_async(with_store(cfg, lambda store: store.deliveries(states)))
     items = [r.as_json() for r in rows]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
     if not items:
-        click.echo("no deliveries pending or abandoned")
+        click.echo("no deliveries pending, silenced or abandoned")
         return
     print_table(
         ["ID", "STATE", "EVENT", "ABOUT", "NOTIFIER", "URL", "TRIES", "NEXT", "LAST ERROR"],
@@ -50,16 +52,22 @@ def deliveries(ctx: click.Context, config_path: str | None, as_json: bool, show_
                 str(i["id"]),
                 i["state"],
                 i["kind"],
-                i["job_id"] or f"source {i['source']}",
+                i["job_id"] or (f"source {i['source']}" if i["source"] else "(summary)"),
                 i["notifier"],
                 i["url"] or "(all)",
                 str(i["attempts"]),
                 i["next_attempt_at"] or "-",
-                i["last_error"] or "",
+                i["last_error"] or _held(i["held_by"]),
             ]
             for i in items
         ],
     )
+
+
+def _held(held_by: str | None) -> str:
+    if held_by is None:
+        return ""
+    return "held by quiet hours" if held_by == "quiet" else f"held by {held_by.replace(':', ' ')}"
 
 
 def _ids(ids: tuple[int, ...], every: bool) -> list[int] | None:

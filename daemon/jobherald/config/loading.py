@@ -32,6 +32,7 @@ from jobherald.config.sections import (
 from jobherald.config.sources import _resolve_source
 from jobherald.errors import ConfigError
 from jobherald.model import Rules
+from jobherald.quiet import QuietHours
 
 
 def config_path(given: str | os.PathLike[str] | None) -> Path:
@@ -278,6 +279,7 @@ def _resolve_notifier(
 
         if (why := check_template(text, digest=key.startswith("digest_"))) is not None:
             problems.append(f"{where}.{key}: {why}")
+    quiet = _quiet_hours(section, where, problems)
     return Notifier(
         name=name,
         urls=section.urls,
@@ -295,7 +297,34 @@ def _resolve_notifier(
         digest_max=section.digest_max,
         digest_title=section.digest_title,
         digest_body=section.digest_body,
+        quiet=quiet,
+        on_quiet_end=section.on_quiet_end,
     )
+
+
+def _quiet_hours(section: NotifierSection, where: str, problems: list[str]) -> QuietHours | None:
+    """A notifier's quiet hours, its timezone and urgent kinds; one line per problem."""
+    from jobherald.quiet import parse_window, zone_named
+
+    windows = []
+    for i, text in enumerate(section.quiet_hours):
+        try:
+            windows.append(parse_window(text))
+        except ValueError as exc:
+            problems.append(f"{where}.quiet_hours[{i}]: {exc}")
+    try:
+        zone = zone_named(section.timezone)
+    except ValueError as exc:
+        problems.append(f"{where}.timezone: {exc}")
+        return None
+    if not section.quiet_hours:
+        for key in ("urgent", "timezone"):
+            if key in section.model_fields_set:
+                problems.append(f"{where}.{key}: only with quiet_hours")
+        return None
+    if len(windows) < len(section.quiet_hours):
+        return None
+    return QuietHours(tuple(windows), zone, frozenset(section.urgent))
 
 
 SERVICE_CONFIG_DIR = Path("/etc/jobherald")
@@ -353,7 +382,10 @@ def _http(section: HttpSection, base: Path, label: str, problems: list[str]) -> 
             "or token_file (every route but /healthz and /readyz then needs it)"
         )
         return None
-    return HttpConfig(host, port, token, section.header_timeout, section.max_connections)
+    api_token = None
+    if section.api_token_file is not None:
+        api_token = Secrets(where, base, problems).get("api_token", None, section.api_token_file)
+    return HttpConfig(host, port, token, section.header_timeout, section.max_connections, api_token)
 
 
 def _public_url(value: str | None, label: str, problems: list[str]) -> str | None:

@@ -15,6 +15,7 @@ from pydantic import (
 
 from jobherald.auth import Credentials
 from jobherald.model import Rules
+from jobherald.quiet import QuietHours
 
 # A source's credentials: jobherald.auth's, or those a source type declares beside it.
 AuthConfig = Credentials
@@ -69,6 +70,9 @@ class Notifier:
     digest_max: int = 200
     digest_title: str | None = None
     digest_body: str | None = None
+    # Its quiet hours (None: never quiet), and whether what they held is told at their end.
+    quiet: QuietHours | None = None
+    on_quiet_end: str = "summary"
 
     def hears(self, kind: str, source: str, job: WatchedJob | None = None) -> bool:
         """Whether this notifier wants this event of this source, about this job (None:
@@ -126,6 +130,8 @@ class HttpConfig:
     token: SecretStr | None = field(default=None, repr=False)
     header_timeout: float = 10.0
     max_connections: int = 256
+    # What the API's writes need (None: it takes none).
+    api_token: SecretStr | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:

@@ -87,6 +87,12 @@ class NotifierSection(_Model):
     digest_body: str | None = None
     # Every send attempt ends by then (a failure, retried as any other).
     send_timeout: Duration = Field(default=30.0, le=3600.0)
+    # Hours when only the urgent kinds go out; what is held meanwhile is told in one
+    # message when they end ("summary"), or not at all ("drop").
+    quiet_hours: tuple[str, ...] = ()
+    timezone: str | None = None
+    urgent: tuple[Event, ...] = ()
+    on_quiet_end: Literal["summary", "drop"] = "summary"
 
 
 class JobSection(RuleFields):
@@ -119,6 +125,9 @@ class HttpSection(_Model):
     # its last answer), and at most this many are open at once (more: closed at once).
     header_timeout: Duration = Field(default=10.0, le=3600.0)
     max_connections: int = Field(default=256, ge=1, le=65536)
+    # The token the API's writes (silences) need, as "Authorization: Bearer"; none: the
+    # API takes no writes.
+    api_token_file: Path | None = None
 
 
 class MainFile(_Model):

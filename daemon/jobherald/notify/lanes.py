@@ -22,7 +22,9 @@ from jobherald.aio import PassFailures, first_of
 from jobherald.config import Notifier
 from jobherald.notify.compose import Composer
 from jobherald.notify.messages import Item
+from jobherald.notify.quieting import Quieting
 from jobherald.notify.sender import Sender
+from jobherald.notify.summary import summary_message
 from jobherald.store import CLAIM_FOR, Claimer, Delivery, Lane, Store
 from jobherald.store.schema import DATABASE_AWAY
 from jobherald.timing import backoff, utcnow
@@ -89,6 +91,7 @@ class Dispatcher:
         self.on_delivery: Callable[[str, str], None] | None = None
         self.on_lag: Callable[[str, float], None] | None = None
         self.composer = Composer()
+        self.quieting = Quieting(store)
         self.tried = 0
         self._lanes: dict[Lane, asyncio.Task[None]] = {}
         self._paused: dict[Lane, float] = {}  # a lane whose last send failed: until when
@@ -224,17 +227,42 @@ class Dispatcher:
         if notifier is None:
             await self._drop(batch.deliveries, claimer)
             return True
-        if batch.digest and len(batch.deliveries) > 1:
-            sent = [await self._send_digest(notifier, lane, batch.deliveries, claimer, deadline)]
+        going = await self._hold(notifier, batch.deliveries, claimer)
+        if not going:
+            return True
+        if batch.digest and len(going) > 1:
+            sent = [await self._send_digest(notifier, lane, going, claimer, deadline)]
         else:
             sent = await asyncio.gather(
-                *(self._send_one(notifier, d, claimer, deadline) for d in batch.deliveries)
+                *(self._send_one(notifier, d, claimer, deadline) for d in going)
             )
         if any(ok is False for ok in sent):
             self._paused[lane] = time.monotonic() + FAILED_PAUSE
         else:
             self._paused.pop(lane, None)
         return True
+
+    async def _hold(
+        self, notifier: Notifier, batch: Sequence[Delivery], claimer: Claimer
+    ) -> list[Delivery]:
+        """Keep back what a silence or the notifier's quiet hours hold now; the rest goes."""
+        holders = await self.quieting.holders(notifier, batch, self.clock())
+        held = [(d.id, why) for d, why in holders if why is not None]
+        if held:
+            await self.store.hold(held, claimer)
+            for delivery, why in holders:
+                if why is None:
+                    continue
+                if self.quieting.on_held is not None:
+                    self.quieting.on_held(notifier.name)
+                log.info(
+                    "held %s of %s for %s (%s)",
+                    delivery.kind,
+                    _subject(delivery),
+                    notifier.name,
+                    why.replace(":", " "),
+                )
+        return [d for d, why in holders if why is None]
 
     async def _drop(self, batch: Sequence[Delivery], claimer: Claimer) -> None:
         """Give up, in one transaction, what is due for a URL its notifier no longer has."""
@@ -257,7 +285,12 @@ class Dispatcher:
         """Send one delivery: whether it went (None: not tried, the claim is too old)."""
         if not self._usable(claimer, deadline):
             return None  # the claim may be someone else's by now: leave it to them
-        message = await self.composer.message(notifier, _item(delivery))
+        if delivery.kind == "summary":
+            message = summary_message(
+                delivery.event_id, delivery.payload, self.public_url, notifier.format
+            )
+        else:
+            message = await self.composer.message(notifier, _item(delivery))
         ok, error = await self.sender.send(delivery.notifier, delivery.target, message)
         now = self.clock()
         if ok:

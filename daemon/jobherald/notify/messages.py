@@ -240,6 +240,10 @@ def default_digest(items: Sequence[Item], public_url: str | None, body_format: s
 
 
 def _digest_line(item: Item, public_url: str | None, body_format: str) -> str:
+    if item.kind == "summary":  # a summary of a quiet, held by another one
+        from jobherald.notify.summary import summary_title
+
+        return f"- {_escaped(summary_title(item.payload), body_format)}"
     job = item.payload.get("job")
     event = item.payload.get("event") or {}
     if job is None:

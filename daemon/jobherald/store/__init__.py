@@ -40,6 +40,7 @@ from jobherald.store.schema import (
     metadata,
     migrations_path,
 )
+from jobherald.store.silences import Held, Released, Silences
 
 __all__ = [
     "CLAIM_FOR",
@@ -53,6 +54,7 @@ __all__ = [
     "DatabaseLock",
     "Delivery",
     "DeliveryRow",
+    "Held",
     "JobFilter",
     "JobIdentity",
     "Joining",
@@ -63,6 +65,7 @@ __all__ = [
     "Pruned",
     "Recorded",
     "RecordedSource",
+    "Released",
     "Store",
     "StoreBase",
     "Target",
@@ -76,7 +79,7 @@ __all__ = [
 ]
 
 
-class Store(Jobs, Listing, Outbox, Archives, Membership, Pruning):
+class Store(Jobs, Listing, Outbox, Archives, Membership, Pruning, Silences):
     """The database, as jobherald uses it."""
 
     def __init__(self, engine: AsyncEngine) -> None:

@@ -82,6 +82,8 @@ class DeliveryRow:
     last_error: str | None
     sent_by: str | None
     digest_id: str | None
+    # What held it (silenced, summarized): "silence:ID" or "quiet".
+    held_by: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The object `deliveries --json` prints (times as ISO 8601 UTC)."""
@@ -375,6 +377,7 @@ class Outbox(StoreBase):
                 deliveries.c.last_error,
                 deliveries.c.sent_by,
                 deliveries.c.digest_id,
+                deliveries.c.held_by,
             )
             .join(events, events.c.id == deliveries.c.event_id)
             .where(deliveries.c.state.in_(states))

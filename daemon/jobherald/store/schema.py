@@ -216,11 +216,39 @@ deliveries = sa.Table(
     sa.Column("sent_by", sa.String(128)),
     # The message that carried it, when a digest carried it (the same for all its rows).
     sa.Column("digest_id", sa.String(32)),
+    # What holds it back while its state is "silenced": "silence:ID" or "quiet" (quiet
+    # hours); kept when the quiet ends (its summary's event is then its digest_id).
+    sa.Column("held_by", sa.String(32)),
     sa.UniqueConstraint(
         "event_id", "notifier", "target", name="uq_deliveries_event_notifier_target"
     ),
     sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
     sa.Index("ix_deliveries_lane", "notifier", "target", "state", "next_attempt_at"),
+    sa.Index("ix_deliveries_held", "state", "held_by"),
+)
+
+# Silences: while one matches an event (every matcher it gives matches), the event's
+# deliveries are held; when it ends they go out as one summary per notifier URL.
+silences = sa.Table(
+    "silences",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # Shell globs on a job's name or key, a source, a notifier; kinds as a JSON list;
+    # ``everything``: a silence of every event (said with --all).
+    sa.Column("job", sa.Text),
+    sa.Column("source", sa.String(64)),
+    sa.Column("notifier", sa.String(64)),
+    sa.Column("kinds", sa.Text),
+    sa.Column("everything", sa.Boolean, nullable=False, default=False),
+    sa.Column("starts_at", UTCDateTime, nullable=False),
+    sa.Column("ends_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    # Ended early by hand (expire), and when its end was told (its summaries written).
+    sa.Column("expired_at", UTCDateTime),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Index("ix_silences_open", "ended_at", "ends_at"),
 )
 
 # One row per notifier URL that has had something to send: who sends its queue now.
@@ -311,7 +339,7 @@ def migrations_path() -> Path:
 
 
 # The newest revision under migrations/ (a test keeps the two the same).
-SCHEMA_HEAD = "0012"
+SCHEMA_HEAD = "0013"
 
 
 def alembic_config() -> Any:
