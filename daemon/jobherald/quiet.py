@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _ENTRY = re.compile(
-    r"^\s*(?:(?P<days>[A-Za-z]{3}(?:\s*-\s*[A-Za-z]{3})?(?:\s*,\s*[A-Za-z]{3}(?:\s*-\s*[A-Za-z]{3})?)*)\s*)?"
+    r"^\s*(?:(?P<days>[A-Za-z]+(?:\s*[-,]\s*[A-Za-z]+)*)\s*)?"
     r"(?:(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2}))?\s*$"
 )
 
@@ -27,8 +27,9 @@ def silence_key(silence_id: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One entry of ``quiet_hours``: the weekdays it starts on (0 = Monday) and its
-    times (None: the whole day); an end at or before its start is the next day's."""
+    """One entry of ``quiet_hours``: the weekdays it holds on (0 = Monday) and its times
+    (None: the whole day); a range whose end comes before its start crosses midnight:
+    on each of its days it holds until the end and again from the start."""
 
     days: frozenset[int]
     start: time | None
@@ -38,12 +39,13 @@ class Window:
         day, at = local.weekday(), local.time()
         if self.start is None or self.end is None:
             return day in self.days
+        if day not in self.days:
+            return False
         if self.start < self.end:
-            return day in self.days and self.start <= at < self.end
-        # Across midnight: from its start on one of its days to its end the day after.
-        return (day in self.days and at >= self.start) or (
-            (day - 1) % 7 in self.days and at < self.end
-        )
+            return self.start <= at < self.end
+        # Across midnight, on each of its days: its evening and its early morning
+        # ("Mon-Fri 20:00-08:00": weekday nights, Monday's early hours included).
+        return at >= self.start or at < self.end
 
 
 def parse_window(text: str) -> Window:
@@ -229,3 +231,104 @@ def holder(
     if quiet is not None and quiet.holds_kind(kind, now):
         return QUIET
     return None
+
+
+# -- silences asked for (by the command line or the API) -----------------------------
+
+
+class SilenceError(ValueError):
+    """A silence asked for wrongly: what is wrong, and the key it is about (None: the
+    silence as a whole)."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def said(self, prefix: str) -> str:
+        """One line, the key written as the caller's users write it (``--for``, ``for``)."""
+        return f"{prefix}{self.key}: {self}" if self.key else str(self)
+
+
+def silence_span(
+    for_: str | None, until: str | None, now: datetime, zone: Any = None
+) -> tuple[datetime, datetime]:
+    """(start, end) of a silence given ``for`` (a duration) or ``until`` (an ISO 8601 time,
+    local unless it says its zone, or HH:MM: the next such time)."""
+    from jobherald.fields import parse_duration
+
+    if (for_ is None) == (until is None):
+        raise SilenceError(None, "give one of for (a duration, e.g. 2h) and until (a time)")
+    if for_ is not None:
+        try:
+            seconds = parse_duration(for_)
+        except ValueError as exc:
+            raise SilenceError("for", str(exc)) from None
+        if seconds <= 0:
+            raise SilenceError("for", f"{for_!r} is not a positive duration")
+        return now, now + timedelta(seconds=seconds)
+    assert until is not None
+    local_zone = zone or datetime.now().astimezone().tzinfo
+    text = until.strip()
+    try:
+        if len(text) <= 5 and ":" in text:
+            hours, minutes = (int(p) for p in text.split(":"))
+            local_now = now.astimezone(local_zone)
+            end = local_now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+            if end <= local_now:
+                end += timedelta(days=1)
+        else:
+            end = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if end.tzinfo is None:
+                end = end.replace(tzinfo=local_zone)
+    except ValueError:
+        raise SilenceError(
+            "until", f"{until!r} is not a time (e.g. 18:30 or 2026-12-24T08:00+01:00)"
+        ) from None
+    end = end.astimezone(UTC)
+    if end <= now:
+        raise SilenceError("until", f"{until!r} is in the past")
+    return now, end
+
+
+def silence_fields(
+    sources: Collection[str],
+    notifiers: Collection[str],
+    *,
+    job: str | None,
+    source: str | None,
+    notifier: str | None,
+    kinds: Sequence[str],
+    everything: bool,
+    reason: str | None,
+) -> dict[str, Any]:
+    """The matchers and reason of a new silence, checked against the config."""
+    from jobherald.model import EventKind
+
+    kinds_known = [k.value for k in EventKind]
+    if not (reason or "").strip():
+        raise SilenceError("reason", "say why (it is shown with the silence and its summary)")
+    if everything and (job or source or notifier or kinds):
+        raise SilenceError("all", "a silence of everything takes no other matcher")
+    if not everything and not (job or source or notifier or kinds):
+        raise SilenceError(
+            None,
+            "give at least one of job, source, notifier and kind (or all, to silence everything)",
+        )
+    if source is not None and source not in sources:
+        known = ", ".join(sorted(sources)) or "none defined"
+        raise SilenceError("source", f"unknown source {source!r} (known: {known})")
+    if notifier is not None and notifier not in notifiers:
+        known = ", ".join(sorted(notifiers)) or "none defined"
+        raise SilenceError("notifier", f"unknown notifier {notifier!r} (known: {known})")
+    for kind in kinds:
+        if kind not in kinds_known:
+            raise SilenceError("kind", f"unknown kind {kind!r} (known: {', '.join(kinds_known)})")
+    assert reason is not None
+    return {
+        "job": job or None,
+        "source": source,
+        "notifier": notifier,
+        "kinds": list(dict.fromkeys(kinds)) or None,
+        "everything": everything,
+        "reason": " ".join(reason.split())[:500],
+    }

@@ -5,9 +5,8 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,106 +23,10 @@ from jobherald.cli.base import (
     run_async,
     with_store,
 )
+from jobherald.quiet import SilenceError, silence_fields, silence_span
 
 if TYPE_CHECKING:
-    from jobherald.config import Config
     from jobherald.quiet import Silence
-
-
-class SilenceError(ValueError):
-    """A silence asked for wrongly: what is wrong, and the key it is about (None: the
-    silence as a whole)."""
-
-    def __init__(self, key: str | None, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-    def said(self, prefix: str) -> str:
-        """One line, the key written as the caller's users write it (``--for``, ``for``)."""
-        return f"{prefix}{self.key}: {self}" if self.key else str(self)
-
-
-def silence_span(
-    for_: str | None, until: str | None, now: datetime, zone: Any = None
-) -> tuple[datetime, datetime]:
-    """(start, end) of a silence given ``for`` (a duration) or ``until`` (an ISO 8601 time,
-    local unless it says its zone, or HH:MM: the next such time)."""
-    from jobherald.fields import parse_duration
-
-    if (for_ is None) == (until is None):
-        raise SilenceError(None, "give one of for (a duration, e.g. 2h) and until (a time)")
-    if for_ is not None:
-        try:
-            seconds = parse_duration(for_)
-        except ValueError as exc:
-            raise SilenceError("for", str(exc)) from None
-        if seconds <= 0:
-            raise SilenceError("for", f"{for_!r} is not a positive duration")
-        return now, now + timedelta(seconds=seconds)
-    assert until is not None
-    local_zone = zone or datetime.now().astimezone().tzinfo
-    text = until.strip()
-    try:
-        if len(text) <= 5 and ":" in text:
-            hours, minutes = (int(p) for p in text.split(":"))
-            local_now = now.astimezone(local_zone)
-            end = local_now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
-            if end <= local_now:
-                end += timedelta(days=1)
-        else:
-            end = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if end.tzinfo is None:
-                end = end.replace(tzinfo=local_zone)
-    except ValueError:
-        raise SilenceError(
-            "until", f"{until!r} is not a time (e.g. 18:30 or 2026-12-24T08:00+01:00)"
-        ) from None
-    end = end.astimezone(UTC)
-    if end <= now:
-        raise SilenceError("until", f"{until!r} is in the past")
-    return now, end
-
-
-def silence_fields(
-    cfg: Config,
-    *,
-    job: str | None,
-    source: str | None,
-    notifier: str | None,
-    kinds: Sequence[str],
-    everything: bool,
-    reason: str | None,
-) -> dict[str, Any]:
-    """The matchers and reason of a new silence, checked against the config."""
-    from jobherald.config.sections import EVENTS
-
-    if not (reason or "").strip():
-        raise SilenceError("reason", "say why (it is shown with the silence and its summary)")
-    if everything and (job or source or notifier or kinds):
-        raise SilenceError("all", "a silence of everything takes no other matcher")
-    if not everything and not (job or source or notifier or kinds):
-        raise SilenceError(
-            None,
-            "give at least one of job, source, notifier and kind (or all, to silence everything)",
-        )
-    if source is not None and source not in cfg.sources:
-        known = ", ".join(sorted(cfg.sources)) or "none defined"
-        raise SilenceError("source", f"unknown source {source!r} (known: {known})")
-    if notifier is not None and notifier not in cfg.notifiers:
-        known = ", ".join(sorted(cfg.notifiers)) or "none defined"
-        raise SilenceError("notifier", f"unknown notifier {notifier!r} (known: {known})")
-    for kind in kinds:
-        if kind not in EVENTS:
-            raise SilenceError("kind", f"unknown kind {kind!r} (known: {', '.join(EVENTS)})")
-    assert reason is not None
-    return {
-        "job": job or None,
-        "source": source,
-        "notifier": notifier,
-        "kinds": list(dict.fromkeys(kinds)) or None,
-        "everything": everything,
-        "reason": " ".join(reason.split())[:500],
-    }
 
 
 def who() -> str:
@@ -172,7 +75,8 @@ def silence_add(
     now = datetime.now(UTC)
     try:
         fields = silence_fields(
-            cfg,
+            cfg.sources,
+            cfg.notifiers,
             job=job,
             source=source,
             notifier=notifier,

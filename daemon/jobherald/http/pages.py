@@ -15,7 +15,10 @@ from jinja2 import Environment, select_autoescape
 from jobherald.notify.messages import reason_line
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from jobherald.config import Config
+    from jobherald.quiet import Silence
     from jobherald.report import HistoryEntry, JobStatus
     from jobherald.store import JobFilter
 
@@ -99,6 +102,7 @@ def index(
     pending: dict[str, int] | None = None,
     throttled: dict[str, datetime] | None = None,
     removed: int = 0,
+    silences: Sequence[Silence] = (),
 ) -> str:
     """The status page: one page of jobs (as the database sorted and cut them), the
     watched jobs per state, the removed ones apart, and a link to the next page."""
@@ -118,6 +122,7 @@ def index(
             throttled={n: at.strftime("%H:%M:%S") for n, at in (throttled or {}).items()},
             pending={name: (pending or {}).get(name, 0) for name in cfg.notifiers},
             now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            silences=silences,
         )
     )
 

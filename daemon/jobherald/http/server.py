@@ -56,6 +56,12 @@ class Served(Protocol):
 log = logging.getLogger(__name__)
 
 OPEN = frozenset({"/healthz", "/readyz"})
+# Methods that write: they need [http] api_token_file's token (not the read token).
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What a POST /api/silences body may hold: the command line's names.
+SILENCE_KEYS = frozenset(
+    {"job", "source", "notifier", "kind", "all", "for", "until", "reason", "by"}
+)
 # Rows on a page or in one answer of /api/jobs: by default, and at most.
 PAGE = 100
 # /healthz says "degraded" while a message has been due longer than this (seconds).
@@ -126,6 +132,9 @@ class HttpServer:
         self.app.router.add_get("/api/counts", self._api_counts)
         self.app.router.add_get("/api/jobs/{job_id:.+}/history", self._api_history)
         self.app.router.add_get("/api/replicas", self._api_replicas)
+        self.app.router.add_get("/api/silences", self._api_silences)
+        self.app.router.add_post("/api/silences", self._api_silence_add)
+        self.app.router.add_delete("/api/silences/{silence_id}", self._api_silence_expire)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/jobs/{job_id:.+}", self._job)
         self.app.router.add_get("/static/{name}", self._static)
@@ -181,7 +190,9 @@ class HttpServer:
             self.door.idle(request.protocol)
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN and not self._allowed(request):
+        # A write carries the API token instead (checked by its handler).
+        writing = request.method in WRITES
+        if request.path not in OPEN and not writing and not self._allowed(request):
             return web.Response(
                 status=401,
                 text="401: this needs the token of [http] (Authorization: Bearer TOKEN)\n",
@@ -293,7 +304,22 @@ class HttpServer:
         if store is None:
             return [], None, wanted
         rows, following = await page_rows(self.daemon.config, store, wanted, limit, after)
+        await self._mark_silenced(rows)
         return rows, _encode_cursor(following), wanted
+
+    async def _mark_silenced(self, rows: list[JobStatus]) -> None:
+        """``"silenced": ID`` on each row a silence in force holds messages of."""
+        if not rows:
+            return
+        now = datetime.now(UTC)
+        active = [s for s in await self.daemon.store.open_silences() if s.active(now)]  # type: ignore[union-attr]
+        for row in rows:
+            held = next(
+                (s.id for s in active if s.matches_job(row["name"], row["key"], row["source"])),
+                None,
+            )
+            if held is not None:
+                row["silenced"] = held  # type: ignore[typeddict-unknown-key]
 
     async def _api_jobs(self, request: web.Request) -> web.StreamResponse:
         rows, following, _ = await self._page(request)
@@ -336,6 +362,110 @@ class HttpServer:
         store = self.daemon.store
         return web.json_response(await replica_rows(store) if store is not None else [])
 
+    def _write_refusal(self, request: web.Request) -> web.Response | None:
+        """Why this write is refused (403: the API takes none; 401: not its token)."""
+        token = self.config.api_token
+        if token is None:
+            return web.json_response(
+                {"error": "this API takes no writes: give [http] api_token_file to allow them"},
+                status=403,
+            )
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        given = value.strip().encode() if scheme.lower() == "bearer" else b""
+        if not hmac.compare_digest(given, token.get_secret_value().encode()):
+            return web.json_response(
+                {
+                    "error": "writes need the token of [http] api_token_file "
+                    "(Authorization: Bearer TOKEN)"
+                },
+                status=401,
+            )
+        return None
+
+    async def _api_silences(self, request: web.Request) -> web.Response:
+        store = self.daemon.store
+        now = datetime.now(UTC)
+        shown = await store.silences_shown() if store is not None else []
+        return web.json_response([silence.as_json(now) for silence in shown])
+
+    async def _api_silence_add(self, request: web.Request) -> web.Response:
+        from jobherald.quiet import SilenceError, silence_fields, silence_span
+
+        if (refusal := self._write_refusal(request)) is not None:
+            return refusal
+        store = self.daemon.store
+        if store is None:
+            return web.json_response({"error": "not started yet"}, status=503)
+        try:
+            body = await request.json(loads=json.loads)
+        except ValueError:
+            raise _bad("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise _bad("the body is not a JSON object")
+        unknown = sorted(set(body) - SILENCE_KEYS)
+        if unknown:
+            raise _bad(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(SILENCE_KEYS))})")
+        texts = {
+            k: body.get(k) for k in ("job", "source", "notifier", "for", "until", "reason", "by")
+        }
+        if any(v is not None and not isinstance(v, str) for v in texts.values()):
+            raise _bad(
+                f"{next(k for k, v in texts.items() if v is not None and not isinstance(v, str))}: give a string"
+            )
+        kinds = body.get("kind", [])
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        everything = body.get("all", False)
+        if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+            raise _bad("kind: give a kind or a list of kinds")
+        if not isinstance(everything, bool):
+            raise _bad("all: give true or false")
+        config = self.daemon.config
+        now = datetime.now(UTC)
+        try:
+            fields = silence_fields(
+                config.sources,
+                config.notifiers,
+                job=texts["job"],
+                source=texts["source"],
+                notifier=texts["notifier"],
+                kinds=kinds,
+                everything=everything,
+                reason=texts["reason"],
+            )
+            starts, ends = silence_span(texts["for"], texts["until"], now)
+        except SilenceError as exc:
+            raise _bad(exc.said("")) from None
+        added = await store.add_silence(
+            **fields,
+            starts_at=starts,
+            ends_at=ends,
+            created_by=(texts["by"] or "api")[:128],
+            now=now,
+        )
+        log.info(
+            "silence %d added through the API by %s: %s",
+            added.id,
+            added.created_by,
+            added.matchers(),
+        )
+        return web.json_response(added.as_json(now), status=201)
+
+    async def _api_silence_expire(self, request: web.Request) -> web.Response:
+        if (refusal := self._write_refusal(request)) is not None:
+            return refusal
+        store = self.daemon.store
+        if store is None:
+            return web.json_response({"error": "not started yet"}, status=503)
+        try:
+            silence_id = int(request.match_info["silence_id"])
+        except ValueError:
+            raise _bad("a silence's id is a number") from None
+        now = datetime.now(UTC)
+        found = await store.expire_silence(silence_id, now) if 0 < silence_id < 2**62 else None
+        if found is None:
+            return web.json_response({"error": f"no silence {silence_id}"}, status=404)
+        return web.json_response(found.as_json(now))
+
     async def _index(self, request: web.Request) -> web.Response:
         pending: dict[str, int] = {}
         if self.daemon.store is not None:
@@ -349,11 +479,16 @@ class HttpServer:
         store = self.daemon.store
         counts = await store.state_counts() if store is not None else {}
         removed = await store.removed_count() if store is not None else 0
+        now = datetime.now(UTC)
+        silences = (
+            [s for s in await store.open_silences() if s.active(now)] if store is not None else []
+        )
         html = self.pages.index(
             self.daemon.config,
             rows,
             counts,
             wanted,
+            silences=silences,
             removed=removed,
             following=request.rel_url.update_query({"cursor": following}) if following else None,
             pending=pending,

@@ -56,12 +56,16 @@ class Pruned:
             self.rows[table] += n
 
 
+# Deliveries still to be told: sent later, or held for a summary.
+UNSENT = ("pending", "silenced")
+
+
 def _undelivered(job_ids: sa.ColumnElement[Any]) -> sa.Exists:
     """Whether a job has a delivery still to send (never pruned)."""
     return sa.exists().where(
         events.c.job_id == job_ids,
         deliveries.c.event_id == events.c.id,
-        deliveries.c.state == "pending",
+        deliveries.c.state.in_(UNSENT),
     )
 
 
@@ -109,7 +113,7 @@ class Pruning(StoreBase):
                 events.c.job_id.is_(None),
                 events.c.at < cutoff,
                 ~sa.exists().where(
-                    deliveries.c.event_id == events.c.id, deliveries.c.state == "pending"
+                    deliveries.c.event_id == events.c.id, deliveries.c.state.in_(UNSENT)
                 ),
             )
             ids = list((await conn.execute(old.limit(EVENT_BATCH))).scalars())
@@ -246,7 +250,7 @@ async def _delete_jobs(
         of_jobs = sa.select(events.c.id).where(events.c.job_id.in_(chunk))
         gone = sa.delete(deliveries).where(deliveries.c.event_id.in_(of_jobs))
         if not pending_too:
-            gone = gone.where(deliveries.c.state != "pending")
+            gone = gone.where(deliveries.c.state.not_in(UNSENT))
         counts["deliveries"] += (await conn.execute(gone)).rowcount
         for table in (events, transitions, archives):
             result = await conn.execute(sa.delete(table).where(table.c.job_id.in_(chunk)))

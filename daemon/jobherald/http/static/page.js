@@ -45,6 +45,13 @@
     badge.className = "badge";
     badge.textContent = job.status;
     state.append(badge);
+    if (job.silenced) {
+      var quiet = document.createElement("small");
+      quiet.className = "silenced";
+      quiet.title = "silence " + job.silenced;
+      quiet.textContent = " silenced";
+      state.append(quiet);
+    }
     if (job.archive_state) {
       var archive = document.createElement("small");
       archive.textContent = " archive " + job.archive_state;
