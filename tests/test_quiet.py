@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,7 +20,7 @@ from jobherald.config import Config
 from jobherald.quiet import QuietHours, Silence, SilenceError, parse_window, silence_span
 from jobherald.service import Daemon
 from jobherald.sources.simulator import SimJob, Simulator, failed, running, succeeded
-from tests.conftest import ConfigWriter, Receiver, jobherald, wait_for
+from tests.conftest import ConfigWriter, Receiver, jobherald, spawn_daemon, wait_for
 from tests.test_http import free_port
 
 BERLIN = "Europe/Berlin"
@@ -237,7 +238,7 @@ async def test_quiet_hours_hold_all_but_urgent_kinds_and_tell_the_rest_when_they
     configs: ConfigWriter,
     running_daemon: Callable[..., Daemon],
 ) -> None:
-    """The daemon's clock is set a few seconds before a minute's end, and quiet hours are
+    """The daemon's clock is set 15 seconds before a minute's end, and quiet hours are
     that minute: failures go out at once, the rest waits for one message at its end."""
     from jobherald import config as config_module
 
@@ -262,8 +263,8 @@ async def test_quiet_hours_hold_all_but_urgent_kinds_and_tell_the_rest_when_they
     )
     daemon = running_daemon(cfg, clock)
     await wait_for(lambda: daemon.ready, 20, "the daemon")
-    quiet_ends = time.monotonic() + 8
-    offset = (minute_end - timedelta(seconds=8)) - datetime.now(UTC)
+    quiet_ends = time.monotonic() + 15
+    offset = (minute_end - timedelta(seconds=15)) - datetime.now(UTC)
     finish(jobs)
     await wait_for(lambda: len(receiver.messages) >= 1, 10, "the urgent message")
     assert receiver.messages[0]["title"] == "broke failed"
@@ -364,3 +365,123 @@ async def test_silence_add_refuses_what_it_cannot_do_in_one_line(configs: Config
         assert len(err.splitlines()) == 1
     code, out, _ = await jobherald("silence", "list", "-c", str(config))
     assert out == "no silences\n"
+
+
+# -- across replicas and kills ----------------------------------------------------------
+
+
+async def _held(url: str) -> int:
+    from tests.test_replicas import fetch
+
+    rows = await fetch(url, "select count(*) as n from deliveries where state = 'silenced'")
+    return int(rows[0]["n"]) if rows else 0
+
+
+@pytest.mark.timeout(120)
+async def test_two_replicas_honour_a_silence_and_tell_its_end_once(
+    postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    from tests.test_replicas import fetch, live_replicas, stop_all, wait_until
+
+    ids = [f"nightly-{i:02d}" for i in range(20)]
+    jobs = waiting_jobs(sim, [*ids, "other"], lambda i: succeeded())
+    config = configs.write(
+        [*ids, "other"],
+        daemon={"database": postgres, "poll_interval": "500ms", "lease": "4s"},
+    )
+    logs = [configs.folder / f"replica-{n}.log" for n in range(2)]
+    procs = [await spawn_daemon(config, log) for log in logs]
+    try:
+        await wait_until(lambda: _count_live(live_replicas(postgres), 2), 60, "two live replicas")
+        code, out, err = await jobherald(
+            "silence", "add", "-c", str(config), "--job", "nightly-*", "--for", "1h",
+            "--reason", "upgrade", "--by", "ops",
+        )  # fmt: skip
+        assert code == 0, err
+        await asyncio.sleep(1.5)
+        finish(jobs)
+        await wait_for(lambda: len(receiver.messages) >= 1, 30, "the unsilenced message")
+        await wait_until(lambda: _at_least(_held(postgres), 20), 30, "20 held deliveries")
+        code, _, err = await jobherald("silence", "expire", out.strip(), "-c", str(config))
+        assert code == 0, err
+        await wait_for(lambda: len(receiver.messages) >= 2, 30, "the summary")
+        await asyncio.sleep(6)  # each replica has looked for ended silences since
+        titles = [m["title"] for m in receiver.messages]
+        assert titles == ["other succeeded", "While silenced: 20 jobs: 20 succeeded"]
+        summaries = await fetch(postgres, "select id from events where kind = 'summary'")
+        assert len(summaries) == 1
+        assert await stop_all(procs) == [0, 0]
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert "Traceback" not in "".join(log.read_text() for log in logs)
+
+
+async def _count_live(rows: Any, n: int) -> bool:
+    return len(await rows) >= n
+
+
+async def _at_least(count: Any, n: int) -> bool:
+    return int(await count) >= n
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_while_a_silence_ends_loses_and_repeats_nothing(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    import signal
+    import sqlite3
+
+    ids = [f"nightly-{i:02d}" for i in range(30)]
+    jobs = waiting_jobs(sim, ids, lambda i: succeeded())
+    config = configs.write(ids, daemon={"poll_interval": "500ms"})
+    database = configs.folder / "jobherald.db"
+    log = configs.folder / "daemon.log"
+
+    def held() -> int:
+        with sqlite3.connect(database) as conn:
+            return int(
+                conn.execute("select count(*) from deliveries where state = 'silenced'").fetchone()[
+                    0
+                ]
+            )
+
+    proc = await spawn_daemon(config, log)
+    try:
+        await wait_for(lambda: "watching 30 jobs" in log.read_text(), 30, "the daemon")
+        code, out, err = await jobherald(
+            "silence", "add", "-c", str(config), "--all", "--for", "1h", "--reason", "r"
+        )
+        assert code == 0, err
+        await asyncio.sleep(1.5)
+        finish(jobs)
+        await wait_for(lambda: held() == 30, 30, "30 held deliveries")
+        code, _, err = await jobherald("silence", "expire", out.strip(), "-c", str(config))
+        assert code == 0, err
+        # Killed somewhere in the five seconds in which the daemon looks for its end.
+        await asyncio.sleep(2.5)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        proc = await spawn_daemon(config, log)
+        await wait_for(lambda: len(receiver.messages) >= 1, 30, "the summary")
+        await asyncio.sleep(6)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    with sqlite3.connect(database) as conn:
+        events = dict(conn.execute("select id, kind from events").fetchall())
+        states = [r[0] for r in conn.execute("select state from deliveries")]
+    summaries = [i for i, kind in events.items() if kind == "summary"]
+    assert len(summaries) == 1
+    assert sorted(states) == ["delivered"] + ["summarized"] * 30
+    # One summary reached the receiver (a second only had the kill cut a send short),
+    # carrying every held event.
+    assert 1 <= len(receiver.messages) <= 2
+    body = receiver.messages[0]["message"]
+    assert receiver.messages[0]["title"] == "While silenced: 30 jobs: 30 succeeded"
+    assert all(event_id in body for event_id, kind in events.items() if kind == "succeeded")
