@@ -258,24 +258,41 @@ async def test_quiet_hours_hold_all_but_urgent_kinds_and_tell_the_rest_when_they
         "timezone": "UTC",
         "urgent": ["failed"],
     }
+    # A second notifier on the same hours drops what they held.
+    dropping = {**notifier, "urls": [receiver.url("drop")], "on_quiet_end": "drop"}
     cfg = config_module.load(
-        configs.write(ids, daemon={"poll_interval": "300ms"}, notifiers={"ops": notifier})
+        configs.write(
+            ids,
+            daemon={"poll_interval": "300ms"},
+            notifiers={"ops": notifier, "dropping": dropping},
+        )
     )
     daemon = running_daemon(cfg, clock)
     await wait_for(lambda: daemon.ready, 20, "the daemon")
     quiet_ends = time.monotonic() + 15
     offset = (minute_end - timedelta(seconds=15)) - datetime.now(UTC)
     finish(jobs)
-    await wait_for(lambda: len(receiver.messages) >= 1, 10, "the urgent message")
-    assert receiver.messages[0]["title"] == "broke failed"
+    await wait_for(lambda: len(receiver.messages) >= 2, 10, "the urgent messages")
+    assert [m["title"] for m in receiver.messages] == ["broke failed"] * 2
     assert time.monotonic() < quiet_ends, "the machine was too slow for the window"
-    await wait_for(lambda: len(receiver.messages) >= 2, 30, "the quiet hours' summary")
+    await wait_for(lambda: len(receiver.messages) >= 3, 30, "the quiet hours' summary")
     assert time.monotonic() >= quiet_ends - 0.5
-    await asyncio.sleep(1.0)
-    assert len(receiver.messages) == 2
-    summary = receiver.messages[1]
+    await asyncio.sleep(6.0)  # the end of the quiet was looked for again since
+    assert len(receiver.messages) == 3
+    summary = receiver.messages[2]
+    assert receiver.paths[2] == "/hook"
     assert summary["title"] == "During quiet hours: 2 jobs: 2 succeeded"
     assert "Quiet hours ended: 2 messages held." in summary["message"]
+    code, out, _ = await jobherald("deliveries", "--all", "--json", "-c", str(cfg.path))
+    states = sorted((d["notifier"], d["state"]) for d in json.loads(out) if d["kind"] != "summary")
+    assert states == [
+        ("dropping", "delivered"),
+        ("dropping", "dropped"),
+        ("dropping", "dropped"),
+        ("ops", "delivered"),
+        ("ops", "summarized"),
+        ("ops", "summarized"),
+    ]
 
 
 async def test_the_api_takes_silences_only_with_its_token(

@@ -165,7 +165,11 @@ class Daemon:
     ) -> AsyncIterator[tuple[Store, Dispatcher, Watcher]]:
         """The store, dispatcher and watcher over one shared HTTP session, closed after use
         (the watcher started with ``first``: see ``Watcher.start``)."""
-        store = await Store.open(self.config.database_url, backup=self.config.backup_before_migrate)
+        store = await Store.open(
+            self.config.database_url,
+            backup=self.config.backup_before_migrate,
+            idle_for=self.config.lease,
+        )
         try:
             if not store.shared:
                 # This process holds the SQLite database alone: a daemon killed before it

@@ -175,9 +175,18 @@ class StoreBase:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     @classmethod
-    async def open(cls: type[S], url: str, *, migrate: bool = True, backup: bool = True) -> S:
+    async def open(
+        cls: type[S],
+        url: str,
+        *,
+        migrate: bool = True,
+        backup: bool = True,
+        idle_for: float | None = None,
+    ) -> S:
         """Connect, and bring the schema to the newest revision (``backup``: a SQLite file
-        is copied aside first, when the disk has room)."""
+        is copied aside first, when the disk has room). ``idle_for``: on PostgreSQL, a
+        transaction of ours left idle this long is ended by the server (a replica frozen
+        in one, by SIGSTOP or a stalled VM, must not hold the rows the others take over)."""
         parsed = make_url(url)
         is_sqlite = parsed.get_backend_name() == "sqlite"
         if is_sqlite and parsed.database:
@@ -187,7 +196,15 @@ class StoreBase:
                     f"database folder {folder} does not exist: create it (install -d -m 0700 "
                     f"{folder}), or start jobherald.service once, which makes its own"
                 )
-        engine = sqlite_engine(url) if is_sqlite else create_async_engine(url, pool_pre_ping=True)
+        if is_sqlite:
+            engine = sqlite_engine(url)
+        else:
+            settings = {}
+            if idle_for is not None:
+                settings["idle_in_transaction_session_timeout"] = str(int(idle_for * 1000))
+            engine = create_async_engine(
+                url, pool_pre_ping=True, connect_args={"server_settings": settings}
+            )
         store = cls(engine)
         store.backup = backup
         if migrate:
