@@ -40,6 +40,7 @@ async def test_migrations_build_the_schema_on_an_empty_postgres_database(postgre
         "lanes",
         "durations",
         "pruned_jobs",
+        "silences",
     }
     assert version == head_revision()
 

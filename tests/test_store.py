@@ -51,6 +51,7 @@ async def test_migrations_build_the_schema_on_an_empty_database(tmp_path: Path) 
         "lanes",
         "durations",
         "pruned_jobs",
+        "silences",
     }
     with sqlite3.connect(db) as conn:
         assert conn.execute("select version_num from alembic_version").fetchall() == [
