@@ -41,6 +41,7 @@ async def test_migrations_build_the_schema_on_an_empty_postgres_database(postgre
         "durations",
         "pruned_jobs",
         "silences",
+        "report_runs",
     }
     assert version == head_revision()
 

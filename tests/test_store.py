@@ -52,6 +52,7 @@ async def test_migrations_build_the_schema_on_an_empty_database(tmp_path: Path) 
         "durations",
         "pruned_jobs",
         "silences",
+        "report_runs",
     }
     with sqlite3.connect(db) as conn:
         assert conn.execute("select version_num from alembic_version").fetchall() == [

@@ -167,6 +167,12 @@ class Metrics:
             ["notifier"],
             registry=self.registry,
         )
+        self.reports_sent = Counter(
+            "jobherald_reports_sent",
+            "Scheduled reports queued for their notifiers, by report.",
+            ["report"],
+            registry=self.registry,
+        )
         self.silences_active = Gauge(
             "jobherald_silences_active",
             "Silences in force now (as last read).",

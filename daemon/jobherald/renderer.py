@@ -125,13 +125,15 @@ def keep_only(notifiers: Sequence[str]) -> None:
         renderer.close()
 
 
-def check_template(text: str, *, digest: bool = False) -> str | None:
+def check_template(text: str, *, digest: bool = False, report: bool = False) -> str | None:
     """None when the template compiles and renders every sample event (with ``digest``:
     sample digests of 1, 5 and 200 events) within the render budget (in the render
     process: a template that hangs or recurses is refused), else why not."""
     from jobherald import templates  # Jinja2 only when a notifier has templates
 
-    if digest:
+    if report:
+        jobs = [(text, templates.REPORT, "", {"report": templates.report_sample()})]
+    elif digest:
         jobs = [(text, templates.DIGEST, "", payload) for payload in templates.digest_samples()]
     else:
         jobs = [

@@ -31,6 +31,7 @@ from jobherald.schedule.pool import ADD_CHUNK, first_spread
 from jobherald.schedule.pruner import Pruner, prune_every
 from jobherald.schedule.queue import Entry
 from jobherald.schedule.replicas import Replica
+from jobherald.schedule.reporter import Reporter
 from jobherald.store import DatabaseLock, Store
 from jobherald.store.schema import shown_url
 from jobherald.timing import utcnow
@@ -59,6 +60,8 @@ REMIND_EVERY = 60.0
 FORGET_EVERY = 60.0
 # How often ended silences and quiet hours are looked for (their summaries follow).
 QUIET_EVERY = 5.0
+# How often reports are looked at (one is sent within this of its time).
+REPORT_EVERY = 5.0
 # The first pass over history this long after a start.
 PRUNE_FIRST = 30.0
 # Jobs taken over from a replica that left are first polled within this many seconds.
@@ -98,6 +101,8 @@ class Daemon:
         # The running parts (None until started): built by _start, taken down by _stop.
         self.running: Running | None = None
         self.metrics = Metrics()
+        # Sends the scheduled reports (None until started).
+        self.reporter: Reporter | None = None
         # Config loaded, database open and polling started (what /readyz says).
         self.ready = False
         # While the start queues its own jobs (the first ones, then the rest): nothing
@@ -262,6 +267,18 @@ class Daemon:
             "ending silences and quiet hours",
             functools.partial(self._end_quiet, dispatcher),
         )
+        reporter = Reporter(
+            store,
+            lambda: self.config.reports,
+            dispatcher.sender.targets,
+            self.clock,
+            lambda: self.config.public_url,
+            self.config.replica,
+        )
+        reporter.on_sent = lambda name: self.metrics.reports_sent.labels(name).inc()
+        reporter.on_queued = dispatcher.wake
+        self.reporter = reporter
+        periodic.every(REPORT_EVERY, "sending reports", reporter.run_due, first_in=1.0)
         # A first pass soon after the start: a daemon restarted more often than hourly
         # prunes all the same.
         periodic.every(

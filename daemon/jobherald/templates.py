@@ -109,8 +109,14 @@ def compile_template(text: str) -> Any:
 DIGEST = "digest"
 
 
+# The kind a report's templates are rendered as; they see ``report`` (see report_sample).
+REPORT = "report"
+
+
 def context(kind: str, event_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """The names a template sees, for an event as stored in the outbox (or a digest)."""
+    if kind == REPORT:
+        return {"report": payload["report"]}
     if kind == DIGEST:
         items = [context(k, i, p) for k, i, p in payload["events"]]
         from jobherald.model import EventKind
@@ -280,3 +286,31 @@ def digest_samples() -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def report_sample() -> dict[str, Any]:
+    """A report as its templates see it (what reports.report_data makes): for check-config."""
+    return {
+        "name": "morning",
+        "start": "2026-12-07T07:00:00Z",
+        "end": "2026-12-08T07:00:00Z",
+        "counts": {"succeeded": 480, "failed": 20, "lost": 3},
+        "before": {"succeeded": 470, "failed": 4, "lost": 0},
+        "failed": [
+            {
+                "name": f"pipeline {i:02d}",
+                "key": f"job-{i}",
+                "reason": "task sync-orders: ROMA.00110104: The data source does not exist.",
+                "new": i < 3,
+                "url": None,
+            }
+            for i in range(20)
+        ],
+        "more_failed": 0,
+        "slowest": [
+            {"name": "nightly export", "key": "job-x", "seconds": 11400.0, "typical": 3900.0}
+        ],
+        "overdue": [{"name": "full backup", "key": "job-y", "running": 9000.0, "typical": 3600.0}],
+        "sources": [{"name": "roma-prod", "seconds": 2100.0, "error": "HTTP 503"}],
+        "public_url": None,
+    }

@@ -3,7 +3,7 @@
 One module per kind of command; importing this package registers them all on ``cli``.
 """
 
-from jobherald.cli import daemon, history, jobs, outbox, roma, silences, starter, views
+from jobherald.cli import daemon, history, jobs, outbox, reports, roma, silences, starter, views
 from jobherald.cli.base import cli, main
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "jobs",
     "main",
     "outbox",
+    "reports",
     "roma",
     "silences",
     "starter",

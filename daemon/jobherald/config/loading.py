@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from jobherald.config.model import (
     Config,
     HttpConfig,
     Notifier,
+    Report,
     WatchedJob,
 )
 from jobherald.config.problems import _validate
@@ -28,6 +29,7 @@ from jobherald.config.sections import (
     HttpSection,
     MainFile,
     NotifierSection,
+    ReportSection,
 )
 from jobherald.config.sources import _resolve_source
 from jobherald.errors import ConfigError
@@ -191,6 +193,20 @@ class _Resolving:
             for name, section in parsed.notifiers.items()
         }
         self.event_loop = _event_loop(parsed.daemon.event_loop, label, self.problems)
+        self.reports = {
+            name: report
+            for name, section in parsed.reports.items()
+            if (
+                report := _resolve_report(
+                    name,
+                    section,
+                    parsed,
+                    f"{label}: reports.{name}",
+                    self.problems,
+                    check_templates,
+                )
+            )
+        }
 
     def config(
         self, jobs: Sequence[WatchedJob], job_problems: Sequence[str], invalid: Sequence[str] = ()
@@ -234,6 +250,7 @@ class _Resolving:
             sources=self.sources,
             notifiers=self.notifiers,
             jobs=tuple(jobs),
+            reports=self.reports,
         )
 
 
@@ -300,6 +317,79 @@ def _resolve_notifier(
         quiet=quiet,
         on_quiet_end=section.on_quiet_end,
     )
+
+
+def _resolve_report(
+    name: str,
+    section: ReportSection,
+    parsed: MainFile,
+    where: str,
+    problems: list[str],
+    check_templates: bool,
+) -> Report | None:
+    """A report's cron, zone, notifiers, sources, window and templates; one line each."""
+    from jobherald.fields import parse_duration
+    from jobherald.quiet import zone_named
+
+    before = len(problems)
+    if not _NAME.match(name):
+        problems.append(f"{where}: bad name (letters, digits, _.-)")
+    try:
+        zone = zone_named(section.timezone)
+    except ValueError as exc:
+        problems.append(f"{where}.timezone: {exc}")
+        zone = None
+    if zone is not None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(section.cron, timezone=zone)
+        except ValueError as exc:
+            problems.append(
+                f"{where}.cron: {section.cron!r}: {exc} (five fields: minute hour day month "
+                'weekday, e.g. "0 7 * * 1-5")'
+            )
+    _known(section.notifiers, parsed.notifiers, f"{where}.notifiers", "notifier", problems)
+    _known(section.sources or (), parsed.sources, f"{where}.sources", "source", problems)
+    window: float | None = None
+    if section.window != "since-last":
+        try:
+            window = parse_duration(section.window)
+        except ValueError as exc:
+            problems.append(f'{where}.window: {exc} (or "since-last")')
+    for key in ("title", "body") if check_templates else ():
+        text = getattr(section, key)
+        if text is None:
+            continue
+        from jobherald.renderer import check_template
+
+        if (why := check_template(text, report=True)) is not None:
+            problems.append(f"{where}.{key}: {why}")
+    if len(problems) > before:
+        return None
+    return Report(
+        name=name,
+        cron=section.cron,
+        zone=zone,
+        notifiers=section.notifiers,
+        window=window,
+        sources=section.sources,
+        jobs=section.jobs,
+        title=section.title,
+        body=section.body,
+        skip_empty=section.skip_empty,
+        misfire_grace=section.misfire_grace,
+    )
+
+
+def _known(
+    names: Sequence[str], known: Collection[str], where: str, what: str, problems: list[str]
+) -> None:
+    """One line for each of ``names`` that is not ``known``."""
+    for i, name in enumerate(names):
+        if name not in known:
+            listed = ", ".join(sorted(known)) or "none defined"
+            problems.append(f"{where}[{i}]: unknown {what} {name!r} (known: {listed})")
 
 
 def _quiet_hours(section: NotifierSection, where: str, problems: list[str]) -> QuietHours | None:

@@ -167,6 +167,32 @@ class Config:
     keep_history: float | None = 90 * 86400.0
     forget_finished_after: float | None = None
     backup_before_migrate: bool = True
+    reports: Mapping[str, Report] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A scheduled report: its cron (five fields) in ``zone``, the notifiers it goes to,
+    its window (None: since it was last sent; else seconds), what it covers (sources,
+    job name globs; None: all), its templates, and how late a missed run may still go."""
+
+    name: str
+    cron: str
+    zone: Any
+    notifiers: tuple[str, ...]
+    window: float | None = None
+    sources: tuple[str, ...] | None = None
+    jobs: tuple[str, ...] | None = None
+    title: str | None = None
+    body: str | None = None
+    skip_empty: bool = False
+    misfire_grace: float = 3600.0
+
+    def trigger(self) -> Any:
+        """APScheduler's CronTrigger for it."""
+        from apscheduler.triggers.cron import CronTrigger
+
+        return CronTrigger.from_crontab(self.cron, timezone=self.zone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,11 +130,27 @@ class HttpSection(_Model):
     api_token_file: Path | None = None
 
 
+class ReportSection(_Model):
+    """A scheduled summary: when (five-field cron in its timezone), to whom, of what."""
+
+    cron: str
+    timezone: str | None = None
+    notifiers: tuple[str, ...] = Field(min_length=1)
+    window: str = "since-last"
+    sources: tuple[str, ...] | None = None
+    jobs: tuple[str, ...] | None = None
+    title: str | None = None
+    body: str | None = None
+    skip_empty: bool = False
+    misfire_grace: Duration = Field(default=3600.0, le=7 * 86400.0)
+
+
 class MainFile(_Model):
     daemon: DaemonSection = DaemonSection()
     http: HttpSection = HttpSection()
     sources: dict[str, SourceSection] = {}
     notifiers: dict[str, NotifierSection] = {}
+    reports: dict[str, ReportSection] = {}
     jobs: tuple[JobSection, ...] = ()
 
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from jobherald.aio import PassFailures, first_of
@@ -23,6 +24,7 @@ from jobherald.config import Notifier
 from jobherald.notify.compose import Composer
 from jobherald.notify.messages import Item
 from jobherald.notify.quieting import Quieting
+from jobherald.notify.reports import report_message
 from jobherald.notify.sender import Sender
 from jobherald.notify.summary import summary_message
 from jobherald.store import CLAIM_FOR, Claimer, Delivery, Lane, Store
@@ -44,6 +46,9 @@ def retry_delay(attempts: int) -> float:
 
 
 def _subject(delivery: Delivery) -> str:
+    if delivery.kind in ("summary", "report"):
+        report: Any = delivery.payload.get("report") or {}
+        return f"report {report.get('name')}" if delivery.kind == "report" else "what was held"
     job = delivery.payload.get("job")
     if job and job.get("name"):
         return str(job.get("name"))
@@ -52,6 +57,8 @@ def _subject(delivery: Delivery) -> str:
 
 
 def _job_id(delivery: Delivery) -> str:
+    if delivery.kind in ("summary", "report"):
+        return delivery.event_id
     job = delivery.payload.get("job")
     return str(job.get("id") or "source") if job else "source"
 
@@ -289,6 +296,8 @@ class Dispatcher:
             message = summary_message(
                 delivery.event_id, delivery.payload, self.public_url, notifier.format
             )
+        elif delivery.kind == "report":
+            message = report_message(delivery.payload, notifier.format)
         else:
             message = await self.composer.message(notifier, _item(delivery))
         ok, error = await self.sender.send(delivery.notifier, delivery.target, message)

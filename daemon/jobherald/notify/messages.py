@@ -244,6 +244,10 @@ def _digest_line(item: Item, public_url: str | None, body_format: str) -> str:
         from jobherald.notify.summary import summary_title
 
         return f"- {_escaped(summary_title(item.payload), body_format)}"
+    if item.kind == "report":
+        messages: Any = item.payload.get("messages") or {}
+        title = (messages.get("text") or {}).get("title", "report")
+        return f"- {_escaped(str(title), body_format)}"
     job = item.payload.get("job")
     event = item.payload.get("event") or {}
     if job is None:

@@ -49,7 +49,13 @@ class Quieting:
         if not silences and notifier.quiet is None:
             return [(d, None) for d in batch]
         return [
-            (d, holder(silences, notifier.quiet, d.notifier, d.kind, d.payload, now)) for d in batch
+            (
+                d,
+                None  # a report goes at the time it was asked for
+                if d.kind == "report"
+                else holder(silences, notifier.quiet, d.notifier, d.kind, d.payload, now),
+            )
+            for d in batch
         ]
 
     async def release_due(self, notifiers: Mapping[str, Notifier], now: datetime) -> int:

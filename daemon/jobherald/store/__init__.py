@@ -33,6 +33,7 @@ from jobherald.store.membership import Joining, Member, Membership
 from jobherald.store.outbox import CLAIM_FOR, Batch, Claimer, Delivery, DeliveryRow, Lane, Outbox
 from jobherald.store.pruning import TABLES as PRUNED_TABLES
 from jobherald.store.pruning import Pruned, Pruning
+from jobherald.store.reports import ENDS, Ended, Reports, Run
 from jobherald.store.schema import (
     SCHEMA_HEAD,
     UTCDateTime,
@@ -44,6 +45,7 @@ from jobherald.store.silences import Held, Released, Silences
 
 __all__ = [
     "CLAIM_FOR",
+    "ENDS",
     "GROUP_COMMIT",
     "PRUNED_TABLES",
     "SCHEMA_HEAD",
@@ -54,6 +56,7 @@ __all__ = [
     "DatabaseLock",
     "Delivery",
     "DeliveryRow",
+    "Ended",
     "Held",
     "JobFilter",
     "JobIdentity",
@@ -66,6 +69,7 @@ __all__ = [
     "Recorded",
     "RecordedSource",
     "Released",
+    "Run",
     "Store",
     "StoreBase",
     "Target",
@@ -79,7 +83,7 @@ __all__ = [
 ]
 
 
-class Store(Jobs, Listing, Outbox, Archives, Membership, Pruning, Silences):
+class Store(Jobs, Listing, Outbox, Archives, Membership, Pruning, Silences, Reports):
     """The database, as jobherald uses it."""
 
     def __init__(self, engine: AsyncEngine) -> None:

@@ -182,6 +182,8 @@ transitions = sa.Table(
     sa.Column("progress", sa.Float),
     sa.Column("raw_status", sa.Text),
     sa.Index("ix_transitions_job", "job_id", "id"),
+    # What finished when (reports read a window of it).
+    sa.Index("ix_transitions_end", "to_state", "at"),
 )
 
 events = sa.Table(
@@ -249,6 +251,21 @@ silences = sa.Table(
     sa.Column("expired_at", UTCDateTime),
     sa.Column("ended_at", UTCDateTime),
     sa.Index("ix_silences_open", "ended_at", "ends_at"),
+)
+
+# Reports sent (or found empty and skipped): one row per report and scheduled time, the
+# slot a replica claims in the transaction that queues the report's deliveries.
+report_runs = sa.Table(
+    "report_runs",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("scheduled_at", UTCDateTime, primary_key=True),
+    sa.Column("window_start", UTCDateTime, nullable=False),
+    sa.Column("window_end", UTCDateTime, nullable=False),
+    # The report's event (None: its window was empty and skip_empty said so).
+    sa.Column("event_id", sa.String(32)),
+    sa.Column("sent_by", sa.String(128), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 # One row per notifier URL that has had something to send: who sends its queue now.

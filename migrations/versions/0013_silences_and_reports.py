@@ -1,4 +1,5 @@
-"""silences: held deliveries (what holds each back) and the silences that hold them
+"""silences and reports: held deliveries (what holds each back), the silences that hold
+them, the reports sent per scheduled time, and an index of transitions by end
 
 Revision ID: 0013
 Revises: 0012
@@ -39,9 +40,22 @@ def upgrade() -> None:
         sa.Column("ended_at", UTCDateTime),
     )
     op.create_index("ix_silences_open", "silences", ["ended_at", "ends_at"])
+    op.create_table(
+        "report_runs",
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("scheduled_at", UTCDateTime, primary_key=True),
+        sa.Column("window_start", UTCDateTime, nullable=False),
+        sa.Column("window_end", UTCDateTime, nullable=False),
+        sa.Column("event_id", sa.String(32)),
+        sa.Column("sent_by", sa.String(128), nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+    )
+    op.create_index("ix_transitions_end", "transitions", ["to_state", "at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_transitions_end", "transitions")
+    op.drop_table("report_runs")
     op.drop_index("ix_silences_open", "silences")
     op.drop_table("silences")
     op.drop_index("ix_deliveries_held", "deliveries")
