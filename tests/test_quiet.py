@@ -284,6 +284,7 @@ async def test_quiet_hours_hold_all_but_urgent_kinds_and_tell_the_rest_when_they
     assert summary["title"] == "During quiet hours: 2 jobs: 2 succeeded"
     assert "Quiet hours ended: 2 messages held." in summary["message"]
     code, out, _ = await jobherald("deliveries", "--all", "--json", "-c", str(cfg.path))
+    assert code == 0
     states = sorted((d["notifier"], d["state"]) for d in json.loads(out) if d["kind"] != "summary")
     assert states == [
         ("dropping", "delivered"),
