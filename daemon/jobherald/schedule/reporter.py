@@ -100,6 +100,7 @@ class Reporter:
                 if (
                     slot is None
                     and missed is not None
+                    and await self.store.last_run(name) is not None
                     and not await self.store.has_run(name, missed)
                 ):
                     log.warning(
@@ -108,7 +109,13 @@ class Reporter:
                         name,
                         missed.isoformat(timespec="minutes"),
                     )
-                if slot is not None and not await self.store.has_run(name, slot):
+                # A run missed while the daemon was down is made up for; a report never
+                # sent before starts at its next time.
+                if (
+                    slot is not None
+                    and await self.store.last_run(name) is not None
+                    and not await self.store.has_run(name, slot)
+                ):
                     queued += await self._send(report, slot, now)
             else:
                 due = self._next[key]

@@ -1,0 +1,227 @@
+"""Scheduled reports: on their cron, once per scheduled time across replicas and
+restarts, with what the window held; real daemons against the simulator, their clocks set
+a few seconds before a minute's end (a report due every minute is seen in seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from jobherald import config as config_module
+from jobherald.config import Config
+from jobherald.service import Daemon
+from jobherald.sources.simulator import SimJob, Simulator, failed, running, succeeded
+from tests.conftest import ConfigWriter, Receiver, jobherald, wait_for
+
+MINUTELY = {"cron": "* * * * *", "timezone": "UTC", "notifiers": ["ops"]}
+
+
+class Shifted:
+    """A clock that runs with the wall clock, moved by ``offset`` (set it to put the
+    daemon just before a minute's end)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def before_next_minute(self, seconds: float) -> datetime:
+        """Move to ``seconds`` before the next whole minute (by this clock); return it."""
+        now = self()
+        boundary = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        if (boundary - now).total_seconds() < seconds + 1:
+            boundary += timedelta(minutes=1)
+        self.offset += boundary - timedelta(seconds=seconds) - now
+        return boundary
+
+
+class Daemons:
+    """Daemons run in this process, each on its own clock; stopped at the end."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, tuple[Daemon, asyncio.Task[None]]] = {}
+
+    def __call__(self, cfg: Config, clock: Shifted) -> Daemon:
+        daemon = Daemon(cfg, clock)
+        self.tasks[id(daemon)] = (daemon, asyncio.create_task(daemon.run()))
+        return daemon
+
+    async def stop(self, daemon: Daemon) -> None:
+        daemon.stop()
+        await asyncio.wait_for(self.tasks.pop(id(daemon))[1], 30)
+
+
+@pytest.fixture
+async def daemons() -> AsyncIterator[Daemons]:
+    running = Daemons()
+    yield running
+    for daemon, _ in list(running.tasks.values()):
+        await running.stop(daemon)
+
+
+def report_config(configs: ConfigWriter, ids: list[str], **extra: Any) -> str:
+    configs.extra = ["[reports.minutely]\n" + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in {**MINUTELY, **extra}.items()
+    )]  # fmt: skip
+    return str(configs.write(ids, daemon={"poll_interval": "300ms"}))
+
+
+def reports_of(receiver: Receiver) -> list[dict[str, Any]]:
+    return [m for m in receiver.messages if m["title"].startswith("Report ")]
+
+
+async def test_a_report_due_every_minute_tells_what_its_window_held_once_a_minute(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: Daemons
+) -> None:
+    ids = ["ok-1", "ok-2", "broke"]
+    jobs = [
+        sim.add(SimJob(i, [running(0.3), failed() if i == "broke" else succeeded()], finish_at=math.inf))
+        for i in ids
+    ]  # fmt: skip
+    path = report_config(configs, ids)
+    clock = Shifted()
+    daemon = daemons(config_module.load(path), clock)
+    await wait_for(lambda: daemon.ready, 20, "the daemon")
+    first = clock.before_next_minute(12)
+    for job in jobs:
+        job.finish_at = time.monotonic()
+    await wait_for(lambda: len(reports_of(receiver)) >= 1, 30, "the first report")
+    (report,) = reports_of(receiver)
+    assert report["title"] == "Report minutely: 2 succeeded, 1 failed"
+    assert "2 succeeded, 1 failed; the window before: 0 succeeded, 0 failed." in report["message"]
+    assert "broke: " in report["message"]
+    # The counts are what `history` says ended in the window (the minute before `first`).
+    ended = 0
+    for job_id in ids:
+        code, out, _ = await jobherald("history", job_id, "--json", "-c", path)
+        assert code == 0
+        ends = [t for t in json.loads(out) if t["to"] in ("succeeded", "failed")]
+        at = datetime.fromisoformat(ends[-1]["at"].replace("Z", "+00:00"))
+        assert first - timedelta(minutes=1) <= at < first
+        ended += 1
+    assert ended == 3
+    # A minute on (the clock moved to just before the next one): the next report, of that
+    # minute alone, in which nothing ended.
+    clock.before_next_minute(6)
+    await wait_for(lambda: len(reports_of(receiver)) >= 2, 30, "the second report")
+    await asyncio.sleep(6)  # looked at again since: nothing more
+    titles = [r["title"] for r in reports_of(receiver)]
+    assert titles == ["Report minutely: 2 succeeded, 1 failed", "Report minutely: nothing finished"]
+    metrics = daemon.metrics.render().decode()
+    assert 'jobherald_reports_sent_total{report="minutely"} 2.0' in metrics
+    code, out, _ = await jobherald("reports", "--json", "-c", path)
+    (listed,) = json.loads(out)
+    assert listed["name"] == "minutely" and listed["last_sent"] is True
+    code, out, _ = await jobherald("deliveries", "--all", "--json", "-c", path)
+    assert sum(1 for d in json.loads(out) if d["kind"] == "report") == 2
+
+
+async def test_a_run_missed_while_stopped_goes_once_at_start_within_misfire_grace(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: Daemons
+) -> None:
+    path = report_config(configs, [], misfire_grace="2m")
+    clock = Shifted()
+    daemon = daemons(config_module.load(path), clock)
+    await wait_for(lambda: daemon.ready, 20, "the daemon")
+    first = clock.before_next_minute(4)
+    await wait_for(lambda: len(reports_of(receiver)) >= 1, 30, "the first report")
+    await daemons.stop(daemon)
+    # Down across the next run, back 30 s after it (within misfire_grace): sent once.
+    later = Shifted()
+    later.offset = clock.offset + (first + timedelta(minutes=1, seconds=30) - clock())
+    daemons(config_module.load(path), later)
+    await wait_for(lambda: len(reports_of(receiver)) >= 2, 30, "the missed report")
+    await asyncio.sleep(6)
+    assert len(reports_of(receiver)) == 2
+    code, out, _ = await jobherald("reports", "--json", "-c", path)
+    assert code == 0
+    (listed,) = json.loads(out)
+    assert listed["last_run"] == (first + timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+
+
+async def test_a_run_missed_by_more_than_misfire_grace_is_said_and_not_sent(
+    sim: Simulator,
+    receiver: Receiver,
+    configs: ConfigWriter,
+    daemons: Daemons,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = report_config(configs, [], misfire_grace="10s")
+    clock = Shifted()
+    daemon = daemons(config_module.load(path), clock)
+    await wait_for(lambda: daemon.ready, 20, "the daemon")
+    first = clock.before_next_minute(4)
+    await wait_for(lambda: len(reports_of(receiver)) >= 1, 30, "the first report")
+    await daemons.stop(daemon)
+    late = Shifted()
+    late.offset = clock.offset + (first + timedelta(minutes=1, seconds=30) - clock())
+    daemons(config_module.load(path), late)
+    await wait_for(lambda: "was missed" in caplog.text, 30, "the missed run said")
+    await asyncio.sleep(2)
+    assert len(reports_of(receiver)) == 1
+
+
+async def test_report_prints_what_send_sends(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    path = report_config(configs, [], window="1h")
+    code, printed, err = await jobherald("report", "minutely", "-c", path)
+    assert code == 0, err
+    code, sent, err = await jobherald("report", "minutely", "--send", "-c", path)
+    assert code == 0, err
+    assert sent == printed
+    (message,) = receiver.messages
+    assert f"{message['title']}\n\n{message['message']}\n" == printed
+    code, _, err = await jobherald("report", "nightly", "-c", path)
+    assert code == 2 and "unknown report 'nightly' (known: minutely)" in err
+
+
+async def test_check_config_refuses_a_bad_cron_and_a_template_that_loops(
+    configs: ConfigWriter,
+) -> None:
+    path = report_config(
+        configs,
+        [],
+        cron="0 7 * *",
+        notifiers=["ops", "pager"],
+        body="{% for i in range(10**9) %}{% for j in range(10**9) %}x{% endfor %}{% endfor %}",
+    )
+    code, _, err = await jobherald("check-config", "-c", path, timeout=60)
+    assert code == 2
+    lines = err.splitlines()
+    assert lines[0].startswith(f"{path}: reports.minutely.cron: '0 7 * *': ")
+    assert lines[0].endswith('(five fields: minute hour day month weekday, e.g. "0 7 * * 1-5")')
+    assert lines[1] == (
+        f"{path}: reports.minutely.notifiers[1]: unknown notifier 'pager' (known: ops)"
+    )
+    assert lines[2].startswith(f"{path}: reports.minutely.body: template ")
+    assert len(lines) == 3
+
+
+@pytest.mark.timeout(120)
+async def test_two_replicas_on_postgres_send_each_report_once(
+    postgres: str, sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: Daemons
+) -> None:
+    configs.extra = ["[reports.minutely]\n" + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in MINUTELY.items()
+    )]  # fmt: skip
+    clock = Shifted()
+    replicas = []
+    for name in ("a", "b"):
+        settings = {"database": postgres, "poll_interval": "300ms", "lease": "4s", "replica": name}
+        replicas.append(daemons(configs.load([], daemon=settings), clock))
+    await wait_for(lambda: all(d.ready for d in replicas), 30, "two replicas")
+    clock.before_next_minute(8)
+    await wait_for(lambda: len(reports_of(receiver)) >= 1, 30, "the report")
+    await asyncio.sleep(6)  # both have looked again since
+    assert [r["title"] for r in reports_of(receiver)] == ["Report minutely: nothing finished"]
+    sent = sum(int(d.metrics.reports_sent.labels("minutely")._value.get()) for d in replicas)
+    assert sent == 1
