@@ -218,3 +218,40 @@ async def test_every_cell_keeps_its_label_on_a_phone_and_a_failed_job_shows_its_
         scroll = await page.evaluate("() => document.documentElement.scrollWidth")
         assert scroll <= width + 1, f"the job's page is {scroll}px wide on a {width}px screen"
         await context.close()
+
+
+async def test_a_report_reads_well_as_an_html_email(browser: Any, tmp_path: Path) -> None:
+    """The default report in html, as a mail client shows it at a phone's width and a
+    desktop's: its sections as headings and lists, nothing wider than the screen."""
+    from jobherald.notify.reports import default_report
+    from jobherald.quiet import zone_named
+    from jobherald.templates import report_sample
+
+    message = default_report(report_sample(), zone_named("Europe/Berlin"), "html")
+    assert message.title == "Report morning: 480 succeeded, 20 failed, 3 lost"
+    for width in (390, 1280):
+        context = await browser.new_context(
+            viewport={"width": width, "height": 900}, java_script_enabled=False
+        )
+        page = await context.new_page()
+        await page.set_content(
+            f'<!doctype html><html><head><meta name="viewport" content="width=device-width">'
+            f"</head><body>{message.body}</body></html>"
+        )
+        headings = await page.locator("h3").all_inner_texts()
+        assert headings == [
+            "Failed (20, 3 new)",
+            "Slowest against their usual",
+            "Still running past their usual duration",
+            "Sources in error",
+        ]
+        assert await page.locator("li").count() == 20 + 1 + 1 + 1
+        text = await page.locator("body").inner_text()
+        assert "480 succeeded, 20 failed, 3 lost; the window before: 470 succeeded" in text
+        assert "nightly export 3h 10m, usually 1h 5m" in text
+        scroll = await page.evaluate("() => document.documentElement.scrollWidth")
+        assert scroll <= width + 1, f"the report is {scroll}px wide on a {width}px screen"
+        shot = tmp_path / f"report-{width}.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 5_000
+        await context.close()

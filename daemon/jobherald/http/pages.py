@@ -15,7 +15,7 @@ from jinja2 import Environment, select_autoescape
 from jobherald.notify.messages import reason_line
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from jobherald.config import Config
     from jobherald.quiet import Silence
@@ -103,6 +103,7 @@ def index(
     throttled: dict[str, datetime] | None = None,
     removed: int = 0,
     silences: Sequence[Silence] = (),
+    reports: Mapping[str, str] | None = None,
 ) -> str:
     """The status page: one page of jobs (as the database sorted and cut them), the
     watched jobs per state, the removed ones apart, and a link to the next page."""
@@ -123,6 +124,7 @@ def index(
             pending={name: (pending or {}).get(name, 0) for name in cfg.notifiers},
             now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             silences=silences,
+            reports=reports or {},
         )
     )
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from jobherald.metrics import Metrics
     from jobherald.report import JobStatus
     from jobherald.schedule.pool import Pool
+    from jobherald.schedule.reporter import Reporter
     from jobherald.store import JobFilter, Store
 
 
@@ -40,6 +41,8 @@ class Served(Protocol):
     config: Config
     ready: bool
     metrics: Metrics
+    # Sends the scheduled reports (the page shows their next runs); None until started.
+    reporter: Reporter | None
 
     @property
     def store(self) -> Store | None:
@@ -489,12 +492,23 @@ class HttpServer:
             counts,
             wanted,
             silences=silences,
+            reports=self._next_reports(),
             removed=removed,
             following=request.rel_url.update_query({"cursor": following}) if following else None,
             pending=pending,
             throttled=throttled,
         )
         return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+    def _next_reports(self) -> dict[str, str]:
+        """Each report's next run, as the page shows it."""
+        reporter = self.daemon.reporter
+        if reporter is None:
+            return {}
+        return {
+            name: at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else "never"
+            for name, at in sorted(reporter.next_runs().items())
+        }
 
     async def _job(self, request: web.Request) -> web.Response:
         from jobherald.report import history_rows, one_row
