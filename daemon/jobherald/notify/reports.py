@@ -99,8 +99,7 @@ async def report_data(
         if report.sources is not None and name not in report.sources:
             continue
         seconds = sum(
-            ((until or end) if (until or end) < end else end).timestamp()
-            - max(since, start).timestamp()
+            (min(until or end, end) - max(since, start)).total_seconds()
             for since, until, _ in spells
         )
         sources.append({"name": name, "seconds": max(seconds, 0.0), "error": spells[-1][2]})
