@@ -225,3 +225,93 @@ async def test_two_replicas_on_postgres_send_each_report_once(
     assert [r["title"] for r in reports_of(receiver)] == ["Report minutely: nothing finished"]
     sent = sum(int(d.metrics.reports_sent.labels("minutely")._value.get()) for d in replicas)
     assert sent == 1
+
+
+async def test_a_report_tells_new_failures_slow_runs_late_jobs_and_sources_in_error(
+    tmp_path: Any,
+) -> None:
+    """A day of history written into a real SQLite database as the daemon writes it; the
+    report of that day says each part of it."""
+    import sqlalchemy as sa
+
+    from jobherald.notify.reports import default_report, report_data
+    from jobherald.quiet import zone_named
+    from jobherald.store import Store
+    from jobherald.store.schema import durations, events, jobs, source_health, transitions
+
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'jobherald.db'}")
+    end = datetime(2026, 12, 8, 7, 0, tzinfo=UTC)
+    start = end - timedelta(days=1)
+    h = timedelta(hours=1)
+
+    def job(
+        key: str, name: str, state: str, began: datetime, ended: datetime | None
+    ) -> dict[str, Any]:
+        reasons = [
+            {
+                "resource_type": "task",
+                "resource_name": "sync",
+                "error_code": "E1",
+                "error_msg": "broke",
+            }
+        ]
+        return {
+            "id": key, "name": name, "source": "roma", "instance_id": "i", "configured": True,
+            "state": state, "created_at": began, "begin_time": began, "end_time": ended,
+            "running_since": began, "reasons": json.dumps(reasons) if state == "failed" else None,
+        }  # fmt: skip
+
+    rows = [
+        job("old-export", "export", "succeeded", start - 3 * h, start - 2 * h),
+        job("export-2", "export", "failed", start + h, start + 2 * h),  # new: the last succeeded
+        job("import-1", "import", "failed", start - 5 * h, start - 4 * h),
+        job("import-2", "import", "failed", start + 3 * h, start + 4 * h),  # failed before too
+        job("backup-1", "backup", "succeeded", start + 2 * h, start + 7 * h),  # 5h, usually 1h
+        job("sync-9", "sync", "running", end - 5 * h, None),  # running 5h+, usually 2h
+    ]
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.insert(jobs), rows)
+        await conn.execute(
+            sa.insert(transitions),
+            [
+                {"job_id": r["id"], "at": r["end_time"], "from_state": "running", "to_state": r["state"]}
+                for r in rows
+                if r["end_time"] is not None
+            ],
+        )  # fmt: skip
+        await conn.execute(
+            sa.insert(durations),
+            [{"name": "backup", "source": "roma", "job_id": f"b{i}", "seconds": 3600.0, "at": start - i * h} for i in range(1, 4)]
+            + [{"name": "sync", "source": "roma", "job_id": f"s{i}", "seconds": 7200.0, "at": start - i * h} for i in range(1, 4)],
+        )  # fmt: skip
+        for kind, at in (
+            ("error", start + 4 * h),
+            ("recovered", start + 4 * h + timedelta(minutes=35)),
+        ):
+            payload = {"source": {"name": "roma", "error": "HTTP 503"}}
+            await conn.execute(
+                sa.insert(events).values(
+                    id=f"{kind}-event", job_id=None, source="roma", kind=kind, at=at, payload=json.dumps(payload)
+                )
+            )  # fmt: skip
+        await conn.execute(sa.insert(source_health).values(source="roma", error=None))
+    cfg_report = config_module.Report(
+        name="morning", cron="0 7 * * *", zone=zone_named("UTC"), notifiers=("ops",)
+    )
+    try:
+        data = await report_data(store, cfg_report, start, end, end, "https://jobs.example.com")
+    finally:
+        await store.close()
+    assert data["counts"] == {"succeeded": 1, "failed": 2}
+    assert data["before"] == {"succeeded": 1, "failed": 1, "lost": 0}
+    assert [(f["name"], f["new"]) for f in data["failed"]] == [("export", True), ("import", False)]
+    assert data["failed"][0]["url"] == "https://jobs.example.com/jobs/export-2"
+    assert [(s["name"], s["seconds"], s["typical"]) for s in data["slowest"]] == [
+        ("backup", 5 * 3600.0, 3600.0)
+    ]
+    assert [(o["name"], o["typical"]) for o in data["overdue"]] == [("sync", 7200.0)]
+    assert data["sources"] == [{"name": "roma", "seconds": 35 * 60.0, "error": "HTTP 503"}]
+    text = default_report(data, zone_named("UTC"), "text").body
+    assert "- export: task sync: E1: broke (new) https://jobs.example.com/jobs/export-2" in text
+    assert "- backup 5h, usually 1h" in text
+    assert "- roma: 35m (HTTP 503)" in text

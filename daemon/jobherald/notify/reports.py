@@ -156,14 +156,7 @@ def default_report(data: Mapping[str, Any], zone: Any, body_format: str) -> Mess
     if data["failed"]:
         new = sum(1 for f in data["failed"] if f["new"])
         shown = len(data["failed"]) + data["more_failed"]
-        lines = [
-            _linked(f["name"], f["url"], body_format)
-            + _esc(
-                f": {f['reason'] or 'no reason given'}" + (" (new)" if f["new"] else ""),
-                body_format,
-            )
-            for f in data["failed"]
-        ]
+        lines = [_failed_line(f, body_format) for f in data["failed"]]
         if data["more_failed"]:
             lines.append(_esc(f"and {data['more_failed']} more", body_format))
         sections.append((f"Failed ({shown}, {new} new)" if new else f"Failed ({shown})", lines))
@@ -220,6 +213,18 @@ def default_report(data: Mapping[str, Any], zone: Any, body_format: str) -> Mess
         )
     kind = "failure" if counts.get("failed") else "success" if any(counts.values()) else "info"
     return Message(title, _layout(sections, body_format), kind)
+
+
+def _failed_line(failed: Mapping[str, Any], body_format: str) -> str:
+    """``name: first reason (new)``, the name a link (in text, the link at the end)."""
+    said = _esc(
+        f": {failed['reason'] or 'no reason given'}" + (" (new)" if failed["new"] else ""),
+        body_format,
+    )
+    url = failed["url"]
+    if body_format == "text":
+        return str(failed["name"]) + said + (f" {url}" if url else "")
+    return _linked(failed["name"], url, body_format) + said
 
 
 def _esc(text: str, body_format: str) -> str:
