@@ -300,7 +300,7 @@ def report_sample() -> dict[str, Any]:
             {
                 "name": f"pipeline {i:02d}",
                 "key": f"job-{i}",
-                "reason": "task sync-orders: ROMA.00110104: The data source does not exist.",
+                "reason": "task sync-orders: E0427: The data source does not exist.",
                 "new": i < 3,
                 "url": None,
             }
@@ -311,6 +311,6 @@ def report_sample() -> dict[str, Any]:
             {"name": "nightly export", "key": "job-x", "seconds": 11400.0, "typical": 3900.0}
         ],
         "overdue": [{"name": "full backup", "key": "job-y", "running": 9000.0, "typical": 3600.0}],
-        "sources": [{"name": "roma-prod", "seconds": 2100.0, "error": "HTTP 503"}],
+        "sources": [{"name": "prod-api", "seconds": 2100.0, "error": "HTTP 503"}],
         "public_url": None,
     }
