@@ -94,12 +94,13 @@ async def _send(
 ) -> bool:
     """Queue the report as a run of its own (this instant) and deliver what is due."""
     from jobherald.notify import Dispatcher
+    from jobherald.notify.reports import report_payload
     from jobherald.store import NewEvent, Run
 
     dispatcher = Dispatcher(store, cfg.notifiers, public_url=cfg.public_url)
     try:
         targets = [t for n in chosen.notifiers for t in dispatcher.sender.targets(n)]
-        payload: Any = {"report": data, "messages": messages}
+        payload = report_payload(data, messages)
         start = datetime.fromisoformat(data["start"].replace("Z", "+00:00"))
         run = Run(chosen.name, now, start, now, None, "jobherald report --send")
         if not await store.claim_report(run, NewEvent("report", payload, targets), now):

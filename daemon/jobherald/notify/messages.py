@@ -240,14 +240,9 @@ def default_digest(items: Sequence[Item], public_url: str | None, body_format: s
 
 
 def _digest_line(item: Item, public_url: str | None, body_format: str) -> str:
-    if item.kind == "summary":  # a summary of a quiet, held by another one
-        from jobherald.notify.summary import summary_title
-
-        return f"- {_escaped(summary_title(item.payload), body_format)}"
-    if item.kind == "report":
-        messages: Any = item.payload.get("messages") or {}
-        title = (messages.get("text") or {}).get("title", "report")
-        return f"- {_escaped(str(title), body_format)}"
+    if item.kind in ("summary", "report"):  # held by a quiet, or a digest's neighbour
+        said: Any = item.payload
+        return f"- {_escaped(str(said.get('title') or item.kind), body_format)}"
     job = item.payload.get("job")
     event = item.payload.get("event") or {}
     if job is None:

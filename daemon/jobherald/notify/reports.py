@@ -283,6 +283,12 @@ async def report_messages(
     return out
 
 
+def report_payload(data: Mapping[str, Any], messages: Mapping[str, Any]) -> Any:
+    """A report's event payload: its data, its message per format, its title (what a
+    digest that carries it says of it)."""
+    return {"report": data, "messages": messages, "title": messages["text"]["title"]}
+
+
 def report_message(payload: Mapping[str, Any], body_format: str) -> Message:
     """The message of a queued report for a notifier of this format."""
     messages = payload.get("messages") or {}

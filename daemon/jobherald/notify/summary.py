@@ -45,7 +45,7 @@ def summary_payload(held: Sequence[Held], why: str, silence: Silence | None) -> 
         last[_subject(item)] = (item, earlier)
     latest = list(last.values())
     counts = digest_counts([Item(h.kind, h.event_id, h.payload) for h, _ in latest])  # type: ignore[arg-type]
-    return {
+    payload: dict[str, Any] = {
         "summary": {
             "why": why,
             "silence": (
@@ -64,6 +64,8 @@ def summary_payload(held: Sequence[Held], why: str, silence: Silence | None) -> 
             for h, earlier in latest[:DIGEST_LINES]
         ],
     }
+    payload["title"] = summary_title(payload)  # what a digest that carries it says of it
+    return payload
 
 
 def summary_title(payload: Mapping[str, Any]) -> str:

@@ -136,7 +136,11 @@ class Reporter:
         event = None
         if not (report.skip_empty and is_empty(data)):
             targets = [t for notifier in report.notifiers for t in self.targets(notifier)]
-            payload: Any = {"report": data, "messages": messages}
+            payload: Any = {
+                "report": data,
+                "messages": messages,
+                "title": messages["text"]["title"],
+            }
             event = NewEvent("report", payload, targets)
         if not await self.store.claim_report(run, event, now):
             return 0  # another replica sent it
