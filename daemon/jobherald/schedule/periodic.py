@@ -11,6 +11,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jobherald.aio import PassFailures
+from jobherald.store.schema import DATABASE_AWAY
+
 log = logging.getLogger(__name__)
 
 
@@ -36,11 +39,15 @@ class Periodic:
         chore runs again later."""
         from apscheduler.triggers.interval import IntervalTrigger
 
+        failures = PassFailures(log, f"{what}: pass", DATABASE_AWAY)
+
         async def run() -> None:
             try:
                 await chore()
-            except Exception:
-                log.exception("%s failed; will try again", what)
+            except Exception as exc:  # the database away: one line per outage
+                failures.failed(exc)
+            else:
+                failures.worked()
 
         self._every[what] = seconds
         when: dict[str, Any] = {}  # (next_run_time=None would add the job paused)
