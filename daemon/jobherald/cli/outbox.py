@@ -96,7 +96,7 @@ def deliveries_retry(
 @deliveries.command("drop")
 @config_option
 @click.argument("ids", nargs=-1, type=int)
-@click.option("--all", "every", is_flag=True, help="Every pending and abandoned delivery.")
+@click.option("--all", "every", is_flag=True, help="Every pending, held and abandoned delivery.")
 @click.pass_context
 def deliveries_drop(
     ctx: click.Context, config_path: str | None, ids: tuple[int, ...], every: bool

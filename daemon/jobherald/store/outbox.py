@@ -399,10 +399,11 @@ class Outbox(StoreBase):
             return int((await conn.execute(statement)).rowcount or 0)
 
     async def drop_deliveries(self, ids: Sequence[int] | None) -> int:
-        """Give up on pending or abandoned deliveries (all of them when ``ids`` is None)."""
+        """Give up on pending, held or abandoned deliveries (all of them when ``ids`` is
+        None): a held one is then left out of its quiet's summary."""
         statement = (
             sa.update(deliveries)
-            .where(deliveries.c.state.in_(("pending", "abandoned")))
+            .where(deliveries.c.state.in_(("pending", "silenced", "abandoned")))
             .values(state="dropped")
         )
         if ids is not None:
