@@ -376,6 +376,7 @@ async def test_silence_add_refuses_what_it_cannot_do_in_one_line(configs: Config
         (["--job", "a", "--reason", "x"], "give one of for"),
         (["--job", "a", "--for", "1h"], "--reason: say why"),
         (["--job", "a", "--until", "yesterday", "--reason", "x"], "--until: 'yesterday' is"),
+        (["--job", "x" * 201, "--for", "1h", "--reason", "x"], "--job: give a pattern of 1 to"),
     ]:
         code, out, err = await jobherald("silence", "add", "-c", str(config), *args)
         assert code == 2 and out == "", (args, err)

@@ -17,6 +17,9 @@ _ENTRY = re.compile(
     r"(?:(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2}))?\s*$"
 )
 
+# The longest job pattern a silence takes (a job's key is at most 128 characters).
+MAX_PATTERN = 200
+
 # What holds a delivery back, as deliveries.held_by says it.
 QUIET = "quiet"
 
@@ -305,6 +308,8 @@ def silence_fields(
     from jobherald.model import EventKind
 
     kinds_known = [k.value for k in EventKind]
+    if job is not None and not 0 < len(job) <= MAX_PATTERN:
+        raise SilenceError("job", f"give a pattern of 1 to {MAX_PATTERN} characters")
     if not (reason or "").strip():
         raise SilenceError("reason", "say why (it is shown with the silence and its summary)")
     if everything and (job or source or notifier or kinds):
