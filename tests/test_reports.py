@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -322,3 +323,47 @@ async def test_a_report_tells_new_failures_slow_runs_late_jobs_and_sources_in_er
     assert "- export: task sync: E1: broke (new) https://jobs.example.com/jobs/export-2" in text
     assert "- backup 5h, usually 1h" in text
     assert "- roma: 35m (HTTP 503)" in text
+
+
+@pytest.mark.timeout(150)
+async def test_kill_9_during_a_reports_send_repeats_it_at_most_once(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter
+) -> None:
+    """A daemon in a process of its own, killed while its report is being sent (the
+    receiver takes 3 s to answer): after a restart the report comes again, once."""
+    import signal
+    import sqlite3
+
+    from tests.conftest import spawn_daemon
+
+    path = Path(report_config(configs, []))
+    receiver.delay = 3.0
+    log = configs.folder / "daemon.log"
+    proc = await spawn_daemon(path, log)
+    try:
+        await wait_for(lambda: "watching 0 jobs" in log.read_text(), 30, "the daemon")
+        # Its first report comes at the next minute's start.
+        await wait_for(lambda: len(receiver.attempts) >= 1, 75, "the report's send")
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        proc = await spawn_daemon(path, log)
+        await wait_for(lambda: len(reports_of(receiver)) >= 1, 40, "the report sent again")
+        await asyncio.sleep(4)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    # Tried twice (the first cut off by the kill, its answer never read): received once,
+    # or twice had the receiver taken the first whole; never more.
+    assert len(receiver.attempts) == 2
+    titles = [r["title"] for r in reports_of(receiver)]
+    assert titles in (["Report minutely: nothing finished"] * n for n in (1, 2))
+    with sqlite3.connect(configs.folder / "jobherald.db") as conn:
+        runs = conn.execute("select count(*) from report_runs").fetchone()[0]
+        sent = conn.execute(
+            "select state from deliveries join events on events.id = deliveries.event_id "
+            "where events.kind = 'report'"
+        ).fetchall()
+    assert sent == [("delivered",)] and runs == 1
