@@ -80,8 +80,9 @@ class Quieting:
             )
             told += len(released)
         self.forget()
+        waiting = await self.store.held_counts()  # a read: no write while nothing is held
         for name, notifier in notifiers.items():
-            if notifier.quiet is not None and notifier.quiet.holds(now):
+            if not waiting.get(name) or (notifier.quiet is not None and notifier.quiet.holds(now)):
                 continue
             released = await self.store.end_quiet(name, now, on_end, summary_payload)
             if released:
