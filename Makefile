@@ -48,7 +48,7 @@ system-packages:
 # busy machine would blur. Either phase failing fails the run; both always run.
 test: system-packages lint
 	@status=0; \
-	$(BIN)/pytest -n 2 -m "not serial" || status=$$?; \
+	$(BIN)/pytest -n 2 --dist loadgroup -m "not serial" || status=$$?; \
 	$(BIN)/pytest -m serial || status=$$?; \
 	exit $$status
 

@@ -8,6 +8,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
+
 from jobherald.service import Daemon
 from jobherald.sources.simulator import SimJob, Simulator, running
 from jobherald.store import Store, head_revision
@@ -247,6 +249,7 @@ async def test_commands_that_send_nothing_never_read_a_secret(tmp_path: Path) ->
     assert "http.token_file: cannot read /nonexistent/http.token" in err
 
 
+@pytest.mark.xdist_group("port-9781")  # run on the demo's worker: never beside it
 async def test_the_suite_s_daemons_need_no_fixed_port(
     sim: Simulator, configs: ConfigWriter, daemons: list[Running]
 ) -> None:
