@@ -35,6 +35,13 @@ class Shifted:
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.offset
 
+    @classmethod
+    def at(cls, when: datetime) -> Shifted:
+        """A clock that reads ``when`` now."""
+        clock = cls()
+        clock.offset = when - datetime.now(UTC)
+        return clock
+
     def before_next_minute(self, seconds: float) -> datetime:
         """Move to ``seconds`` before the next whole minute (by this clock); return it."""
         now = self()
@@ -126,20 +133,25 @@ async def test_a_report_due_every_minute_tells_what_its_window_held_once_a_minut
     assert sum(1 for d in json.loads(out) if d["kind"] == "report") == 2
 
 
-async def test_a_run_missed_while_stopped_goes_once_at_start_within_misfire_grace(
-    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: Daemons
-) -> None:
-    path = report_config(configs, [], misfire_grace="2m")
+async def sent_once_then_stopped(path: str, receiver: Receiver, daemons: Daemons) -> datetime:
+    """A daemon whose clock is moved to just before a minute's end sends that minute's
+    report and is stopped; returns that minute."""
     clock = Shifted()
     daemon = daemons(config_module.load(path), clock)
     await wait_for(lambda: daemon.ready, 20, "the daemon")
     first = clock.before_next_minute(4)
     await wait_for(lambda: len(reports_of(receiver)) >= 1, 30, "the first report")
     await daemons.stop(daemon)
+    return first
+
+
+async def test_a_run_missed_while_stopped_goes_once_at_start_within_misfire_grace(
+    sim: Simulator, receiver: Receiver, configs: ConfigWriter, daemons: Daemons
+) -> None:
+    path = report_config(configs, [], misfire_grace="2m")
+    first = await sent_once_then_stopped(path, receiver, daemons)
     # Down across the next run, back 30 s after it (within misfire_grace): sent once.
-    later = Shifted()
-    later.offset = clock.offset + (first + timedelta(minutes=1, seconds=30) - clock())
-    daemons(config_module.load(path), later)
+    daemons(config_module.load(path), Shifted.at(first + timedelta(minutes=1, seconds=30)))
     await wait_for(lambda: len(reports_of(receiver)) >= 2, 30, "the missed report")
     await asyncio.sleep(6)
     assert len(reports_of(receiver)) == 2
@@ -157,15 +169,8 @@ async def test_a_run_missed_by_more_than_misfire_grace_is_said_and_not_sent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = report_config(configs, [], misfire_grace="10s")
-    clock = Shifted()
-    daemon = daemons(config_module.load(path), clock)
-    await wait_for(lambda: daemon.ready, 20, "the daemon")
-    first = clock.before_next_minute(4)
-    await wait_for(lambda: len(reports_of(receiver)) >= 1, 30, "the first report")
-    await daemons.stop(daemon)
-    late = Shifted()
-    late.offset = clock.offset + (first + timedelta(minutes=1, seconds=30) - clock())
-    daemons(config_module.load(path), late)
+    first = await sent_once_then_stopped(path, receiver, daemons)
+    daemons(config_module.load(path), Shifted.at(first + timedelta(minutes=1, seconds=30)))
     await wait_for(lambda: "was missed" in caplog.text, 30, "the missed run said")
     await asyncio.sleep(2)
     assert len(reports_of(receiver)) == 1

@@ -121,9 +121,7 @@ class QuietHours:
 def zone_named(name: str | None) -> tzinfo:
     """An IANA zone by name (None: the system's); raise ValueError naming it."""
     if name is None:
-        from datetime import datetime as _dt
-
-        local = _dt.now().astimezone().tzinfo
+        local = datetime.now().astimezone().tzinfo
         assert local is not None
         return local
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

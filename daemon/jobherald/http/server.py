@@ -27,8 +27,11 @@ from jobherald.errors import ListenError
 from jobherald.http.guard import Door
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from jobherald.config import Config
     from jobherald.metrics import Metrics
+    from jobherald.quiet import Silence
     from jobherald.report import JobStatus
     from jobherald.schedule.pool import Pool
     from jobherald.schedule.reporter import Reporter
@@ -279,10 +282,13 @@ class HttpServer:
             body=self.daemon.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    async def _page(self, request: web.Request) -> tuple[list[JobStatus], str | None, JobFilter]:
+    async def _page(
+        self, request: web.Request, active: Sequence[Silence] | None = None
+    ) -> tuple[list[JobStatus], str | None, JobFilter]:
         """The page of jobs a request asks for (``limit``, ``cursor``, ``state``, ``source``,
-        ``q``), read from the database: filtered, sorted and cut there; and the next page's
-        cursor (None: the last page)."""
+        ``q``), read from the database: filtered, sorted and cut there, each row a silence
+        in force holds marked (``active``: those silences, when read already); and the next
+        page's cursor (None: the last page)."""
         from jobherald.report import page_rows
         from jobherald.store import JobFilter
 
@@ -307,22 +313,16 @@ class HttpServer:
         if store is None:
             return [], None, wanted
         rows, following = await page_rows(self.daemon.config, store, wanted, limit, after)
-        await self._mark_silenced(rows)
+        if rows:
+            _mark_silenced(rows, active if active is not None else await self._active_silences())
         return rows, _encode_cursor(following), wanted
 
-    async def _mark_silenced(self, rows: list[JobStatus]) -> None:
-        """``"silenced": ID`` on each row a silence in force holds messages of."""
-        if not rows:
-            return
+    async def _active_silences(self) -> list[Silence]:
+        store = self.daemon.store
+        if store is None:
+            return []
         now = datetime.now(UTC)
-        active = [s for s in await self.daemon.store.open_silences() if s.active(now)]  # type: ignore[union-attr]
-        for row in rows:
-            held = next(
-                (s.id for s in active if s.matches_job(row["name"], row["key"], row["source"])),
-                None,
-            )
-            if held is not None:
-                row["silenced"] = held  # type: ignore[typeddict-unknown-key]
+        return [s for s in await store.open_silences() if s.active(now)]
 
     async def _api_jobs(self, request: web.Request) -> web.StreamResponse:
         rows, following, _ = await self._page(request)
@@ -478,14 +478,11 @@ class HttpServer:
                 log.debug("counting pending deliveries failed: %s", exc)
         pool = self.daemon.pool
         throttled = pool.gates.throttled() if pool is not None and pool.gates is not None else {}
-        rows, following, wanted = await self._page(request)
+        silences = await self._active_silences()
+        rows, following, wanted = await self._page(request, silences)
         store = self.daemon.store
         counts = await store.state_counts() if store is not None else {}
         removed = await store.removed_count() if store is not None else 0
-        now = datetime.now(UTC)
-        silences = (
-            [s for s in await store.open_silences() if s.active(now)] if store is not None else []
-        )
         html = self.pages.index(
             self.daemon.config,
             rows,
@@ -529,6 +526,17 @@ class HttpServer:
             raise web.HTTPNotFound()
         body, content_type = found
         return web.Response(body=body, content_type=content_type, charset="utf-8")
+
+
+def _mark_silenced(rows: list[JobStatus], active: Sequence[Silence]) -> None:
+    """``"silenced": ID`` on each row a silence in force holds messages of."""
+    for row in rows:
+        held = next(
+            (s.id for s in active if s.matches_job(row["name"], row["key"], row["source"])),
+            None,
+        )
+        if held is not None:
+            row["silenced"] = held  # type: ignore[typeddict-unknown-key]
 
 
 def _bad(why: str) -> web.HTTPBadRequest:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from jobherald.config import Report
 from jobherald.model import format_duration, typical_duration
-from jobherald.notify.messages import Message, _escaped, reason_line
+from jobherald.notify.messages import Message, _escaped, _link, reason_line
 from jobherald.store import ENDS, Ended, Store
 
 FAILED_SHOWN = 20
@@ -145,27 +145,29 @@ def default_report(data: Mapping[str, Any], zone: Any, body_format: str) -> Mess
     if is_empty(data):
         return Message(
             title,
-            _esc(f"{span} Nothing finished, nothing is late, no source was in error.", body_format),
+            _escaped(
+                f"{span} Nothing finished, nothing is late, no source was in error.", body_format
+            ),
             "info",
         )
     sections: list[tuple[str, list[str]]] = []
     totals = ", ".join(f"{n} {state}" for state, n in counts.items())
     earlier = ", ".join(f"{before.get(state, 0)} {state}" for state in counts)
     said_totals = f"{totals}; the window before: {earlier}."
-    sections.append(("", [_esc(span, body_format), _esc(said_totals, body_format)]))
+    sections.append(("", [_escaped(span, body_format), _escaped(said_totals, body_format)]))
     if data["failed"]:
         new = sum(1 for f in data["failed"] if f["new"])
         shown = len(data["failed"]) + data["more_failed"]
         lines = [_failed_line(f, body_format) for f in data["failed"]]
         if data["more_failed"]:
-            lines.append(_esc(f"and {data['more_failed']} more", body_format))
+            lines.append(_escaped(f"and {data['more_failed']} more", body_format))
         sections.append((f"Failed ({shown}, {new} new)" if new else f"Failed ({shown})", lines))
     if data["slowest"]:
         sections.append(
             (
                 "Slowest against their usual",
                 [
-                    _esc(
+                    _escaped(
                         f"{s['name']} {_dur(s['seconds'])}, usually {_dur(s['typical'])}",
                         body_format,
                     )
@@ -178,7 +180,7 @@ def default_report(data: Mapping[str, Any], zone: Any, body_format: str) -> Mess
             (
                 "Still running past their usual duration",
                 [
-                    _esc(
+                    _escaped(
                         f"{o['name']} running {_dur(o['running'])}, usually {_dur(o['typical'])}",
                         body_format,
                     )
@@ -191,7 +193,7 @@ def default_report(data: Mapping[str, Any], zone: Any, body_format: str) -> Mess
             (
                 "Sources in error",
                 [
-                    _esc(
+                    _escaped(
                         f"{s['name']}: {_dur(s['seconds'])}"
                         + (f" ({s['error']})" if s["error"] else ""),
                         body_format,
@@ -217,7 +219,7 @@ def default_report(data: Mapping[str, Any], zone: Any, body_format: str) -> Mess
 
 def _failed_line(failed: Mapping[str, Any], body_format: str) -> str:
     """``name: first reason (new)``, the name a link (in text, the link at the end)."""
-    said = _esc(
+    said = _escaped(
         f": {failed['reason'] or 'no reason given'}" + (" (new)" if failed["new"] else ""),
         body_format,
     )
@@ -227,18 +229,8 @@ def _failed_line(failed: Mapping[str, Any], body_format: str) -> str:
     return _linked(failed["name"], url, body_format) + said
 
 
-def _esc(text: str, body_format: str) -> str:
-    return _escaped(text, body_format)
-
-
 def _linked(text: str, url: str | None, body_format: str) -> str:
-    if url is None:
-        return _esc(text, body_format)
-    if body_format == "html":
-        return f'<a href="{html.escape(url)}">{_esc(text, body_format)}</a>'
-    if body_format == "markdown":
-        return f"[{_esc(text, body_format)}]({url.replace(' ', '%20')})"
-    return f"{text} {url}" if text != url else url
+    return _escaped(text, body_format) if url is None else _link(text, url, body_format)
 
 
 def _layout(sections: Sequence[tuple[str, list[str]]], body_format: str) -> str:

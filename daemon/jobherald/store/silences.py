@@ -150,13 +150,16 @@ class Silences(StoreBase):
     async def hold(self, held: Sequence[tuple[int, str]], claimer: Claimer) -> int:
         """Keep these claimed deliveries back (``(id, held_by)``): state "silenced",
         no longer claimed. Returns how many were this sender's to hold."""
+        by_holder: dict[str, list[int]] = {}
+        for delivery_id, held_by in held:
+            by_holder.setdefault(held_by, []).append(delivery_id)
         count = 0
         async with self._writing() as conn:
-            for delivery_id, held_by in held:
+            for held_by, ids in by_holder.items():  # one statement per silence (or quiet)
                 result = await conn.execute(
                     sa.update(deliveries)
                     .where(
-                        deliveries.c.id == delivery_id,
+                        deliveries.c.id.in_(ids),
                         deliveries.c.claimed_by == claimer.token,
                         deliveries.c.state == "pending",
                     )
